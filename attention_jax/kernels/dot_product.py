@@ -1,0 +1,110 @@
+"""Softmax dot-product attention (Vaswani et al. 2017), written for one head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax.kernels import _checks
+from attention_jax.kernels import masks as masks_lib
+from attention_jax.kernels._lift import heads_last, vmap_heads
+
+# A finite "minus infinity" for masked scores: exp(MASK_VALUE - max) underflows to 0 without
+# the NaNs that -inf gives in (-inf) - (-inf) and in gradients.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float):
+  """Softmax over keys, optional dropout, weighted sum of values. One head.
+
+  Args:
+    scores: [q_len, kv_len] float32 logits (already scaled and biased).
+    value: [kv_len, dv].
+    allowed: None or boolean, broadcastable to [q_len, kv_len]. Rows with no allowed key
+      give zeros.
+    dropout_key: PRNG key, or None for no dropout.
+    dropout_rate: probability of dropping an attention weight.
+
+  Returns:
+    (output [q_len, dv] in value's dtype, weights [q_len, kv_len] float32 before dropout).
+  """
+  if allowed is not None:
+    scores = jnp.where(allowed, scores, MASK_VALUE)
+  weights = jax.nn.softmax(scores, axis=-1)
+  if allowed is not None:
+    weights = jnp.where(allowed, weights, 0.0)  # fully masked rows: zeros, not uniform
+  dropped = weights
+  if dropout_key is not None:
+    keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
+    dropped = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum("qk,kd->qd", dropped.astype(value.dtype), value,
+                   preferred_element_type=jnp.float32)
+  return out.astype(value.dtype), weights
+
+
+def prepare_common(query, key, value, *, bias, mask, causal, kv_lengths, segment_ids,
+                   local_window, dropout_rate, dropout_rng, deterministic):
+  """Validates the arguments every dense kernel shares and builds what the heads need.
+
+  Returns:
+    (bias4 or None, allowed4 or None, dropout keys [batch, heads] or None), where bias4 and
+    allowed4 broadcast to [batch, heads, q_len, kv_len].
+  """
+  b, tq, h, tk, _, _, _ = _checks.check_qkv(query, key, value)
+  target = (b, h, tq, tk)
+  _checks.check_mask_dtype(mask)
+  allowed = masks_lib.dense_mask(
+      b, tq, tk, mask=_checks.as_rank4(mask, "mask", target), causal=causal,
+      kv_lengths=_checks.check_lengths(kv_lengths, "kv_lengths", b),
+      segment_ids=segment_ids, local_window=local_window)
+  bias4 = _checks.as_rank4(bias, "bias", target)
+  keys = None
+  if _checks.check_dropout(dropout_rate, dropout_rng, deterministic):
+    keys = jax.random.split(dropout_rng, (b, h))
+  return bias4, allowed, keys
+
+
+def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=False,
+                          kv_lengths=None, segment_ids=None, local_window=None, scale=None,
+                          dropout_rate=0.0, dropout_rng=None, deterministic=False,
+                          return_weights=False):
+  """Scaled dot-product attention: softmax(q·kᵀ · scale + bias) · v, one head vmapped.
+
+  Args:
+    query: [batch, q_len, heads, head_dim].
+    key: [batch, kv_len, kv_heads, head_dim]; heads % kv_heads == 0 (GQA/MQA without
+      repeating K/V).
+    value: [batch, kv_len, kv_heads, value_dim].
+    bias: additive float bias broadcastable to [batch, heads, q_len, kv_len].
+    mask: boolean, broadcastable to [batch, heads, q_len, kv_len]; True = may attend.
+    causal: query i may attend key j iff j <= i + (kv_len - q_len) (aligned bottom-right,
+      as a KV cache or segment memory needs).
+    kv_lengths: int [batch]; keys at positions >= kv_lengths[b] are padding.
+    segment_ids: int [batch, length] (self-attention) or a pair (q_ids [batch, q_len],
+      kv_ids [batch, kv_len]); tokens attend only within their own segment.
+    local_window: int w or (left, right): keys within that distance of the aligned diagonal.
+    scale: score scale; default 1/sqrt(head_dim). `scale=1.0` is the plain dot product.
+    dropout_rate: dropout on the attention weights; needs `dropout_rng` unless deterministic.
+    deterministic: disables dropout.
+    return_weights: also return the softmax weights [batch, heads, q_len, kv_len] (before
+      dropout), e.g. for visualisation.
+
+  Returns:
+    [batch, q_len, heads, value_dim] in query's dtype (and the weights if asked). Rows whose
+    every key is masked give zeros.
+  """
+  bias4, allowed4, keys = prepare_common(
+      query, key, value, bias=bias, mask=mask, causal=causal, kv_lengths=kv_lengths,
+      segment_ids=segment_ids, local_window=local_window, dropout_rate=dropout_rate,
+      dropout_rng=dropout_rng, deterministic=deterministic)
+  scale = _checks.default_scale(scale, query.shape[-1])
+
+  def one_head(q, k, v, bias, allowed, dropout_key):
+    scores = jnp.einsum("qd,kd->qk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+      scores = scores + bias.astype(jnp.float32)
+    return attend_with_scores(scores, v, allowed, dropout_key, dropout_rate)
+
+  out, weights = vmap_heads(one_head, query, key, value, bias4, allowed4, keys)
+  out = heads_last(out).astype(query.dtype)
+  return (out, weights) if return_weights else out
