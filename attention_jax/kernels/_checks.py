@@ -10,7 +10,8 @@ def shape_of(x) -> tuple[int, ...]:
   return tuple(np.shape(x))
 
 
-def check_qkv(query, key, value) -> tuple[int, int, int, int, int, int, int]:
+def check_qkv(query, key, value, match_head_dims: bool = True
+              ) -> tuple[int, int, int, int, int, int, int]:
   """Checks the `[batch, length, heads, head_dim]` layout of query, key and value.
 
   Returns:
@@ -35,7 +36,7 @@ def check_qkv(query, key, value) -> tuple[int, int, int, int, int, int, int]:
   if vh != kh:
     raise ValueError(f"`key` and `value` must have the same number of heads, got key {kh} "
                      f"and value {vh}.")
-  if dk != d:
+  if match_head_dims and dk != d:
     raise ValueError(f"`query` and `key` head_dim differ: query {shape_of(query)} has "
                      f"{d}, key {shape_of(key)} has {dk}.")
   if h % kh:

@@ -42,15 +42,30 @@ def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float)
   return out.astype(value.dtype), weights
 
 
+def attention_scores(query, key, *, scale=None):
+  """Raw scores q·kᵀ · scale before any softmax, [batch, heads, q_len, kv_len] float32.
+
+  For inspection and teaching (the article's score tables); kernels never materialise this for
+  long sequences. `scale=1.0` gives the plain dot product.
+  """
+  _checks.check_qkv(query, key, key)
+  h, kh = query.shape[2], key.shape[2]
+  scale = _checks.default_scale(scale, query.shape[-1])
+  q = query.reshape(query.shape[:2] + (kh, h // kh, query.shape[-1]))
+  scores = jnp.einsum("bqkgd,bskd->bkgqs", q, key, preferred_element_type=jnp.float32)
+  return scores.reshape(query.shape[0], h, query.shape[1], key.shape[1]) * scale
+
+
 def prepare_common(query, key, value, *, bias, mask, causal, kv_lengths, segment_ids,
-                   local_window, dropout_rate, dropout_rng, deterministic):
+                   local_window, dropout_rate, dropout_rng, deterministic,
+                   check_head_dims=True):
   """Validates the arguments every dense kernel shares and builds what the heads need.
 
   Returns:
     (bias4 or None, allowed4 or None, dropout keys [batch, heads] or None), where bias4 and
     allowed4 broadcast to [batch, heads, q_len, kv_len].
   """
-  b, tq, h, tk, _, _, _ = _checks.check_qkv(query, key, value)
+  b, tq, h, tk, _, _, _ = _checks.check_qkv(query, key, value, check_head_dims)
   target = (b, h, tq, tk)
   _checks.check_mask_dtype(mask)
   allowed = masks_lib.dense_mask(

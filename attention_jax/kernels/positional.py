@@ -1,0 +1,84 @@
+"""Positional helpers that act on queries, keys or scores: sinusoids, rotary, ALiBi."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+
+def _check_even(dim: int, name: str):
+  if dim % 2:
+    raise ValueError(f"`{name}` must be even, got {dim}.")
+
+
+def sinusoidal_embedding(positions, dim: int, base: float = 10000.0):
+  """Sinusoidal encodings [sin(p·f), cos(p·f)] (Vaswani et al.; Transformer-XL's layout).
+
+  Args:
+    positions: float or int array [...] of positions (or relative distances).
+    dim: even embedding width.
+
+  Returns:
+    [..., dim] float32, sines in the first half and cosines in the second.
+  """
+  _check_even(dim, "dim")
+  inv_freq = 1.0 / (base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def relative_distances(kv_len: int):
+  """Distances kv_len-1, ..., 1, 0: the row order `relative_attention` expects."""
+  return jnp.arange(kv_len - 1, -1, -1)
+
+
+def apply_rotary(x, positions, base: float = 10000.0):
+  """Rotary position embedding (Su et al. 2021; rotate-half layout) of queries or keys.
+
+  Args:
+    x: [batch, length, heads, head_dim] with even head_dim.
+    positions: int [length] or [batch, length] absolute positions (with a KV cache: the
+      cache index of each new token).
+
+  Returns:
+    x rotated so that q_i·k_j depends on positions only through i - j; same shape and dtype.
+  """
+  d = x.shape[-1]
+  _check_even(d, "head_dim")
+  inv_freq = 1.0 / (base ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  positions = jnp.asarray(positions, jnp.float32)
+  if positions.ndim == 1:
+    positions = positions[None]
+  if positions.shape[-1] != x.shape[1]:
+    raise ValueError(f"`positions` must have length {x.shape[1]} (x's length axis), got "
+                     f"shape {positions.shape}.")
+  angles = positions[:, :, None, None] * inv_freq  # [batch|1, length, 1, d/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int):
+  """ALiBi head slopes (Press et al. 2022), including the non-power-of-two rule. [heads]."""
+  def power_of_two_slopes(n):
+    start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+    return [start * start ** i for i in range(n)]
+
+  closest = 2 ** int(math.floor(math.log2(num_heads)))
+  slopes = power_of_two_slopes(closest)
+  if closest < num_heads:
+    slopes += power_of_two_slopes(2 * closest)[0::2][:num_heads - closest]
+  return jnp.asarray(slopes, jnp.float32)
+
+
+def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None):
+  """ALiBi additive bias -slope_h · |i + (kv_len - q_len) - j|, shape [1, heads, q_len, kv_len].
+
+  Distances use the same bottom-right alignment as the causal mask; on the causal part this
+  is exactly the paper's bias.
+  """
+  kv_len = q_len if kv_len is None else kv_len
+  distance = jnp.abs(jnp.arange(q_len)[:, None] + (kv_len - q_len) - jnp.arange(kv_len)[None])
+  return -alibi_slopes(num_heads)[None, :, None, None] * distance[None, None]
