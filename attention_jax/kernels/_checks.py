@@ -94,3 +94,8 @@ def check_lengths(lengths, name: str, batch: int):
 
 def default_scale(scale, head_dim: int) -> float:
   return 1.0 / float(np.sqrt(head_dim)) if scale is None else float(scale)
+
+
+def accum_dtype(*xs):
+  """Dtype to accumulate scores in: float32, or float64 when inputs are float64."""
+  return jnp.promote_types(jnp.result_type(*xs), jnp.float32)

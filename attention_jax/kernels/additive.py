@@ -81,12 +81,14 @@ def additive_attention(query, key, value, query_kernel, key_kernel, score_vector
       segment_ids=segment_ids, local_window=local_window, dropout_rate=dropout_rate,
       dropout_rng=dropout_rng, deterministic=deterministic, check_head_dims=False)
 
+  acc = _checks.accum_dtype(query, key, query_kernel)
+
   def one_head(q, k, v, wq, wk, w, bias, allowed, dropout_key):
-    hq = jnp.dot(q, wq, preferred_element_type=jnp.float32)  # [q_len, hidden]
-    hk = jnp.dot(k, wk, preferred_element_type=jnp.float32)  # [kv_len, hidden]
-    scores = jnp.tanh(hq[:, None, :] + hk[None, :, :]) @ w.astype(jnp.float32)
+    hq = jnp.dot(q, wq, preferred_element_type=acc)  # [q_len, hidden]
+    hk = jnp.dot(k, wk, preferred_element_type=acc)  # [kv_len, hidden]
+    scores = jnp.tanh(hq[:, None, :] + hk[None, :, :]) @ w.astype(acc)
     if bias is not None:
-      scores = scores + bias.astype(jnp.float32)
+      scores = scores + bias.astype(acc)
     return attend_with_scores(scores, v, allowed, dropout_key, dropout_rate)
 
   out, weights = vmap_heads(one_head, query, key, value, wq, wk, w, bias4, allowed4, keys)

@@ -18,7 +18,7 @@ def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float)
   """Softmax over keys, optional dropout, weighted sum of values. One head.
 
   Args:
-    scores: [q_len, kv_len] float32 logits (already scaled and biased).
+    scores: [q_len, kv_len] logits (already scaled and biased), float32 or wider.
     value: [kv_len, dv].
     allowed: None or boolean, broadcastable to [q_len, kv_len]. Rows with no allowed key
       give zeros.
@@ -26,7 +26,7 @@ def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float)
     dropout_rate: probability of dropping an attention weight.
 
   Returns:
-    (output [q_len, dv] in value's dtype, weights [q_len, kv_len] float32 before dropout).
+    (output [q_len, dv] in value's dtype, weights [q_len, kv_len] before dropout).
   """
   if allowed is not None:
     scores = jnp.where(allowed, scores, MASK_VALUE)
@@ -38,7 +38,7 @@ def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float)
     keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
     dropped = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   out = jnp.einsum("qk,kd->qd", dropped.astype(value.dtype), value,
-                   preferred_element_type=jnp.float32)
+                   preferred_element_type=scores.dtype)
   return out.astype(value.dtype), weights
 
 
@@ -113,11 +113,12 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=Fal
       segment_ids=segment_ids, local_window=local_window, dropout_rate=dropout_rate,
       dropout_rng=dropout_rng, deterministic=deterministic)
   scale = _checks.default_scale(scale, query.shape[-1])
+  acc = _checks.accum_dtype(query, key)
 
   def one_head(q, k, v, bias, allowed, dropout_key):
-    scores = jnp.einsum("qd,kd->qk", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("qd,kd->qk", q, k, preferred_element_type=acc) * scale
     if bias is not None:
-      scores = scores + bias.astype(jnp.float32)
+      scores = scores + bias.astype(acc)
     return attend_with_scores(scores, v, allowed, dropout_key, dropout_rate)
 
   out, weights = vmap_heads(one_head, query, key, value, bias4, allowed4, keys)

@@ -84,14 +84,15 @@ def relative_attention(query, key, value, rel_pos_emb, content_bias, position_bi
       dropout_rng=dropout_rng, deterministic=deterministic)
   scale = _checks.default_scale(scale, d)
 
+  acc = _checks.accum_dtype(query, key)
+
   def one_head(q, k, v, r, u, pos_bias, bias, allowed, dropout_key):
-    f32 = jnp.float32
-    content = jnp.einsum("qd,kd->qk", q + u.astype(q.dtype), k, preferred_element_type=f32)
+    content = jnp.einsum("qd,kd->qk", q + u.astype(q.dtype), k, preferred_element_type=acc)
     by_distance = jnp.einsum("qd,rd->qr", q + pos_bias.astype(q.dtype), r.astype(q.dtype),
-                             preferred_element_type=f32)
+                             preferred_element_type=acc)
     scores = (content + realign(by_distance)) * scale
     if bias is not None:
-      scores = scores + bias.astype(f32)
+      scores = scores + bias.astype(acc)
     return attend_with_scores(scores, v, allowed, dropout_key, dropout_rate)
 
   r4 = jnp.asarray(rel_pos_emb).transpose(1, 0, 2)[None]  # [1, heads, kv_len, d]
