@@ -1,0 +1,41 @@
+"""Attention kernel benchmark (experiments/benchmark_attention.py).
+
+    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py
+    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:smoke
+    ... --config.seq_lens='(1024, 4096)' --config.repeats=9
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.batch = 1
+  c.heads = 8
+  c.head_dim = 64
+  c.dtype = "float32"
+  c.seq_lens = (512, 1024, 2048, 4096, 8192, 16384)
+  # Long-context run for the blockwise kernel only (forward+backward, `long_heads` heads).
+  c.long_seq_lens = (32768, 65536)
+  c.long_heads = 1
+  c.implementations = ("flash", "dot_product", "xla", "torch")
+  c.passes = ("forward", "forward_backward")
+  c.causal = (False, True)
+  c.repeats = 7  # timed runs per measurement (median), after one warm-up
+  c.repeats_above_4096 = 3  # fewer runs where one call takes seconds
+  c.memory_limit_gb = 12.0  # skip (but still report) implementations needing more temp memory
+  c.error_len = 2048  # sequence length of the max-abs-error check against float64 numpy
+  c.output_dir = "benchmark_results"
+
+  if arg == "smoke":  # seconds; what CI runs
+    c.seq_lens = (128, 256)
+    c.long_seq_lens = (1024,)
+    c.repeats = 2
+    c.repeats_above_4096 = 1
+    c.error_len = 128
+  elif arg == "quick":  # the T=4096 targets only
+    c.seq_lens = (4096,)
+    c.long_seq_lens = ()
+  elif arg not in (None, ""):
+    raise ValueError(f"unknown variant {arg!r}; valid: smoke, quick (or none).")
+  return c

@@ -1,0 +1,271 @@
+r"""Benchmark attention kernels side by side in one process (see ../shared/PERF.md protocol).
+
+    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py[:smoke]
+
+Compares our `flash` and `dot_product` kernels with `jax.nn.dot_product_attention` (XLA) and,
+when torch is installed, PyTorch's `scaled_dot_product_attention`: forward and forward+backward,
+full and causal. Runs are interleaved (A B A B ...) after a warm-up; each cell is the median.
+Prints a table (time, GFLOP/s, fraction of this process's GEMM rate, XLA temp memory), the
+ratios the targets are stated in, and the max abs error against a float64 numpy reference;
+writes JSON and a PNG plot to `config.output_dir`. It never asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+from absl import app
+from ml_collections import config_flags
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from attention_jax import kernels
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/benchmark_attention.py", "Benchmark configuration.", lock_config=True)
+
+GEMM_SIZE = 2048
+
+
+def attention_fn(impl: str, causal: bool):
+  if impl == "flash":
+    return lambda q, k, v: kernels.flash_attention(q, k, v, causal=causal)
+  if impl == "dot_product":
+    return lambda q, k, v: kernels.dot_product_attention(q, k, v, causal=causal)
+  if impl == "xla":
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                                        implementation="xla")
+  raise ValueError(f"unknown implementation {impl!r}; valid: flash, dot_product, xla, torch.")
+
+
+def jax_step(impl: str, pass_: str, causal: bool):
+  """Jitted f(q, k, v, d_out): the forward, or the gradients of sum(out * d_out)."""
+  attn = attention_fn(impl, causal)
+  if pass_ == "forward":
+    return jax.jit(lambda q, k, v, g: attn(q, k, v))
+  return jax.jit(jax.grad(lambda q, k, v, g: jnp.sum(attn(q, k, v) * g), argnums=(0, 1, 2)))
+
+
+def torch_step(pass_: str, causal: bool, arrays):
+  """A callable running torch SDPA on copies of `arrays` ([B, H, T, D] layout)."""
+  import torch  # optional dependency
+  sdpa = torch.nn.functional.scaled_dot_product_attention
+  q, k, v, g = (torch.from_numpy(np.asarray(a).transpose(0, 2, 1, 3).copy()) for a in arrays)
+  if pass_ == "forward":
+    def run():
+      with torch.no_grad():
+        sdpa(q, k, v, is_causal=causal)
+  else:
+    def run():
+      qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+      sdpa(qq, kk, vv, is_causal=causal).backward(g)
+  return run
+
+
+def temp_bytes(step, shapes) -> int:
+  """XLA's temporary memory for one call, from the compiled executable (nothing allocated)."""
+  return step.lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+
+def flops(batch, heads, seq_len, head_dim, pass_, causal) -> float:
+  """FlashAttention's convention: forward 4·B·H·T²·D (halved if causal); backward 2.5x that."""
+  forward = 4.0 * batch * heads * seq_len ** 2 * head_dim * (0.5 if causal else 1.0)
+  return forward * (3.5 if pass_ == "forward_backward" else 1.0)
+
+
+def timed(run) -> float:
+  start = time.perf_counter()
+  run()
+  return time.perf_counter() - start
+
+
+def gemm_rate() -> float:
+  """Same-process float32 GEMM rate (FLOP/s) on a 2048x2048 matmul, median of 7."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((GEMM_SIZE,) * 2), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(matmul(a))
+  times = [timed(lambda: jax.block_until_ready(matmul(a))) for _ in range(7)]
+  return 2.0 * GEMM_SIZE ** 3 / float(np.median(times))
+
+
+def random_inputs(batch, seq_len, heads, head_dim, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.standard_normal((batch, seq_len, heads, head_dim)), dtype)
+          for _ in range(4)]
+
+
+def measure(config, seq_len: int, heads: int, impls, passes, causals, gemm: float, log):
+  """Interleaved timings of every (impl, pass, causal) at one length; returns result rows."""
+  dtype = jnp.dtype(config.dtype)
+  arrays = random_inputs(config.batch, seq_len, heads, config.head_dim, dtype)
+  shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays]
+  rows, runners = [], []
+  for impl in impls:
+    for pass_ in passes:
+      for causal in causals:
+        row = dict(seq_len=seq_len, heads=heads, impl=impl, pass_=pass_, causal=causal,
+                   temp_mb=None, median_s=None, skipped=None)
+        if impl == "torch":
+          try:
+            run = torch_step(pass_, causal, arrays)
+          except ImportError:
+            continue
+        else:
+          step = jax_step(impl, pass_, causal)
+          row["temp_mb"] = temp_bytes(step, shapes) / 2 ** 20
+          if row["temp_mb"] > config.memory_limit_gb * 1024:
+            row["skipped"] = f"needs {row['temp_mb'] / 1024:.1f} GB temp"
+            rows.append(row)
+            continue
+          run = lambda step=step: jax.block_until_ready(step(*arrays))
+        rows.append(row)
+        runners.append((row, run))
+  repeats = config.repeats if seq_len <= 4096 else config.repeats_above_4096
+  for row, run in runners:  # warm-up: compile and first run, excluded
+    run()
+  times = {id(row): [] for row, _ in runners}
+  for r in range(repeats):
+    for row, run in runners:
+      times[id(row)].append(timed(run))
+    log(f"  T={seq_len} H={heads}: round {r + 1}/{repeats} done")
+  for row, _ in runners:
+    row["median_s"] = float(np.median(times[id(row)]))
+    work = flops(config.batch, heads, seq_len, config.head_dim, row["pass_"], row["causal"])
+    row["gflops"] = work / row["median_s"] / 1e9
+    row["gemm_fraction"] = work / row["median_s"] / gemm
+  return rows
+
+
+def max_abs_errors(config) -> dict[str, float]:
+  """Max |kernel - float64 numpy reference| of the forward at `config.error_len`."""
+  t, h, d = config.error_len, config.heads, config.head_dim
+  q, k, v, _ = random_inputs(1, t, h, d, jnp.float32, seed=1)
+  q64, k64, v64 = (np.asarray(x, np.float64)[0].transpose(1, 0, 2) for x in (q, k, v))
+  errors = {}
+  for causal in (False, True):
+    scores = q64 @ k64.transpose(0, 2, 1) / np.sqrt(d)
+    if causal:
+      scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    want = (weights / weights.sum(-1, keepdims=True)) @ v64  # [h, t, d]
+    for impl in ("flash", "dot_product", "xla"):
+      got = np.asarray(jax.jit(attention_fn(impl, causal))(q, k, v))[0].transpose(1, 0, 2)
+      errors[f"{impl}{'_causal' if causal else ''}"] = float(np.abs(got - want).max())
+  return errors
+
+
+def find(rows, **match):
+  for row in rows:
+    if all(row[k] == v for k, v in match.items()) and row["median_s"]:
+      return row
+  return None
+
+
+def ratios(rows, seq_len: int) -> dict[str, float]:
+  """The ratios the targets are stated in, at one length (None where not measured)."""
+  def ratio(a, b):
+    return None if a is None or b is None else b["median_s"] / a["median_s"]
+
+  out = {}
+  for pass_ in ("forward", "forward_backward"):
+    flash = find(rows, seq_len=seq_len, impl="flash", pass_=pass_, causal=False)
+    flash_c = find(rows, seq_len=seq_len, impl="flash", pass_=pass_, causal=True)
+    for other in ("xla", "dot_product", "torch"):
+      for causal, mine in ((False, flash), (True, flash_c)):
+        theirs = find(rows, seq_len=seq_len, impl=other, pass_=pass_, causal=causal)
+        out[f"flash_vs_{other}_{pass_}{'_causal' if causal else ''}"] = ratio(mine, theirs)
+    out[f"flash_causal_speedup_{pass_}"] = ratio(flash_c, flash)
+  return out
+
+
+def format_table(rows) -> str:
+  lines = ["| T | heads | impl | pass | causal | time | GFLOP/s | of GEMM | XLA temp |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    temp = "—" if r["temp_mb"] is None else f"{r['temp_mb']:.0f} MB"
+    if r["median_s"] is None:
+      timing = f"skipped ({r['skipped']})", "", ""
+    else:
+      timing = (f"{r['median_s'] * 1e3:.0f} ms", f"{r['gflops']:.0f}",
+                f"{r['gemm_fraction']:.0%}")
+    lines.append(f"| {r['seq_len']} | {r['heads']} | {r['impl']} | {r['pass_']} | "
+                 f"{'yes' if r['causal'] else 'no'} | " + " | ".join(timing) + f" | {temp} |")
+  return "\n".join(lines)
+
+
+def plot(rows, path: str) -> bool:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for ax, pass_ in zip(axes, ("forward", "forward_backward")):
+    for impl in sorted({r["impl"] for r in rows}):
+      for causal, style in ((False, "-"), (True, "--")):
+        pts = [(r["seq_len"], r["median_s"]) for r in rows if r["impl"] == impl
+               and r["pass_"] == pass_ and r["causal"] == causal and r["median_s"]
+               and r["heads"] == rows[0]["heads"]]
+        if pts:
+          ax.loglog(*zip(*pts), style, marker="o", label=f"{impl}{' causal' if causal else ''}")
+    ax.set(title=pass_.replace("_", "+"), xlabel="sequence length T", ylabel="median time (s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return True
+
+
+def run(config, log=print) -> dict:
+  """Runs the benchmark described by `config`; returns (and writes) the results."""
+  os.makedirs(config.output_dir, exist_ok=True)
+  log(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
+      f"{os.cpu_count()} cores)")
+  gemm = gemm_rate()
+  log(f"same-process float32 GEMM ({GEMM_SIZE}^3): {gemm / 1e9:.0f} GFLOP/s")
+  rows = []
+  for seq_len in config.seq_lens:
+    rows += measure(config, seq_len, config.heads, config.implementations, config.passes,
+                    config.causal, gemm, log)
+  for seq_len in config.long_seq_lens:
+    rows += measure(config, seq_len, config.long_heads, ("flash",), ("forward_backward",),
+                    (False,), gemm, log)
+    dpa = jax_step("xla", "forward_backward", False)
+    shapes = [jax.ShapeDtypeStruct((config.batch, seq_len, config.long_heads,
+                                    config.head_dim), jnp.dtype(config.dtype))] * 4
+    rows.append(dict(seq_len=seq_len, heads=config.long_heads, impl="xla",
+                     pass_="forward_backward", causal=False, median_s=None,
+                     temp_mb=temp_bytes(dpa, shapes) / 2 ** 20, skipped="memory only"))
+  results = dict(config=config.to_dict(), jax_version=jax.__version__,
+                 gemm_gflops=gemm / 1e9, rows=rows, max_abs_error=max_abs_errors(config),
+                 ratios={t: ratios(rows, t) for t in config.seq_lens})
+  table = format_table(rows)
+  log("\n" + table)
+  for seq_len, rs in results["ratios"].items():
+    shown = ", ".join(f"{k}={v:.2f}" for k, v in rs.items() if v is not None)
+    log(f"\nratios at T={seq_len}: {shown}")
+  log(f"\nmax abs error vs float64 numpy at T={config.error_len}: "
+      + ", ".join(f"{k}={v:.1e}" for k, v in results["max_abs_error"].items()))
+  with open(os.path.join(config.output_dir, "benchmark_attention.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(config.output_dir, "benchmark_attention.md"), "w") as f:
+    f.write(table + "\n")
+  png = os.path.join(config.output_dir, "benchmark_attention.png")
+  log(f"\nwrote {config.output_dir}/benchmark_attention.{{json,md}}"
+      + (f" and {png}" if plot(rows, png) else " (install matplotlib for the plot)"))
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  run(_CONFIG.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
