@@ -5,8 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attention_jax.kernels import _checks
-from attention_jax.kernels import masks as masks_lib
+from attention_jax.kernels.dot_product import prepare_common
 
 
 def xla_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_lengths=None,
@@ -17,14 +16,11 @@ def xla_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_l
   and rows with no visible key are zeroed (jax.nn would average every value there), so the
   result equals `dot_product_attention`. Arguments as there; `implementation` is passed on.
   """
-  b, tq, h, tk, _, _, _ = _checks.check_qkv(query, key, value)
-  target = (b, h, tq, tk)
-  _checks.check_mask_dtype(mask)
-  allowed = masks_lib.dense_mask(
-      b, tq, tk, mask=_checks.as_rank4(mask, "mask", target), causal=causal,
-      kv_lengths=_checks.check_lengths(kv_lengths, "kv_lengths", b),
-      segment_ids=segment_ids, local_window=local_window)
-  bias4 = _checks.as_rank4(bias, "bias", target)
+  bias4, allowed, _ = prepare_common(
+      query, key, value, bias=bias, mask=mask, causal=causal, kv_lengths=kv_lengths,
+      segment_ids=segment_ids, local_window=local_window, dropout_rate=0.0, dropout_rng=None,
+      deterministic=True)
+  h = query.shape[2]
   if bias4 is not None:
     bias4 = jnp.broadcast_to(bias4, (bias4.shape[0], h) + bias4.shape[2:]).astype(query.dtype)
   if allowed is not None:
