@@ -73,12 +73,14 @@ def alibi_slopes(num_heads: int):
   return jnp.asarray(slopes, jnp.float32)
 
 
-def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None):
-  """ALiBi additive bias -slope_h · |i + (kv_len - q_len) - j|, shape [1, heads, q_len, kv_len].
+def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, q_offset=None):
+  """ALiBi additive bias -slope_h · |(i + q_offset) - j|, shape [1, heads, q_len, kv_len].
 
-  Distances use the same bottom-right alignment as the causal mask; on the causal part this
+  `q_offset` (the position of the first query; may be traced, e.g. a KV-cache index) defaults
+  to kv_len - q_len, the bottom-right alignment of the causal mask. On the causal part this
   is exactly the paper's bias.
   """
   kv_len = q_len if kv_len is None else kv_len
-  distance = jnp.abs(jnp.arange(q_len)[:, None] + (kv_len - q_len) - jnp.arange(kv_len)[None])
+  q_offset = kv_len - q_len if q_offset is None else q_offset
+  distance = jnp.abs(jnp.arange(q_len)[:, None] + q_offset - jnp.arange(kv_len)[None])
   return -alibi_slopes(num_heads)[None, :, None, None] * distance[None, None]

@@ -1,0 +1,162 @@
+"""Multi-head attention: Q/K/V/output projections around any kernel from the registry."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from attention_jax import kernels
+from attention_jax.kernels import positional
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+POSITIONS = ("none", "rotary", "alibi", "relative")
+
+
+def head_dims(features: int, num_heads: int, num_kv_heads: int | None,
+              head_dim: int | None) -> tuple[int, int]:
+  """(kv_heads, head_dim) with clear errors for widths that do not split into heads."""
+  if head_dim is None:
+    if features % num_heads:
+      raise ValueError(f"width {features} is not divisible by num_heads={num_heads}; choose a "
+                       "width that is a multiple of the head count, or set head_dim.")
+    head_dim = features // num_heads
+  kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+  if num_heads % kv_heads:
+    raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={kv_heads}.")
+  return kv_heads, head_dim
+
+
+def relative_bias_params(module: nn.Module, num_heads: int, head_dim: int, dtype):
+  """Transformer-XL's global content bias u and position bias v, each [heads, head_dim]."""
+  return tuple(module.param(name, nn.initializers.zeros, (num_heads, head_dim), dtype)
+               for name in ("content_bias", "position_bias"))
+
+
+class MultiHeadAttention(nn.Module):
+  """Self- or cross-attention with a kernel chosen by name (or any kernel callable).
+
+  Attributes:
+    num_heads: query heads. num_kv_heads: key/value heads (GQA/MQA); default num_heads.
+    head_dim: per-head width; default width // num_heads.
+    out_features: output width; default the query input's width.
+    kernel: a registry name ("dot_product", "flash", "auto", ...) or a kernel callable.
+    dropout_rate: dropout on the attention weights (kernels that support it).
+    position: "none", "rotary" (on q and k), "alibi" (a bias; needs a bias-capable kernel)
+      or "relative" (Transformer-XL; needs kernel="relative").
+    decode: autoregressive decoding with a KV cache in the 'cache' collection. Initialise
+      with a full-length input to size the cache; then each call appends its tokens.
+    sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
+  """
+  num_heads: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  out_features: int | None = None
+  kernel: str | Callable = "dot_product"
+  dropout_rate: float = 0.0
+  use_bias: bool = True
+  position: str = "none"
+  rotary_base: float = 10000.0
+  decode: bool = False
+  sow_weights: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = default_kernel_init
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None, causal=False,
+               kv_lengths=None, segment_ids=None, relative_biases=None, deterministic=True):
+    """inputs_q [batch, q_len, width]; inputs_kv [batch, kv_len, width_kv] (default inputs_q).
+
+    mask/bias broadcast to [batch, heads, q_len, kv_len]; see `kernels.dot_product_attention`
+    for causal, kv_lengths and segment_ids. `relative_biases` = (u, v), each [heads, head_dim],
+    shares Transformer-XL's global biases across layers (default: this layer's own).
+    Returns [batch, q_len, out_features].
+    """
+    if self.position not in POSITIONS:
+      raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}.")
+    kernel = kernels.get(self.kernel)
+    if (self.position == "relative") != (kernel.name == "relative"):
+      raise ValueError("Transformer-XL relative positions need position='relative' together "
+                       f"with kernel='relative' (got position={self.position!r}, "
+                       f"kernel={kernel.name!r}).")
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    features = inputs_q.shape[-1]
+    kv_heads, head_dim = head_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
+    dense = lambda heads, name: nn.DenseGeneral(
+        (heads, head_dim), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=self.kernel_init, name=name)
+    query = dense(self.num_heads, "query")(inputs_q)
+    key = dense(kv_heads, "key")(inputs_kv)
+    value = dense(kv_heads, "value")(inputs_kv)
+
+    q_len = query.shape[1]
+    if self.decode:  # initialising sizes the cache to this input's length
+      cache = self._cache(key.shape, value.shape, key.dtype)
+    decoding = self.decode and not self.is_initializing()
+    # Position of the first query: the cache index, else bottom-right among the keys.
+    q_offset = cache[2].value if decoding else key.shape[1] - q_len
+    if self.position == "rotary":  # keys are rotated before they enter the cache
+      query = positional.apply_rotary(query, q_offset + jnp.arange(q_len), self.rotary_base)
+      key_start = q_offset if decoding else 0
+      key = positional.apply_rotary(key, key_start + jnp.arange(key.shape[1]), self.rotary_base)
+    if decoding:
+      key, value, cache_mask = self._append_to_cache(key, value, *cache)
+      mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
+      causal = False  # the cache mask is causal already
+    kv_len = key.shape[1]
+    if self.position == "alibi":
+      alibi = positional.alibi_bias(self.num_heads, q_len, kv_len, q_offset)
+      bias = alibi if bias is None else bias + alibi
+
+    kwargs = dict(mask=mask, bias=bias, kv_lengths=kv_lengths, segment_ids=segment_ids)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if causal:
+      kwargs["causal"] = True
+    if self.dropout_rate > 0.0 and not deterministic:
+      kwargs.update(dropout_rate=self.dropout_rate, dropout_rng=self.make_rng("dropout"))
+    if self.sow_weights:
+      kwargs["return_weights"] = True
+    extra = ()
+    if self.position == "relative":
+      extra = self._relative_position_args(features, kv_len, head_dim, relative_biases)
+    out = kernel(query, key, value, *extra, **kwargs)
+    if self.sow_weights:
+      out, weights = out
+      self.sow("intermediates", "attention_weights", weights)
+    return nn.DenseGeneral(self.out_features or features, axis=(-2, -1), use_bias=self.use_bias,
+                           dtype=self.dtype, param_dtype=self.param_dtype,
+                           kernel_init=self.kernel_init, name="out")(out)
+
+  def _cache(self, key_shape, value_shape, dtype):
+    """The 'cache' variables: keys, values [batch, max_len, kv_heads, head_dim], next index."""
+    return (self.variable("cache", "cached_key", jnp.zeros, key_shape, dtype),
+            self.variable("cache", "cached_value", jnp.zeros, value_shape, dtype),
+            self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32)))
+
+  def _append_to_cache(self, key, value, cached_key, cached_value, cache_index):
+    """Writes the new keys/values at the cache index; returns the whole cache and its mask.
+
+    The cache has the length of the input the module was initialised with; writing past its
+    end is the caller's error (`generate` checks lengths before it starts).
+    """
+    start, new = cache_index.value, key.shape[1]
+    cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+    cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
+    cache_index.value = start + new
+    q_positions = start + jnp.arange(new)
+    max_len = cached_key.value.shape[1]
+    cache_mask = (jnp.arange(max_len)[None, :] <= q_positions[:, None])[None, None]
+    return cached_key.value, cached_value.value, cache_mask
+
+  def _relative_position_args(self, features, kv_len, head_dim, relative_biases):
+    """Transformer-XL's projected sinusoids of distances kv_len-1..0 and biases u, v."""
+    sinusoids = positional.sinusoidal_embedding(positional.relative_distances(kv_len), features)
+    rel = nn.DenseGeneral((self.num_heads, head_dim), use_bias=False, dtype=self.dtype,
+                          param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                          name="position")(sinusoids)
+    if relative_biases is not None:
+      return (rel, *relative_biases)
+    return (rel, *relative_bias_params(self, self.num_heads, head_dim, self.param_dtype))

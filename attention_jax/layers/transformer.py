@@ -1,0 +1,92 @@
+"""The transformer block: self-attention, optional cross-attention, MLP; pre- or post-LN."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from attention_jax.layers.attention import MultiHeadAttention, default_kernel_init
+from attention_jax.layers.mlp import Mlp
+
+
+class TransformerBlock(nn.Module):
+  """x [batch, length, width] -> [batch, length, width].
+
+  Pre-LN (GPT-2, ViT): x + f(LN(x)); post-LN (Vaswani, BERT, Transformer-XL): LN(x + f(x)).
+  Dropout is applied to each sublayer's output before the residual sum.
+
+  Attributes (beyond MultiHeadAttention's and Mlp's):
+    cross_attention: add encoder-decoder attention over `encoded` after self-attention.
+  """
+  num_heads: int
+  mlp_dim: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  pre_ln: bool = True
+  cross_attention: bool = False
+  kernel: str | Callable = "dot_product"
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  ln_eps: float = 1e-6
+  activation: str = "gelu"
+  gated_mlp: bool = False
+  position: str = "none"
+  decode: bool = False
+  use_bias: bool = True  # in the MLP
+  attention_use_bias: bool = True  # in the attention projections
+  sow_weights: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = default_kernel_init
+
+  def _attention(self, name, decode=False, position="none"):
+    return MultiHeadAttention(
+        num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+        kernel=self.kernel, dropout_rate=self.attention_dropout_rate,
+        use_bias=self.attention_use_bias,
+        position=position, decode=decode, sow_weights=self.sow_weights, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)
+
+  def _norm(self, name):
+    return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name=name)
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, causal=False, kv_lengths=None, segment_ids=None,
+               memory=None, relative_biases=None, encoded=None, encoded_mask=None,
+               encoded_lengths=None, deterministic=True):
+    """Masks as `MultiHeadAttention`; `memory` [batch, mem_len, width] is prepended to the
+    keys/values of self-attention (Transformer-XL); `encoded` is attended by cross-attention
+    with `encoded_mask` / `encoded_lengths`."""
+    dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+    # Self-attention (keys over [memory; x] when memory is given).
+    attention = self._attention("attention", self.decode, self.position)
+    norm = self._norm("attention_norm")
+    context = x if memory is None else jnp.concatenate([memory.astype(x.dtype), x], axis=1)
+    attend = lambda q, kv: attention(q, kv, mask=mask, causal=causal, kv_lengths=kv_lengths,
+                                     segment_ids=segment_ids, relative_biases=relative_biases,
+                                     deterministic=deterministic)
+    if self.pre_ln:
+      normed = norm(context)
+      x = x + dropout(attend(normed[:, -x.shape[1]:], normed))
+    else:
+      x = norm(x + dropout(attend(x, context)))
+
+    if self.cross_attention:
+      if encoded is None:
+        raise ValueError("a block with cross_attention=True needs `encoded` (the encoder "
+                         "output).")
+      cross = self._attention("cross_attention")
+      norm = self._norm("cross_attention_norm")
+      attend = lambda q: cross(q, encoded, mask=encoded_mask, kv_lengths=encoded_lengths,
+                               deterministic=deterministic)
+      x = x + dropout(attend(norm(x))) if self.pre_ln else norm(x + dropout(attend(x)))
+
+    mlp = Mlp(self.mlp_dim, activation=self.activation, gated=self.gated_mlp,
+              use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+              kernel_init=self.kernel_init, name="mlp")
+    norm = self._norm("mlp_norm")
+    return x + dropout(mlp(norm(x))) if self.pre_ln else norm(x + dropout(mlp(x)))

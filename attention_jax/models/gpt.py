@@ -1,0 +1,65 @@
+"""GPT: a causal decoder-only language model with tied input/output embeddings (GPT-2)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from attention_jax.layers import TextEmbeddings, TransformerBlock
+
+
+class GPT(nn.Module):
+  """tokens [batch, length] -> next-token logits [batch, length, vocab_size].
+
+  Pre-LN blocks and a final LayerNorm, as GPT-2. `position` is "learned" (GPT-2), "rotary" or
+  "alibi". With `decode=True` the attention layers keep a KV cache (see `generate`).
+  """
+  vocab_size: int
+  max_len: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  num_kv_heads: int | None = None
+  position: str = "learned"
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  ln_eps: float = 1e-5
+  activation: str = "gelu_tanh"
+  kernel: str | Callable = "dot_product"
+  decode: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, *, segment_ids=None, deterministic=True):
+    length = tokens.shape[1]
+    positions = None
+    if self.decode:
+      index = self.variable("cache", "position_index", lambda: jnp.array(0, jnp.int32))
+      if not self.is_initializing():
+        positions = index.value + jnp.arange(length)[None]
+        index.value = index.value + length
+    embed = TextEmbeddings(self.vocab_size, self.width, self.max_len,
+                           position="learned" if self.position == "learned" else "none",
+                           dropout_rate=self.dropout_rate, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name="embed")
+    x = embed(tokens, positions, deterministic=deterministic)
+    for i in range(self.depth):
+      x = TransformerBlock(
+          self.num_heads, self.mlp_dim, num_kv_heads=self.num_kv_heads, pre_ln=True,
+          kernel=self.kernel, dropout_rate=self.dropout_rate,
+          attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
+          activation=self.activation,
+          position=self.position if self.position in ("rotary", "alibi") else "none",
+          decode=self.decode, dtype=self.dtype, param_dtype=self.param_dtype,
+          name=f"block_{i}")(x, causal=not self.decode, segment_ids=segment_ids,
+                             deterministic=deterministic)
+    x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="final_norm")(x)
+    return embed.attend(x).astype(jnp.float32)
+
+  def example_inputs(self):
+    return (jnp.zeros((1, min(8, self.max_len)), jnp.int32),)
