@@ -38,9 +38,8 @@ class Kernel:
   def __call__(self, query, key, value, *args, **kwargs):
     unknown = sorted(set(kwargs) - self.arguments)
     if unknown:
-      able = {a: [k.name for k in _KERNELS.values() if k.supports(a)] for a in unknown}
       raise ValueError(f"kernel {self.name!r} does not take {unknown}. Kernels that do: "
-                       + "; ".join(f"{a}: {names or 'none'}" for a, names in able.items()))
+                       f"{', '.join(supporting(*unknown)) or 'none'}.")
     return self.fn(query, key, value, *args, **kwargs)
 
 
@@ -58,6 +57,11 @@ def register(name: str, fn: Callable, description: str = "") -> Kernel:
 def names() -> list[str]:
   """Names of all registered kernels."""
   return sorted(_KERNELS)
+
+
+def supporting(*arguments: str) -> list[str]:
+  """Names of the registered kernels that take all of `arguments`."""
+  return [name for name in names() if all(_KERNELS[name].supports(a) for a in arguments)]
 
 
 def get(name: str | Callable) -> Kernel:

@@ -29,6 +29,26 @@ def head_dims(features: int, num_heads: int, num_kv_heads: int | None,
   return kv_heads, head_dim
 
 
+_WHY = {
+    "dropout_rate": "attention dropout (set attention_dropout_rate=0 or run deterministic)",
+    "bias": "an additive bias (ALiBi positions or a `bias` argument)",
+    "return_weights": "returned attention weights (sow_weights=True)",
+    "mask": "a boolean mask", "kv_lengths": "padding lengths",
+    "segment_ids": "packed-sequence segment ids", "causal": "causal masking",
+}
+
+
+def _check_kernel_takes(kernel, kwargs):
+  """Fails early, naming what the layer needs, when the kernel cannot take an argument."""
+  missing = [name for name in kwargs if name != "dropout_rng" and not kernel.supports(name)]
+  if missing:
+    able = kernels.supporting(*missing)
+    raise ValueError(
+        f"attention kernel {kernel.name!r} is incompatible with this layer: it needs "
+        + "; ".join(_WHY.get(m, m) for m in missing)
+        + f". Kernels that support it: {', '.join(able) or 'none'}.")
+
+
 def relative_bias_params(module: nn.Module, num_heads: int, head_dim: int, dtype):
   """Transformer-XL's global content bias u and position bias v, each [heads, head_dim]."""
   return tuple(module.param(name, nn.initializers.zeros, (num_heads, head_dim), dtype)
@@ -119,6 +139,7 @@ class MultiHeadAttention(nn.Module):
       kwargs.update(dropout_rate=self.dropout_rate, dropout_rng=self.make_rng("dropout"))
     if self.sow_weights:
       kwargs["return_weights"] = True
+    _check_kernel_takes(kernel, kwargs)
     extra = ()
     if self.position == "relative":
       extra = self._relative_position_args(features, kv_len, head_dim, relative_biases)

@@ -1,0 +1,119 @@
+"""Multi-head attention, embeddings and blocks: kernels interchangeable, errors clear."""
+
+import functools
+
+import numpy as np
+import pytest
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attention_jax import kernels
+from attention_jax.layers import MultiHeadAttention, PatchEmbedding, TextEmbeddings, Mlp
+
+
+class ArticleSelfAttention(nn.Module):
+  """The article's PyTorch `SelfAttention`, as a Flax module over our kernel (no scaling)."""
+  embed_dim: int
+
+  @nn.compact
+  def __call__(self, inputs):
+    query, key, value = (nn.Dense(self.embed_dim, name=n)(inputs)[:, :, None, :]
+                         for n in ("query_linear", "key_linear", "value_linear"))
+    return kernels.get("dot_product")(query, key, value, scale=1.0)[:, :, 0, :]
+
+
+def test_article_self_attention_module():
+  model = ArticleSelfAttention(embed_dim=128)
+  input_sequence = jax.random.normal(jax.random.key(0), (16, 10, 128))
+  params = model.init(jax.random.key(1), input_sequence)
+  output = model.apply(params, input_sequence)
+  assert output.shape == (16, 10, 128)
+  x = np.asarray(input_sequence, np.float64)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+  q, k, v = (x @ p[n]["kernel"] + p[n]["bias"] for n in ("query_linear", "key_linear",
+                                                           "value_linear"))
+  s = q @ k.transpose(0, 2, 1)
+  w = np.exp(s - s.max(-1, keepdims=True))
+  np.testing.assert_allclose(output, (w / w.sum(-1, keepdims=True)) @ v, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_kv_heads", [None, 2, 1])
+def test_attention_kernels_are_interchangeable(num_kv_heads):
+  x = jax.random.normal(jax.random.key(0), (2, 40, 32))
+  mha = MultiHeadAttention(num_heads=4, num_kv_heads=num_kv_heads)
+  params = mha.init(jax.random.key(1), x)
+  assert params["params"]["key"]["kernel"].shape == (32, num_kv_heads or 4, 8)
+  lengths = jnp.array([40, 23])
+  want = mha.apply(params, x, causal=True, kv_lengths=lengths)
+  for name in ("flash", "xla", "auto", functools.partial(kernels.flash_attention, block_q=8,
+                                                         block_k=16)):
+    got = mha.clone(kernel=name).apply(params, x, causal=True, kv_lengths=lengths)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_cross_attention_and_sown_weights():
+  x, memory = jnp.ones((2, 5, 16)), jax.random.normal(jax.random.key(0), (2, 7, 24))
+  mha = MultiHeadAttention(num_heads=2, sow_weights=True)
+  params = mha.init(jax.random.key(1), x, memory)
+  out, state = mha.apply(params, x, memory, kv_lengths=jnp.array([7, 3]),
+                         mutable=["intermediates"])
+  assert out.shape == (2, 5, 16)
+  (weights,) = state["intermediates"]["attention_weights"]
+  assert weights.shape == (2, 2, 5, 7)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
+  np.testing.assert_array_equal(weights[1, :, :, 3:], 0.0)
+
+
+def test_attention_dropout_needs_rng_and_differs_by_key():
+  x = jax.random.normal(jax.random.key(0), (1, 6, 16))
+  mha = MultiHeadAttention(num_heads=2, dropout_rate=0.5)
+  params = mha.init(jax.random.key(1), x)
+  a = mha.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
+  b = mha.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
+  assert np.abs(a - b).max() > 1e-4
+  np.testing.assert_array_equal(mha.apply(params, x), mha.clone(dropout_rate=0.0).apply(
+      params, x))
+
+
+@pytest.mark.parametrize("module,message", [
+    (MultiHeadAttention(num_heads=3), "width 32 is not divisible by num_heads=3"),
+    (MultiHeadAttention(num_heads=4, num_kv_heads=3), "multiple of num_kv_heads=3"),
+    (MultiHeadAttention(num_heads=4, kernel="flash", position="alibi"),
+     "incompatible with this layer: it needs an additive bias.*dot_product"),
+    (MultiHeadAttention(num_heads=4, kernel="flash", sow_weights=True),
+     "returned attention weights"),
+    (MultiHeadAttention(num_heads=4, kernel="dot_product", position="relative"),
+     "position='relative' together with kernel='relative'"),
+    (MultiHeadAttention(num_heads=4, kernel="flsh"), "unknown attention kernel 'flsh'"),
+])
+def test_attention_configuration_errors(module, message):
+  with pytest.raises(ValueError, match=message):
+    module.init(jax.random.key(0), jnp.ones((1, 4, 32)))
+
+
+def test_flash_kernel_with_training_dropout_names_the_fix():
+  mha = MultiHeadAttention(num_heads=4, kernel="flash", dropout_rate=0.1)
+  x = jnp.ones((1, 4, 32))
+  params = mha.init(jax.random.key(0), x)  # deterministic: fine
+  with pytest.raises(ValueError, match="set attention_dropout_rate=0"):
+    mha.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+
+
+def test_embeddings_errors_and_tied_logits():
+  embed = TextEmbeddings(vocab_size=11, width=8, max_len=4, type_vocab_size=2)
+  params = embed.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  with pytest.raises(ValueError, match="sequence length 5 exceeds the model's maximum of 4"):
+    embed.apply(params, jnp.zeros((1, 5), jnp.int32))
+  x = jnp.ones((2, 3, 8))
+  logits = embed.apply(params, x, method=TextEmbeddings.attend)
+  np.testing.assert_allclose(logits, x @ params["params"]["token"]["embedding"].T, rtol=1e-6)
+  with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+    PatchEmbedding(4, 8).init(jax.random.key(0), jnp.ones((1, 10, 8, 3)))
+  with pytest.raises(ValueError, match="unknown activation 'swish'"):
+    Mlp(8, activation="swish").init(jax.random.key(0), x)
+
+
+def test_gated_mlp_has_gate_parameters():
+  params = Mlp(16, gated=True, activation="silu").init(jax.random.key(0), jnp.ones((1, 8)))
+  assert set(params["params"]) == {"fc1", "gate", "fc2"}

@@ -1,0 +1,178 @@
+"""Model invariants: cached decoding equals a full pass, segment memory equals a long pass,
+kernels are interchangeable, padding does not leak."""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from attention_jax import models
+from attention_jax.models.generation import init_cache
+
+TOKENS = jax.random.randint(jax.random.key(1), (2, 12), 0, 128)
+
+
+def init(model, *inputs):
+  return model.init(jax.random.key(0), *inputs)["params"]
+
+
+@pytest.mark.parametrize("position,kernel", [
+    ("learned", "dot_product"), ("learned", "flash"), ("rotary", "dot_product"),
+    ("rotary", "flash"), ("alibi", "dot_product")])  # ALiBi is a bias: flash takes none
+def test_gpt_prefill_then_cached_steps_equal_full_forward(position, kernel):
+  model = models.create("gpt-tiny", position=position, kernel=kernel)
+  params = init(model, TOKENS)
+  full = model.apply({"params": params}, TOKENS)
+  decoder = model.clone(decode=True)
+  cache = init_cache(decoder, jnp.zeros_like(TOKENS))
+  logits, state = decoder.apply({"params": params, "cache": cache}, TOKENS[:, :5],
+                                mutable=["cache"])
+  steps = [logits]
+  for t in range(5, TOKENS.shape[1]):
+    logits, state = decoder.apply({"params": params, "cache": state["cache"]},
+                                  TOKENS[:, t:t + 1], mutable=["cache"])
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
+
+
+def test_generate_is_deterministic_and_follows_its_settings():
+  model = models.create("gpt-tiny")
+  params = init(model, TOKENS)
+  prompt = TOKENS[:, :4]
+  sample = lambda key, **kw: models.generate(model, params, prompt, max_new_tokens=6,
+                                             rng=jax.random.key(key), **kw)
+  np.testing.assert_array_equal(sample(0), sample(0))
+  assert not np.array_equal(sample(0), sample(1))
+  greedy = sample(0, temperature=0.0)
+  np.testing.assert_array_equal(sample(5, top_k=1), greedy)
+  # Greedy decoding by hand: argmax of the full forward, one token at a time.
+  tokens = prompt
+  for _ in range(6):
+    nxt = jnp.argmax(model.apply({"params": params}, tokens)[:, -1], -1)
+    tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
+  np.testing.assert_array_equal(greedy, tokens[:, 4:])
+  with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
+    models.generate(model, params, prompt, max_new_tokens=61, rng=jax.random.key(0))
+  with pytest.raises(ValueError, match="top_p must be in"):
+    sample(0, top_p=1.5)
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  draws = jax.vmap(lambda k: models.sample_logits(logits, k, top_p=0.8))(
+      jax.random.split(jax.random.key(0), 500))
+  assert set(np.unique(draws)) == {0, 1}
+
+
+def test_encoder_decoder_incremental_equals_teacher_forced_and_beam_scores():
+  model = models.create("transformer-tiny", dropout_rate=0.0)
+  src, tgt = TOKENS[:, :9], TOKENS[:, 3:10]
+  lengths = jnp.array([9, 6])
+  params = init(model, src, tgt, lengths)
+  full = model.apply({"params": params}, src, tgt, lengths)
+  decoder = model.clone(decode=True)
+  encoded = model.apply({"params": params}, src, lengths, method="encode")
+  cache = init_cache(decoder, jnp.zeros_like(tgt), encoded, lengths, method="decode_logits")
+  steps = []
+  for t in range(tgt.shape[1]):
+    logits, state = decoder.apply({"params": params, "cache": cache}, tgt[:, t:t + 1],
+                                  encoded, lengths, method="decode_logits", mutable=["cache"])
+    cache = state["cache"]
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
+
+  tokens, scores = models.beam_search(model, params, src, beam_size=3, max_len=6, bos_id=1,
+                                      eos_id=2, source_lengths=lengths, length_penalty=0.0)
+  # The beam's score is the model's log-probability of the sequence it returns.
+  target_in = jnp.concatenate([jnp.ones((2, 1), jnp.int32), tokens[:, :-1]], axis=1)
+  log_probs = jax.nn.log_softmax(model.apply({"params": params}, src, target_in, lengths))
+  picked = jnp.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+  alive = jnp.cumsum(tokens == 2, axis=1) - (tokens == 2) == 0  # up to and incl. first EOS
+  np.testing.assert_allclose(scores, jnp.sum(picked * alive, axis=1), atol=1e-4)
+  greedy = models.greedy_decode(model, params, src, max_len=6, bos_id=1, eos_id=2,
+                                source_lengths=lengths)
+  one_beam, _ = models.beam_search(model, params, src, beam_size=1, max_len=6, bos_id=1,
+                                   eos_id=2, source_lengths=lengths, length_penalty=0.0)
+  np.testing.assert_array_equal(greedy, one_beam)
+
+
+def test_transformer_xl_segments_with_memory_equal_one_long_pass():
+  model = models.create("transformer-xl-tiny", mem_len=6, dropout_rate=0.0)
+  tokens = jax.random.randint(jax.random.key(2), (2, 3 * 5), 0, 128)
+  params = init(model, tokens[:, :5])
+  memory, outputs = None, []
+  for s in range(3):
+    out, memory = model.apply({"params": params}, tokens[:, 5 * s:5 * (s + 1)], memory)
+    outputs.append(out)
+    assert memory.shape == (2, 2, min(6, 5 * (s + 1)), 32)
+  # One pass: position p of segment k sees keys [start_k - mem_len, p].
+  q = np.arange(15)[:, None]
+  k = np.arange(15)[None, :]
+  mask = (k >= (q // 5) * 5 - 6) & (k <= q)
+  long, _ = model.apply({"params": params}, tokens, mask=jnp.asarray(mask)[None, None])
+  np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), long, atol=2e-5)
+  # A longer evaluation memory is a call argument; parameters do not change.
+  _, memory = model.apply({"params": params}, tokens[:, :5], mem_len=20)
+  assert memory.shape[2] == 5
+
+
+def test_transformer_xl_gradients_do_not_flow_into_memory():
+  model = models.create("transformer-xl-tiny", dropout_rate=0.0)
+  params = init(model, TOKENS[:, :4])
+  memory = jax.random.normal(jax.random.key(3), (2, 2, 5, 32))
+  grad = jax.grad(lambda m: model.apply({"params": params}, TOKENS[:, :4], m)[0].sum())(memory)
+  np.testing.assert_array_equal(grad, 0.0)
+  log_probs, _ = model.apply({"params": params}, TOKENS[:, :4], memory)
+  np.testing.assert_allclose(jnp.exp(log_probs).sum(-1), 1.0, atol=1e-5)  # adaptive softmax
+
+
+INPUTS = {
+    "bert-tiny": lambda: (TOKENS,),
+    "gpt-tiny": lambda: (TOKENS,),
+    "transformer-tiny": lambda: (TOKENS[:, :9], TOKENS[:, 2:8]),
+    "vit-tiny": lambda: (jax.random.normal(jax.random.key(4), (2, 16, 16, 1)),),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_models_give_same_outputs_with_dot_product_and_flash(name):
+  inputs = INPUTS[name]()
+  model = models.create(name)
+  params = init(model, *inputs)
+  want = model.apply({"params": params}, *inputs)
+  got = models.create(name, kernel="flash").apply({"params": params}, *inputs)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), got, want)
+
+
+def test_padding_does_not_change_real_positions():
+  bert = models.create("bert-tiny")
+  params = init(bert, TOKENS)
+  short = bert.apply({"params": params}, TOKENS[:, :7])["hidden"]
+  padded = jnp.concatenate([TOKENS[:, :7], jnp.zeros((2, 5), jnp.int32)], axis=1)
+  mask = jnp.arange(12)[None] < 7
+  long = bert.apply({"params": params}, padded, attention_mask=jnp.broadcast_to(mask, (2, 12)))
+  np.testing.assert_allclose(long["hidden"][:, :7], short, atol=2e-5)
+
+  translate = models.create("transformer-tiny")
+  src, tgt = TOKENS[:, :6], TOKENS[:, 6:]
+  params = init(translate, src, tgt)
+  want = translate.apply({"params": params}, src, tgt)
+  padded_src = jnp.concatenate([src, jnp.zeros((2, 4), jnp.int32)], axis=1)
+  got = translate.apply({"params": params}, padded_src, tgt, jnp.array([6, 6]))
+  np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_model_input_errors():
+  vit = models.create("vit-tiny")
+  with pytest.raises(ValueError, match="built for 16x16"):
+    vit.init(jax.random.key(0), jnp.ones((1, 20, 20, 1)))
+  with pytest.raises(ValueError, match="not divisible by the patch size 3"):
+    models.create("vit-tiny", patch_size=3, image_size=16).init(
+        jax.random.key(0), jnp.ones((1, 16, 16, 1)))
+  gpt = models.create("gpt-tiny")
+  with pytest.raises(ValueError, match="sequence length 65 exceeds the model's maximum of 64"):
+    gpt.init(jax.random.key(0), jnp.zeros((1, 65), jnp.int32))
+  with pytest.raises(ValueError, match="width 30 is not divisible by num_heads=4"):
+    models.create("bert-tiny", width=30).init(jax.random.key(0), TOKENS)
+  with pytest.raises(ValueError, match="incompatible with this layer: it needs an additive"):
+    models.create("gpt-tiny", position="alibi", kernel="flash").init(jax.random.key(0), TOKENS)

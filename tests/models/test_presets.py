@@ -1,0 +1,43 @@
+"""Every preset's parameter count, pinned to its published reference implementation."""
+
+import pytest
+
+from attention_jax import models
+
+PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].reference
+    "bert-base": 109_482_240,  # HF BertModel (bert-base-uncased), pooler included
+    "bert-large": 335_141_888,
+    "minilm-l6": 22_713_216,  # all-MiniLM-L6-v2 (its safetensors adds a 512-entry buffer)
+    "gpt2-small": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "transformer-base": 63_082_496,  # 37k shared vocab: 18.9M embeddings + 44.1M layers
+    "transformer-xl-base": 151_107_538,  # official PyTorch n_all_param for WT103 base
+    "vit-ti16": 5_717_416,
+    "vit-b16": 86_567_656,
+    # tiny presets: pinned so that architecture changes are noticed
+    "bert-tiny": 24_416,
+    "gpt-tiny": 23_296,
+    "transformer-tiny": 46_848,
+    "transformer-xl-tiny": 23_234,
+    "vit-tiny": 18_602,
+}
+
+
+def test_every_preset_is_pinned():
+  assert set(PUBLISHED) == set(models.names())
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count(name):
+  assert models.param_count(name) == PUBLISHED[name]
+
+
+def test_overrides_and_errors():
+  assert models.create("gpt-tiny", kernel="flash").kernel == "flash"
+  assert models.param_count("gpt-tiny", num_kv_heads=1) < PUBLISHED["gpt-tiny"]
+  with pytest.raises(ValueError, match="unknown preset 'gpt3'; valid presets: bert-base"):
+    models.create("gpt3")
+  with pytest.raises(ValueError, match="has no option\\(s\\) \\['widht'\\]"):
+    models.create("gpt-tiny", widht=64)
+  with pytest.raises(ValueError, match="unknown attention kernel 'flsh'"):
+    models.create("bert-base", kernel="flsh")
