@@ -176,3 +176,22 @@ def test_model_input_errors():
     models.create("bert-tiny", width=30).init(jax.random.key(0), TOKENS)
   with pytest.raises(ValueError, match="incompatible with this layer: it needs an additive"):
     models.create("gpt-tiny", position="alibi", kernel="flash").init(jax.random.key(0), TOKENS)
+
+
+def test_bert_mlm_head_is_tied_and_counts_like_the_reference():
+  bert = models.create("bert-tiny")
+  variables = bert.init(jax.random.key(0), TOKENS, method=models.Bert.pretrain)
+  params = variables["params"]
+  assert set(params) - set(init(bert, TOKENS)) == {"mlm_head", "mlm_bias"}
+  out = bert.apply({"params": params}, TOKENS, method=models.Bert.pretrain)
+  head = bert.apply({"params": params}, out["hidden"],
+                    method=lambda m, h: m.mlm_head(h))
+  table = params["embed"]["token"]["embedding"]
+  np.testing.assert_allclose(out["mlm_logits"], head @ table.T + params["mlm_bias"]["bias"],
+                             atol=1e-5)
+  # bert-base with the MLM head = HF BertForPreTraining (110,106,428) minus its 1,538-parameter
+  # next-sentence head.
+  base = models.create("bert-base")
+  shapes = jax.eval_shape(lambda: base.init(jax.random.key(0), *base.example_inputs(),
+                                            method=models.Bert.pretrain))
+  assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == 110_106_428 - 1_538
