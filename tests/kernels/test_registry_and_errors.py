@@ -21,15 +21,16 @@ def test_registry_has_the_kernels_and_lists_them_on_error():
 def test_registry_kernels_agree_with_dot_product():
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32)
-             for s in ((2, 600, 4, 16), (2, 600, 2, 16), (2, 600, 2, 16)))
+             for s in ((1, 1024, 2, 16), (1, 1024, 1, 16), (1, 1024, 1, 16)))
   want = kernels.dot_product_attention(q, k, v, causal=True)
-  assert kernels.choose(q, k) == "flash"  # 600 x 600 scores: the blockwise kernel
+  assert kernels.choose(q, k) == "flash"  # 1024 x 1024 scores: the blockwise kernel
   for name in ("flash", "xla", "auto"):
     np.testing.assert_allclose(kernels.get(name)(q, k, v, causal=True), want, atol=2e-6)
 
 
 def test_auto_picks_dense_kernel_for_bias_dropout_weights_and_short_inputs():
   assert kernels.choose(Q, KV) == "dot_product"
+  assert kernels.choose(jnp.ones((1, 512, 2, 8)), jnp.ones((1, 512, 2, 8))) == "dot_product"
   long_q = jnp.ones((1, 1024, 2, 8))
   assert kernels.choose(long_q, long_q) == "flash"
   assert kernels.choose(long_q, long_q, bias=jnp.zeros((1024, 1024))) == "dot_product"

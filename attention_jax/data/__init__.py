@@ -1,0 +1,1 @@
+"""Datasets (our TFDS builders over Debian packages), tokenizers and input pipelines."""

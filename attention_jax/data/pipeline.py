@@ -1,0 +1,73 @@
+"""Input pipelines: TFDS data sources read through grain, with checkpointable iterators.
+
+Training iterators shuffle deterministically (reshuffled every epoch), shard the global batch
+across hosts (each host reads its own slice) and expose `get_state()` / `set_state()` so a
+resumed run continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from attention_jax.data import builders
+
+DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+
+
+def data_source(name: str, split: str, data_dir: str | None = None):
+  """A random-access split: our builders (prepared on first use) or any TFDS catalog name."""
+  data_dir = data_dir or DEFAULT_DATA_DIR
+  if name in builders.BUILDERS:
+    builder = builders.BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    return builder.as_data_source()[split]
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"unknown dataset {name!r}: neither one of ours "
+                     f"({', '.join(sorted(builders.BUILDERS))}) nor in the TFDS catalog.") from e
+
+
+def text_stream(name: str, split: str, tokenizer, data_dir: str | None = None,
+                field: str = "text") -> np.ndarray:
+  """All examples of a text split, in order, joined by newlines and tokenized. int32 [n]."""
+  source = data_source(name, split, data_dir)
+  texts = [source[i][field] for i in range(len(source))]
+  texts = [t.decode("utf-8") if isinstance(t, bytes) else t for t in texts]
+  return tokenizer.encode("\n".join(texts) + "\n")
+
+
+def lm_windows(tokens: np.ndarray, seq_len: int) -> grain.MapDataset:
+  """Non-overlapping windows of seq_len + 1 tokens (inputs and shifted targets)."""
+  count = (len(tokens) - 1) // seq_len
+  if count < 1:
+    raise ValueError(f"the text has {len(tokens)} tokens, fewer than seq_len + 1 = "
+                     f"{seq_len + 1}.")
+  return grain.MapDataset.range(count).map(
+      lambda i: tokens[i * seq_len:i * seq_len + seq_len + 1])
+
+
+def train_iterator(dataset: grain.MapDataset, global_batch: int, seed: int):
+  """Endless shuffled batches of this host's share of `global_batch`, checkpointable."""
+  hosts, host = jax.process_count(), jax.process_index()
+  if global_batch % hosts:
+    raise ValueError(f"batch_size {global_batch} is not divisible by the {hosts} hosts.")
+  per_host = global_batch // hosts
+  dataset = dataset.shuffle(seed=seed).repeat()[host::hosts]
+  return iter(dataset.batch(per_host, drop_remainder=True).to_iter_dataset())
+
+
+def eval_batches(dataset: grain.MapDataset, global_batch: int, max_batches: int | None = None):
+  """This host's share of every full evaluation batch, in order (a finite list)."""
+  hosts, host = jax.process_count(), jax.process_index()
+  per_host = global_batch // hosts
+  batches = dataset[host::hosts].batch(per_host, drop_remainder=True)
+  count = len(batches) if max_batches is None else min(max_batches, len(batches))
+  if count == 0:
+    raise ValueError(f"the evaluation split has fewer than one batch of {global_batch}.")
+  return [batches[i] for i in range(count)]

@@ -1,0 +1,166 @@
+"""Data parallelism: `jax.pmap` (the default) or `jax.jit` over a `jax.sharding.Mesh`.
+
+Both runners offer the same methods, so the training loop does not branch:
+init / shard_batch / compile_train / compile_eval / eval_step / host_metrics / params /
+host_params / to_checkpoint / from_checkpoint.
+Checkpoints always hold one (unreplicated) copy of the state.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MODES = ("pmap", "mesh")
+AXIS = "batch"
+
+
+def _devices(config):
+  devices = jax.local_devices() if config.parallelism == "pmap" else jax.devices()
+  if config.num_devices:
+    if config.num_devices > len(devices):
+      raise ValueError(f"config.num_devices={config.num_devices} but only {len(devices)} "
+                       "devices are available.")
+    devices = devices[:config.num_devices]
+  per_host = config.batch_size // jax.process_count()
+  local = len(devices) // jax.process_count() if config.parallelism == "mesh" else len(devices)
+  if per_host % (local * config.grad_accum_steps):
+    raise ValueError(
+        f"batch_size {config.batch_size} does not split evenly: {jax.process_count()} "
+        f"host(s) x {local} device(s) x grad_accum_steps={config.grad_accum_steps}. Choose a "
+        f"batch_size that is a multiple of {jax.process_count() * local * config.grad_accum_steps}.")
+  return devices
+
+
+def report_memory(compiled, what: str, devices):
+  """Prints XLA's memory estimate; fails fast if it exceeds a device's known capacity."""
+  try:
+    analysis = compiled.memory_analysis()
+  except (AttributeError, NotImplementedError):
+    return
+  if analysis is None:
+    return
+  need = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+          + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+  print(f"compiled {what}: {need / 2 ** 20:,.1f} MB per device "
+        f"({analysis.temp_size_in_bytes / 2 ** 20:,.1f} MB temporaries)", file=sys.stderr)
+  stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+  limit = (stats or {}).get("bytes_limit")
+  if limit and need > limit:
+    raise MemoryError(f"{what} needs {need / 2 ** 30:.2f} GiB per device but "
+                      f"{devices[0].device_kind} has {limit / 2 ** 30:.2f} GiB: lower "
+                      "batch_size, raise grad_accum_steps, use precision='bfloat16' or "
+                      "parallelism='mesh' with fsdp=True.")
+
+
+class PmapRunner:
+  """Replicated state, per-device steps, gradients averaged with `lax.pmean`."""
+
+  def __init__(self, config, init_fn):
+    self.devices = _devices(config)
+    self.n = len(self.devices)
+    self.init_fn = init_fn
+    self.grad_accum_steps = config.grad_accum_steps
+
+  def init(self):
+    return jax.pmap(lambda _: self.init_fn(), devices=self.devices)(np.arange(self.n))
+
+  def shard_batch(self, batch):
+    batch = np.asarray(batch)
+    return batch.reshape((self.n, -1) + batch.shape[1:])
+
+  def compile_train(self, make_step, task, model, optimizer, state, example_batch, rng):
+    step = make_step(task, model, optimizer, self.grad_accum_steps, axis_name=AXIS)
+    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=self.devices,
+                       donate_argnums=(0,))
+    compiled = pmapped.lower(state, self.shard_batch(example_batch), rng).compile()
+    report_memory(compiled, "train step", self.devices)
+    return compiled
+
+  def compile_eval(self, make_step, task, model, state, example_batch):
+    self.eval_step = jax.pmap(make_step(task, model, axis_name=AXIS), axis_name=AXIS,
+                              devices=self.devices)
+
+  def host_metrics(self, metrics):
+    return {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+
+  def params(self, state):
+    return state.params
+
+  def host_params(self, state):
+    return jax.device_get(jax.tree.map(lambda x: x[0], state.params))
+
+  def to_checkpoint(self, state):
+    return jax.tree.map(lambda x: x[0], state)
+
+  def from_checkpoint(self, single):
+    return jax.pmap(lambda _: single, devices=self.devices)(np.arange(self.n))
+
+
+def fsdp_spec(shape, n: int) -> P:
+  """Shard the largest axis divisible by n over the data axis; replicate small leaves."""
+  candidates = [(size, axis) for axis, size in enumerate(shape) if size % n == 0 and size >= n]
+  if not candidates or np.prod(shape) < 1024:
+    return P()
+  axis = max(candidates)[1]
+  return P(*([None] * axis + [AXIS]))
+
+
+class MeshRunner:
+  """One jit-compiled program over a 1-D device mesh: the batch is sharded over it, the
+  state replicated or, with config.fsdp, sharded (FSDP / ZeRO-3 style)."""
+
+  def __init__(self, config, init_fn):
+    self.devices = _devices(config)
+    self.mesh = Mesh(np.array(self.devices), (AXIS,))
+    self.init_fn = init_fn
+    self.grad_accum_steps = config.grad_accum_steps
+    shapes = jax.eval_shape(init_fn)
+    n = len(self.devices)
+    spec = (lambda s: fsdp_spec(s.shape, n)) if config.fsdp else (lambda s: P())
+    self.state_sharding = jax.tree.map(lambda s: NamedSharding(self.mesh, spec(s)), shapes)
+    self.data_sharding = NamedSharding(self.mesh, P(AXIS))
+    self.replicated = NamedSharding(self.mesh, P())
+
+  def init(self):
+    return jax.jit(self.init_fn, out_shardings=self.state_sharding)()
+
+  def shard_batch(self, batch):
+    return jax.make_array_from_process_local_data(self.data_sharding, np.asarray(batch))
+
+  def compile_train(self, make_step, task, model, optimizer, state, example_batch, rng):
+    step = make_step(task, model, optimizer, self.grad_accum_steps)
+    jitted = jax.jit(step, in_shardings=(self.state_sharding, self.data_sharding,
+                                         self.replicated),
+                     out_shardings=(self.state_sharding, self.replicated),
+                     donate_argnums=(0,))
+    compiled = jitted.lower(state, self.shard_batch(example_batch), rng).compile()
+    report_memory(compiled, "train step", self.devices)
+    return compiled
+
+  def compile_eval(self, make_step, task, model, state, example_batch):
+    self.eval_step = jax.jit(make_step(task, model),
+                             in_shardings=(self.state_sharding.params, self.data_sharding),
+                             out_shardings=self.replicated)
+
+  def host_metrics(self, metrics):
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  def params(self, state):
+    return state.params
+
+  def host_params(self, state):
+    return jax.device_get(state.params)
+
+  def to_checkpoint(self, state):
+    return state
+
+  def from_checkpoint(self, restored):
+    return jax.device_put(restored, self.state_sharding)
+
+
+def make_runner(config, init_fn):
+  return (PmapRunner if config.parallelism == "pmap" else MeshRunner)(config, init_fn)

@@ -1,0 +1,250 @@
+"""The trainer: `train_and_evaluate(config, workdir)`, called by experiments/train.py, the
+tests and the notebooks alike.
+
+Sections: setup (config check, workdir record) -> data -> model and optimizer -> parallelism
+(pmap or mesh) -> restore -> ahead-of-time compile -> loop (step, guard, log, evaluate,
+checkpoint, preemption) -> final evaluation and sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+import attention_jax
+from attention_jax.data import pipeline, tokenizers
+from attention_jax.training import checkpoint as checkpoint_lib
+from attention_jax.training import metrics as metrics_lib
+from attention_jax.training import optim, parallel, tasks
+
+REQUIRED_FIELDS = ("seed", "batch_size", "num_train_steps", "log_every_steps",
+                   "eval_every_steps", "checkpoint_every_steps", "model.kernel")
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised when the loss, gradient or parameters stop being finite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: dict
+  opt_state: optax.OptState
+
+
+def check_config(config):
+  for field in REQUIRED_FIELDS:
+    node = config
+    for part in field.split("."):
+      if part not in node:
+        raise ValueError(f"config is missing `{field}`; every training config sets "
+                         f"{', '.join(REQUIRED_FIELDS)}.")
+      node = node[part]
+  for field in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+                "checkpoint_every_steps", "grad_accum_steps"):
+    if config[field] < 1:
+      raise ValueError(f"config.{field} must be >= 1, got {config[field]}.")
+  if config.parallelism not in parallel.MODES:
+    raise ValueError(f"config.parallelism must be one of {parallel.MODES}, got "
+                     f"{config.parallelism!r}.")
+
+
+def record_run(config, workdir: str):
+  """Writes the resolved config, package version and git commit into the workdir."""
+  if jax.process_index() != 0:
+    return
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(__file__), timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    commit = ""
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=1, default=str)
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump({"attention_jax": attention_jax.__version__, "jax": jax.__version__,
+               "git_commit": commit or "unknown", "devices": jax.device_count(),
+               "processes": jax.process_count(), "argv": sys.argv}, f, indent=1)
+
+
+def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=None):
+  """(state, batch, rng) -> (state, metrics). `axis_name` set under pmap."""
+
+  def micro_grads(params, batch, rng):
+    def loss_fn(p, b, r):
+      return task.loss(model, p, b, r, deterministic=False)
+
+    if grad_accum_steps == 1:
+      (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+      return loss, grads
+    micro = batch.reshape((grad_accum_steps, -1) + batch.shape[1:])
+
+    def body(carry, xs):
+      mb, i = xs
+      (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, mb, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), _ = lax.scan(body, zeros, (micro, jnp.arange(grad_accum_steps)))
+    return jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+
+  def step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+      rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+    loss, grads = micro_grads(state.params, batch, rng)
+    if axis_name is not None:
+      loss, grads = lax.pmean((loss, grads), axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    lr = opt_state[-1].hyperparams["learning_rate"]
+    metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
+               "train/param_norm": optax.global_norm(params), "train/learning_rate": lr}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return step
+
+
+def make_eval_step(task, model, axis_name=None):
+  def step(params, batch):
+    _, sums = task.loss(model, params, batch, jax.random.key(0), deterministic=True)
+    return lax.psum(sums, axis_name) if axis_name is not None else sums
+  return step
+
+
+def check_finite(step: int, metrics: dict, checkpointer):
+  bad = [k for k in ("train/loss", "train/grad_norm", "train/param_norm")
+         if not np.isfinite(metrics[k])]
+  if bad:
+    last = checkpointer.latest_step()
+    raise NonFiniteError(
+        f"non-finite {', '.join(bad)} at step {step} "
+        f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); training stopped without saving "
+        f"this state. Last good checkpoint: {last if last is not None else 'none'}. Lower "
+        "optimizer.lr, enable clipping (optimizer.clip_norm) or check the data.")
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (cluster preemption): the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.set = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      self.set = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: preemption is the caller's business
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(task, runner, params, batches) -> dict:
+  total = None
+  for batch in batches:
+    sums = jax.device_get(runner.eval_step(params, runner.shard_batch(batch)))
+    sums = jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0], sums)
+    total = sums if total is None else jax.tree.map(np.add, total, sums)
+  return task.summarize(total, "eval")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final
+  evaluation metrics (plus "sample" for language models)."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  record_run(config, workdir)
+  task = tasks.get(config)
+  if jax.process_index() == 0:
+    tokenizers.save(task.tokenizer, workdir)
+
+  train_data, eval_data = task.datasets()
+  model = task.model(**({"dtype": jnp.bfloat16} if config.precision == "bfloat16" else {}))
+  optimizer = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng, sample_rng = jax.random.split(rng, 3)
+
+  def init_state():
+    params = model.init(init_rng, *task.init_inputs())["params"]
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+  runner = parallel.make_runner(config, init_state)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints,
+                                             "eval/loss")
+  train_iter = pipeline.train_iterator(train_data, config.batch_size, config.seed)
+  start = checkpointer.latest_step()
+  state = runner.init()
+  if start is not None:
+    single, data_state = checkpointer.restore(start, checkpoint_lib.abstract_like(
+        runner.to_checkpoint(state)))
+    state = runner.from_checkpoint(single)
+    train_iter.set_state(data_state)
+    print(f"resumed from {workdir} at step {start}", file=sys.stderr)
+  start = start or 0
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  eval_batches = pipeline.eval_batches(eval_data, config.eval_batch_size or config.batch_size,
+                                       config.eval_max_batches or None)
+
+  train_step = runner.compile_train(make_train_step, task, model, optimizer, state,
+                                    next_example_batch(train_data, config), step_rng)
+  runner.compile_eval(make_eval_step, task, model, state, eval_batches[0])
+  bar = metrics_lib.ProgressBar(config.num_train_steps, start, task.unit)
+  items = config.batch_size * task.items_per_example()
+  last_eval = None
+  with PreemptionFlag() as preempted:
+    for step in range(start + 1, config.num_train_steps + 1):
+      batch = next(train_iter)
+      state, metrics = train_step(state, runner.shard_batch(batch), step_rng)
+      metrics = runner.host_metrics(metrics)
+      check_finite(step, metrics, checkpointer)
+      bar.update(step, items, metrics["train/loss"], force=step == config.num_train_steps)
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        writer.write(step, metrics)
+      is_last = step == config.num_train_steps
+      if step % config.eval_every_steps == 0 or is_last:
+        last_eval = evaluate(task, runner, runner.params(state), eval_batches)
+        writer.write(step, last_eval)
+        print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
+              file=sys.stderr)
+      if step % config.checkpoint_every_steps == 0 or is_last or preempted.set:
+        checkpointer.save(step, runner.to_checkpoint(state), train_iter.get_state(),
+                          last_eval if step % config.eval_every_steps == 0 or is_last
+                          else None, force=True)
+      if preempted.set:
+        checkpointer.wait()
+        print(f"SIGTERM: saved a checkpoint at step {step}; exiting. Run the same command "
+              "to resume.", file=sys.stderr)
+        writer.close()
+        checkpointer.close()
+        return {"preempted_at_step": step}
+  checkpointer.wait()
+  writer.close()
+  checkpointer.close()
+  results = dict(last_eval or evaluate(task, runner, runner.params(state), eval_batches))
+  if hasattr(task, "sample") and jax.process_index() == 0:
+    results["sample"] = task.sample(model.clone(dropout_rate=0.0), runner.host_params(state),
+                                    sample_rng)
+  return results
+
+
+def next_example_batch(train_data, config):
+  """A batch of the training shapes for ahead-of-time compilation (not consumed)."""
+  per_host = config.batch_size // jax.process_count()
+  return np.stack([train_data[i % len(train_data)] for i in range(per_host)])

@@ -1,0 +1,46 @@
+"""Fields every training config shares, so any of them can be overridden the same way:
+--config.seed=1 --config.batch_size=64 --config.optimizer.lr=3e-4 --config.model.kernel=flash
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "lm"
+  c.seed = 0
+  c.batch_size = 32  # global, over all devices and hosts
+  c.grad_accum_steps = 1  # micro-batches per update (batch_size must divide evenly)
+  c.num_train_steps = 1000
+  c.log_every_steps = 50
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2  # the latest ones; the best by eval/loss is kept as well
+  c.eval_batch_size = 0  # 0: batch_size
+  c.eval_max_batches = 0  # 0: the whole evaluation split
+  c.parallelism = "pmap"  # or "mesh" (jit over a device mesh; with fsdp=True shards params)
+  c.fsdp = False
+  c.num_devices = 0  # 0: all devices
+  c.precision = "float32"  # or "bfloat16" (bf16 compute, f32 parameters)
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = ""
+  c.dataset.data_dir = ""  # "": ~/tensorflow_datasets
+  c.dataset.eval_split = "validation"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = ""
+  c.model.kernel = "auto"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 100
+  c.optimizer.schedule = "cosine"
+  c.optimizer.final_lr_fraction = 0.1
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.98
+  c.optimizer.eps = 1e-9
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.clip_norm = 1.0
+  return c

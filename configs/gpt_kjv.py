@@ -1,0 +1,64 @@
+"""A GPT language model on the King James Bible, byte level.
+
+    python -m experiments.train --config=configs/gpt_kjv.py --workdir=/tmp/gpt_kjv
+    python -m experiments.train --config=configs/gpt_kjv.py:tiny --workdir=/tmp/tiny
+
+Needs `apt-get install sword-text-kjv`. Variants: (none) a 6-layer width-384 model, "small"
+the quickstart (configs/default.py), "tiny" for tests.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.task = "lm"
+  c.dataset.name = "kjv_text"
+  c.dataset.seq_len = 256
+  c.model.preset = "gpt-tiny"  # the family; the fields below set its size
+  c.model.width = 384
+  c.model.depth = 6
+  c.model.num_heads = 6
+  c.model.mlp_dim = 1536
+  c.model.dropout_rate = 0.1
+  c.batch_size = 32
+  c.num_train_steps = 5000
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 200
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = "And God said, "
+  c.sample.max_new_tokens = 200
+  c.sample.temperature = 0.8
+  c.sample.top_k = 0  # 0: no top-k
+
+  if arg == "small":  # the quickstart: ~8 minutes on 2 CPU cores
+    c.dataset.seq_len = 128
+    c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 192, 4, 4, 768
+    c.model.dropout_rate = 0.0
+    c.batch_size = 32
+    c.num_train_steps = 1200
+    c.log_every_steps = 50
+    c.eval_every_steps = 400
+    c.checkpoint_every_steps = 400
+    c.optimizer.lr = 2e-3
+    c.optimizer.warmup_steps = 100
+  elif arg == "tiny":  # seconds; what the tests run
+    c.dataset.seq_len = 32
+    c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 32, 2, 4, 64
+    c.model.dropout_rate = 0.0
+    c.batch_size = 8
+    c.num_train_steps = 20
+    c.log_every_steps = 1
+    c.eval_every_steps = 10
+    c.checkpoint_every_steps = 10
+    c.eval_max_batches = 4
+    c.optimizer.warmup_steps = 5
+    c.sample.max_new_tokens = 20
+  elif arg not in (None, ""):
+    raise ValueError(f"unknown variant {arg!r}; valid: small, tiny (or none).")
+  return c

@@ -1,0 +1,34 @@
+r"""Evaluate a training workdir's latest or best checkpoint on a split.
+
+    python -m experiments.eval --workdir=/tmp/quickstart --checkpoint=best --split=test
+"""
+
+import jax
+from absl import app, flags, logging
+
+from attention_jax.data import pipeline
+from attention_jax.training import workdir as workdir_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step.")
+_SPLIT = flags.DEFINE_string("split", "validation", "Dataset split to evaluate.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config, task, model, params, step = workdir_lib.load(_WORKDIR.value, _CHECKPOINT.value)
+  config.dataset.eval_split = _SPLIT.value
+  _, data = task.datasets()
+  step_fn = jax.jit(lambda p, b: task.loss(model, p, b, jax.random.key(0), True)[1])
+  total = None
+  for batch in pipeline.eval_batches(data, config.eval_batch_size or config.batch_size):
+    sums = jax.device_get(step_fn(params, batch))
+    total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+  print(f"checkpoint {step}, split {_SPLIT.value}:")
+  for name, value in task.summarize(total, _SPLIT.value).items():
+    print(f"  {name}: {value:.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,33 @@
+r"""Train (or resume) a model: flags only, then `attention_jax.training.train_and_evaluate`.
+
+    python -m experiments.train --config=configs/default.py --workdir=/tmp/run
+    python -m experiments.train --config=configs/gpt_kjv.py:tiny --workdir=/tmp/tiny \
+        --config.optimizer.lr=3e-4
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from attention_jax.training import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs; an "
+                               "existing run there is resumed.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
+  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if "sample" in results:
+    print("\n--- sample ---\n" + results.pop("sample") + "\n--------------")
+  for name, value in results.items():
+    print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
