@@ -109,8 +109,8 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=Non
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     lr = opt_state[-1].hyperparams["learning_rate"]
-    metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
-               "train/param_norm": optax.global_norm(params), "train/learning_rate": lr}
+    metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
+               "train/param_norm": optax.tree.norm(params), "train/learning_rate": lr}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return step
