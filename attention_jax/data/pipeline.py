@@ -8,6 +8,7 @@ resumed run continues with exactly the next batch.
 from __future__ import annotations
 
 import os
+import sys
 
 import grain
 import jax
@@ -24,7 +25,10 @@ def data_source(name: str, split: str, data_dir: str | None = None):
   data_dir = data_dir or DEFAULT_DATA_DIR
   if name in builders.BUILDERS:
     builder = builders.BUILDERS[name](data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    if not builder.is_prepared():
+      print(f"preparing dataset {name} in {data_dir} (once)", file=sys.stderr)
+      tfds.disable_progress_bar()
+      builder.download_and_prepare()
     return builder.as_data_source()[split]
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir)

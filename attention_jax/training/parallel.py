@@ -12,6 +12,7 @@ import sys
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MODES = ("pmap", "mesh")
@@ -47,11 +48,12 @@ def report_memory(compiled, what: str, devices):
           + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
   print(f"compiled {what}: {need / 2 ** 20:,.1f} MB per device "
         f"({analysis.temp_size_in_bytes / 2 ** 20:,.1f} MB temporaries)", file=sys.stderr)
-  stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+  device = next(d for d in devices if d.process_index == jax.process_index())
+  stats = device.memory_stats()
   limit = (stats or {}).get("bytes_limit")
   if limit and need > limit:
     raise MemoryError(f"{what} needs {need / 2 ** 30:.2f} GiB per device but "
-                      f"{devices[0].device_kind} has {limit / 2 ** 30:.2f} GiB: lower "
+                      f"{device.device_kind} has {limit / 2 ** 30:.2f} GiB: lower "
                       "batch_size, raise grad_accum_steps, use precision='bfloat16' or "
                       "parallelism='mesh' with fsdp=True.")
 
@@ -60,44 +62,61 @@ class PmapRunner:
   """Replicated state, per-device steps, gradients averaged with `lax.pmean`."""
 
   def __init__(self, config, init_fn):
+    if jax.process_count() > 1 and config.num_devices:
+      raise ValueError("config.num_devices must be 0 (all devices) in a multi-process run.")
     self.devices = _devices(config)
     self.n = len(self.devices)
+    # Across processes pmap must span every device (its collectives are then global).
+    self.pmap_devices = None if jax.process_count() > 1 else self.devices
     self.init_fn = init_fn
     self.grad_accum_steps = config.grad_accum_steps
 
   def init(self):
-    return jax.pmap(lambda _: self.init_fn(), devices=self.devices)(np.arange(self.n))
+    return jax.pmap(lambda _: self.init_fn(), devices=self.pmap_devices)(np.arange(self.n))
 
   def shard_batch(self, batch):
-    batch = np.asarray(batch)
-    return batch.reshape((self.n, -1) + batch.shape[1:])
+    return jax.tree.map(lambda x: np.asarray(x).reshape((self.n, -1) + np.shape(x)[1:]), batch)
 
   def compile_train(self, make_step, task, model, optimizer, state, example_batch, rng):
     step = make_step(task, model, optimizer, self.grad_accum_steps, axis_name=AXIS)
-    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=self.devices,
+    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=self.pmap_devices,
                        donate_argnums=(0,))
+    if jax.process_count() > 1:
+      # An ahead-of-time compiled pmap expects global shapes across processes; let the first
+      # call compile it (the memory report is per device, so one process's mesh run gives it).
+      return pmapped
     compiled = pmapped.lower(state, self.shard_batch(example_batch), rng).compile()
     report_memory(compiled, "train step", self.devices)
     return compiled
 
   def compile_eval(self, make_step, task, model, state, example_batch):
     self.eval_step = jax.pmap(make_step(task, model, axis_name=AXIS), axis_name=AXIS,
-                              devices=self.devices)
+                              devices=self.pmap_devices)
+
+  def host_value(self, tree):
+    """One device's copy of replicated outputs, as numpy."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
 
   def host_metrics(self, metrics):
-    return {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in self.host_value(metrics).items()}
 
   def params(self, state):
     return state.params
 
   def host_params(self, state):
-    return jax.device_get(jax.tree.map(lambda x: x[0], state.params))
+    return self.host_value(state.params)
 
   def to_checkpoint(self, state):
-    return jax.tree.map(lambda x: x[0], state)
+    """One copy of the state; across hosts a replicated global array (what Orbax saves)."""
+    if jax.process_count() == 1:
+      return jax.tree.map(lambda x: x[0], state)
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), (AXIS,)), P())
+    return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+        x.shape[1:], sharding, [shard.data[0] for shard in x.addressable_shards]), state)
 
-  def from_checkpoint(self, single):
-    return jax.pmap(lambda _: single, devices=self.devices)(np.arange(self.n))
+  def from_checkpoint(self, restored):
+    single = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), restored)
+    return jax.pmap(lambda _: single, devices=self.pmap_devices)(np.arange(self.n))
 
 
 def fsdp_spec(shape, n: int) -> P:
@@ -129,7 +148,8 @@ class MeshRunner:
     return jax.jit(self.init_fn, out_shardings=self.state_sharding)()
 
   def shard_batch(self, batch):
-    return jax.make_array_from_process_local_data(self.data_sharding, np.asarray(batch))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        self.data_sharding, np.asarray(x)), batch)
 
   def compile_train(self, make_step, task, model, optimizer, state, example_batch, rng):
     step = make_step(task, model, optimizer, self.grad_accum_steps)
@@ -146,14 +166,19 @@ class MeshRunner:
                              in_shardings=(self.state_sharding.params, self.data_sharding),
                              out_shardings=self.replicated)
 
+  def host_value(self, tree):
+    """This host's copy of replicated outputs, as numpy."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
   def host_metrics(self, metrics):
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in self.host_value(metrics).items()}
 
   def params(self, state):
     return state.params
 
   def host_params(self, state):
-    return jax.device_get(state.params)
+    """Full parameters on every host (gathered when FSDP shards them)."""
+    return multihost_utils.process_allgather(state.params, tiled=True)
 
   def to_checkpoint(self, state):
     return state

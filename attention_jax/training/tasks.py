@@ -1,12 +1,13 @@
-"""Tasks: what a config trains. Each task builds its data, model, loss and evaluation sums.
-
-A task is picked by `config.task`; adding one is a new class plus a registry entry.
-"""
+"""Tasks: what a config trains. Each task builds its tokenizer, data, model, loss and
+evaluation sums; `config.task` picks one, and adding one is a class plus a registry entry."""
 
 from __future__ import annotations
 
 import math
+import os
 
+import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -15,14 +16,45 @@ from attention_jax import models
 from attention_jax.data import pipeline, tokenizers
 
 
+def cross_entropy_sums(logits, labels):
+  """(mean loss, {"loss", "correct", "count"} sums) of integer labels."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = jnp.argmax(logits, -1) == labels
+  return losses.mean(), {"loss": losses.sum(), "correct": correct.sum(),
+                         "count": jnp.float32(losses.size)}
+
+
+def summarize_classification(sums: dict, prefix: str) -> dict:
+  return {f"{prefix}/loss": float(sums["loss"] / sums["count"]),
+          f"{prefix}/accuracy": float(sums["correct"] / sums["count"])}
+
+
+def model_options(config) -> dict:
+  return {k: v for k, v in config.model.items() if k != "preset"}
+
+
+def load_or_make_tokenizer(workdir: str | None, make):
+  """The workdir's saved tokenizer (a resumed run must not re-train it), else `make()`."""
+  path = workdir and os.path.join(workdir, tokenizers.TOKENIZER_FILE)
+  if path and os.path.exists(path):
+    return tokenizers.load(workdir)
+  tokenizer = make()  # deterministic: every host builds the same one
+  if workdir and jax.process_index() == 0:
+    tokenizers.save(tokenizer, workdir)
+  return tokenizer
+
+
 class LanguageModelTask:
   """Next-token prediction on a text dataset with a GPT (byte-level tokens)."""
   unit = "tokens"
 
   def __init__(self, config):
     self.config = config
-    self.tokenizer = tokenizers.ByteTokenizer()
     self.seq_len = config.dataset.seq_len
+    self.tokenizer = None
+
+  def prepare(self, workdir: str | None):
+    self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer)
 
   def datasets(self):
     """(train, eval) grain MapDatasets of int32 windows [seq_len + 1]."""
@@ -33,10 +65,9 @@ class LanguageModelTask:
             pipeline.lm_windows(streams[cfg.eval_split], self.seq_len))
 
   def model(self, **overrides):
-    options = {k: v for k, v in self.config.model.items() if k != "preset"}
-    options.update(vocab_size=self.tokenizer.vocab_size, **overrides)
-    options.setdefault("max_len", self.seq_len)
-    return models.create(self.config.model.preset, **options)
+    options = {"max_len": self.seq_len, **model_options(self.config), **overrides}
+    return models.create(self.config.model.preset, vocab_size=self.tokenizer.vocab_size,
+                         **options)
 
   def init_inputs(self):
     return (jnp.zeros((1, self.seq_len), jnp.int32),)
@@ -48,31 +79,92 @@ class LanguageModelTask:
     """Mean next-token cross-entropy of a batch [b, seq_len + 1]; returns (loss, sums)."""
     logits = model.apply({"params": params}, batch[:, :-1], deterministic=deterministic,
                          rngs={"dropout": rng})
-    targets = batch[:, 1:]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = jnp.argmax(logits, -1) == targets
-    sums = {"loss": losses.sum(), "correct": correct.sum(), "count": jnp.float32(losses.size)}
-    return losses.mean(), sums
+    return cross_entropy_sums(logits, batch[:, 1:])
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:
-    loss = float(sums["loss"] / sums["count"])
-    return {f"{prefix}/loss": loss, f"{prefix}/accuracy": float(sums["correct"] / sums["count"]),
-            f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
-            f"{prefix}/bits_per_char": loss / math.log(2)}
+    out = summarize_classification(sums, prefix)
+    loss = out[f"{prefix}/loss"]
+    out.update({f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
+                f"{prefix}/bits_per_char": loss / math.log(2)})
+    return out
 
   def sample(self, model, params, rng) -> str:
     """A continuation of config.sample.prompt (the demo at the end of training)."""
     cfg = self.config.sample
     prompt = self.tokenizer.encode(cfg.prompt)[None]
     limit = model.max_len - prompt.shape[1]
-    tokens = models.generate(model, params, prompt, max_new_tokens=min(cfg.max_new_tokens,
-                                                                          limit),
-                             rng=rng, temperature=cfg.temperature, top_k=cfg.top_k or None)
+    tokens = models.generate(model, params, prompt,
+                             max_new_tokens=min(cfg.max_new_tokens, limit), rng=rng,
+                             temperature=cfg.temperature, top_k=cfg.top_k or None)
     return cfg.prompt + self.tokenizer.decode(np.asarray(tokens[0]))
 
 
-TASKS = {"lm": LanguageModelTask}
+class ClassificationTask:
+  """Labels for texts (a BERT over WordPiece tokens) or images (a ViT), from a dataset with
+  a "label" ClassLabel and a "text" or "image" feature."""
+  unit = "examples"
+
+  def __init__(self, config):
+    self.config = config
+    self.tokenizer = None
+
+  def prepare(self, workdir: str | None):
+    cfg = self.config.dataset
+    self.sources = {split: pipeline.data_source(cfg.name, split, cfg.data_dir)
+                    for split in ("train", cfg.eval_split)}
+    features = self.sources["train"].dataset_info.features
+    if "label" not in features:
+      raise ValueError(f"dataset {cfg.name!r} has no 'label' feature to classify.")
+    self.num_classes = features["label"].num_classes
+    self.is_text = "text" in features
+    if self.is_text:
+      train = self.sources["train"]
+      self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.WordPieceTokenizer.train(
+          (train[i]["text"].decode("utf-8") for i in range(len(train))), cfg.vocab_size))
+
+  def _encode(self, example):
+    label = np.int32(example["label"])
+    if self.is_text:
+      ids, mask = self.tokenizer.encode_padded(example["text"].decode("utf-8"),
+                                               self.config.dataset.seq_len)
+      return {"inputs": ids, "mask": mask, "label": label}
+    image = example["image"].astype(np.float32) / 255.0
+    return {"inputs": (image - 0.5) / 0.5, "label": label}
+
+  def datasets(self):
+    return tuple(grain.MapDataset.source(self.sources[split]).map(self._encode)
+                 for split in ("train", self.config.dataset.eval_split))
+
+  def model(self, **overrides):
+    options = {**model_options(self.config), **overrides, "num_classes": self.num_classes}
+    if self.is_text:
+      options.setdefault("max_len", self.config.dataset.seq_len)
+      options["vocab_size"] = self.tokenizer.vocab_size
+    return models.create(self.config.model.preset, **options)
+
+  def init_inputs(self):
+    example = self._encode(self.sources["train"][0])
+    return (jnp.asarray(example["inputs"])[None],)
+
+  def items_per_example(self) -> int:
+    return 1
+
+  def loss(self, model, params, batch, rng, deterministic: bool):
+    kwargs = dict(deterministic=deterministic, rngs={"dropout": rng})
+    if self.is_text:
+      logits = model.apply({"params": params}, batch["inputs"],
+                           attention_mask=batch["mask"], **kwargs)["logits"]
+    else:
+      logits = model.apply({"params": params}, batch["inputs"], **kwargs)
+    return cross_entropy_sums(logits, batch["label"])
+
+  @staticmethod
+  def summarize(sums: dict, prefix: str) -> dict:
+    return summarize_classification(sums, prefix)
+
+
+TASKS = {"lm": LanguageModelTask, "classification": ClassificationTask}
 
 
 def get(config):

@@ -23,7 +23,7 @@ import optax
 from jax import lax
 
 import attention_jax
-from attention_jax.data import pipeline, tokenizers
+from attention_jax.data import pipeline
 from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import metrics as metrics_lib
 from attention_jax.training import optim, parallel, tasks
@@ -87,7 +87,7 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=Non
     if grad_accum_steps == 1:
       (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
       return loss, grads
-    micro = batch.reshape((grad_accum_steps, -1) + batch.shape[1:])
+    micro = jax.tree.map(lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch)
 
     def body(carry, xs):
       mb, i = xs
@@ -159,8 +159,7 @@ class PreemptionFlag:
 def evaluate(task, runner, params, batches) -> dict:
   total = None
   for batch in batches:
-    sums = jax.device_get(runner.eval_step(params, runner.shard_batch(batch)))
-    sums = jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0], sums)
+    sums = runner.host_value(runner.eval_step(params, runner.shard_batch(batch)))
     total = sums if total is None else jax.tree.map(np.add, total, sums)
   return task.summarize(total, "eval")
 
@@ -172,8 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   record_run(config, workdir)
   task = tasks.get(config)
-  if jax.process_index() == 0:
-    tokenizers.save(task.tokenizer, workdir)
+  task.prepare(workdir)
 
   train_data, eval_data = task.datasets()
   model = task.model(**({"dtype": jnp.bfloat16} if config.precision == "bfloat16" else {}))
@@ -247,4 +245,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def next_example_batch(train_data, config):
   """A batch of the training shapes for ahead-of-time compilation (not consumed)."""
   per_host = config.batch_size // jax.process_count()
-  return np.stack([train_data[i % len(train_data)] for i in range(per_host)])
+  examples = [train_data[i % len(train_data)] for i in range(per_host)]
+  return jax.tree.map(lambda *xs: np.stack(xs), *examples)

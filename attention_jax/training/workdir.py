@@ -36,5 +36,6 @@ def load(workdir: str, checkpoint: str = "latest"):
   state = ocp.StandardCheckpointer().restore(
       os.path.abspath(os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR, str(step), "state")))
   task = tasks.get(config)
+  task.prepare(workdir)
   model = task.model(dropout_rate=0.0)
   return config, task, model, state["params"], step

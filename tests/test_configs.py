@@ -1,0 +1,34 @@
+"""Every config and variant loads and has the fields the trainer and overrides rely on."""
+
+import importlib
+import pathlib
+
+import pytest
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist"]
+VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny"],
+            "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"]}
+COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+          "checkpoint_every_steps")
+
+
+def test_every_training_config_is_listed():
+  files = {p.stem for p in CONFIG_DIR.glob("*.py")} - {"__init__", "common",
+                                                       "benchmark_attention"}
+  assert files == set(TRAINING)
+
+
+@pytest.mark.parametrize("name,variant", [(n, v) for n in TRAINING for v in VARIANTS[n]])
+def test_config_has_common_fields_and_a_kernel(name, variant):
+  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  for field in COMMON:
+    assert config[field] >= 0
+  assert isinstance(config.model.kernel, str) and config.model.kernel
+  assert config.batch_size % 8 == 0  # divides over 8 devices
+
+
+@pytest.mark.parametrize("name", ["gpt_kjv", "bert_wordnet", "vit_fashion_mnist"])
+def test_unknown_variant_is_refused(name):
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    importlib.import_module(f"configs.{name}").get_config("huge")

@@ -1,0 +1,31 @@
+"""The classification configs' tiny variants train end to end on real data."""
+
+import numpy as np
+import pytest
+
+from attention_jax.training import train_and_evaluate
+from attention_jax.training import workdir as workdir_lib
+from attention_jax.training.metrics import read_metrics
+from configs import bert_wordnet, vit_fashion_mnist
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", [bert_wordnet, vit_fashion_mnist],
+                         ids=lambda m: m.__name__.split(".")[-1])
+def test_tiny_classification_config_trains(module, tmp_path_factory, tmp_path):
+  config = module.get_config("tiny")
+  config.dataset.data_dir = str(tmp_path_factory.getbasetemp() / "tfds_classification")
+  config.num_devices = 1
+  workdir = str(tmp_path / "run")
+  results = train_and_evaluate(config, workdir)
+  losses = [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
+  assert len(losses) == 10 and np.isfinite(losses).all()
+  assert 0.0 <= results["eval/accuracy"] <= 1.0
+  # The workdir reloads: same tokenizer (WordPiece is saved, not re-trained), same model.
+  _, task, model, params, step = workdir_lib.load(workdir)
+  assert step == 10 and params
+  if module is bert_wordnet:
+    assert task.tokenizer.vocab_size <= 500
+    assert task.num_classes == 45
+  else:
+    assert task.num_classes == 10
