@@ -6,9 +6,10 @@ import pathlib
 import pytest
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
-TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist"]
+TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist", "translate_kjv_rv"]
 VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny"],
-            "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"]}
+            "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"],
+            "translate_kjv_rv": [None, "tiny"]}
 COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
           "checkpoint_every_steps")
 
@@ -28,7 +29,8 @@ def test_config_has_common_fields_and_a_kernel(name, variant):
   assert config.batch_size % 8 == 0  # divides over 8 devices
 
 
-@pytest.mark.parametrize("name", ["gpt_kjv", "bert_wordnet", "vit_fashion_mnist"])
+@pytest.mark.parametrize("name", ["gpt_kjv", "bert_wordnet", "vit_fashion_mnist",
+                                  "translate_kjv_rv"])
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     importlib.import_module(f"configs.{name}").get_config("huge")

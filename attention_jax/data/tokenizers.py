@@ -1,6 +1,6 @@
 """Tokenizers, saved with a workdir so that resuming, evaluation and generation use the very
-same vocabulary: bytes for the language models, a WordPiece vocabulary (trained on the training
-split with the `tokenizers` library) for text classification."""
+same vocabulary: bytes for the language models; WordPiece (text classification) or a joint BPE
+(translation) vocabulary trained on the training split with the `tokenizers` library."""
 
 from __future__ import annotations
 
@@ -28,39 +28,68 @@ class ByteTokenizer:
     return {"type": "bytes"}
 
 
-class WordPieceTokenizer:
-  """Uncased BERT-style WordPiece: [CLS] tokens [SEP], padded with [PAD] (id 0)."""
+class SubwordTokenizer:
+  """A `tokenizers` model: uncased WordPiece (BERT style) or cased BPE with SentencePiece-style
+  word boundaries (translation). Special tokens first: [PAD]=0, [UNK], [CLS]/[BOS], [SEP]/[EOS].
+  """
 
-  def __init__(self, tokenizer):
-    self.tokenizer = tokenizer
+  def __init__(self, tokenizer, kind: str):
+    self.tokenizer, self.kind = tokenizer, kind
     self.vocab_size = tokenizer.get_vocab_size()
-    self.pad_id, self.cls_id, self.sep_id = (tokenizer.token_to_id(t)
-                                             for t in ("[PAD]", "[CLS]", "[SEP]"))
+    self.pad_id = tokenizer.token_to_id("[PAD]")
+    self.bos_id = tokenizer.token_to_id("[CLS]")  # begins a sequence
+    self.eos_id = tokenizer.token_to_id("[SEP]")  # ends one
 
   @classmethod
-  def train(cls, texts, vocab_size: int):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False))
-    return cls(tokenizer)
+  def train(cls, texts, vocab_size: int, kind: str = "wordpiece"):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    if kind == "wordpiece":
+      tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+      tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+      tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+      tokenizer.decoder = decoders.WordPiece()
+      trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                          special_tokens=list(SPECIAL_TOKENS),
+                                          show_progress=False)
+    elif kind == "bpe":
+      tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+      tokenizer.normalizer = normalizers.NFKC()
+      tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+      tokenizer.decoder = decoders.Metaspace()
+      trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                    show_progress=False)
+    else:
+      raise ValueError(f"tokenizer kind must be 'wordpiece' or 'bpe', got {kind!r}.")
+    tokenizer.train_from_iterator(texts, trainer)
+    return cls(tokenizer, kind)
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text).ids
 
   def encode_padded(self, text: str, length: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [length], mask int32 [length]) for [CLS] text [SEP], truncated/padded."""
-    ids = [self.cls_id] + self.tokenizer.encode(text).ids[:length - 2] + [self.sep_id]
-    out = np.full(length, self.pad_id, np.int32)
-    out[:len(ids)] = ids
-    mask = np.zeros(length, np.int32)
-    mask[:len(ids)] = 1
-    return out, mask
+    return pad([self.bos_id] + self.encode(text)[:length - 2] + [self.eos_id], length,
+               self.pad_id)
 
   def decode(self, tokens) -> str:
-    return self.tokenizer.decode([int(t) for t in np.asarray(tokens).reshape(-1)])
+    """Text of `tokens`, stopping at the first end-of-sequence token."""
+    ids = [int(t) for t in np.asarray(tokens).reshape(-1)]
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    return self.tokenizer.decode(ids)
 
   def to_json(self) -> dict:
-    return {"type": "wordpiece", "tokenizer": json.loads(self.tokenizer.to_str())}
+    return {"type": self.kind, "tokenizer": json.loads(self.tokenizer.to_str())}
+
+
+def pad(ids: list[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ids int32 [length], mask int32 [length]): `ids` truncated or padded to `length`."""
+  ids = ids[:length]
+  out = np.full(length, pad_id, np.int32)
+  out[:len(ids)] = ids
+  mask = np.zeros(length, np.int32)
+  mask[:len(ids)] = 1
+  return out, mask
 
 
 def save(tokenizer, workdir: str):
@@ -77,7 +106,7 @@ def load(workdir: str):
     spec = json.load(f)
   if spec["type"] == "bytes":
     return ByteTokenizer()
-  if spec["type"] == "wordpiece":
+  if spec["type"] in ("wordpiece", "bpe"):
     from tokenizers import Tokenizer
-    return WordPieceTokenizer(Tokenizer.from_str(json.dumps(spec["tokenizer"])))
+    return SubwordTokenizer(Tokenizer.from_str(json.dumps(spec["tokenizer"])), spec["type"])
   raise ValueError(f"unknown tokenizer type {spec['type']!r} in {path}.")

@@ -47,7 +47,7 @@ def check_qkv(query, key, value, match_head_dims: bool = True
 
 
 def as_rank4(x, name: str, target: tuple[int, int, int, int]):
-  """Checks that `x` broadcasts to `target` ([batch, heads, q_len, kv_len]); returns it as rank 4."""
+  """Checks that `x` broadcasts to `target` [batch, heads, q_len, kv_len]; returns it rank 4."""
   if x is None:
     return None
   shape = shape_of(x)

@@ -33,7 +33,8 @@ def xla_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_l
   return out
 
 
-def cudnn_attention(query, key, value, **kwargs):
+def cudnn_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_lengths=None,
+                    segment_ids=None, local_window=None, scale=None):
   """cuDNN's fused attention (GPU only; float16/bfloat16). Arguments as `xla_attention`."""
   if jax.default_backend() != "gpu":
     raise ValueError(f"kernel 'cudnn' needs an NVIDIA GPU, but JAX's backend is "
@@ -42,4 +43,6 @@ def cudnn_attention(query, key, value, **kwargs):
   if jnp.result_type(query) not in (jnp.float16, jnp.bfloat16):
     raise ValueError(f"kernel 'cudnn' needs float16 or bfloat16 inputs, got "
                      f"{jnp.result_type(query)}; cast them or use 'xla'/'flash'.")
-  return xla_attention(query, key, value, implementation="cudnn", **kwargs)
+  return xla_attention(query, key, value, bias=bias, mask=mask, causal=causal,
+                       kv_lengths=kv_lengths, segment_ids=segment_ids,
+                       local_window=local_window, scale=scale, implementation="cudnn")

@@ -74,7 +74,8 @@ class TransformerXL(nn.Module):
     if memory is not None and memory.shape[0] != self.depth:
       raise ValueError(f"memory must be [depth={self.depth}, batch, mem, width], got shape "
                        f"{memory.shape}.")
-    embed = TextEmbeddings(self.vocab_size, self.width, position="none", scale_tokens=True, dropout_rate=self.dropout_rate,
+    embed = TextEmbeddings(self.vocab_size, self.width, position="none", scale_tokens=True,
+                           dropout_rate=self.dropout_rate,
                            dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
     head_dim = self.head_dim or self.width // self.num_heads
     biases = relative_bias_params(self, self.num_heads, head_dim, self.param_dtype)

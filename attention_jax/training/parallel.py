@@ -32,7 +32,8 @@ def _devices(config):
     raise ValueError(
         f"batch_size {config.batch_size} does not split evenly: {jax.process_count()} "
         f"host(s) x {local} device(s) x grad_accum_steps={config.grad_accum_steps}. Choose a "
-        f"batch_size that is a multiple of {jax.process_count() * local * config.grad_accum_steps}.")
+        "batch_size that is a multiple of "
+        f"{jax.process_count() * local * config.grad_accum_steps}.")
   return devices
 
 

@@ -14,6 +14,7 @@ import optax
 
 from attention_jax import models
 from attention_jax.data import pipeline, tokenizers
+from attention_jax.training import bleu
 
 
 def cross_entropy_sums(logits, labels):
@@ -120,8 +121,9 @@ class ClassificationTask:
     self.is_text = "text" in features
     if self.is_text:
       train = self.sources["train"]
-      self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.WordPieceTokenizer.train(
-          (train[i]["text"].decode("utf-8") for i in range(len(train))), cfg.vocab_size))
+      texts = (train[i]["text"].decode("utf-8") for i in range(len(train)))
+      self.tokenizer = load_or_make_tokenizer(
+          workdir, lambda: tokenizers.SubwordTokenizer.train(texts, cfg.vocab_size))
 
   def _encode(self, example):
     label = np.int32(example["label"])
@@ -164,7 +166,94 @@ class ClassificationTask:
     return summarize_classification(sums, prefix)
 
 
-TASKS = {"lm": LanguageModelTask, "classification": ClassificationTask}
+class TranslationTask:
+  """Source -> target sentences with the encoder-decoder over a joint BPE vocabulary;
+  evaluation adds corpus BLEU of beam-search (or greedy) translations."""
+  unit = "examples"
+
+  def __init__(self, config):
+    self.config = config
+    self.tokenizer = None
+
+  def prepare(self, workdir: str | None):
+    cfg = self.config.dataset
+    self.sources = {split: pipeline.data_source(cfg.name, split, cfg.data_dir)
+                    for split in ("train", cfg.eval_split)}
+    train = self.sources["train"]
+
+    def texts():
+      for i in range(len(train)):
+        for field in (cfg.source, cfg.target):
+          yield train[i][field].decode("utf-8")
+
+    self.tokenizer = load_or_make_tokenizer(
+        workdir, lambda: tokenizers.SubwordTokenizer.train(texts(), cfg.vocab_size, "bpe"))
+
+  def _encode(self, example):
+    cfg, tok = self.config.dataset, self.tokenizer
+    length = cfg.seq_len
+    source, source_mask = tokenizers.pad(
+        tok.encode(example[cfg.source].decode("utf-8"))[:length - 1] + [tok.eos_id], length,
+        tok.pad_id)
+    target = tok.encode(example[cfg.target].decode("utf-8"))[:length - 1]
+    target_in, _ = tokenizers.pad([tok.bos_id] + target, length, tok.pad_id)
+    target_out, target_mask = tokenizers.pad(target + [tok.eos_id], length, tok.pad_id)
+    return {"source": source, "source_length": np.int32(source_mask.sum()),
+            "target_in": target_in, "target_out": target_out, "target_mask": target_mask}
+
+  def datasets(self):
+    return tuple(grain.MapDataset.source(self.sources[split]).map(self._encode)
+                 for split in ("train", self.config.dataset.eval_split))
+
+  def model(self, **overrides):
+    options = {"max_len": self.config.dataset.seq_len, **model_options(self.config),
+               **overrides}
+    return models.create(self.config.model.preset, vocab_size=self.tokenizer.vocab_size,
+                         **options)
+
+  def init_inputs(self):
+    tokens = jnp.zeros((1, self.config.dataset.seq_len), jnp.int32)
+    return tokens, tokens
+
+  def items_per_example(self) -> int:
+    return 1
+
+  def loss(self, model, params, batch, rng, deterministic: bool):
+    logits = model.apply({"params": params}, batch["source"], batch["target_in"],
+                         batch["source_length"], deterministic=deterministic,
+                         rngs={"dropout": rng})
+    mask = batch["target_mask"].astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target_out"])
+    correct = (jnp.argmax(logits, -1) == batch["target_out"]) * mask
+    loss = (losses * mask).sum()
+    return loss / jnp.maximum(mask.sum(), 1.0), {"loss": loss, "correct": correct.sum(),
+                                                 "count": mask.sum()}
+
+  @staticmethod
+  def summarize(sums: dict, prefix: str) -> dict:
+    return LanguageModelTask.summarize(sums, prefix)
+
+  def decode_metrics(self, model, params) -> dict:
+    """eval/bleu of translations of the first `config.eval_bleu_examples` eval examples."""
+    cfg = self.config
+    source = self.sources[cfg.dataset.eval_split]
+    count = min(cfg.eval_bleu_examples, len(source))
+    examples = [self._encode(source[i]) for i in range(count)]
+    hypotheses = []
+    for start in range(0, count, cfg.batch_size):
+      chunk = examples[start:start + cfg.batch_size]
+      tokens, _ = models.beam_search(
+          model, params, np.stack([e["source"] for e in chunk]),
+          beam_size=cfg.eval_beam_size, max_len=cfg.dataset.seq_len, bos_id=self.tokenizer.bos_id,
+          eos_id=self.tokenizer.eos_id,
+          source_lengths=np.array([e["source_length"] for e in chunk]))
+      hypotheses += [self.tokenizer.decode(t) for t in np.asarray(tokens)]
+    references = [source[i][cfg.dataset.target].decode("utf-8") for i in range(count)]
+    return {"eval/bleu": bleu.corpus_bleu(hypotheses, references)}
+
+
+TASKS = {"lm": LanguageModelTask, "classification": ClassificationTask,
+         "translation": TranslationTask}
 
 
 def get(config):

@@ -156,12 +156,18 @@ class PreemptionFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate(task, runner, params, batches) -> dict:
+def evaluate(task, runner, state, batches, model) -> dict:
+  """Summed metrics over the evaluation batches, plus decoding metrics (BLEU) if the task
+  has them."""
   total = None
   for batch in batches:
-    sums = runner.host_value(runner.eval_step(params, runner.shard_batch(batch)))
+    sums = runner.host_value(runner.eval_step(runner.params(state), runner.shard_batch(batch)))
     total = sums if total is None else jax.tree.map(np.add, total, sums)
-  return task.summarize(total, "eval")
+  metrics = task.summarize(total, "eval")
+  if hasattr(task, "decode_metrics"):
+    metrics.update(task.decode_metrics(model.clone(dropout_rate=0.0),
+                                       runner.host_params(state)))
+  return metrics
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -217,7 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(step, metrics)
       is_last = step == config.num_train_steps
       if step % config.eval_every_steps == 0 or is_last:
-        last_eval = evaluate(task, runner, runner.params(state), eval_batches)
+        last_eval = evaluate(task, runner, state, eval_batches, model)
         writer.write(step, last_eval)
         print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
               file=sys.stderr)
@@ -235,7 +241,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer.wait()
   writer.close()
   checkpointer.close()
-  results = dict(last_eval or evaluate(task, runner, runner.params(state), eval_batches))
+  results = dict(last_eval or evaluate(task, runner, state, eval_batches, model))
   if hasattr(task, "sample") and jax.process_index() == 0:
     results["sample"] = task.sample(model.clone(dropout_rate=0.0), runner.host_params(state),
                                     sample_rng)

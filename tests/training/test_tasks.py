@@ -6,11 +6,11 @@ import pytest
 from attention_jax.training import train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
-from configs import bert_wordnet, vit_fashion_mnist
+from configs import bert_wordnet, translate_kjv_rv, vit_fashion_mnist
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", [bert_wordnet, vit_fashion_mnist],
+@pytest.mark.parametrize("module", [bert_wordnet, vit_fashion_mnist, translate_kjv_rv],
                          ids=lambda m: m.__name__.split(".")[-1])
 def test_tiny_classification_config_trains(module, tmp_path_factory, tmp_path):
   config = module.get_config("tiny")
@@ -27,5 +27,8 @@ def test_tiny_classification_config_trains(module, tmp_path_factory, tmp_path):
   if module is bert_wordnet:
     assert task.tokenizer.vocab_size <= 500
     assert task.num_classes == 45
-  else:
+  elif module is vit_fashion_mnist:
     assert task.num_classes == 10
+  else:
+    assert 0.0 <= results["eval/bleu"] <= 100.0
+    assert "eval/bleu" in read_metrics(workdir)[-1]
