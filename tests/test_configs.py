@@ -6,10 +6,11 @@ import pathlib
 import pytest
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
-TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist", "translate_kjv_rv"]
+TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist", "translate_kjv_rv",
+            "xl_kjv"]
 VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny"],
             "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"],
-            "translate_kjv_rv": [None, "tiny"]}
+            "translate_kjv_rv": [None, "tiny"], "xl_kjv": [None, "tiny"]}
 COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
           "checkpoint_every_steps")
 
@@ -30,7 +31,7 @@ def test_config_has_common_fields_and_a_kernel(name, variant):
 
 
 @pytest.mark.parametrize("name", ["gpt_kjv", "bert_wordnet", "vit_fashion_mnist",
-                                  "translate_kjv_rv"])
+                                  "translate_kjv_rv", "xl_kjv"])
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     importlib.import_module(f"configs.{name}").get_config("huge")

@@ -9,7 +9,7 @@ softmax (Grave et al. 2017) with the output weights tied to the embedding (div_v
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,7 @@ class TransformerXL(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
   ln_eps: float = 1e-5
+  kernel: str | Callable = "relative"  # a kernel with relative_attention's signature
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -86,7 +87,7 @@ class TransformerXL(nn.Module):
       context = x if layer_memory is None else jnp.concatenate([layer_memory, x], axis=1)
       new_memory.append(jax.lax.stop_gradient(context[:, max(context.shape[1] - mem_len, 0):]))
       x = TransformerBlock(
-          self.num_heads, self.mlp_dim, head_dim=head_dim, pre_ln=False, kernel="relative",
+          self.num_heads, self.mlp_dim, head_dim=head_dim, pre_ln=False, kernel=self.kernel,
           position="relative", dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
           activation="relu", attention_use_bias=False, dtype=self.dtype,

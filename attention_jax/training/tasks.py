@@ -101,6 +101,49 @@ class LanguageModelTask:
     return cfg.prompt + self.tokenizer.decode(np.asarray(tokens[0]))
 
 
+class TransformerXLTask(LanguageModelTask):
+  """Byte-level language modelling with Transformer-XL's segment recurrence.
+
+  Each example is `dataset.segments` consecutive segments of `dataset.seq_len` tokens; the
+  model reads them in order, each attending to the memory the previous ones left (with the
+  gradient stopped at segment boundaries, as in the paper). Memory is not carried from one
+  batch to the next, so batches stay independent and resumable like any other task.
+  """
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.segments = config.dataset.segments
+
+  def datasets(self):
+    cfg = self.config.dataset
+    streams = {split: pipeline.text_stream(cfg.name, split, self.tokenizer, cfg.data_dir)
+               for split in ("train", cfg.eval_split)}
+    length = self.seq_len * self.segments
+    return (pipeline.lm_windows(streams["train"], length),
+            pipeline.lm_windows(streams[cfg.eval_split], length))
+
+  def model(self, **overrides):
+    return models.create(self.config.model.preset, vocab_size=self.tokenizer.vocab_size,
+                         **{**model_options(self.config), **overrides})
+
+  def items_per_example(self) -> int:
+    return self.seq_len * self.segments
+
+  def loss(self, model, params, batch, rng, deterministic: bool):
+    memory, total, sums = None, 0.0, None
+    for s in range(self.segments):
+      segment = batch[:, s * self.seq_len:(s + 1) * self.seq_len + 1]
+      log_probs, memory = model.apply({"params": params}, segment[:, :-1], memory,
+                                      deterministic=deterministic,
+                                      rngs={"dropout": jax.random.fold_in(rng, s)})
+      loss, part = cross_entropy_sums(log_probs, segment[:, 1:])
+      total += loss / self.segments
+      sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+    return total, sums
+
+  sample = None  # no KV-cache generation for Transformer-XL here
+
+
 class ClassificationTask:
   """Labels for texts (a BERT over WordPiece tokens) or images (a ViT), from a dataset with
   a "label" ClassLabel and a "text" or "image" feature."""
@@ -252,8 +295,8 @@ class TranslationTask:
     return {"eval/bleu": bleu.corpus_bleu(hypotheses, references)}
 
 
-TASKS = {"lm": LanguageModelTask, "classification": ClassificationTask,
-         "translation": TranslationTask}
+TASKS = {"lm": LanguageModelTask, "xl_lm": TransformerXLTask,
+         "classification": ClassificationTask, "translation": TranslationTask}
 
 
 def get(config):

@@ -242,7 +242,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.close()
   checkpointer.close()
   results = dict(last_eval or evaluate(task, runner, state, eval_batches, model))
-  if hasattr(task, "sample") and jax.process_index() == 0:
+  if getattr(task, "sample", None) and jax.process_index() == 0:
     results["sample"] = task.sample(model.clone(dropout_rate=0.0), runner.host_params(state),
                                     sample_rng)
   return results
