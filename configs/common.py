@@ -44,3 +44,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.1
   c.optimizer.clip_norm = 1.0
   return c
+
+
+def make_tiny(c: ml_collections.ConfigDict, steps: int = 10) -> ml_collections.ConfigDict:
+  """The settings every `tiny` variant shares: a few steps of a small batch, logging every
+  step, evaluating and checkpointing twice, no dropout (the tests compare exact losses)."""
+  c.batch_size = 8
+  c.num_train_steps = steps
+  c.log_every_steps = 1
+  c.eval_every_steps = steps // 2
+  c.checkpoint_every_steps = steps // 2
+  c.eval_max_batches = 4
+  c.optimizer.warmup_steps = max(steps // 4, 1)
+  c.model.dropout_rate = 0.0
+  return c

@@ -48,16 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.lr = 2e-3
     c.optimizer.warmup_steps = 100
   elif arg == "tiny":  # seconds; what the tests run
+    common.make_tiny(c, steps=20)
     c.dataset.seq_len = 32
     c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 32, 2, 4, 64
-    c.model.dropout_rate = 0.0
-    c.batch_size = 8
-    c.num_train_steps = 20
-    c.log_every_steps = 1
-    c.eval_every_steps = 10
-    c.checkpoint_every_steps = 10
-    c.eval_max_batches = 4
-    c.optimizer.warmup_steps = 5
     c.sample.max_new_tokens = 20
   elif arg not in (None, ""):
     raise ValueError(f"unknown variant {arg!r}; valid: small, tiny (or none).")

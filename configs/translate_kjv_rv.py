@@ -41,20 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
 
   if arg == "tiny":
+    common.make_tiny(c)
     c.dataset.seq_len = 24
     c.dataset.vocab_size = 400
     c.model.width, c.model.encoder_depth, c.model.decoder_depth = 32, 1, 1
     c.model.num_heads, c.model.mlp_dim = 4, 64
-    c.model.dropout_rate = 0.0
-    c.batch_size = 8
-    c.num_train_steps = 10
-    c.log_every_steps = 1
-    c.eval_every_steps = 5
-    c.checkpoint_every_steps = 5
-    c.eval_max_batches = 4
     c.eval_bleu_examples = 8
     c.eval_beam_size = 2
-    c.optimizer.warmup_steps = 2
   elif arg not in (None, ""):
     raise ValueError(f"unknown variant {arg!r}; valid: tiny (or none).")
   return c

@@ -35,18 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 200
 
   if arg == "tiny":
+    common.make_tiny(c)
     c.dataset.seq_len = 16
     c.dataset.segments = 2
     c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 32, 2, 4, 64
     c.model.mem_len = 16
-    c.model.dropout_rate = 0.0
-    c.batch_size = 8
-    c.num_train_steps = 10
-    c.log_every_steps = 1
-    c.eval_every_steps = 5
-    c.checkpoint_every_steps = 5
-    c.eval_max_batches = 4
-    c.optimizer.warmup_steps = 2
   elif arg not in (None, ""):
     raise ValueError(f"unknown variant {arg!r}; valid: tiny (or none).")
   return c

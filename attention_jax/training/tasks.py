@@ -144,19 +144,38 @@ class TransformerXLTask(LanguageModelTask):
   sample = None  # no KV-cache generation for Transformer-XL here
 
 
-class ClassificationTask:
-  """Labels for texts (a BERT over WordPiece tokens) or images (a ViT), from a dataset with
-  a "label" ClassLabel and a "text" or "image" feature."""
+class ExampleTask:
+  """Base of the tasks whose examples are dataset records encoded one by one (`_encode`)."""
   unit = "examples"
 
   def __init__(self, config):
     self.config = config
     self.tokenizer = None
+    self.sources = {}
 
-  def prepare(self, workdir: str | None):
+  def _load_sources(self):
     cfg = self.config.dataset
     self.sources = {split: pipeline.data_source(cfg.name, split, cfg.data_dir)
                     for split in ("train", cfg.eval_split)}
+
+  def _encode(self, example) -> dict:
+    raise NotImplementedError
+
+  def datasets(self):
+    return tuple(grain.MapDataset.source(self.sources[split]).map(self._encode)
+                 for split in ("train", self.config.dataset.eval_split))
+
+  def items_per_example(self) -> int:
+    return 1
+
+
+class ClassificationTask(ExampleTask):
+  """Labels for texts (a BERT over WordPiece tokens) or images (a ViT), from a dataset with
+  a "label" ClassLabel and a "text" or "image" feature."""
+
+  def prepare(self, workdir: str | None):
+    cfg = self.config.dataset
+    self._load_sources()
     features = self.sources["train"].dataset_info.features
     if "label" not in features:
       raise ValueError(f"dataset {cfg.name!r} has no 'label' feature to classify.")
@@ -177,10 +196,6 @@ class ClassificationTask:
     image = example["image"].astype(np.float32) / 255.0
     return {"inputs": (image - 0.5) / 0.5, "label": label}
 
-  def datasets(self):
-    return tuple(grain.MapDataset.source(self.sources[split]).map(self._encode)
-                 for split in ("train", self.config.dataset.eval_split))
-
   def model(self, **overrides):
     options = {**model_options(self.config), **overrides, "num_classes": self.num_classes}
     if self.is_text:
@@ -191,9 +206,6 @@ class ClassificationTask:
   def init_inputs(self):
     example = self._encode(self.sources["train"][0])
     return (jnp.asarray(example["inputs"])[None],)
-
-  def items_per_example(self) -> int:
-    return 1
 
   def loss(self, model, params, batch, rng, deterministic: bool):
     kwargs = dict(deterministic=deterministic, rngs={"dropout": rng})
@@ -209,19 +221,13 @@ class ClassificationTask:
     return summarize_classification(sums, prefix)
 
 
-class TranslationTask:
+class TranslationTask(ExampleTask):
   """Source -> target sentences with the encoder-decoder over a joint BPE vocabulary;
   evaluation adds corpus BLEU of beam-search (or greedy) translations."""
-  unit = "examples"
-
-  def __init__(self, config):
-    self.config = config
-    self.tokenizer = None
 
   def prepare(self, workdir: str | None):
     cfg = self.config.dataset
-    self.sources = {split: pipeline.data_source(cfg.name, split, cfg.data_dir)
-                    for split in ("train", cfg.eval_split)}
+    self._load_sources()
     train = self.sources["train"]
 
     def texts():
@@ -244,10 +250,6 @@ class TranslationTask:
     return {"source": source, "source_length": np.int32(source_mask.sum()),
             "target_in": target_in, "target_out": target_out, "target_mask": target_mask}
 
-  def datasets(self):
-    return tuple(grain.MapDataset.source(self.sources[split]).map(self._encode)
-                 for split in ("train", self.config.dataset.eval_split))
-
   def model(self, **overrides):
     options = {"max_len": self.config.dataset.seq_len, **model_options(self.config),
                **overrides}
@@ -257,9 +259,6 @@ class TranslationTask:
   def init_inputs(self):
     tokens = jnp.zeros((1, self.config.dataset.seq_len), jnp.int32)
     return tokens, tokens
-
-  def items_per_example(self) -> int:
-    return 1
 
   def loss(self, model, params, batch, rng, deterministic: bool):
     logits = model.apply({"params": params}, batch["source"], batch["target_in"],

@@ -101,3 +101,31 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path, data_dir
   out = finish(start(workdir, data_dir))
   assert f"resumed from {workdir} at step {saved[-1]}" in out
   assert sorted(losses(workdir)) == list(range(1, STEPS + 1))
+
+
+def run_cli(*args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_cli_rejects_config_typos(tmp_path):
+  result = run_cli("experiments.train", "--config=configs/gpt_kjv.py:tiny",
+                   f"--workdir={tmp_path}", "--config.optimzer.lr=0.1")
+  assert result.returncode != 0
+  assert "optimzer" in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_and_generate_read_a_finished_workdir(tmp_path, data_dir):
+  workdir = str(tmp_path / "run")
+  finish(start(workdir, data_dir))
+  result = run_cli("experiments.eval", f"--workdir={workdir}", "--checkpoint=best",
+                   "--split=test")
+  assert result.returncode == 0, result.stderr
+  assert "test/bits_per_char" in result.stdout
+  result = run_cli("experiments.generate", f"--workdir={workdir}", "--prompt=In the ",
+                   "--max_new_tokens=10", "--temperature=0")
+  assert result.returncode == 0, result.stderr
+  # The prompt, then 10 greedy bytes (ASCII after training on the KJV), then a newline.
+  assert result.stdout.startswith("In the ") and len(result.stdout) == len("In the ") + 10 + 1

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from attention_jax.training import NonFiniteError, train_and_evaluate
+from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
 from configs import gpt_kjv
 
@@ -98,3 +99,24 @@ def test_nan_guard_names_the_step_and_keeps_last_good_checkpoint(tmp_path, data_
 def test_config_errors_are_clear(tmp_path, data_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
     train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "bad"))
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tmp_path, data_dir):
+  workdir = str(tmp_path / "bf16")
+  train_and_evaluate(tiny_config(data_dir, precision="bfloat16", num_train_steps=4,
+                                 eval_every_steps=4, checkpoint_every_steps=4), workdir)
+  losses = train_losses(workdir)
+  assert np.isfinite(list(losses.values())).all()
+  _, _, model, params, _ = workdir_lib.load(workdir)
+  assert {str(x.dtype) for x in jax.tree.leaves(params)} == {"float32"}
+
+
+def test_keeps_latest_and_best_checkpoints(tmp_path, data_dir):
+  workdir = str(tmp_path / "keep")
+  train_and_evaluate(tiny_config(data_dir, num_train_steps=8, eval_every_steps=2,
+                                 checkpoint_every_steps=2, keep_checkpoints=1), workdir)
+  evals = {r["step"]: r["eval/loss"] for r in read_metrics(workdir) if "eval/loss" in r}
+  best = min(evals, key=evals.get)
+  kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert kept == sorted({best, 8})
+  assert workdir_lib.load(workdir, "best")[4] == best
