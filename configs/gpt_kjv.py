@@ -17,6 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = "lm"
   c.dataset.name = "kjv_text"
   c.dataset.seq_len = 256
+  c.dataset.pack = False  # True: whole verses packed with segment ids (a verse-level model)
   c.model.preset = "gpt-tiny"  # the family; the fields below set its size
   c.model.width = 384
   c.model.depth = 6

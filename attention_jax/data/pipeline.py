@@ -37,13 +37,19 @@ def data_source(name: str, split: str, data_dir: str | None = None):
                      f"({', '.join(sorted(builders.BUILDERS))}) nor in the TFDS catalog.") from e
 
 
-def text_stream(name: str, split: str, tokenizer, data_dir: str | None = None,
-                field: str = "text") -> np.ndarray:
-  """All examples of a text split, in order, joined by newlines and tokenized. int32 [n]."""
+def text_documents(name: str, split: str, tokenizer, data_dir: str | None = None,
+                   field: str = "text") -> list[np.ndarray]:
+  """Each example of a text split, in order, tokenized with a trailing newline."""
   source = data_source(name, split, data_dir)
   texts = [source[i][field] for i in range(len(source))]
-  texts = [t.decode("utf-8") if isinstance(t, bytes) else t for t in texts]
-  return tokenizer.encode("\n".join(texts) + "\n")
+  return [tokenizer.encode((t.decode("utf-8") if isinstance(t, bytes) else t) + "\n")
+          for t in texts]
+
+
+def text_stream(name: str, split: str, tokenizer, data_dir: str | None = None,
+                field: str = "text") -> np.ndarray:
+  """All examples of a text split, in order, as one token stream. int32 [n]."""
+  return np.concatenate(text_documents(name, split, tokenizer, data_dir, field))
 
 
 def lm_windows(tokens: np.ndarray, seq_len: int) -> grain.MapDataset:
@@ -54,6 +60,43 @@ def lm_windows(tokens: np.ndarray, seq_len: int) -> grain.MapDataset:
                      f"{seq_len + 1}.")
   return grain.MapDataset.range(count).map(
       lambda i: tokens[i * seq_len:i * seq_len + seq_len + 1])
+
+
+def pack_documents(documents: list[np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+  """Packs token sequences, in order, into rows of seq_len + 1 tokens.
+
+  Documents are placed whole while they fit and split across rows when longer (the
+  continuation starts a new segment at position 0); the tail of the last row is padding
+  (segment 0).
+
+  Returns:
+    {"tokens", "segment_ids" (1, 2, ... per document within a row; 0 = padding),
+     "positions" (restarting at 0 for each document)}, each int32 [rows, seq_len + 1].
+  """
+  width = seq_len + 1
+  rows = {"tokens": [], "segment_ids": [], "positions": []}
+  row = {k: [] for k in rows}
+
+  def flush():
+    pad = width - len(row["tokens"])
+    for k in rows:
+      rows[k].append(np.asarray(row[k] + [0] * pad, np.int32))
+      row[k] = []
+
+  for doc in documents:
+    offset = 0
+    while offset < len(doc):
+      if len(row["tokens"]) == width:
+        flush()
+      take = min(width - len(row["tokens"]), len(doc) - offset)
+      segment = (row["segment_ids"][-1] if row["segment_ids"] else 0) + 1
+      row["tokens"] += list(doc[offset:offset + take])
+      row["segment_ids"] += [segment] * take
+      row["positions"] += list(range(take))  # a split document restarts in its next row
+      offset += take
+  if row["tokens"]:
+    flush()
+  return {k: np.stack(v) for k, v in rows.items()}
 
 
 def train_iterator(dataset: grain.MapDataset, global_batch: int, seed: int):

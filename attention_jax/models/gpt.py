@@ -34,9 +34,10 @@ class GPT(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, *, segment_ids=None, deterministic=True):
+  def __call__(self, tokens, *, positions=None, segment_ids=None, deterministic=True):
+    """tokens [batch, length]; for packed sequences, `segment_ids` [batch, length] keep the
+    documents apart and `positions` [batch, length] restart at each document."""
     length = tokens.shape[1]
-    positions = None
     if self.decode:
       index = self.variable("cache", "position_index", lambda: jnp.array(0, jnp.int32))
       if not self.is_initializing():

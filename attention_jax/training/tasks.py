@@ -17,12 +17,14 @@ from attention_jax.data import pipeline, tokenizers
 from attention_jax.training import bleu
 
 
-def cross_entropy_sums(logits, labels):
-  """(mean loss, {"loss", "correct", "count"} sums) of integer labels."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  correct = jnp.argmax(logits, -1) == labels
-  return losses.mean(), {"loss": losses.sum(), "correct": correct.sum(),
-                         "count": jnp.float32(losses.size)}
+def cross_entropy_sums(logits, labels, mask=None):
+  """(mean loss, {"loss", "correct", "count"} sums) of integer labels where `mask` is set."""
+  mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask
+  correct = (jnp.argmax(logits, -1) == labels) * mask
+  count = mask.sum()
+  return losses.sum() / jnp.maximum(count, 1.0), {"loss": losses.sum(),
+                                                   "correct": correct.sum(), "count": count}
 
 
 def summarize_classification(sums: dict, prefix: str) -> dict:
@@ -58,12 +60,17 @@ class LanguageModelTask:
     self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer)
 
   def datasets(self):
-    """(train, eval) grain MapDatasets of int32 windows [seq_len + 1]."""
+    """(train, eval) grain MapDatasets: int32 windows [seq_len + 1] of the text stream, or
+    with `dataset.pack`, dicts of documents packed with segment ids and positions."""
     cfg = self.config.dataset
-    streams = {split: pipeline.text_stream(cfg.name, split, self.tokenizer, cfg.data_dir)
-               for split in ("train", cfg.eval_split)}
-    return (pipeline.lm_windows(streams["train"], self.seq_len),
-            pipeline.lm_windows(streams[cfg.eval_split], self.seq_len))
+    splits = ("train", cfg.eval_split)
+    if cfg.get("pack", False):
+      packed = [pipeline.pack_documents(pipeline.text_documents(
+          cfg.name, split, self.tokenizer, cfg.data_dir), self.seq_len) for split in splits]
+      return tuple(grain.MapDataset.range(len(p["tokens"])).map(
+          lambda i, p=p: {k: v[i] for k, v in p.items()}) for p in packed)
+    return tuple(pipeline.lm_windows(pipeline.text_stream(
+        cfg.name, split, self.tokenizer, cfg.data_dir), self.seq_len) for split in splits)
 
   def model(self, **overrides):
     options = {"max_len": self.seq_len, **model_options(self.config), **overrides}
@@ -77,10 +84,21 @@ class LanguageModelTask:
     return self.seq_len
 
   def loss(self, model, params, batch, rng, deterministic: bool):
-    """Mean next-token cross-entropy of a batch [b, seq_len + 1]; returns (loss, sums)."""
-    logits = model.apply({"params": params}, batch[:, :-1], deterministic=deterministic,
-                         rngs={"dropout": rng})
-    return cross_entropy_sums(logits, batch[:, 1:])
+    """Mean next-token cross-entropy of a batch; returns (loss, sums).
+
+    A batch is int32 [b, seq_len + 1], or packed documents {"tokens", "segment_ids",
+    "positions"} where attention stays inside each document and targets that start a new
+    document (or are padding) are not scored."""
+    kwargs = dict(deterministic=deterministic, rngs={"dropout": rng})
+    if not isinstance(batch, dict):
+      logits = model.apply({"params": params}, batch[:, :-1], **kwargs)
+      return cross_entropy_sums(logits, batch[:, 1:])
+    tokens, segments = batch["tokens"], batch["segment_ids"]
+    logits = model.apply({"params": params}, tokens[:, :-1],
+                         positions=batch["positions"][:, :-1], segment_ids=segments[:, :-1],
+                         **kwargs)
+    mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
+    return cross_entropy_sums(logits, tokens[:, 1:], mask)
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:
@@ -264,12 +282,7 @@ class TranslationTask(ExampleTask):
     logits = model.apply({"params": params}, batch["source"], batch["target_in"],
                          batch["source_length"], deterministic=deterministic,
                          rngs={"dropout": rng})
-    mask = batch["target_mask"].astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target_out"])
-    correct = (jnp.argmax(logits, -1) == batch["target_out"]) * mask
-    loss = (losses * mask).sum()
-    return loss / jnp.maximum(mask.sum(), 1.0), {"loss": loss, "correct": correct.sum(),
-                                                 "count": mask.sum()}
+    return cross_entropy_sums(logits, batch["target_out"], batch["target_mask"])
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:

@@ -195,3 +195,18 @@ def test_bert_mlm_head_is_tied_and_counts_like_the_reference():
   shapes = jax.eval_shape(lambda: base.init(jax.random.key(0), *base.example_inputs(),
                                             method=models.Bert.pretrain))
   assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == 110_106_428 - 1_538
+
+
+def test_gpt_on_packed_documents_equals_each_document_alone():
+  model = models.create("gpt-tiny")
+  params = init(model, TOKENS)
+  docs = [TOKENS[0, :5], TOKENS[1, :7]]
+  packed = jnp.concatenate(docs)[None]
+  segment_ids = jnp.array([[1] * 5 + [2] * 7])
+  positions = jnp.array([list(range(5)) + list(range(7))])
+  for kernel in ("dot_product", "flash"):
+    logits = model.clone(kernel=kernel).apply({"params": params}, packed,
+                                              positions=positions, segment_ids=segment_ids)
+    for doc, start in zip(docs, (0, 5)):
+      alone = model.apply({"params": params}, doc[None])
+      np.testing.assert_allclose(logits[:, start:start + len(doc)], alone, atol=2e-5)

@@ -120,3 +120,11 @@ def test_keeps_latest_and_best_checkpoints(tmp_path, data_dir):
   kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert kept == sorted({best, 8})
   assert workdir_lib.load(workdir, "best")[4] == best
+
+
+def test_packed_verses_train(tmp_path, data_dir):
+  workdir = str(tmp_path / "packed")
+  results = train_and_evaluate(tiny_config(data_dir, **{"dataset.pack": True}), workdir)
+  losses = train_losses(workdir)
+  assert losses[20] < losses[1] - 0.5
+  assert np.isfinite(results["eval/bits_per_char"])

@@ -1,0 +1,80 @@
+"""Readers of the Debian-packaged corpora, packing and the grain pipeline."""
+
+import numpy as np
+import pytest
+
+from attention_jax.data import builders, pipeline, sword, tokenizers
+
+
+def test_osis_markup_is_cleaned():
+  raw = ('In the <w lemma="strong:H7225">beginning</w> God<note type="x-study">Heb. '
+         'Elohim</note> created &amp; <milestone type="x-p"/>made.  ')
+  assert sword.clean_osis(raw) == "In the beginning God created & made."
+
+
+def test_missing_debian_package_names_the_fix(tmp_path):
+  with pytest.raises(FileNotFoundError, match="sudo apt-get install sword-text-sparv"):
+    sword.module_dir("reina_valera", root=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="sudo apt-get install dataset-fashion-mnist"):
+    builders.read_idx(str(tmp_path / "train-images-idx3-ubyte.gz"))
+
+
+def test_bibles_are_read_and_aligned():
+  kjv, rv = sword.read_module("kjv"), sword.read_module("reina_valera")
+  assert len(kjv) == len(rv) == 32361  # entries, headings included
+  genesis_1_1 = kjv.index("In the beginning God created the heaven and the earth.")
+  assert rv[genesis_1_1].startswith("EN el principio crió Dios los cielos y la tierra")
+  assert kjv[-1] == "The grace of our Lord Jesus Christ be with you all. Amen."
+  assert 4.0e6 < sum(map(len, kjv)) < 4.3e6
+
+
+def test_wordnet_glosses_and_fashion_mnist():
+  glosses = list(builders.wordnet_glosses())
+  assert len(glosses) == 117659
+  assert {label for _, label in glosses} == set(range(45))
+  images = builders.read_idx(f"{builders.FASHION_MNIST_DIR}/t10k-images-idx3-ubyte.gz")
+  labels = builders.read_idx(f"{builders.FASHION_MNIST_DIR}/t10k-labels-idx1-ubyte.gz")
+  assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+  assert set(np.unique(labels)) == set(range(10))
+
+
+def test_pack_documents_keeps_every_token_in_order():
+  docs = [np.arange(1, 4), np.arange(10, 12), np.arange(20, 26), np.arange(30, 31)]
+  packed = pipeline.pack_documents(docs, seq_len=4)
+  tokens, segments, positions = packed["tokens"], packed["segment_ids"], packed["positions"]
+  assert tokens.shape == segments.shape == positions.shape == (3, 5)
+  np.testing.assert_array_equal(tokens[segments > 0], np.concatenate(docs))
+  np.testing.assert_array_equal(segments, [[1, 1, 1, 2, 2], [1, 1, 1, 1, 1], [1, 2, 0, 0, 0]])
+  np.testing.assert_array_equal(positions, [[0, 1, 2, 0, 1], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]])
+
+
+def test_lm_windows_and_resumable_iterator():
+  stream = np.arange(100, dtype=np.int32)
+  windows = pipeline.lm_windows(stream, seq_len=9)
+  assert len(windows) == 11
+  np.testing.assert_array_equal(windows[1], np.arange(9, 19))  # 10 tokens: inputs + target
+  it = pipeline.train_iterator(windows, global_batch=4, seed=0)
+  first = [next(it) for _ in range(3)]
+  state = it.get_state()
+  expected = [next(it) for _ in range(5)]  # crosses into the second (reshuffled) epoch
+  resumed = pipeline.train_iterator(windows, global_batch=4, seed=0)
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed), want)
+  seen = np.concatenate([b[:, 0] for b in first[:2]])
+  assert len(set(seen.tolist())) == 8  # no repeats within an epoch
+  with pytest.raises(ValueError, match="fewer than seq_len"):
+    pipeline.lm_windows(stream[:5], seq_len=9)
+
+
+def test_tokenizers_round_trip(tmp_path):
+  byte = tokenizers.ByteTokenizer()
+  assert byte.decode(byte.encode("Génesis 1:1")) == "Génesis 1:1"
+  texts = ["the lord is my shepherd", "i shall not want", "he maketh me to lie down"] * 20
+  for kind in ("wordpiece", "bpe"):
+    tok = tokenizers.SubwordTokenizer.train(texts, vocab_size=120, kind=kind)
+    tokenizers.save(tok, str(tmp_path))
+    loaded = tokenizers.load(str(tmp_path))
+    ids, mask = loaded.encode_padded("the lord is my shepherd", 12)
+    assert ids[0] == loaded.bos_id and mask.sum() == list(ids).index(loaded.eos_id) + 1
+    assert loaded.decode(ids[1:]).replace(" ", "") == "thelordismyshepherd"
