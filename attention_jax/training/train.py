@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import flax
 import jax
@@ -210,42 +209,56 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                     next_example_batch(train_data, config), step_rng)
   runner.compile_eval(make_eval_step, task, model, state, eval_batches[0])
   bar = metrics_lib.ProgressBar(config.num_train_steps, start, task.unit)
-  items = config.batch_size * task.items_per_example()
-  last_eval = None
-  with PreemptionFlag() as preempted:
-    for step in range(start + 1, config.num_train_steps + 1):
-      batch = next(train_iter)
-      state, metrics = train_step(state, runner.shard_batch(batch), step_rng)
-      metrics = runner.host_metrics(metrics)
-      check_finite(step, metrics, checkpointer)
-      bar.update(step, items, metrics["train/loss"], force=step == config.num_train_steps)
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
-        writer.write(step, metrics)
-      is_last = step == config.num_train_steps
-      if step % config.eval_every_steps == 0 or is_last:
-        last_eval = evaluate(task, runner, state, eval_batches, model)
-        writer.write(step, last_eval)
-        print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
-              file=sys.stderr)
-      if step % config.checkpoint_every_steps == 0 or is_last or preempted.set:
-        checkpointer.save(step, runner.to_checkpoint(state), train_iter.get_state(),
-                          last_eval if step % config.eval_every_steps == 0 or is_last
-                          else None, force=True)
-      if preempted.set:
-        checkpointer.wait()
-        print(f"SIGTERM: saved a checkpoint at step {step}; exiting. Run the same command "
-              "to resume.", file=sys.stderr)
-        writer.close()
-        checkpointer.close()
-        return {"preempted_at_step": step}
-  checkpointer.wait()
-  writer.close()
-  checkpointer.close()
+  try:
+    with PreemptionFlag() as preempted:
+      state, last_eval, stopped_at = train_loop(
+          config, task, model, runner, state, train_step, train_iter, eval_batches,
+          checkpointer, writer, bar, start, step_rng, preempted)
+  finally:  # also on errors (a non-finite loss): finish in-flight saves, flush the logs
+    checkpointer.wait()
+    writer.close()
+    checkpointer.close()
+  if stopped_at is not None:
+    print(f"SIGTERM: saved a checkpoint at step {stopped_at}; exiting. Run the same command "
+          "to resume.", file=sys.stderr)
+    return {"preempted_at_step": stopped_at}
   results = dict(last_eval or evaluate(task, runner, state, eval_batches, model))
   if getattr(task, "sample", None) and jax.process_index() == 0:
     results["sample"] = task.sample(model.clone(dropout_rate=0.0), runner.host_params(state),
                                     sample_rng)
   return results
+
+
+def train_loop(config, task, model, runner, state, train_step, train_iter, eval_batches,
+               checkpointer, writer, bar, start, step_rng, preempted):
+  """Steps start + 1 .. num_train_steps: guard, log, evaluate, checkpoint, preemption.
+
+  Returns:
+    (state, the last evaluation or None, the step a SIGTERM stopped at or None).
+  """
+  items = config.batch_size * task.items_per_example()
+  last_eval = None
+  for step in range(start + 1, config.num_train_steps + 1):
+    batch = next(train_iter)
+    state, metrics = train_step(state, runner.shard_batch(batch), step_rng)
+    metrics = runner.host_metrics(metrics)
+    check_finite(step, metrics, checkpointer)
+    is_last = step == config.num_train_steps
+    bar.update(step, items, metrics["train/loss"], force=is_last)
+    if step % config.log_every_steps == 0 or is_last:
+      writer.write(step, metrics)
+    evaluated = step % config.eval_every_steps == 0 or is_last
+    if evaluated:
+      last_eval = evaluate(task, runner, state, eval_batches, model)
+      writer.write(step, last_eval)
+      print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
+            file=sys.stderr)
+    if step % config.checkpoint_every_steps == 0 or is_last or preempted.set:
+      checkpointer.save(step, runner.to_checkpoint(state), train_iter.get_state(),
+                        last_eval if evaluated else None, force=True)
+    if preempted.set:
+      return state, last_eval, step
+  return state, last_eval, None
 
 
 def next_example_batch(train_data, config):

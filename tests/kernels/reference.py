@@ -31,7 +31,7 @@ def mask_reference(batch, q_len, kv_len, *, causal=False, kv_lengths=None, segme
 def _expand(q, k, v, bias, mask, scale):
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   b, tq, h, d = q.shape
-  tk, kh = k.shape[1], k.shape[2]
+  kh = k.shape[2]
   k = np.repeat(k, h // kh, axis=2)
   v = np.repeat(v, h // kh, axis=2)
   scale = 1 / np.sqrt(d) if scale is None else scale
