@@ -37,13 +37,17 @@ def data_source(name: str, split: str, data_dir: str | None = None):
                      f"({', '.join(sorted(builders.BUILDERS))}) nor in the TFDS catalog.") from e
 
 
+def as_text(value) -> str:
+  """A text feature as str (our builders give bytes; TFDS mock data gives str)."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def text_documents(name: str, split: str, tokenizer, data_dir: str | None = None,
                    field: str = "text") -> list[np.ndarray]:
   """Each example of a text split, in order, tokenized with a trailing newline."""
   source = data_source(name, split, data_dir)
   texts = [source[i][field] for i in range(len(source))]
-  return [tokenizer.encode((t.decode("utf-8") if isinstance(t, bytes) else t) + "\n")
-          for t in texts]
+  return [tokenizer.encode(as_text(t) + "\n") for t in texts]
 
 
 def text_stream(name: str, split: str, tokenizer, data_dir: str | None = None,

@@ -201,14 +201,14 @@ class ClassificationTask(ExampleTask):
     self.is_text = "text" in features
     if self.is_text:
       train = self.sources["train"]
-      texts = (train[i]["text"].decode("utf-8") for i in range(len(train)))
+      texts = (pipeline.as_text(train[i]["text"]) for i in range(len(train)))
       self.tokenizer = load_or_make_tokenizer(
           workdir, lambda: tokenizers.SubwordTokenizer.train(texts, cfg.vocab_size))
 
   def _encode(self, example):
     label = np.int32(example["label"])
     if self.is_text:
-      ids, mask = self.tokenizer.encode_padded(example["text"].decode("utf-8"),
+      ids, mask = self.tokenizer.encode_padded(pipeline.as_text(example["text"]),
                                                self.config.dataset.seq_len)
       return {"inputs": ids, "mask": mask, "label": label}
     image = example["image"].astype(np.float32) / 255.0
@@ -251,7 +251,7 @@ class TranslationTask(ExampleTask):
     def texts():
       for i in range(len(train)):
         for field in (cfg.source, cfg.target):
-          yield train[i][field].decode("utf-8")
+          yield pipeline.as_text(train[i][field])
 
     self.tokenizer = load_or_make_tokenizer(
         workdir, lambda: tokenizers.SubwordTokenizer.train(texts(), cfg.vocab_size, "bpe"))
@@ -260,9 +260,9 @@ class TranslationTask(ExampleTask):
     cfg, tok = self.config.dataset, self.tokenizer
     length = cfg.seq_len
     source, source_mask = tokenizers.pad(
-        tok.encode(example[cfg.source].decode("utf-8"))[:length - 1] + [tok.eos_id], length,
+        tok.encode(pipeline.as_text(example[cfg.source]))[:length - 1] + [tok.eos_id], length,
         tok.pad_id)
-    target = tok.encode(example[cfg.target].decode("utf-8"))[:length - 1]
+    target = tok.encode(pipeline.as_text(example[cfg.target]))[:length - 1]
     target_in, _ = tokenizers.pad([tok.bos_id] + target, length, tok.pad_id)
     target_out, target_mask = tokenizers.pad(target + [tok.eos_id], length, tok.pad_id)
     return {"source": source, "source_length": np.int32(source_mask.sum()),
@@ -303,7 +303,7 @@ class TranslationTask(ExampleTask):
           eos_id=self.tokenizer.eos_id,
           source_lengths=np.array([e["source_length"] for e in chunk]))
       hypotheses += [self.tokenizer.decode(t) for t in np.asarray(tokens)]
-    references = [source[i][cfg.dataset.target].decode("utf-8") for i in range(count)]
+    references = [pipeline.as_text(source[i][cfg.dataset.target]) for i in range(count)]
     return {"eval/bleu": bleu.corpus_bleu(hypotheses, references)}
 
 

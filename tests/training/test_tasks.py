@@ -35,3 +35,16 @@ def test_tiny_classification_config_trains(module, tmp_path_factory, tmp_path):
   else:
     assert 0.0 <= results["eval/bleu"] <= 100.0
     assert "eval/bleu" in read_metrics(workdir)[-1]
+
+
+def test_a_tfds_catalog_dataset_by_name(tmp_path):
+  """Any catalog name works where TFDS can download; offline, its mock data stands in."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = bert_wordnet.get_config("tiny")
+  config.dataset.name = "imdb_reviews"
+  config.dataset.eval_split = "test"
+  config.num_devices = 1
+  with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+    results = train_and_evaluate(config, str(tmp_path / "imdb"))
+  assert 0.0 <= results["eval/accuracy"] <= 1.0
+  assert len(read_metrics(str(tmp_path / "imdb"))) == 12  # 10 train records + 2 evaluations
