@@ -1,8 +1,8 @@
 """Data parallelism: `jax.pmap` (the default) or `jax.jit` over a `jax.sharding.Mesh`.
 
 Both runners offer the same methods, so the training loop does not branch:
-init / shard_batch / compile_train / compile_eval / eval_step / host_metrics / params /
-host_params / to_checkpoint / from_checkpoint.
+init / shard_batch / compile_train / compile_eval (sets eval_step) / host_value /
+host_metrics / params / host_params / to_checkpoint / from_checkpoint.
 Checkpoints always hold one (unreplicated) copy of the state.
 """
 
@@ -90,7 +90,7 @@ class PmapRunner:
     report_memory(compiled, "train step", self.devices)
     return compiled
 
-  def compile_eval(self, make_step, task, model, state, example_batch):
+  def compile_eval(self, make_step, task, model):
     self.eval_step = jax.pmap(make_step(task, model, axis_name=AXIS), axis_name=AXIS,
                               devices=self.pmap_devices)
 
@@ -162,7 +162,7 @@ class MeshRunner:
     report_memory(compiled, "train step", self.devices)
     return compiled
 
-  def compile_eval(self, make_step, task, model, state, example_batch):
+  def compile_eval(self, make_step, task, model):
     self.eval_step = jax.jit(make_step(task, model),
                              in_shardings=(self.state_sharding.params, self.data_sharding),
                              out_shardings=self.replicated)

@@ -207,7 +207,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   train_step = runner.compile_train(make_train_step, task, model, optimizer, state,
                                     next_example_batch(train_data, config), step_rng)
-  runner.compile_eval(make_eval_step, task, model, state, eval_batches[0])
+  runner.compile_eval(make_eval_step, task, model)
   bar = metrics_lib.ProgressBar(config.num_train_steps, start, task.unit)
   try:
     with PreemptionFlag() as preempted:
