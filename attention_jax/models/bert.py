@@ -8,7 +8,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attention_jax.layers import TextEmbeddings, TransformerBlock, default_kernel_init
+from attention_jax.layers.lora import LoraSpec
 from attention_jax.layers.mlp import activation_fn
+
+POOLINGS = ("cls", "mean")
+
+
+def mean_pool(hidden, attention_mask=None):
+  """[batch, length, width] hidden states -> [batch, width], the mean over real tokens
+  (`attention_mask` [batch, length], 1 = real), as sentence-transformers pools."""
+  if attention_mask is None:
+    return hidden.mean(axis=1)
+  mask = attention_mask.astype(hidden.dtype)[..., None]
+  return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
 
 
 class MlmHead(nn.Module):
@@ -31,9 +43,11 @@ class Bert(nn.Module):
   """input_ids [batch, length] -> {"hidden", "pooled", and "logits" if num_classes}.
 
   `attention_mask` [batch, length] (1 = real token, 0 = padding) keeps padding out of every
-  attention. `mlm_logits(hidden)` gives masked-LM logits through the tied token embedding;
-  the MLM head's parameters exist only once it is used (BertModel's parameter count
-  otherwise).
+  attention. "pooled" is BERT's pooler output, tanh(Dense(hidden[:, 0])). The classifier
+  reads it (`classifier_pooling="cls"`, BERT) or the mean of the real tokens' hidden states
+  ("mean", sentence-transformers). `mlm_logits(hidden)` gives masked-LM logits through the
+  tied token embedding; the MLM head's parameters exist only once it is used (BertModel's
+  parameter count otherwise). `lora` adds LoRA adapters to the encoder's projections.
   """
   vocab_size: int = 30522
   max_len: int = 512
@@ -48,10 +62,15 @@ class Bert(nn.Module):
   activation: str = "gelu"
   kernel: str | Callable = "dot_product"
   num_classes: int | None = None
+  classifier_pooling: str = "cls"
+  lora: LoraSpec | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def setup(self):
+    if self.classifier_pooling not in POOLINGS:
+      raise ValueError(f"classifier_pooling must be one of {POOLINGS}, got "
+                       f"{self.classifier_pooling!r}.")
     self.embed = TextEmbeddings(self.vocab_size, self.width, self.max_len,
                                 type_vocab_size=self.type_vocab_size, layer_norm=True,
                                 ln_eps=self.ln_eps, dropout_rate=self.dropout_rate,
@@ -59,7 +78,7 @@ class Bert(nn.Module):
     self.blocks = [TransformerBlock(
         self.num_heads, self.mlp_dim, pre_ln=False, kernel=self.kernel,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        ln_eps=self.ln_eps, activation=self.activation, dtype=self.dtype,
+        ln_eps=self.ln_eps, activation=self.activation, lora=self.lora, dtype=self.dtype,
         param_dtype=self.param_dtype) for _ in range(self.depth)]
     self.pooler = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=default_kernel_init)
@@ -79,8 +98,10 @@ class Bert(nn.Module):
       x = block(x, mask=mask, deterministic=deterministic)
     out = {"hidden": x, "pooled": jnp.tanh(self.pooler(x[:, 0]))}
     if self.num_classes:
+      features = (out["pooled"] if self.classifier_pooling == "cls"
+                  else mean_pool(x, attention_mask))
       out["logits"] = self.classifier(
-          self.dropout(out["pooled"], deterministic=deterministic)).astype(jnp.float32)
+          self.dropout(features, deterministic=deterministic)).astype(jnp.float32)
     return out
 
   def mlm_logits(self, hidden):

@@ -1,0 +1,12 @@
+"""Pretrained checkpoints: Hugging Face-format import and export, and sentence embeddings.
+
+    model, params, tokenizer = attention_jax.pretrained.load("all-MiniLM-L6-v2")
+    embeddings = attention_jax.pretrained.encode(["A sentence.", "Another one."])
+"""
+
+from attention_jax.pretrained.encode import encode
+from attention_jax.pretrained.hub import KNOWN, export, load, read_checkpoint, resolve
+from attention_jax.pretrained.tokenizer import PretrainedTokenizer
+
+__all__ = ["KNOWN", "PretrainedTokenizer", "encode", "export", "load", "read_checkpoint",
+           "resolve"]

@@ -1,0 +1,135 @@
+"""Renaming and reshaping between Hugging Face tensor names and our Flax parameter trees.
+
+A checkpoint format is a list of `Rule`s: one HF tensor <-> one or more of our parameters,
+with the reshapes both ways. The same rules load and export, so the two directions cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Callable
+
+import numpy as np
+from flax import traverse_util
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """HF tensor `hf_name` <-> our parameters `paths` (several when HF fuses them)."""
+  hf_name: str
+  paths: tuple[Path, ...]
+  to_ours: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+  to_hf: Callable[..., np.ndarray]
+
+
+def same(hf_name: str, path: Path) -> Rule:
+  """Embeddings, biases and LayerNorm parameters: the same array under another name."""
+  return Rule(hf_name, (path,), lambda t: (t,), lambda p: p)
+
+
+def linear(hf_name: str, path: Path) -> Rule:
+  """torch.nn.Linear weight [out, in] <-> Dense kernel [in, out]."""
+  return Rule(hf_name, (path,), lambda t: (t.T,), lambda p: p.T)
+
+
+def linear_to_heads(hf_name: str, path: Path, heads: int, head_dim: int,
+                    transposed: bool = True) -> Rule:
+  """Linear [out=H*D, in] (or Conv1D [in, H*D] if not `transposed`) <-> [in, H, D]."""
+  def to_ours(t):
+    t = t.T if transposed else t
+    return (t.reshape(t.shape[0], heads, head_dim),)
+
+  def to_hf(p):
+    t = p.reshape(p.shape[0], heads * head_dim)
+    return t.T if transposed else t
+  return Rule(hf_name, (path,), to_ours, to_hf)
+
+
+def bias_to_heads(hf_name: str, path: Path, heads: int, head_dim: int) -> Rule:
+  """bias [H*D] <-> [H, D]."""
+  return Rule(hf_name, (path,), lambda t: (t.reshape(heads, head_dim),),
+              lambda p: p.reshape(-1))
+
+
+def heads_to_linear(hf_name: str, path: Path, heads: int, head_dim: int,
+                    transposed: bool = True) -> Rule:
+  """Output projection: Linear [out, H*D] (or Conv1D [H*D, out]) <-> kernel [H, D, out]."""
+  def to_ours(t):
+    t = t.T if transposed else t
+    return (t.reshape(heads, head_dim, t.shape[-1]),)
+
+  def to_hf(p):
+    t = p.reshape(heads * head_dim, p.shape[-1])
+    return t.T if transposed else t
+  return Rule(hf_name, (path,), to_ours, to_hf)
+
+
+def fused_to_heads(hf_name: str, paths: tuple[Path, ...], heads: int, head_dim: int) -> Rule:
+  """GPT-2's fused Conv1D c_attn [in, 3*H*D] (or its bias [3*H*D]) <-> q, k, v [in, H, D]
+  (or [H, D])."""
+  def to_ours(t):
+    return tuple(part.reshape(part.shape[:-1] + (heads, head_dim))
+                 for part in np.split(t, len(paths), axis=-1))
+
+  def to_hf(*parts):
+    return np.concatenate([p.reshape(p.shape[:-2] + (heads * head_dim,)) for p in parts], -1)
+  return Rule(hf_name, paths, to_ours, to_hf)
+
+
+def _names(items, limit: int = 12) -> str:
+  items = sorted(items)
+  shown = ", ".join(items[:limit])
+  return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def tensors_to_params(tensors: dict, rules: list[Rule], expected_shapes: dict,
+                      ignore: tuple[str, ...] = (), source: str = "checkpoint") -> dict:
+  """Our nested parameter dict from HF `tensors` {name: array}.
+
+  `expected_shapes` {path: shape} (from the model's `eval_shape`) must be covered exactly;
+  `ignore` holds glob patterns of HF tensors that are buffers, not parameters. Missing,
+  unexpected and mis-shaped tensors raise one ValueError that names them all.
+  """
+  missing = [r.hf_name for r in rules if r.hf_name not in tensors]
+  used = {r.hf_name for r in rules}
+  unexpected = [n for n in tensors
+                if n not in used and not any(fnmatch.fnmatch(n, p) for p in ignore)]
+  problems = []
+  if missing:
+    problems.append(f"missing tensors: {_names(missing)}")
+  if unexpected:
+    problems.append(f"unexpected tensors: {_names(unexpected)}")
+  if problems:
+    raise ValueError(f"{source} does not match the model its config.json describes; "
+                     + "; ".join(problems) + ".")
+  flat = {}
+  for rule in rules:
+    for path, array in zip(rule.paths, rule.to_ours(np.asarray(tensors[rule.hf_name]))):
+      flat[path] = array
+  wrong = [f"{'/'.join(p)} {flat[p].shape} (model: {tuple(s)})" for p, s in
+           expected_shapes.items() if p in flat and flat[p].shape != tuple(s)]
+  uncovered = [p for p in expected_shapes if p not in flat]
+  if wrong or uncovered:
+    raise ValueError(f"{source}: tensors of the wrong shape: {_names(wrong) or 'none'}; "
+                     f"model parameters with no tensor: "
+                     f"{_names('/'.join(p) for p in uncovered) or 'none'}.")
+  return traverse_util.unflatten_dict(flat)
+
+
+def params_to_tensors(params: dict, rules: list[Rule]) -> dict:
+  """HF tensors {name: contiguous numpy array} from our parameters; every parameter must be
+  covered by a rule (unmerged LoRA adapters, for instance, are refused)."""
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+  covered = {p for r in rules for p in r.paths}
+  extra = [p for p in flat if p not in covered]
+  if extra:
+    hint = (" Fold LoRA adapters into the weights first: attention_jax.layers.lora.merge."
+            if any(part.endswith("_lora") for p in extra for part in p) else "")
+    raise ValueError("these parameters have no place in the Hugging Face format: "
+                     f"{_names('/'.join(p) for p in extra)}.{hint}")
+  return {r.hf_name: np.ascontiguousarray(r.to_hf(*(flat[p] for p in r.paths)))
+          for r in rules}

@@ -1,0 +1,66 @@
+"""A pretrained checkpoint's own tokenizer (`tokenizer.json`, else `vocab.txt`), read with the
+`tokenizers` library, with Hugging Face's padding and truncation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+class PretrainedTokenizer:
+  """texts -> {"input_ids", "attention_mask", "token_type_ids"}, int32 [n, length].
+
+  Each text becomes [CLS] wordpieces [SEP] (the checkpoint's post-processor), truncated to
+  `max_length` tokens including the special ones, and the batch is padded with [PAD] to its
+  longest row.
+  """
+
+  def __init__(self, tokenizer, max_length: int):
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    self.tokenizer = tokenizer  # the `tokenizers.Tokenizer`
+    self.max_length = max_length
+    self.vocab_size = tokenizer.get_vocab_size()
+    self.pad_id = tokenizer.token_to_id("[PAD]")
+    if self.pad_id is None:
+      raise ValueError("the tokenizer has no [PAD] token; only BERT-style WordPiece "
+                       "tokenizers are supported.")
+
+  @classmethod
+  def from_directory(cls, directory: str, max_length: int) -> "PretrainedTokenizer | None":
+    """The tokenizer in a checkpoint directory, or None if it has neither file."""
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import BertWordPieceTokenizer
+    json_path = os.path.join(directory, "tokenizer.json")
+    vocab_path = os.path.join(directory, "vocab.txt")
+    if os.path.exists(json_path):
+      return cls(Tokenizer.from_file(json_path), max_length)
+    if os.path.exists(vocab_path):
+      return cls(BertWordPieceTokenizer(vocab_path, lowercase=True)._tokenizer, max_length)
+    return None
+
+  def __call__(self, texts, max_length: int | None = None) -> dict:
+    if isinstance(texts, str):
+      texts = [texts]
+    limit = max_length or self.max_length
+    if limit < 2:
+      raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {limit}.")
+    self.tokenizer.enable_truncation(limit)
+    try:
+      encodings = self.tokenizer.encode_batch(list(texts))
+    finally:
+      self.tokenizer.no_truncation()
+    length = max([len(e.ids) for e in encodings] + [1])
+    out = {name: np.zeros((len(encodings), length), np.int32)
+           for name in ("input_ids", "attention_mask", "token_type_ids")}
+    out["input_ids"][:] = self.pad_id
+    for row, e in enumerate(encodings):
+      n = len(e.ids)
+      out["input_ids"][row, :n] = e.ids
+      out["attention_mask"][row, :n] = 1
+      out["token_type_ids"][row, :n] = e.type_ids
+    return out
+
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)])
