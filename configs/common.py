@@ -22,6 +22,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.fsdp = False
   c.num_devices = 0  # 0: all devices
   c.precision = "float32"  # or "bfloat16" (bf16 compute, f32 parameters)
+  # Start from a pretrained checkpoint (a name such as "all-MiniLM-L6-v2" or a Hugging Face
+  # directory) or another training workdir; heads (finetune.heads) start fresh.
+  c.init_from = ""
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.mode = "full"  # or "linear_probe", "top_k_layers", "lora"
+  c.finetune.heads = ("classifier", "head")  # new for the task: always trained, never loaded
+  c.finetune.top_k = 2  # blocks trained in "top_k_layers"
+  c.finetune.lora_rank = 8
+  c.finetune.lora_alpha = 16.0
+  c.finetune.lora_targets = "query,value"  # any of query, key, value, out, fc1, fc2
+  c.finetune.layer_decay = 1.0  # < 1: layer-wise lr decay, lr * decay ** (layers from top)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = ""

@@ -34,6 +34,8 @@ class SubwordTokenizer:
   """
 
   def __init__(self, tokenizer, kind: str):
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     self.tokenizer, self.kind = tokenizer, kind
     self.vocab_size = tokenizer.get_vocab_size()
     self.pad_id = tokenizer.token_to_id("[PAD]")
@@ -64,7 +66,9 @@ class SubwordTokenizer:
     return cls(tokenizer, kind)
 
   def encode(self, text: str) -> list[int]:
-    return self.tokenizer.encode(text).ids
+    """Token ids of `text`, without special tokens (a pretrained tokenizer's post-processor
+    would add [CLS] and [SEP]; `encode_padded` adds them itself)."""
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
 
   def encode_padded(self, text: str, length: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [length], mask int32 [length]) for [CLS] text [SEP], truncated/padded."""

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state and the data iterator position.
+"""Orbax checkpoints of the train state, the data iterator position and the base reference.
 
 Saves are asynchronous and atomic (written to a temporary directory, then renamed), so a crash
 mid-save leaves the previous checkpoint intact. Keeps the latest `keep` checkpoints and the
@@ -16,7 +16,8 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 class Checkpointer:
-  """Save and restore {"state": train state pytree, "data": iterator state (JSON)}."""
+  """Save and restore {"state": train state pytree, "data": iterator state (JSON), "base":
+  what the run started from and what it trains (JSON; see training.finetune)}."""
 
   def __init__(self, workdir: str, keep: int, best_metric: str | None):
     policies = [ocp.checkpoint_managers.LatestN(keep)]
@@ -30,7 +31,7 @@ class Checkpointer:
     self.best_metric = best_metric
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
-        item_names=("state", "data"))
+        item_names=("state", "data", "base"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -38,13 +39,13 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.manager.best_step() if self.best_metric else None
 
-  def save(self, step: int, state, data_state: dict, metrics: dict | None = None,
-           force: bool = False) -> bool:
+  def save(self, step: int, state, data_state: dict, base: dict,
+           metrics: dict | None = None, force: bool = False) -> bool:
     if metrics is not None and self.best_metric not in metrics:
       metrics = None
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-        metrics=metrics, force=force)
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        base=ocp.args.JsonSave(base)), metrics=metrics, force=force)
 
   def restore(self, step: int, abstract_state):
     """(state, data_state) of checkpoint `step`; `abstract_state` gives shapes/shardings."""

@@ -32,8 +32,12 @@ def decay_mask(params):
   return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
-  """The optax chain for `config.optimizer`; `inject_hyperparams` exposes the live lr."""
+def make_optimizer(cfg, num_steps: int,
+                   scale: optax.GradientTransformation | None = None
+                   ) -> optax.GradientTransformation:
+  """The optax chain for `config.optimizer`; `inject_hyperparams` exposes the live lr
+  (`current_learning_rate`). `scale`, if given, rescales the updates last (layer-wise
+  learning-rate decay)."""
   if cfg.name != "adamw":
     raise ValueError(f"optimizer.name must be 'adamw', got {cfg.name!r}.")
 
@@ -43,4 +47,11 @@ def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
                        weight_decay=cfg.weight_decay, mask=decay_mask)
 
   parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
-  return optax.chain(*parts, adamw(learning_rate_schedule(cfg, num_steps)))
+  parts.append(adamw(learning_rate_schedule(cfg, num_steps)))
+  return optax.chain(*parts, *([scale] if scale is not None else []))
+
+
+def current_learning_rate(opt_state):
+  """The learning rate `make_optimizer`'s chain applies at this step."""
+  return optax.tree_utils.tree_get(opt_state, "learning_rate",
+                                   filtering=lambda _, value: isinstance(value, jax.Array))

@@ -3,7 +3,9 @@
 Both runners offer the same methods, so the training loop does not branch:
 init / shard_batch / compile_train / compile_eval (sets eval_step) / host_value /
 host_metrics / params / host_params / to_checkpoint / from_checkpoint.
-Checkpoints always hold one (unreplicated) copy of the state.
+Checkpoints always hold one (unreplicated) copy of the state. `init_fn(*init_args)` builds
+the state; `init_args` (the base parameters of a fine-tuning run) are passed as arguments,
+never baked into the program as constants.
 """
 
 from __future__ import annotations
@@ -62,18 +64,19 @@ def report_memory(compiled, what: str, devices):
 class PmapRunner:
   """Replicated state, per-device steps, gradients averaged with `lax.pmean`."""
 
-  def __init__(self, config, init_fn):
+  def __init__(self, config, init_fn, init_args=()):
     if jax.process_count() > 1 and config.num_devices:
       raise ValueError("config.num_devices must be 0 (all devices) in a multi-process run.")
     self.devices = _devices(config)
     self.n = len(self.devices)
     # Across processes pmap must span every device (its collectives are then global).
     self.pmap_devices = None if jax.process_count() > 1 else self.devices
-    self.init_fn = init_fn
+    self.init_fn, self.init_args = init_fn, init_args
     self.grad_accum_steps = config.grad_accum_steps
 
   def init(self):
-    return jax.pmap(lambda _: self.init_fn(), devices=self.pmap_devices)(np.arange(self.n))
+    return jax.pmap(lambda _, args: self.init_fn(*args), in_axes=(0, None),
+                    devices=self.pmap_devices)(np.arange(self.n), self.init_args)
 
   def shard_batch(self, batch):
     return jax.tree.map(lambda x: np.asarray(x).reshape((self.n, -1) + np.shape(x)[1:]), batch)
@@ -102,10 +105,10 @@ class PmapRunner:
     return {k: float(v) for k, v in self.host_value(metrics).items()}
 
   def params(self, state):
-    return state.params
+    return state.model_params()
 
   def host_params(self, state):
-    return self.host_value(state.params)
+    return self.host_value(state.model_params())
 
   def to_checkpoint(self, state):
     """One copy of the state; across hosts a replicated global array (what Orbax saves)."""
@@ -133,12 +136,12 @@ class MeshRunner:
   """One jit-compiled program over a 1-D device mesh: the batch is sharded over it, the
   state replicated or, with config.fsdp, sharded (FSDP / ZeRO-3 style)."""
 
-  def __init__(self, config, init_fn):
+  def __init__(self, config, init_fn, init_args=()):
     self.devices = _devices(config)
     self.mesh = Mesh(np.array(self.devices), (AXIS,))
-    self.init_fn = init_fn
+    self.init_fn, self.init_args = init_fn, init_args
     self.grad_accum_steps = config.grad_accum_steps
-    shapes = jax.eval_shape(init_fn)
+    shapes = jax.eval_shape(init_fn, *init_args)
     n = len(self.devices)
     spec = (lambda s: fsdp_spec(s.shape, n)) if config.fsdp else (lambda s: P())
     self.state_sharding = jax.tree.map(lambda s: NamedSharding(self.mesh, spec(s)), shapes)
@@ -146,7 +149,7 @@ class MeshRunner:
     self.replicated = NamedSharding(self.mesh, P())
 
   def init(self):
-    return jax.jit(self.init_fn, out_shardings=self.state_sharding)()
+    return jax.jit(self.init_fn, out_shardings=self.state_sharding)(*self.init_args)
 
   def shard_batch(self, batch):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
@@ -164,7 +167,8 @@ class MeshRunner:
 
   def compile_eval(self, make_step, task, model):
     self.eval_step = jax.jit(make_step(task, model),
-                             in_shardings=(self.state_sharding.params, self.data_sharding),
+                             in_shardings=(self.state_sharding.model_params(),
+                                           self.data_sharding),
                              out_shardings=self.replicated)
 
   def host_value(self, tree):
@@ -175,18 +179,20 @@ class MeshRunner:
     return {k: float(v) for k, v in self.host_value(metrics).items()}
 
   def params(self, state):
-    return state.params
+    return state.model_params()
 
   def host_params(self, state):
     """Full parameters on every host (gathered when FSDP shards them)."""
-    return multihost_utils.process_allgather(state.params, tiled=True)
+    return multihost_utils.process_allgather(state.model_params(), tiled=True)
 
   def to_checkpoint(self, state):
     return state
 
   def from_checkpoint(self, restored):
-    return jax.device_put(restored, self.state_sharding)
+    """Orbax restored the arrays with the shardings of the abstract state it was given."""
+    return restored
 
 
-def make_runner(config, init_fn):
-  return (PmapRunner if config.parallelism == "pmap" else MeshRunner)(config, init_fn)
+def make_runner(config, init_fn, init_args=()):
+  return (PmapRunner if config.parallelism == "pmap" else MeshRunner)(config, init_fn,
+                                                                       init_args)

@@ -14,7 +14,8 @@ import optax
 
 from attention_jax import models
 from attention_jax.data import pipeline, tokenizers
-from attention_jax.training import bleu
+from attention_jax.pretrained import PretrainedTokenizer
+from attention_jax.training import bleu, finetune
 
 
 def cross_entropy_sums(logits, labels, mask=None):
@@ -32,16 +33,29 @@ def summarize_classification(sums: dict, prefix: str) -> dict:
           f"{prefix}/accuracy": float(sums["correct"] / sums["count"])}
 
 
-def model_options(config) -> dict:
-  return {k: v for k, v in config.model.items() if k != "preset"}
+def model_options(config, base: finetune.Base | None = None) -> dict:
+  """Model fields: the base's architecture (when fine-tuning), then config.model's fields,
+  then LoRA adapters if config.finetune.mode is "lora"."""
+  options = dict(base.model_fields) if base else {}
+  options.update({k: v for k, v in config.model.items() if k != "preset"})
+  spec = finetune.lora_spec(config)
+  if spec:
+    options["lora"] = spec
+  return options
 
 
-def load_or_make_tokenizer(workdir: str | None, make):
-  """The workdir's saved tokenizer (a resumed run must not re-train it), else `make()`."""
+def load_or_make_tokenizer(workdir: str | None, make, base: finetune.Base | None = None):
+  """The workdir's saved tokenizer (a resumed run must not re-train it), else the base's
+  (its parameters were trained with it), else `make()`."""
   path = workdir and os.path.join(workdir, tokenizers.TOKENIZER_FILE)
   if path and os.path.exists(path):
     return tokenizers.load(workdir)
-  tokenizer = make()  # deterministic: every host builds the same one
+  if base is not None and base.tokenizer is not None:
+    tokenizer = base.tokenizer
+    if isinstance(tokenizer, PretrainedTokenizer):
+      tokenizer = tokenizers.SubwordTokenizer(tokenizer.tokenizer, "wordpiece")
+  else:
+    tokenizer = make()  # deterministic: every host builds the same one
   if workdir and jax.process_index() == 0:
     tokenizers.save(tokenizer, workdir)
   return tokenizer
@@ -55,9 +69,15 @@ class LanguageModelTask:
     self.config = config
     self.seq_len = config.dataset.seq_len
     self.tokenizer = None
+    self.base = None
 
-  def prepare(self, workdir: str | None):
-    self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer)
+  def prepare(self, workdir: str | None, base: finetune.Base | None = None):
+    self.base = base
+    self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer, base)
+    if not isinstance(self.tokenizer, tokenizers.ByteTokenizer):
+      raise ValueError(f"the {self.config.task!r} task reads UTF-8 bytes, but init_from "
+                       f"{base.reference} has another tokenizer; start from a byte-level "
+                       "model.")
 
   def datasets(self):
     """(train, eval) grain MapDatasets: int32 windows [seq_len + 1] of the text stream, or
@@ -73,9 +93,9 @@ class LanguageModelTask:
         cfg.name, split, self.tokenizer, cfg.data_dir), self.seq_len) for split in splits)
 
   def model(self, **overrides):
-    options = {"max_len": self.seq_len, **model_options(self.config), **overrides}
-    return models.create(self.config.model.preset, vocab_size=self.tokenizer.vocab_size,
-                         **options)
+    options = {"max_len": self.seq_len, **model_options(self.config, self.base), **overrides,
+               "vocab_size": self.tokenizer.vocab_size}
+    return models.create(self.config.model.preset, **options)
 
   def init_inputs(self):
     return (jnp.zeros((1, self.seq_len), jnp.int32),)
@@ -141,8 +161,9 @@ class TransformerXLTask(LanguageModelTask):
             pipeline.lm_windows(streams[cfg.eval_split], length))
 
   def model(self, **overrides):
-    return models.create(self.config.model.preset, vocab_size=self.tokenizer.vocab_size,
-                         **{**model_options(self.config), **overrides})
+    return models.create(self.config.model.preset,
+                         **{**model_options(self.config, self.base), **overrides,
+                            "vocab_size": self.tokenizer.vocab_size})
 
   def items_per_example(self) -> int:
     return self.seq_len * self.segments
@@ -170,6 +191,7 @@ class ExampleTask:
     self.config = config
     self.tokenizer = None
     self.sources = {}
+    self.base = None
 
   def _load_sources(self):
     cfg = self.config.dataset
@@ -191,8 +213,9 @@ class ClassificationTask(ExampleTask):
   """Labels for texts (a BERT over WordPiece tokens) or images (a ViT), from a dataset with
   a "label" ClassLabel and a "text" or "image" feature."""
 
-  def prepare(self, workdir: str | None):
+  def prepare(self, workdir: str | None, base: finetune.Base | None = None):
     cfg = self.config.dataset
+    self.base = base
     self._load_sources()
     features = self.sources["train"].dataset_info.features
     if "label" not in features:
@@ -203,7 +226,7 @@ class ClassificationTask(ExampleTask):
       train = self.sources["train"]
       texts = (pipeline.as_text(train[i]["text"]) for i in range(len(train)))
       self.tokenizer = load_or_make_tokenizer(
-          workdir, lambda: tokenizers.SubwordTokenizer.train(texts, cfg.vocab_size))
+          workdir, lambda: tokenizers.SubwordTokenizer.train(texts, cfg.vocab_size), base)
 
   def _encode(self, example):
     label = np.int32(example["label"])
@@ -215,7 +238,8 @@ class ClassificationTask(ExampleTask):
     return {"inputs": (image - 0.5) / 0.5, "label": label}
 
   def model(self, **overrides):
-    options = {**model_options(self.config), **overrides, "num_classes": self.num_classes}
+    options = {**model_options(self.config, self.base), **overrides,
+               "num_classes": self.num_classes}
     if self.is_text:
       options.setdefault("max_len", self.config.dataset.seq_len)
       options["vocab_size"] = self.tokenizer.vocab_size
@@ -243,8 +267,9 @@ class TranslationTask(ExampleTask):
   """Source -> target sentences with the encoder-decoder over a joint BPE vocabulary;
   evaluation adds corpus BLEU of beam-search (or greedy) translations."""
 
-  def prepare(self, workdir: str | None):
+  def prepare(self, workdir: str | None, base: finetune.Base | None = None):
     cfg = self.config.dataset
+    self.base = base
     self._load_sources()
     train = self.sources["train"]
 
@@ -254,7 +279,7 @@ class TranslationTask(ExampleTask):
           yield pipeline.as_text(train[i][field])
 
     self.tokenizer = load_or_make_tokenizer(
-        workdir, lambda: tokenizers.SubwordTokenizer.train(texts(), cfg.vocab_size, "bpe"))
+        workdir, lambda: tokenizers.SubwordTokenizer.train(texts(), cfg.vocab_size, "bpe"), base)
 
   def _encode(self, example):
     cfg, tok = self.config.dataset, self.tokenizer
@@ -269,10 +294,9 @@ class TranslationTask(ExampleTask):
             "target_in": target_in, "target_out": target_out, "target_mask": target_mask}
 
   def model(self, **overrides):
-    options = {"max_len": self.config.dataset.seq_len, **model_options(self.config),
-               **overrides}
-    return models.create(self.config.model.preset, vocab_size=self.tokenizer.vocab_size,
-                         **options)
+    options = {"max_len": self.config.dataset.seq_len, **model_options(self.config, self.base),
+               **overrides, "vocab_size": self.tokenizer.vocab_size}
+    return models.create(self.config.model.preset, **options)
 
   def init_inputs(self):
     tokens = jnp.zeros((1, self.config.dataset.seq_len), jnp.int32)

@@ -25,7 +25,8 @@ import attention_jax
 from attention_jax.data import pipeline
 from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import metrics as metrics_lib
-from attention_jax.training import optim, parallel, tasks
+from attention_jax.training import finetune, optim, parallel, tasks
+from attention_jax.training import workdir as workdir_lib
 
 REQUIRED_FIELDS = ("seed", "batch_size", "num_train_steps", "log_every_steps",
                    "eval_every_steps", "checkpoint_every_steps", "model.kernel")
@@ -37,9 +38,15 @@ class NonFiniteError(FloatingPointError):
 
 @flax.struct.dataclass
 class TrainState:
+  """`params` are the trained parameters; `frozen` the rest (not trained, not checkpointed;
+  empty unless config.finetune.mode freezes some, see training.finetune)."""
   step: jnp.ndarray
   params: dict
   opt_state: optax.OptState
+  frozen: dict
+
+  def model_params(self) -> dict:
+    return finetune.combine(self.params, self.frozen)
 
 
 def check_config(config):
@@ -57,6 +64,7 @@ def check_config(config):
   if config.parallelism not in parallel.MODES:
     raise ValueError(f"config.parallelism must be one of {parallel.MODES}, got "
                      f"{config.parallelism!r}.")
+  finetune.check_config(config)
 
 
 def record_run(config, workdir: str):
@@ -79,9 +87,9 @@ def record_run(config, workdir: str):
 def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=None):
   """(state, batch, rng) -> (state, metrics). `axis_name` set under pmap."""
 
-  def micro_grads(params, batch, rng):
-    def loss_fn(p, b, r):
-      return task.loss(model, p, b, r, deterministic=False)
+  def micro_grads(params, frozen, batch, rng):
+    def loss_fn(p, b, r):  # differentiated with respect to the trained parameters only
+      return task.loss(model, finetune.combine(p, frozen), b, r, deterministic=False)
 
     if grad_accum_steps == 1:
       (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
@@ -102,21 +110,21 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=Non
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
-    loss, grads = micro_grads(state.params, batch, rng)
+    loss, grads = micro_grads(state.params, state.frozen, batch, rng)
     if axis_name is not None:
       loss, grads = lax.pmean((loss, grads), axis_name)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    lr = opt_state[-1].hyperparams["learning_rate"]
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
-               "train/param_norm": optax.tree.norm(params), "train/learning_rate": lr}
-    return TrainState(state.step + 1, params, opt_state), metrics
+               "train/param_norm": optax.tree.norm(params),
+               "train/learning_rate": optim.current_learning_rate(opt_state)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
 
 
 def make_eval_step(task, model, axis_name=None):
-  def step(params, batch):
+  def step(params, batch):  # params: the full parameter tree
     _, sums = task.loss(model, params, batch, jax.random.key(0), deterministic=True)
     return lax.psum(sums, axis_name) if axis_name is not None else sums
   return step
@@ -176,28 +184,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   record_run(config, workdir)
   task = tasks.get(config)
-  task.prepare(workdir)
+  base = workdir_lib.load_base(config.init_from) if config.init_from else None
+  task.prepare(workdir, base)
 
   train_data, eval_data = task.datasets()
   model = task.model(**({"dtype": jnp.bfloat16} if config.precision == "bfloat16" else {}))
-  optimizer = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng, sample_rng = jax.random.split(rng, 3)
+  init_rng = finetune.init_key(config.seed)
+  step_rng, sample_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
+  inputs = task.init_inputs()
+  shapes = jax.eval_shape(lambda: model.init(init_rng, *inputs)["params"])
+  loaded = finetune.base_arrays(base, shapes, config.finetune.heads)
+  mask = finetune.trainable(shapes, config)
+  trained_shapes, _ = finetune.split(shapes, mask)
+  decay = config.finetune.layer_decay
+  optimizer = optim.make_optimizer(
+      config.optimizer, config.num_train_steps,
+      finetune.layer_decay(trained_shapes, decay) if decay < 1.0 else None)
+  base_info = describe_training(config, base, shapes, trained_shapes)
 
-  def init_state():
-    params = model.init(init_rng, *task.init_inputs())["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  def init_state(loaded):
+    params = finetune.initial_params(model, inputs, init_rng, loaded)
+    trained, frozen = finetune.split(params, mask)
+    return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
 
-  runner = parallel.make_runner(config, init_state)
+  runner = parallel.make_runner(config, init_state, (loaded,))
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints,
                                              "eval/loss")
   train_iter = pipeline.train_iterator(train_data, config.batch_size, config.seed)
   start = checkpointer.latest_step()
   state = runner.init()
-  if start is not None:
-    single, data_state = checkpointer.restore(start, checkpoint_lib.abstract_like(
-        runner.to_checkpoint(state)))
-    state = runner.from_checkpoint(single)
+  if start is not None:  # the checkpoint has the trained part; the frozen one is rebuilt
+    saved, data_state = checkpointer.restore(start, checkpoint_lib.abstract_like(
+        checkpointed(runner, state)))
+    state = runner.from_checkpoint(saved).replace(frozen=state.frozen)
     train_iter.set_state(data_state)
     print(f"resumed from {workdir} at step {start}", file=sys.stderr)
   start = start or 0
@@ -213,7 +232,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with PreemptionFlag() as preempted:
       state, last_eval, stopped_at = train_loop(
           config, task, model, runner, state, train_step, train_iter, eval_batches,
-          checkpointer, writer, bar, start, step_rng, preempted)
+          checkpointer, writer, bar, start, step_rng, preempted, base_info)
   finally:  # also on errors (a non-finite loss): finish in-flight saves, flush the logs
     checkpointer.wait()
     writer.close()
@@ -230,7 +249,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def train_loop(config, task, model, runner, state, train_step, train_iter, eval_batches,
-               checkpointer, writer, bar, start, step_rng, preempted):
+               checkpointer, writer, bar, start, step_rng, preempted, base_info):
   """Steps start + 1 .. num_train_steps: guard, log, evaluate, checkpoint, preemption.
 
   Returns:
@@ -254,11 +273,28 @@ def train_loop(config, task, model, runner, state, train_step, train_iter, eval_
       print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
             file=sys.stderr)
     if step % config.checkpoint_every_steps == 0 or is_last or preempted.set:
-      checkpointer.save(step, runner.to_checkpoint(state), train_iter.get_state(),
+      checkpointer.save(step, checkpointed(runner, state), train_iter.get_state(), base_info,
                         last_eval if evaluated else None, force=True)
     if preempted.set:
       return state, last_eval, step
   return state, last_eval, None
+
+
+def checkpointed(runner, state):
+  """What a checkpoint holds: one copy of the state without its frozen parameters."""
+  return runner.to_checkpoint(state.replace(frozen={}))
+
+
+def describe_training(config, base, shapes, trained_shapes) -> dict:
+  """Prints and returns (for checkpoints) what the run starts from and trains."""
+  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  total, trained = count(shapes), count(trained_shapes)
+  info = {"init_from": config.init_from, "sha256": base.sha256 if base else None,
+          "base": base.reference if base else None, "mode": config.finetune.mode,
+          "parameters": total, "trained_parameters": trained}
+  print(f"training {trained:,} of {total:,} parameters ({100 * trained / total:.2f}%, "
+        f"finetune.mode={config.finetune.mode})", file=sys.stderr)
+  return info
 
 
 def next_example_batch(train_data, config):

@@ -1,0 +1,185 @@
+"""Fine-tuning: which parameters train (`config.finetune.mode`), starting from a base
+(`config.init_from`), and layer-wise learning-rate decay.
+
+Modes: "full" trains everything; "linear_probe" only the new head; "top_k_layers" the head
+and the top `finetune.top_k` blocks (and a final LayerNorm above them); "lora" the head and
+LoRA adapters (`finetune.lora_*`). The train state holds the trained parameters; the frozen
+ones ride beside them in `TrainState.frozen`, get no gradient and no optimizer state, and are
+not checkpointed: they are rebuilt from the base (or the seed) at every start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+
+import jax
+import numpy as np
+import optax
+from flax import traverse_util
+
+from attention_jax.layers import lora as lora_lib
+
+MODES = ("full", "linear_probe", "top_k_layers", "lora")
+_BLOCK = re.compile(r"^blocks?_(\d+)$")
+# Model fields that describe what a checkpoint holds (the rest are runtime choices).
+_RUNTIME_FIELDS = {"kernel", "dtype", "param_dtype", "parent", "name", "lora", "num_classes",
+                   "classifier_pooling", "decode", "dropout_rate", "attention_dropout_rate"}
+
+
+@dataclasses.dataclass
+class Base:
+  """What `config.init_from` names: its parameters and what must match them."""
+  reference: str  # shown in logs and stored with checkpoints
+  params: dict  # nested dict of arrays
+  tokenizer: object = None  # the tokenizer the parameters were trained with, if any
+  model_fields: dict = dataclasses.field(default_factory=dict)  # architecture to build
+  sha256: str | None = None
+
+
+def architecture(model) -> dict:
+  """The fields of a Flax model that its parameters depend on."""
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.name not in _RUNTIME_FIELDS}
+
+
+def check_config(config):
+  cfg = config.finetune
+  if cfg.mode not in MODES:
+    raise ValueError(f"config.finetune.mode must be one of {MODES}, got {cfg.mode!r}.")
+  if cfg.mode == "top_k_layers" and cfg.top_k < 1:
+    raise ValueError(f"config.finetune.top_k must be >= 1, got {cfg.top_k}.")
+  if not 0.0 < cfg.layer_decay <= 1.0:
+    raise ValueError(f"config.finetune.layer_decay must be in (0, 1], got {cfg.layer_decay}.")
+  lora_spec(config)  # validates the LoRA fields
+
+
+def lora_spec(config) -> lora_lib.LoraSpec | None:
+  cfg = config.finetune
+  if cfg.mode != "lora":
+    return None
+  targets = cfg.lora_targets
+  targets = tuple(t.strip() for t in targets.split(",")) if isinstance(targets, str) else tuple(
+      targets)
+  return lora_lib.LoraSpec(cfg.lora_rank, cfg.lora_alpha, targets)
+
+
+def _flat(params) -> dict:
+  return traverse_util.flatten_dict(params)
+
+
+def block_index(path) -> int | None:
+  match = _BLOCK.match(path[0])
+  return int(match.group(1)) if match else None
+
+
+def trainable(params, config) -> dict:
+  """{path: bool}: whether each parameter trains in `config.finetune.mode`."""
+  cfg = config.finetune
+  flat = _flat(params)
+  depth = 1 + max((block_index(p) for p in flat if block_index(p) is not None), default=-1)
+  heads = set(cfg.heads)
+
+  def trains(path):
+    if cfg.mode == "full" or path[0] in heads:
+      return True
+    if cfg.mode == "lora":
+      return lora_lib.is_adapter(path)
+    if cfg.mode == "top_k_layers":
+      index = block_index(path)
+      return path[0] == "final_norm" or (index is not None and index >= depth - cfg.top_k)
+    return False
+
+  mask = {path: trains(path) for path in flat}
+  if not any(mask.values()):
+    raise ValueError(f"finetune.mode={cfg.mode!r} trains nothing in this model: it has no head "
+                     f"named in config.finetune.heads={tuple(cfg.heads)} (top-level modules: "
+                     f"{', '.join(sorted({p[0] for p in flat}))}).")
+  return mask
+
+
+def split(params, mask: dict) -> tuple[dict, dict]:
+  """(trained, frozen) nested dicts of `params` by a `trainable` mask."""
+  flat = _flat(params)
+  pick = lambda keep: traverse_util.unflatten_dict(
+      {p: v for p, v in flat.items() if mask[p] == keep})
+  return pick(True), pick(False)
+
+
+def combine(trained: dict, frozen: dict) -> dict:
+  """The full parameter tree from its trained and frozen parts."""
+  if not frozen:
+    return trained
+  return traverse_util.unflatten_dict({**_flat(frozen), **_flat(trained)})
+
+
+def base_arrays(base: Base | None, shapes: dict, heads) -> dict:
+  """{path: array} of the base parameters to copy into a new model whose parameter shapes
+  are `shapes`; prints what is loaded and what starts fresh.
+
+  Heads (top-level modules named in `heads`) always start fresh. Every other parameter that
+  both have must agree in shape, and at least one must be loaded.
+  """
+  if base is None:
+    return {}
+  new, old = _flat(shapes), {k: np.asarray(v) for k, v in _flat(base.params).items()}
+  load = {p: old[p] for p in new if p in old and p[0] not in heads}
+  wrong = [f"{'/'.join(p)}: base {old[p].shape}, model {tuple(new[p].shape)}"
+           for p in load if old[p].shape != tuple(new[p].shape)]
+  if wrong:
+    raise ValueError(f"init_from {base.reference}: parameters differ in shape ("
+                     + "; ".join(wrong[:8]) + "). Build the model with the base's "
+                     "architecture, or list the module in config.finetune.heads to start it "
+                     "fresh.")
+  if not load:
+    raise ValueError(f"init_from {base.reference}: no parameter of the base matches this "
+                     "model's parameter names; is it the same model family?")
+  fresh = sorted({"/".join(p[:-1]) for p in new if p not in load})
+  fresh = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
+  unused = sorted({p[0] for p in old if p not in new})
+  count = sum(v.size for v in load.values())
+  print(f"init_from {base.reference}: loaded {len(load)} arrays ({count:,} parameters); "
+        f"new: {fresh or 'none'}; unused from the base: {', '.join(unused) or 'none'}",
+        file=sys.stderr)
+  return load
+
+
+def initial_params(model, inputs, rng, loaded: dict) -> dict:
+  """model.init's parameters with the `loaded` {path: array} ones put in (jit-friendly)."""
+  params = model.init(rng, *inputs)["params"]
+  if not loaded:
+    return params
+  flat = _flat(params)
+  flat.update({p: jax.numpy.asarray(v, flat[p].dtype) for p, v in loaded.items()})
+  return traverse_util.unflatten_dict(flat)
+
+
+def init_key(seed: int):
+  """The PRNG key a run's parameters are initialised with (training and workdir.load)."""
+  return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def layer_decay_labels(params) -> dict:
+  """A label per parameter for layer-wise learning-rate decay: "depth_d", where d counts
+  down from the top: heads and anything above the blocks 0, block i depth - i, embeddings
+  (below the blocks) depth + 1."""
+  flat = _flat(params)
+  indices = [block_index(p) for p in flat if block_index(p) is not None]
+  depth = 1 + max(indices, default=-1)
+
+  def distance(path):
+    index = block_index(path)
+    if index is not None:
+      return depth - index
+    return depth + 1 if path[0] in ("embed", "patch_embed", "cls_token",
+                                    "position_embedding") else 0
+  return traverse_util.unflatten_dict({p: f"depth_{distance(p)}" for p in flat})
+
+
+def layer_decay(params, decay: float) -> optax.GradientTransformation:
+  """Scales each update by decay ** (its depth label), via optax.multi_transform."""
+  labels = layer_decay_labels(params)
+  names = set(jax.tree.leaves(labels))
+  return optax.multi_transform(
+      {name: optax.scale(decay ** int(name.split("_")[1])) for name in names}, labels)
