@@ -17,8 +17,8 @@ _SPLIT = flags.DEFINE_string("split", "validation", "Dataset split to evaluate."
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config, task, model, params, step = workdir_lib.load(_WORKDIR.value, _CHECKPOINT.value)
-  config.dataset.eval_split = _SPLIT.value
+  config, task, model, params, step = workdir_lib.load(_WORKDIR.value, _CHECKPOINT.value,
+                                                       _SPLIT.value)
   _, data = task.datasets()
   step_fn = jax.jit(lambda p, b: task.loss(model, p, b, jax.random.key(0), True)[1])
   total = None

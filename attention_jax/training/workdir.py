@@ -20,8 +20,9 @@ def is_workdir(path: str) -> bool:
           and os.path.isdir(os.path.join(path, checkpoint_lib.CHECKPOINT_DIR)))
 
 
-def load(workdir: str, checkpoint: str = "latest"):
-  """(config, task, model, params, step) for checkpoint "latest", "best" or a step number.
+def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None):
+  """(config, task, model, params, step) for checkpoint "latest", "best" or a step number,
+  with the task's evaluation data read from `eval_split` if given.
 
   `params` is the full parameter tree: for a run that froze some parameters (LoRA, linear
   probe, top layers), the frozen part is rebuilt from the run's base and seed.
@@ -31,6 +32,8 @@ def load(workdir: str, checkpoint: str = "latest"):
     raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir.")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  if eval_split:
+    config.dataset.eval_split = eval_split
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, "eval/loss")
   steps = checkpointer.manager.all_steps()
   if checkpoint == "latest":
@@ -71,12 +74,12 @@ def load_base(init_from: str) -> finetune.Base:
     _, task, model, params, step = load(init_from)
     return finetune.Base(f"{init_from} (step {step})", params, task.tokenizer,
                          finetune.architecture(model))
-  try:
-    directory, sha256 = pretrained.resolve(init_from)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"config.init_from={init_from!r} is neither a training workdir "
-                            f"(config.json and {checkpoint_lib.CHECKPOINT_DIR}/) nor a "
-                            f"pretrained checkpoint: {e}") from None
+  if init_from not in pretrained.KNOWN and not os.path.isdir(init_from):
+    raise FileNotFoundError(
+        f"config.init_from={init_from!r} is not a training workdir (config.json and "
+        f"{checkpoint_lib.CHECKPOINT_DIR}/), a known pretrained checkpoint "
+        f"({', '.join(sorted(pretrained.KNOWN))}) or a Hugging Face checkpoint directory.")
+  directory, sha256 = pretrained.resolve(init_from)
   model, params, tokenizer = pretrained.load(init_from)
   return finetune.Base(init_from, params, tokenizer, finetune.architecture(model),
                        sha256 or pretrained.hub.sha256_of(

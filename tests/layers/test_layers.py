@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import kernels
-from attention_jax.layers import MultiHeadAttention, PatchEmbedding, TextEmbeddings, Mlp
+from attention_jax.layers import (LoraSpec, Mlp, MultiHeadAttention, PatchEmbedding,
+                                  TextEmbeddings, TransformerBlock)
 
 
 class ArticleSelfAttention(nn.Module):
@@ -117,3 +118,37 @@ def test_embeddings_errors_and_tied_logits():
 def test_gated_mlp_has_gate_parameters():
   params = Mlp(16, gated=True, activation="silu").init(jax.random.key(0), jnp.ones((1, 8)))
   assert set(params["params"]) == {"fc1", "gate", "fc2"}
+
+
+def test_lora_adapters_start_at_the_base_model_and_merge_exactly():
+  from attention_jax.layers import lora
+  spec = LoraSpec(rank=3, alpha=6.0, targets=("query", "key", "value", "out", "fc1", "fc2"))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 32))
+  base = TransformerBlock(4, 64, pre_ln=False)
+  adapted = base.clone(lora=spec)
+  params = adapted.init(jax.random.key(1), x)["params"]
+  base_params = {k: v for k, v in params.items()}
+  base_params["attention"] = {k: v for k, v in params["attention"].items()
+                              if not k.endswith("_lora")}
+  base_params["mlp"] = {k: v for k, v in params["mlp"].items() if not k.endswith("_lora")}
+  assert jax.tree.structure(base_params) == jax.tree.structure(
+      base.init(jax.random.key(1), x)["params"])  # the base paths are unchanged
+  assert params["attention"]["out_lora"]["a"].shape == (4, 8, 3)  # contracts heads x head_dim
+  # B starts at zero, so the adapted block starts as the base block.
+  np.testing.assert_allclose(adapted.apply({"params": params}, x),
+                             base.apply({"params": base_params}, x), atol=1e-6)
+  # After training (B != 0) the merged base block equals the unmerged adapted one.
+  trained = jax.tree_util.tree_map_with_path(
+      lambda path, v: v + 0.05 if path[-1].key == "b" else v, params)
+  unmerged = adapted.apply({"params": trained}, x)
+  merged = base.apply({"params": lora.merge(trained, spec)}, x)
+  assert np.abs(unmerged - base.apply({"params": base_params}, x)).max() > 1e-2
+  np.testing.assert_allclose(merged, unmerged, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"rank": 0}, "rank must be >= 1"), ({"targets": ("query", "gate")}, "subset of"),
+    ({"targets": ()}, "subset of")])
+def test_lora_spec_rejects_bad_settings(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    LoraSpec(**kwargs)

@@ -1,0 +1,183 @@
+"""Fine-tuning: init_from (a workdir or the pretrained MiniLM), what each mode trains and
+freezes, what checkpoints hold, resume, LoRA merging, layer-wise lr decay, errors."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+from attention_jax import models, pretrained
+from attention_jax.data import pipeline
+from attention_jax.layers import lora
+from attention_jax.training import finetune, optim, train_and_evaluate
+from attention_jax.training import workdir as workdir_lib
+from attention_jax.training.metrics import read_metrics
+from configs import bert_wordnet, finetune_minilm_wordnet
+
+
+def _data_dir(tmp_path_factory):
+  return str(tmp_path_factory.getbasetemp() / "tfds_classification")
+
+
+@pytest.fixture(scope="module")
+def base_workdir(tmp_path_factory):
+  """A tiny BERT trained 10 steps on WordNet glosses: the base the fine-tuning runs load."""
+  config = bert_wordnet.get_config("tiny")
+  config.dataset.data_dir = _data_dir(tmp_path_factory)
+  config.num_devices = 1
+  workdir = str(tmp_path_factory.mktemp("base"))
+  train_and_evaluate(config, workdir)
+  return workdir
+
+
+def finetune_config(tmp_path_factory, base, mode, steps=4, **finetune_fields):
+  config = bert_wordnet.get_config("tiny")
+  config.dataset.data_dir = _data_dir(tmp_path_factory)
+  config.num_devices = 1
+  config.init_from = base
+  config.finetune.mode = mode
+  config.finetune.update(finetune_fields)
+  config.num_train_steps = steps
+  config.eval_every_steps = config.checkpoint_every_steps = steps
+  config.optimizer.lr = 1e-2
+  return config
+
+
+def _flat(params):
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+
+
+def _saved_state(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step))
+  state = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, "state")))
+  with open(os.path.join(path, "base", "metadata")) as f:
+    base = json.load(f)
+  return state, base
+
+
+@pytest.mark.parametrize("mode,trains", [
+    ("linear_probe", lambda p: p.startswith("classifier/")),
+    ("top_k_layers", lambda p: p.startswith(("classifier/", "blocks_1/"))),
+    ("lora", lambda p: p.startswith("classifier/") or "_lora/" in p),
+    ("full", lambda p: True)])
+def test_each_mode_trains_exactly_its_parameters(tmp_path_factory, tmp_path, base_workdir,
+                                                 mode, trains):
+  workdir = str(tmp_path / mode)
+  train_and_evaluate(finetune_config(tmp_path_factory, base_workdir, mode, top_k=1), workdir)
+  base = _flat(workdir_lib.load(base_workdir)[3])
+  tuned = _flat(workdir_lib.load(workdir)[3])
+  for path, value in tuned.items():
+    if path.startswith("classifier/") or "_lora/" in path:
+      continue  # new for this run: not in the base
+    if trains(path):
+      assert not np.array_equal(value, base[path]), f"{path} did not train"
+    else:
+      np.testing.assert_array_equal(value, base[path], err_msg=f"{path} is frozen")
+  # The checkpoint holds the trained parameters only, and optimizer moments only for them.
+  state, info = _saved_state(workdir, 4)
+  saved = _flat(state["params"])
+  assert set(saved) == {p for p in tuned if trains(p)}
+  trained_size = sum(v.size for v in saved.values())
+  moments = sum(np.size(x) for x in jax.tree.leaves(state["opt_state"]))
+  assert moments <= 2 * trained_size + 16
+  assert info["init_from"] == base_workdir and info["mode"] == mode
+  assert info["trained_parameters"] == trained_size
+  assert info["parameters"] == sum(v.size for v in tuned.values())
+
+
+def test_lora_run_resumes_exactly_and_merges(tmp_path_factory, tmp_path, base_workdir):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train_and_evaluate(finetune_config(tmp_path_factory, base_workdir, "lora", steps=6),
+                     straight)
+  train_and_evaluate(finetune_config(tmp_path_factory, base_workdir, "lora", steps=3), resumed)
+  train_and_evaluate(finetune_config(tmp_path_factory, base_workdir, "lora", steps=6), resumed)
+  losses = lambda w: {r["step"]: r["train/loss"] for r in read_metrics(w) if "train/loss" in r}
+  assert losses(straight) == losses(resumed)
+  config, task, model, params, _ = workdir_lib.load(resumed)
+  jax.tree.map(np.testing.assert_array_equal, params, workdir_lib.load(straight)[3])
+  # Merged adapters give the plain model the adapted model's outputs.
+  _, eval_data = task.datasets()
+  batch = next(iter(pipeline.eval_batches(eval_data, 8, 1)))
+  unmerged = model.apply({"params": params}, batch["inputs"], attention_mask=batch["mask"])
+  spec = finetune.lora_spec(config)
+  merged = model.clone(lora=None).apply({"params": lora.merge(params, spec)}, batch["inputs"],
+                                        attention_mask=batch["mask"])
+  np.testing.assert_allclose(merged["logits"], unmerged["logits"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_minilm_lora_config_fine_tunes_the_pretrained_weights(tmp_path_factory, tmp_path):
+  config = finetune_minilm_wordnet.get_config("lora,tiny")
+  config.dataset.data_dir = _data_dir(tmp_path_factory)
+  config.num_devices = 1
+  workdir = str(tmp_path / "run")
+  results = train_and_evaluate(config, workdir)
+  assert 0.0 <= results["eval/accuracy"] <= 1.0
+  state, info = _saved_state(workdir, 4)
+  assert info["sha256"] == pretrained.KNOWN["all-MiniLM-L6-v2"].sha256
+  assert info["trained_parameters"] == 6 * 2 * (384 * 8 + 8 * 384) + 384 * 45 + 45
+  size = sum(os.path.getsize(os.path.join(d, f))
+             for d, _, files in os.walk(os.path.join(workdir, "checkpoints", "4"))
+             for f in files)
+  assert size < 3 * 2 ** 20  # adapters + head + their moments; the base is 87 MiB
+  _, task, model, params, _ = workdir_lib.load(workdir)
+  _, base, tokenizer = pretrained.load("all-MiniLM-L6-v2")
+  np.testing.assert_array_equal(params["blocks_3"]["attention"]["query"]["kernel"],
+                                base["blocks_3"]["attention"]["query"]["kernel"])
+  assert task.tokenizer.vocab_size == 30522
+  # The workdir's tokenizer pads and truncates as the checkpoint's own does.
+  text = "a curved section or tier of seats in a hall or theater or opera house"
+  ids, mask = task.tokenizer.encode_padded(text, 16)
+  reference = tokenizer([text], max_length=16)
+  np.testing.assert_array_equal(ids[mask > 0], reference["input_ids"][0])
+
+
+def test_layer_decay_scales_updates_by_depth():
+  model = models.create("bert-tiny", num_classes=3)
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  labels = finetune.layer_decay_labels(params)
+  assert labels["classifier"]["kernel"] == "depth_0"
+  assert labels["blocks_1"]["mlp"]["fc1"]["kernel"] == "depth_1"
+  assert labels["blocks_0"]["mlp"]["fc1"]["kernel"] == "depth_2"
+  assert labels["embed"]["token"]["embedding"] == "depth_3"
+  base = finetune_minilm_wordnet.get_config().optimizer
+  base.weight_decay, base.clip_norm, base.warmup_steps = 0.0, 0.0, 0
+  plain = optim.make_optimizer(base, 10)
+  decayed = optim.make_optimizer(base, 10, finetune.layer_decay(params, 0.5))
+  grads = jax.tree.map(jnp.ones_like, params)
+  step = lambda opt: opt.update(grads, opt.init(params), params)[0]
+  ratio = jax.tree.map(lambda a, b: float(jnp.mean(a / b)), step(decayed), step(plain))
+  assert ratio["classifier"]["kernel"] == pytest.approx(1.0)
+  assert ratio["blocks_0"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.25)
+  assert ratio["embed"]["token"]["embedding"] == pytest.approx(0.125)
+
+
+def test_bad_fine_tuning_settings_fail_clearly(tmp_path_factory, tmp_path, base_workdir):
+  config = finetune_config(tmp_path_factory, base_workdir, "adapters")
+  with pytest.raises(ValueError, match="finetune.mode must be one of"):
+    train_and_evaluate(config, str(tmp_path / "a"))
+  config = finetune_config(tmp_path_factory, str(tmp_path / "nowhere"), "full")
+  with pytest.raises(FileNotFoundError, match="is not a training workdir"):
+    train_and_evaluate(config, str(tmp_path / "b"))
+  config = finetune_config(tmp_path_factory, base_workdir, "full")
+  config.model.mlp_dim = 48  # the base's is 64
+  with pytest.raises(ValueError, match=r"differ in shape \(blocks_0/mlp/fc1/bias: base "
+                     r"\(64,\), model \(48,\)"):
+    train_and_evaluate(config, str(tmp_path / "c"))
+  config = finetune_config(tmp_path_factory, base_workdir, "lora", lora_targets="query,gate")
+  with pytest.raises(ValueError, match="LoRA targets must be"):
+    train_and_evaluate(config, str(tmp_path / "d"))
+
+
+def test_linear_probe_of_a_headless_model_is_refused():
+  model = models.create("gpt-tiny")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             *model.example_inputs())["params"])
+  config = finetune_minilm_wordnet.get_config("linear_probe")
+  with pytest.raises(ValueError, match="trains nothing in this model"):
+    finetune.trainable(shapes, config)
