@@ -135,10 +135,13 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   return model, jax.tree.map(jax.numpy.asarray, params), tokenizer
 
 
-def export(model, params, directory: str, tokenizer: PretrainedTokenizer | None = None):
+def export(model, params, directory: str, tokenizer=None):
   """Writes `model` and `params` (a Bert or GPT) as a Hugging Face checkpoint: config.json and
-  model.safetensors (plus tokenizer.json if given). Returns the directory."""
+  model.safetensors, plus tokenizer.json if a tokenizer is given (anything holding a
+  `tokenizers.Tokenizer` as `.tokenizer`; a BERT's gets the [CLS] ... [SEP] post-processor if
+  it lacks one). Returns the directory."""
   from safetensors.numpy import save_file
+  from tokenizers import Tokenizer, processors
   fmt = formats.for_model(model)
   rules = fmt.rules(model, "mlm_head" in params)
   tensors = convert.params_to_tensors(params, rules)
@@ -147,5 +150,10 @@ def export(model, params, directory: str, tokenizer: PretrainedTokenizer | None 
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
     json.dump(fmt.config(model), f, indent=2)
   if tokenizer is not None:
-    tokenizer.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    hf_tokenizer = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+    if fmt is formats.BertFormat and hf_tokenizer.post_processor is None:
+      special = [(t, hf_tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
+      hf_tokenizer.post_processor = processors.TemplateProcessing(
+          single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=special)
+    hf_tokenizer.save(os.path.join(directory, "tokenizer.json"))
   return directory

@@ -18,6 +18,7 @@ from attention_jax.training import finetune, optim, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
 from configs import bert_wordnet, finetune_minilm_wordnet
+from experiments import export
 
 
 def _data_dir(tmp_path_factory):
@@ -108,6 +109,15 @@ def test_lora_run_resumes_exactly_and_merges(tmp_path_factory, tmp_path, base_wo
   merged = model.clone(lora=None).apply({"params": lora.merge(params, spec)}, batch["inputs"],
                                         attention_mask=batch["mask"])
   np.testing.assert_allclose(merged["logits"], unmerged["logits"], atol=1e-5)
+  # Exported to the Hugging Face format (merged), it loads back with the same outputs.
+  exported = export.export(resumed, str(tmp_path / "hf"))
+  hf_model, hf_params, hf_tokenizer = pretrained.load(exported)
+  text = "a person who sings"
+  ids, mask = task.tokenizer.encode_padded(text, 12)
+  np.testing.assert_array_equal(hf_tokenizer([text])["input_ids"][0], ids[mask > 0])
+  np.testing.assert_allclose(hf_model.apply({"params": hf_params}, batch["inputs"],
+                                            attention_mask=batch["mask"])["logits"],
+                             unmerged["logits"], atol=1e-5)
 
 
 @pytest.mark.slow
