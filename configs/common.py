@@ -4,6 +4,8 @@
 
 import ml_collections
 
+from attention_jax.training import finetune
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -25,15 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Start from a pretrained checkpoint (a name such as "all-MiniLM-L6-v2" or a Hugging Face
   # directory) or another training workdir; heads (finetune.heads) start fresh.
   c.init_from = ""
-
-  c.finetune = ml_collections.ConfigDict()
-  c.finetune.mode = "full"  # or "linear_probe", "top_k_layers", "lora"
-  c.finetune.heads = ("classifier", "head")  # new for the task: always trained, never loaded
-  c.finetune.top_k = 2  # blocks trained in "top_k_layers"
-  c.finetune.lora_rank = 8
-  c.finetune.lora_alpha = 16.0
-  c.finetune.lora_targets = "query,value"  # any of query, key, value, out, fc1, fc2
-  c.finetune.layer_decay = 1.0  # < 1: layer-wise lr decay, lr * decay ** (layers from top)
+  c.finetune = finetune.default_config()  # what trains: full, linear_probe, top_k_layers, lora
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = ""

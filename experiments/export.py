@@ -19,7 +19,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a
 
 def export(workdir: str, out: str, checkpoint: str = "latest") -> str:
   """Writes the workdir's model (adapters merged) to `out`; returns `out`."""
-  _, task, model, params, step = workdir_lib.load(workdir, checkpoint)
+  _, task, _, params, step = workdir_lib.load(workdir, checkpoint)
+  model = task.model()  # as configured (the loaded one has dropout off for evaluation)
   if model.lora is not None:
     params, model = lora.merge(params, model.lora), model.clone(lora=None)
   tokenizer = task.tokenizer if hasattr(task.tokenizer, "tokenizer") else None  # not bytes

@@ -2,7 +2,10 @@
 
 BERT: `BertModel` names (`embeddings.*`, `encoder.layer.N.*`, `pooler.dense.*`), plus
 `cls.predictions.*` (the MLM head) and `classifier.*` when the model has them; a `bert.`
-prefix (BertFor* checkpoints) is accepted on load. GPT-2: `GPT2Model` names (`wte`, `wpe`,
+prefix (BertFor* checkpoints), old `LayerNorm.gamma/beta` names and a missing pooler (BertFor
+MaskedLM, TokenClassification, QuestionAnswering; it then starts fresh) are accepted on load. A
+classifier over mean-pooled tokens is recorded as `"classifier_pooling": "mean"` in
+config.json, which our loader reads and transformers ignores (it classifies from the pooler). GPT-2: `GPT2Model` names (`wte`, `wpe`,
 `h.N.*`, `ln_f`), Conv1D weights stored [in, out], q/k/v fused in `c_attn`; a
 `transformer.` prefix and the tied `lm_head.weight` are accepted on load.
 """
@@ -39,7 +42,8 @@ class BertFormat:
   family = Bert
   model_type = "bert"
   prefix = "bert."
-  ignore = ("embeddings.position_ids", "cls.seq_relationship.*")  # a buffer; the NSP head
+  # A buffer, the NSP head, and the MLM decoder (tied to the word embeddings).
+  ignore = ("embeddings.position_ids", "cls.seq_relationship.*", "cls.predictions.decoder.*")
 
   @staticmethod
   def fields(config: dict, tensors) -> dict:
@@ -56,7 +60,19 @@ class BertFormat:
                   activation=_activation(config.get("hidden_act", "gelu")))
     if "classifier.weight" in tensors:
       fields["num_classes"] = int(tensors["classifier.weight"].shape[0])
+      fields["classifier_pooling"] = config.get("classifier_pooling", "cls")
     return fields
+
+  @staticmethod
+  def rename(tensors: dict) -> dict:
+    """Old TensorFlow-port names: LayerNorm.gamma/beta -> weight/bias."""
+    def new(name):
+      for old, current in ((".LayerNorm.gamma", ".LayerNorm.weight"),
+                           (".LayerNorm.beta", ".LayerNorm.bias")):
+        if name.endswith(old):
+          return name[:-len(old)] + current
+      return name
+    return {new(name): t for name, t in tensors.items()}
 
   @staticmethod
   def config(model: Bert) -> dict:
@@ -73,19 +89,21 @@ class BertFormat:
               "initializer_range": 0.02}
     if model.num_classes:
       config["num_labels"] = model.num_classes
+      config["classifier_pooling"] = model.classifier_pooling
       config["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.num_classes)}
       config["label2id"] = {f"LABEL_{i}": i for i in range(model.num_classes)}
     return config
 
   @staticmethod
-  def rules(model: Bert, with_mlm_head: bool) -> list[convert.Rule]:
+  def rules(model: Bert, with_mlm_head: bool, with_pooler: bool = True) -> list[convert.Rule]:
     heads, head_dim = model.num_heads, model.width // model.num_heads
     rules = [same("embeddings.word_embeddings.weight", ("embed", "token", "embedding")),
              same("embeddings.position_embeddings.weight", ("embed", "position", "embedding")),
              same("embeddings.token_type_embeddings.weight",
                   ("embed", "token_type", "embedding")),
-             *_layer_norm("embeddings.LayerNorm", ("embed", "norm")),
-             *_dense("pooler.dense", ("pooler",))]
+             *_layer_norm("embeddings.LayerNorm", ("embed", "norm"))]
+    if with_pooler:
+      rules += _dense("pooler.dense", ("pooler",))
     for i in range(model.depth):
       hf, ours = f"encoder.layer.{i}.", (f"blocks_{i}",)
       attention = ours + ("attention",)
@@ -143,7 +161,12 @@ class Gpt2Format:
             "tie_word_embeddings": True, "initializer_range": 0.02}
 
   @staticmethod
-  def rules(model: GPT, with_mlm_head: bool = False) -> list[convert.Rule]:
+  def rename(tensors: dict) -> dict:
+    return tensors
+
+  @staticmethod
+  def rules(model: GPT, with_mlm_head: bool = False, with_pooler: bool = False
+            ) -> list[convert.Rule]:
     heads, head_dim = model.num_heads, model.width // model.num_heads
     rules = [same("wte.weight", ("embed", "token", "embedding")),
              same("wpe.weight", ("embed", "position", "embedding")),

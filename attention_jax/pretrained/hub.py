@@ -11,6 +11,7 @@ import importlib
 import importlib.resources
 import json
 import os
+import sys
 
 import jax
 from flax import traverse_util
@@ -119,7 +120,7 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   """
   config, tensors, directory = read_checkpoint(path_or_name, sha256)
   fmt = formats.for_model_type(config.get("model_type", ""))
-  tensors = _strip_prefix(tensors, fmt.prefix)
+  tensors = fmt.rename(_strip_prefix(tensors, fmt.prefix))
   model = fmt.family(**{**fmt.fields(config, tensors), "kernel": kernel, **overrides})
   has_mlm_head = any(name.startswith("cls.predictions.") for name in tensors)
   # A Bert's MLM head exists only once used (its `pretrain` method).
@@ -128,9 +129,18 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
                                              **method))
   expected = {path: s.shape for path, s in
               traverse_util.flatten_dict(shapes["params"]).items()}
-  rules = fmt.rules(model, has_mlm_head)
-  params = convert.tensors_to_params(tensors, rules, expected, fmt.ignore,
-                                     source=f"checkpoint {path_or_name!r}")
+  has_pooler = "pooler.dense.weight" in tensors
+  fresh = {} if has_pooler else {p: s for p, s in expected.items() if p[0] == "pooler"}
+  if fresh:
+    print(f"checkpoint {path_or_name!r} has no pooler: it starts from random weights",
+          file=sys.stderr)
+  rules = fmt.rules(model, has_mlm_head, has_pooler)
+  params = convert.tensors_to_params(
+      tensors, rules, {p: s for p, s in expected.items() if p not in fresh}, fmt.ignore,
+      source=f"checkpoint {path_or_name!r}")
+  if fresh:
+    init = jax.jit(lambda: model.init(jax.random.key(0), *model.example_inputs(), **method))()
+    params["pooler"] = jax.device_get(init["params"]["pooler"])
   tokenizer = PretrainedTokenizer.from_directory(directory, _max_length(directory, model))
   return model, jax.tree.map(jax.numpy.asarray, params), tokenizer
 

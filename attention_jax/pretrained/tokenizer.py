@@ -3,9 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import numpy as np
+
+
+def _lowercase(directory: str) -> bool:
+  """`do_lower_case` of the checkpoint's tokenizer_config.json (uncased if it has none)."""
+  path = os.path.join(directory, "tokenizer_config.json")
+  if not os.path.exists(path):
+    return True
+  with open(path) as f:
+    return bool(json.load(f).get("do_lower_case", True))
 
 
 class PretrainedTokenizer:
@@ -35,10 +46,16 @@ class PretrainedTokenizer:
     json_path = os.path.join(directory, "tokenizer.json")
     vocab_path = os.path.join(directory, "vocab.txt")
     if os.path.exists(json_path):
-      return cls(Tokenizer.from_file(json_path), max_length)
-    if os.path.exists(vocab_path):
-      return cls(BertWordPieceTokenizer(vocab_path, lowercase=True)._tokenizer, max_length)
-    return None
+      tokenizer = Tokenizer.from_file(json_path)
+    elif os.path.exists(vocab_path):
+      tokenizer = BertWordPieceTokenizer(vocab_path, lowercase=_lowercase(directory))._tokenizer
+    else:
+      return None
+    if tokenizer.token_to_id("[PAD]") is None:
+      print(f"{directory}: its tokenizer is not a BERT-style WordPiece (no [PAD]); loading "
+            "the weights without it", file=sys.stderr)
+      return None
+    return cls(tokenizer, max_length)
 
   def __call__(self, texts, max_length: int | None = None) -> dict:
     if isinstance(texts, str):

@@ -47,6 +47,13 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
         base=ocp.args.JsonSave(base)), metrics=metrics, force=force)
 
+  def base_info(self, step: int) -> dict | None:
+    """The "base" record of checkpoint `step` (None for checkpoints from before it existed)."""
+    if "base" not in self.manager.item_metadata(step):
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(base=ocp.args.JsonRestore()))[
+        "base"]
+
   def restore(self, step: int, abstract_state):
     """(state, data_state) of checkpoint `step`; `abstract_state` gives shapes/shardings."""
     restored = self.manager.restore(step, args=ocp.args.Composite(

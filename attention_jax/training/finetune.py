@@ -15,6 +15,7 @@ import re
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 from flax import traverse_util
@@ -35,7 +36,28 @@ class Base:
   params: dict  # nested dict of arrays
   tokenizer: object = None  # the tokenizer the parameters were trained with, if any
   model_fields: dict = dataclasses.field(default_factory=dict)  # architecture to build
-  sha256: str | None = None
+  sha256: str | None = None  # of a pretrained checkpoint's weights file
+  step: int | None = None  # of a workdir base's checkpoint
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.finetune`'s fields and defaults."""
+  c = ml_collections.ConfigDict()
+  c.mode = "full"  # or "linear_probe", "top_k_layers", "lora"
+  c.heads = ("classifier", "head")  # new for the task: always trained, never loaded
+  c.top_k = 2  # blocks trained in "top_k_layers"
+  c.lora_rank = 8
+  c.lora_alpha = 16.0
+  c.lora_targets = "query,value"  # any of query, key, value, out, fc1, fc2
+  c.layer_decay = 1.0  # < 1: layer-wise lr decay, lr * decay ** (layers from the top)
+  return c
+
+
+def add_defaults(config):
+  """Gives a config saved before fine-tuning existed its `init_from` and `finetune` fields."""
+  with config.unlocked():
+    config.init_from = config.get("init_from", "")
+    config.finetune = config.get("finetune", default_config())
 
 
 def architecture(model) -> dict:
@@ -91,6 +113,9 @@ def trainable(params, config) -> dict:
       return path[0] == "final_norm" or (index is not None and index >= depth - cfg.top_k)
     return False
 
+  if cfg.mode == "top_k_layers" and depth == 0:
+    raise ValueError("finetune.mode='top_k_layers' needs blocks named blocks_<i> or block_<i> "
+                     f"(top-level modules here: {', '.join(sorted({p[0] for p in flat}))}).")
   mask = {path: trains(path) for path in flat}
   if not any(mask.values()):
     raise ValueError(f"finetune.mode={cfg.mode!r} trains nothing in this model: it has no head "
@@ -166,7 +191,10 @@ def layer_decay_labels(params) -> dict:
   (below the blocks) depth + 1."""
   flat = _flat(params)
   indices = [block_index(p) for p in flat if block_index(p) is not None]
-  depth = 1 + max(indices, default=-1)
+  if not indices:
+    raise ValueError("layer-wise lr decay needs blocks named blocks_<i> or block_<i> "
+                     f"(top-level modules here: {', '.join(sorted({p[0] for p in flat}))}).")
+  depth = 1 + max(indices)
 
   def distance(path):
     index = block_index(path)

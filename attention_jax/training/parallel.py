@@ -75,8 +75,9 @@ class PmapRunner:
     self.grad_accum_steps = config.grad_accum_steps
 
   def init(self):
+    args, self.init_args = self.init_args, ()  # not kept alive after use
     return jax.pmap(lambda _, args: self.init_fn(*args), in_axes=(0, None),
-                    devices=self.pmap_devices)(np.arange(self.n), self.init_args)
+                    devices=self.pmap_devices)(np.arange(self.n), args)
 
   def shard_batch(self, batch):
     return jax.tree.map(lambda x: np.asarray(x).reshape((self.n, -1) + np.shape(x)[1:]), batch)
@@ -149,7 +150,8 @@ class MeshRunner:
     self.replicated = NamedSharding(self.mesh, P())
 
   def init(self):
-    return jax.jit(self.init_fn, out_shardings=self.state_sharding)(*self.init_args)
+    args, self.init_args = self.init_args, ()  # not kept alive after use
+    return jax.jit(self.init_fn, out_shardings=self.state_sharding)(*args)
 
   def shard_batch(self, batch):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(

@@ -75,9 +75,9 @@ class LanguageModelTask:
     self.base = base
     self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer, base)
     if not isinstance(self.tokenizer, tokenizers.ByteTokenizer):
-      raise ValueError(f"the {self.config.task!r} task reads UTF-8 bytes, but init_from "
-                       f"{base.reference} has another tokenizer; start from a byte-level "
-                       "model.")
+      source = f"init_from {base.reference}" if base else f"the workdir {workdir}"
+      raise ValueError(f"the {self.config.task!r} task reads UTF-8 bytes, but {source} has "
+                       "another tokenizer; start from a byte-level model or a new workdir.")
 
   def datasets(self):
     """(train, eval) grain MapDatasets: int32 windows [seq_len + 1] of the text stream, or

@@ -182,9 +182,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluation metrics (plus "sample" for language models)."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  record_run(config, workdir)
   task = tasks.get(config)
-  base = workdir_lib.load_base(config.init_from) if config.init_from else None
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints,
+                                             "eval/loss")
+  start = checkpointer.latest_step()
+  # A resumed run rebuilds its frozen parameters from the very base it started from.
+  saved_base = checkpointer.base_info(start) if start is not None else None
+  try:
+    base = workdir_lib.load_base(config.init_from, saved_base) if config.init_from else None
+  except BaseException:
+    checkpointer.close()
+    raise
+  record_run(config, workdir)  # once the config is known to fit the workdir's checkpoints
   task.prepare(workdir, base)
 
   train_data, eval_data = task.datasets()
@@ -201,6 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config.optimizer, config.num_train_steps,
       finetune.layer_decay(trained_shapes, decay) if decay < 1.0 else None)
   base_info = describe_training(config, base, shapes, trained_shapes)
+  if base is not None:
+    base.params = {}  # release it: `loaded` holds what the model uses
 
   def init_state(loaded):
     params = finetune.initial_params(model, inputs, init_rng, loaded)
@@ -208,15 +219,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
 
   runner = parallel.make_runner(config, init_state, (loaded,))
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints,
-                                             "eval/loss")
+  del loaded
   train_iter = pipeline.train_iterator(train_data, config.batch_size, config.seed)
-  start = checkpointer.latest_step()
   state = runner.init()
   if start is not None:  # the checkpoint has the trained part; the frozen one is rebuilt
     saved, data_state = checkpointer.restore(start, checkpoint_lib.abstract_like(
         checkpointed(runner, state)))
-    state = runner.from_checkpoint(saved).replace(frozen=state.frozen)
+    state = state.replace(**runner.from_checkpoint(saved))
     train_iter.set_state(data_state)
     print(f"resumed from {workdir} at step {start}", file=sys.stderr)
   start = start or 0
@@ -280,9 +289,10 @@ def train_loop(config, task, model, runner, state, train_step, train_iter, eval_
   return state, last_eval, None
 
 
-def checkpointed(runner, state):
+def checkpointed(runner, state) -> dict:
   """What a checkpoint holds: one copy of the state without its frozen parameters."""
-  return runner.to_checkpoint(state.replace(frozen={}))
+  return runner.to_checkpoint({"step": state.step, "params": state.params,
+                               "opt_state": state.opt_state})
 
 
 def describe_training(config, base, shapes, trained_shapes) -> dict:
@@ -290,7 +300,8 @@ def describe_training(config, base, shapes, trained_shapes) -> dict:
   count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
   total, trained = count(shapes), count(trained_shapes)
   info = {"init_from": config.init_from, "sha256": base.sha256 if base else None,
-          "base": base.reference if base else None, "mode": config.finetune.mode,
+          "base": base.reference if base else None,
+          "base_step": base.step if base else None, "mode": config.finetune.mode,
           "parameters": total, "trained_parameters": trained}
   print(f"training {trained:,} of {total:,} parameters ({100 * trained / total:.2f}%, "
         f"finetune.mode={config.finetune.mode})", file=sys.stderr)

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 
 from attention_jax import pretrained
 from attention_jax.training import checkpoint as checkpoint_lib
+from attention_jax.layers import lora
 from attention_jax.training import finetune, tasks
 
 
@@ -34,6 +35,7 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
     config = ml_collections.ConfigDict(json.load(f))
   if eval_split:
     config.dataset.eval_split = eval_split
+  finetune.add_defaults(config)  # workdirs from before fine-tuning existed
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, "eval/loss")
   steps = checkpointer.manager.all_steps()
   if checkpoint == "latest":
@@ -45,12 +47,14 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
   else:
     raise ValueError(f"checkpoint must be 'latest', 'best' or one of the saved steps "
                      f"{sorted(steps)}, got {checkpoint!r}.")
-  checkpointer.close()
   if step is None:
+    checkpointer.close()
     raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
+  saved_base = checkpointer.base_info(step)
+  checkpointer.close()
   state = ocp.StandardCheckpointer().restore(
       os.path.abspath(os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR, str(step), "state")))
-  base = load_base(config.init_from) if config.init_from else None
+  base = load_base(config.init_from, saved_base) if config.init_from else None
   task = tasks.get(config)
   task.prepare(workdir, base)
   model = task.model(dropout_rate=0.0)
@@ -66,21 +70,36 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
   return config, task, model, params, step
 
 
-def load_base(init_from: str) -> finetune.Base:
+def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:
   """The parameters (and tokenizer and architecture) `config.init_from` names: a training
   workdir (its latest checkpoint) or a pretrained checkpoint (a known name or a Hugging Face
-  directory, see attention_jax.pretrained)."""
+  directory, see attention_jax.pretrained). LoRA adapters of a workdir base are merged in.
+
+  `saved` is the "base" record of a checkpoint being resumed or loaded: the same workdir step
+  is loaded again, and a changed init_from or pretrained file is refused.
+  """
+  if saved and saved.get("init_from") not in (None, init_from):
+    raise ValueError(f"config.init_from is {init_from!r} but the checkpoints were trained from "
+                     f"{saved['init_from']!r}; restore that value or use a new workdir.")
   if is_workdir(init_from):
-    _, task, model, params, step = load(init_from)
-    return finetune.Base(f"{init_from} (step {step})", params, task.tokenizer,
-                         finetune.architecture(model))
+    step = saved.get("base_step") if saved else None
+    _, task, model, params, step = load(init_from, "latest" if step is None else str(step))
+    if model.lora is not None:
+      params, model = lora.merge(params, model.lora), model.clone(lora=None)
+    return finetune.Base(f"{init_from} (step {step})", jax.device_get(params), task.tokenizer,
+                         finetune.architecture(model), step=step)
   if init_from not in pretrained.KNOWN and not os.path.isdir(init_from):
     raise FileNotFoundError(
         f"config.init_from={init_from!r} is not a training workdir (config.json and "
         f"{checkpoint_lib.CHECKPOINT_DIR}/), a known pretrained checkpoint "
         f"({', '.join(sorted(pretrained.KNOWN))}) or a Hugging Face checkpoint directory.")
   directory, sha256 = pretrained.resolve(init_from)
-  model, params, tokenizer = pretrained.load(init_from)
-  return finetune.Base(init_from, params, tokenizer, finetune.architecture(model),
-                       sha256 or pretrained.hub.sha256_of(
-                           os.path.join(directory, pretrained.hub.WEIGHTS_FILE)))
+  sha256 = sha256 or pretrained.hub.sha256_of(
+      os.path.join(directory, pretrained.hub.WEIGHTS_FILE))
+  if saved and saved.get("sha256") not in (None, sha256):
+    raise ValueError(f"the weights of init_from {init_from!r} changed since this run started "
+                     f"(SHA-256 {sha256}, the checkpoints were trained on {saved['sha256']}); "
+                     "restore the original file or use a new workdir.")
+  model, params, tokenizer = pretrained.load(init_from, sha256=sha256)
+  return finetune.Base(init_from, jax.device_get(params), tokenizer,
+                       finetune.architecture(model), sha256)

@@ -193,3 +193,46 @@ def test_export_refuses_unmerged_lora_adapters(tmp_path):
   params = model.init(jax.random.key(0), *model.example_inputs())["params"]
   with pytest.raises(ValueError, match="query_lora.*lora.merge"):
     pretrained.export(model, params, str(tmp_path))
+
+
+def test_mean_pooled_classifier_round_trips(tmp_path):
+  model = models.create("bert-tiny", num_classes=4, classifier_pooling="mean")
+  params = _random_params(model)
+  pretrained.export(model, params, str(tmp_path))
+  loaded_model, loaded, _ = pretrained.load(str(tmp_path))
+  assert loaded_model.classifier_pooling == "mean"
+  tokens, mask = jnp.array([[5, 9, 3, 0]]), jnp.array([[1, 1, 1, 0]])
+  np.testing.assert_allclose(
+      model.apply({"params": params}, tokens, attention_mask=mask)["logits"],
+      loaded_model.apply({"params": loaded}, tokens, attention_mask=mask)["logits"], atol=1e-6)
+
+
+def test_older_bert_layouts_load(tmp_path):
+  """gamma/beta LayerNorm names (TF ports), no pooler (BertForMaskedLM), a decoder tensor."""
+  model = models.create("bert-tiny")
+  params = _random_params(model, model.pretrain)
+  pretrained.export(model, params, str(tmp_path))
+  tensors = load_file(str(tmp_path / "model.safetensors"))
+  renamed = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+      "LayerNorm.bias", "LayerNorm.beta"): v for k, v in tensors.items()
+      if not k.startswith("pooler.")}
+  renamed["cls.predictions.decoder.weight"] = tensors["embeddings.word_embeddings.weight"]
+  save_file(renamed, str(tmp_path / "model.safetensors"))
+  _, loaded, _ = pretrained.load(str(tmp_path))
+  fresh_pooler = loaded.pop("pooler")
+  assert fresh_pooler["kernel"].shape == (32, 32)
+  params = dict(params)
+  params.pop("pooler")
+  _assert_same_params(params, loaded)
+
+
+def test_a_tokenizer_that_is_not_wordpiece_is_left_out(tmp_path):
+  from tokenizers import Tokenizer, models as token_models, pre_tokenizers, trainers
+  model = models.create("gpt-tiny")
+  bpe = Tokenizer(token_models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+  bpe.train_from_iterator(["in the beginning"] * 10, trainers.BpeTrainer(vocab_size=60))
+  pretrained.export(model, _random_params(model), str(tmp_path))
+  bpe.save(str(tmp_path / "tokenizer.json"))
+  loaded_model, _, tokenizer = pretrained.load(str(tmp_path))
+  assert tokenizer is None and loaded_model.width == 32

@@ -3,6 +3,7 @@ freezes, what checkpoints hold, resume, LoRA merging, layer-wise lr decay, error
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +88,7 @@ def test_each_mode_trains_exactly_its_parameters(tmp_path_factory, tmp_path, bas
   moments = sum(np.size(x) for x in jax.tree.leaves(state["opt_state"]))
   assert moments <= 2 * trained_size + 16
   assert info["init_from"] == base_workdir and info["mode"] == mode
+  assert info["base_step"] == 10  # a resumed run reloads this step of the base, not a later one
   assert info["trained_parameters"] == trained_size
   assert info["parameters"] == sum(v.size for v in tuned.values())
 
@@ -109,6 +111,22 @@ def test_lora_run_resumes_exactly_and_merges(tmp_path_factory, tmp_path, base_wo
   merged = model.clone(lora=None).apply({"params": lora.merge(params, spec)}, batch["inputs"],
                                         attention_mask=batch["mask"])
   np.testing.assert_allclose(merged["logits"], unmerged["logits"], atol=1e-5)
+  # As a base for another run, the LoRA workdir brings its adapters merged into the weights.
+  as_base = workdir_lib.load_base(resumed)
+  assert not [p for p in _flat(as_base.params) if "_lora" in p]
+  jax.tree.map(np.testing.assert_array_equal, as_base.params, lora.merge(params, spec))
+  # Resuming with another base is refused before anything is trained.
+  changed = finetune_config(tmp_path_factory, straight, "lora", steps=8)
+  with pytest.raises(ValueError, match="checkpoints were trained from"):
+    train_and_evaluate(changed, resumed)
+  # A workdir whose config.json predates fine-tuning still loads.
+  old = tmp_path / "old"
+  shutil.copytree(base_workdir, old)
+  saved = json.loads((old / "config.json").read_text())
+  (old / "config.json").write_text(json.dumps(
+      {k: v for k, v in saved.items() if k not in ("finetune", "init_from")}))
+  jax.tree.map(np.testing.assert_array_equal, workdir_lib.load(str(old))[3],
+               workdir_lib.load(base_workdir)[3])
   # Exported to the Hugging Face format (merged), it loads back with the same outputs.
   exported = export.export(resumed, str(tmp_path / "hf"))
   hf_model, hf_params, hf_tokenizer = pretrained.load(exported)
