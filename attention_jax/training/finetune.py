@@ -170,6 +170,12 @@ def base_arrays(base: Base | None, shapes: dict, heads) -> dict:
   return load
 
 
+def starting_point(model, inputs, config, base: Base | None):
+  """(parameter shapes, `trainable` mask, `base_arrays` to load) of a run of `config`."""
+  shapes = jax.eval_shape(lambda: model.init(init_key(config.seed), *inputs)["params"])
+  return shapes, trainable(shapes, config), base_arrays(base, shapes, config.finetune.heads)
+
+
 def initial_params(model, inputs, rng, loaded: dict) -> dict:
   """model.init's parameters with the `loaded` {path: array} ones put in (jit-friendly)."""
   params = model.init(rng, *inputs)["params"]

@@ -201,9 +201,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_rng = finetune.init_key(config.seed)
   step_rng, sample_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
   inputs = task.init_inputs()
-  shapes = jax.eval_shape(lambda: model.init(init_rng, *inputs)["params"])
-  loaded = finetune.base_arrays(base, shapes, config.finetune.heads)
-  mask = finetune.trainable(shapes, config)
+  shapes, mask, loaded = finetune.starting_point(model, inputs, config, base)
   trained_shapes, _ = finetune.split(shapes, mask)
   decay = config.finetune.layer_decay
   optimizer = optim.make_optimizer(

@@ -11,8 +11,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from attention_jax import pretrained
-from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.layers import lora
+from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import finetune, tasks
 
 
@@ -59,11 +59,9 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
   task.prepare(workdir, base)
   model = task.model(dropout_rate=0.0)
   inputs = task.init_inputs()
-  shapes = jax.eval_shape(lambda: model.init(finetune.init_key(config.seed), *inputs)["params"])
-  mask = finetune.trainable(shapes, config)
+  _, mask, loaded = finetune.starting_point(model, inputs, config, base)
   params = state["params"]
-  if not all(mask.values()):
-    loaded = finetune.base_arrays(base, shapes, config.finetune.heads)
+  if not all(mask.values()):  # rebuild the frozen part as training did
     initial = jax.jit(lambda a: finetune.initial_params(
         model, inputs, finetune.init_key(config.seed), a))(loaded)
     params = finetune.combine(params, finetune.split(initial, mask)[1])
@@ -94,12 +92,14 @@ def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:
         f"{checkpoint_lib.CHECKPOINT_DIR}/), a known pretrained checkpoint "
         f"({', '.join(sorted(pretrained.KNOWN))}) or a Hugging Face checkpoint directory.")
   directory, sha256 = pretrained.resolve(init_from)
+  # Known names are checked against their pinned hash inside `load`; a directory is hashed
+  # once here to record (and, on resume, compare) what the run started from.
   sha256 = sha256 or pretrained.hub.sha256_of(
       os.path.join(directory, pretrained.hub.WEIGHTS_FILE))
   if saved and saved.get("sha256") not in (None, sha256):
     raise ValueError(f"the weights of init_from {init_from!r} changed since this run started "
                      f"(SHA-256 {sha256}, the checkpoints were trained on {saved['sha256']}); "
                      "restore the original file or use a new workdir.")
-  model, params, tokenizer = pretrained.load(init_from, sha256=sha256)
+  model, params, tokenizer = pretrained.load(init_from)
   return finetune.Base(init_from, jax.device_get(params), tokenizer,
                        finetune.architecture(model), sha256)
