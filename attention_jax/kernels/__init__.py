@@ -13,14 +13,16 @@ from attention_jax.kernels import positional
 from attention_jax.kernels.additive import additive_attention, concat_scores
 from attention_jax.kernels.dot_product import attention_scores, dot_product_attention
 from attention_jax.kernels.flash import flash_attention
+from attention_jax.kernels.pallas_gpu import pallas_gpu_attention
 from attention_jax.kernels.registry import (Kernel, auto_attention, choose, get, names,
                                             register, supporting)
 from attention_jax.kernels.relative import gather_relative, rel_shift, relative_attention
+from attention_jax.kernels.splash import splash_attention
 from attention_jax.kernels.xla import cudnn_attention, xla_attention
 
 __all__ = [
     "Kernel", "additive_attention", "attention_scores", "auto_attention", "choose", "concat_scores",
     "cudnn_attention", "dot_product_attention", "flash_attention", "gather_relative", "get",
-    "masks", "names", "positional", "register", "rel_shift", "relative_attention",
-    "supporting", "xla_attention",
+    "masks", "names", "pallas_gpu_attention", "positional", "register", "rel_shift",
+    "relative_attention", "splash_attention", "supporting", "xla_attention",
 ]

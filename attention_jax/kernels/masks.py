@@ -8,7 +8,9 @@ is the usual lower-triangular mask.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 Window = int | tuple[int, int] | None
 
@@ -133,3 +135,41 @@ def dense_mask(batch: int, q_len: int, kv_len: int, *, mask=None, causal=False,
   q_ids, kv_ids = split_segment_ids(segment_ids, batch, q_len, kv_len)
   segments = None if q_ids is None else segment_mask(q_ids, kv_ids)
   return combine_masks(mask, structural, lengths, segments)
+
+
+def rows_with_keys(batch: int, q_len: int, kv_len: int, *, causal=False, kv_lengths=None,
+                   segment_ids=None, local_window: Window = None):
+  """bool [batch, q_len]: whether each query may attend at least one key; None if all may.
+
+  Kernels that cannot zero fully masked rows themselves (the vendor ones) use this to follow
+  our convention that such rows give zeros. Without segment ids it is closed-form, O(q_len)
+  per row of the batch. With segment ids it checks every (query, key) pair in chunks of
+  queries: O(q_len·kv_len) comparisons, no [q_len, kv_len] array.
+  """
+  left, right = window_bounds(local_window, causal)
+  diag = np.arange(q_len) + (kv_len - q_len)  # numpy: the structure is static
+  lo = np.zeros((q_len,), np.int32) if left is None else np.maximum(diag - left, 0)
+  hi = np.full((q_len,), kv_len - 1) if right is None else np.minimum(diag + right, kv_len - 1)
+  q_ids, kv_ids = split_segment_ids(segment_ids, batch, q_len, kv_len)
+  if q_ids is None and kv_lengths is None and np.all(lo <= hi):
+    return None
+  lo, hi = jnp.asarray(lo, jnp.int32)[None], jnp.asarray(hi, jnp.int32)[None]  # [1, q_len]
+  if kv_lengths is not None:
+    hi = jnp.minimum(hi, jnp.asarray(kv_lengths, jnp.int32)[:, None] - 1)
+  if q_ids is None:
+    return jnp.broadcast_to(lo <= hi, (batch, q_len))
+  chunk = max(1, min(q_len, 2 ** 22 // max(kv_len, 1)))
+  pad = -q_len % chunk
+  lo, hi = (jnp.pad(jnp.broadcast_to(x, (batch, q_len)), ((0, 0), (0, pad))) for x in (lo, hi))
+  q_ids = jnp.pad(q_ids, ((0, 0), (0, pad)))
+  kv_pos = jnp.arange(kv_len)
+
+  def one_chunk(args):  # [batch, chunk] each
+    lo, hi, q_ids = args
+    visible = ((kv_pos >= lo[..., None]) & (kv_pos <= hi[..., None])
+               & (kv_ids[:, None, :] == q_ids[..., None]))
+    return jnp.any(visible, axis=-1)
+
+  split = lambda x: x.reshape(batch, -1, chunk).transpose(1, 0, 2)
+  found = jax.lax.map(one_chunk, (split(lo), split(hi), split(q_ids)))
+  return found.transpose(1, 0, 2).reshape(batch, -1)[:, :q_len]

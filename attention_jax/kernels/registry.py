@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Callable
 
@@ -13,13 +14,16 @@ from attention_jax.kernels import _checks
 from attention_jax.kernels.additive import additive_attention
 from attention_jax.kernels.dot_product import dot_product_attention
 from attention_jax.kernels.flash import flash_attention
+from attention_jax.kernels.pallas_gpu import pallas_gpu_attention
 from attention_jax.kernels.relative import relative_attention
+from attention_jax.kernels.splash import splash_attention
 from attention_jax.kernels.xla import cudnn_attention, xla_attention
 
 # `auto` uses the blockwise kernel once the score matrix has at least this many entries per
 # head: on a 2-core CPU the dense kernel is faster at T=512 and the blockwise one from
 # T=1024 (README's benchmark table).
 AUTO_FLASH_MIN_SCORES = 1024 * 1024
+SPLASH_MIN_Q_LEN = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,30 +69,85 @@ def supporting(*arguments: str) -> list[str]:
   return [name for name in names() if all(_KERNELS[name].supports(a) for a in arguments)]
 
 
+def _parse_option(kernel: Kernel, option: str) -> tuple[str, object]:
+  name, sep, text = option.partition("=")
+  name = name.strip()
+  if not sep or name not in kernel.arguments:
+    raise ValueError(f"bad option {option!r} for kernel {kernel.name!r}: write name=value "
+                     f"with name one of {', '.join(sorted(kernel.arguments - {'query', 'key', 'value'}))}.")
+  text = text.strip()
+  if text.lower() in ("true", "false"):
+    return name, text.lower() == "true"
+  try:
+    return name, int(text)
+  except ValueError:
+    pass
+  try:
+    return name, float(text)
+  except ValueError:
+    return name, text
+
+
 def get(name: str | Callable) -> Kernel:
-  """The kernel registered as `name` (a callable is wrapped as is)."""
+  """The kernel registered as `name` (a callable is wrapped as is).
+
+  Options may follow the name, bound as keyword arguments: "splash:block_q=256,block_kv=512"
+  or "pallas_gpu:interpret=true", so a config's `model.kernel` can set them.
+  """
   if callable(name) and not isinstance(name, str):
     return name if isinstance(name, Kernel) else Kernel(getattr(name, "__name__", "custom"),
                                                         name, "user-supplied kernel")
-  if name not in _KERNELS:
-    raise ValueError(f"unknown attention kernel {name!r}; valid names: {', '.join(names())}.")
-  if name == "cudnn" and jax.default_backend() != "gpu":
+  base, _, options = name.partition(":")
+  if base not in _KERNELS:
+    raise ValueError(f"unknown attention kernel {base!r}; valid names: {', '.join(names())}.")
+  if base == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(f"kernel 'cudnn' needs an NVIDIA GPU, but JAX's backend is "
                      f"{jax.default_backend()!r}; valid here: "
                      f"{', '.join(n for n in names() if n != 'cudnn')}.")
-  return _KERNELS[name]
+  kernel = _KERNELS[base]
+  if not options:
+    return kernel
+  bound = dict(_parse_option(kernel, option) for option in options.split(","))
+  return Kernel(base, functools.partial(kernel.fn, **bound), kernel.description)
 
 
-def choose(query, key, *, bias=None, dropout_rate=0.0, deterministic=False,
+def _cudnn_takes(query, key, value) -> bool:
+  """cuDNN's flash attention: float16/bfloat16, equal head dims, a multiple of 8, at most
+  128 (256 from Hopper, compute capability 9.0, on)."""
+  d = query.shape[-1]
+  capability = getattr(jax.devices()[0], "compute_capability", "0")
+  max_dim = 256 if float(capability or 0) >= 9.0 else 128
+  return (jnp.result_type(query) in (jnp.float16, jnp.bfloat16) and d % 8 == 0
+          and d <= max_dim and value.shape[-1] == d)
+
+
+def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_lengths=None,
+           segment_ids=None, local_window=None, dropout_rate=0.0, deterministic=False,
            return_weights=False) -> str:
-  """The name of the fastest correct kernel for these arguments on this platform."""
-  dense_only = bias is not None or return_weights or (dropout_rate > 0 and not deterministic)
-  if dense_only:
+  """The name of the fastest correct kernel for these arguments on this platform.
+
+  TPU: `splash` (`xla` for a dense mask or fewer than 128 queries); GPU: `cudnn` (half
+  precision), else `pallas_gpu` (self-attention without lengths, windows or a dense mask),
+  else `xla`; CPU: `flash` from AUTO_FLASH_MIN_SCORES scores per head, else `dot_product`.
+  Bias, attention dropout and returned weights always take `dot_product`. The README's
+  table states the same rule.
+  """
+  value = key if value is None else value
+  if bias is not None or return_weights or (dropout_rate > 0 and not deterministic):
     return "dot_product"
-  if (jax.default_backend() == "gpu" and query.shape[-1] % 8 == 0 and query.shape[-1] <= 128
-      and jnp.result_type(query) in (jnp.float16, jnp.bfloat16)):
-    return "cudnn"
-  if query.shape[1] * key.shape[1] >= AUTO_FLASH_MIN_SCORES:
+  backend = jax.default_backend()
+  q_len, kv_len = query.shape[1], key.shape[1]
+  if backend == "tpu":  # splash pads queries to a 128-row block: short ones go to XLA
+    return "splash" if mask is None and q_len >= SPLASH_MIN_Q_LEN else "xla"
+  if backend == "gpu":
+    if _cudnn_takes(query, key, value):
+      return "cudnn"
+    self_attention = q_len == kv_len and not isinstance(segment_ids, (tuple, list))
+    if (mask is None and kv_lengths is None and local_window is None and self_attention
+        and value.shape[-1] == query.shape[-1]):
+      return "pallas_gpu"
+    return "xla"
+  if q_len * kv_len >= AUTO_FLASH_MIN_SCORES:
     return "flash"
   return "dot_product"
 
@@ -98,14 +157,15 @@ def auto_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_
                    dropout_rng=None, deterministic=False, return_weights=False):
   """Dispatches to `choose(...)`'s kernel; arguments as `dot_product_attention`."""
   _checks.check_qkv(query, key, value)
-  name = choose(query, key, bias=bias, dropout_rate=dropout_rate,
+  kwargs = dict(bias=bias, mask=mask, causal=causal, kv_lengths=kv_lengths,
+                segment_ids=segment_ids, local_window=local_window, dropout_rate=dropout_rate,
                 deterministic=deterministic, return_weights=return_weights)
-  kwargs = dict(mask=mask, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids,
-                local_window=local_window, scale=scale)
-  if name == "dot_product":
-    kwargs.update(bias=bias, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                  deterministic=deterministic, return_weights=return_weights)
-  return _KERNELS[name].fn(query, key, value, **kwargs)
+  name = choose(query, key, value, **kwargs)
+  kwargs.update(scale=scale, dropout_rng=dropout_rng)
+  kernel = _KERNELS[name]
+  # Pass what the kernel takes; choose() guarantees the rest is unset.
+  return kernel.fn(query, key, value, **{k: v for k, v in kwargs.items()
+                                         if k in kernel.arguments})
 
 
 register("dot_product", dot_product_attention)
@@ -114,4 +174,6 @@ register("additive", additive_attention)
 register("relative", relative_attention)
 register("xla", xla_attention)
 register("cudnn", cudnn_attention)
+register("splash", splash_attention)
+register("pallas_gpu", pallas_gpu_attention)
 register("auto", auto_attention)

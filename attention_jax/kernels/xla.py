@@ -5,37 +5,84 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attention_jax.kernels.dot_product import prepare_common
+from attention_jax.kernels import _checks
+from attention_jax.kernels import masks as masks_lib
+
+
+def native_arguments(q_len: int, kv_len: int, *, causal=False, kv_lengths=None,
+                     local_window=None):
+  """Maps our structural masks onto `jax.nn.dot_product_attention`'s own arguments.
+
+  cuDNN skips the blocks these rule out and builds no mask. What it can express: causal
+  and a left window (`sliding_window_length`) when q_len == kv_len (jax.nn aligns them
+  top-left, we align bottom-right, so they agree only for equal lengths), and key lengths.
+
+  Returns:
+    (kwargs for jax.nn.dot_product_attention, dense_structure): `dense_structure` is True
+    when the causal/window structure must go into a dense mask instead.
+  """
+  left, right = masks_lib.window_bounds(local_window, causal)
+  kwargs = {}
+  dense_structure = False
+  if right is not None or left is not None:
+    if q_len == kv_len and right == 0:  # causal, optionally with a left window
+      kwargs["is_causal"] = True
+      if left is not None:
+        kwargs["local_window_size"] = (left, 0)
+    else:
+      dense_structure = True
+  if kv_lengths is not None:
+    # A row of length 0 has no key; give cuDNN one and zero the row afterwards.
+    kwargs["key_value_seq_lengths"] = jnp.maximum(jnp.asarray(kv_lengths, jnp.int32), 1)
+  return kwargs, dense_structure
 
 
 def xla_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_lengths=None,
                   segment_ids=None, local_window=None, scale=None, implementation="xla"):
   """`jax.nn.dot_product_attention` with our masks and conventions.
 
-  Our bottom-right causal alignment, windows and segments are folded into one boolean mask,
-  and rows with no visible key are zeroed (jax.nn would average every value there), so the
-  result equals `dot_product_attention`. Arguments as there; `implementation` is passed on.
+  Causal masks, left windows and key lengths go in as its own arguments (`is_causal`,
+  `local_window_size`, `key_value_seq_lengths`), which cuDNN turns into its fast masked
+  paths with no [q_len, kv_len] array. Only what has no argument needs a dense boolean mask
+  (cuDNN adds it as a bias): `mask`, `segment_ids`, windows reaching right of the diagonal,
+  and causal/windows when q_len != kv_len (jax.nn aligns them top-left); then every mask
+  goes into that one dense mask (the fallback). Rows with
+  no visible key are zeroed (jax.nn would average every value there), so the result equals
+  `dot_product_attention`. Arguments as there; `implementation` is passed on.
   """
-  bias4, allowed, _ = prepare_common(
-      query, key, value, bias=bias, mask=mask, causal=causal, kv_lengths=kv_lengths,
-      segment_ids=segment_ids, local_window=local_window, dropout_rate=0.0, dropout_rng=None,
-      deterministic=True)
-  h = query.shape[2]
+  b, tq, h, tk, _, _, _ = _checks.check_qkv(query, key, value)
+  _checks.check_mask_dtype(mask)
+  target = (b, h, tq, tk)
+  mask = _checks.as_rank4(mask, "mask", target)
+  kv_lengths = _checks.check_lengths(kv_lengths, "kv_lengths", b)
+  native, dense_structure = native_arguments(tq, tk, causal=causal, kv_lengths=kv_lengths,
+                                             local_window=local_window)
+  dense = None
+  if mask is not None or segment_ids is not None or dense_structure:
+    native = {}  # a dense mask is needed anyway: everything goes into it
+    dense = masks_lib.dense_mask(b, tq, tk, mask=mask, causal=causal, kv_lengths=kv_lengths,
+                                 segment_ids=segment_ids, local_window=local_window)
+    dense = jnp.broadcast_to(dense, (dense.shape[0], h) + dense.shape[2:])
+  bias4 = _checks.as_rank4(bias, "bias", target)
   if bias4 is not None:
     bias4 = jnp.broadcast_to(bias4, (bias4.shape[0], h) + bias4.shape[2:]).astype(query.dtype)
-  if allowed is not None:
-    allowed = jnp.broadcast_to(allowed, (allowed.shape[0], h) + allowed.shape[2:])
-  out = jax.nn.dot_product_attention(query, key, value, bias=bias4, mask=allowed,
-                                     scale=scale, implementation=implementation)
-  if allowed is not None:
-    has_key = jnp.any(allowed, axis=-1)  # [batch|1, heads, q_len|1]
-    out = out * has_key.transpose(0, 2, 1)[..., None].astype(out.dtype)
-  return out
+  out = jax.nn.dot_product_attention(query, key, value, bias=bias4, mask=dense, scale=scale,
+                                     implementation=implementation, **native)
+  if dense is not None:
+    has_key = jnp.any(dense, axis=-1).transpose(0, 2, 1)[..., None]  # [b|1, tq, h, 1]
+  else:
+    has_key = masks_lib.rows_with_keys(b, tq, tk, causal=causal, kv_lengths=kv_lengths,
+                                       local_window=local_window)
+    if has_key is None:
+      return out
+    has_key = has_key[:, :, None, None]
+  return jnp.where(has_key, out, jnp.zeros((), out.dtype))
 
 
 def cudnn_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_lengths=None,
                     segment_ids=None, local_window=None, scale=None):
-  """cuDNN's fused attention (GPU only; float16/bfloat16). Arguments as `xla_attention`."""
+  """cuDNN's fused flash attention (GPU only; float16/bfloat16; head_dim a multiple of 8, at
+  most 128, or 256 from Hopper on). Arguments and mask mapping as `xla_attention`."""
   if jax.default_backend() != "gpu":
     raise ValueError(f"kernel 'cudnn' needs an NVIDIA GPU, but JAX's backend is "
                      f"{jax.default_backend()!r}. Use 'auto' (picks the best kernel for the "
