@@ -18,8 +18,6 @@ No kv_lengths, windows, dense masks or biases: those go to `xla`/`cudnn` (`auto`
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -27,7 +25,12 @@ from attention_jax.kernels import _checks, _pallas
 from attention_jax.kernels import masks as masks_lib
 
 DEFAULT_BLOCK = 128  # forward blocks, the op's default
-GRANULE = 16  # Triton's smallest dot tile
+MIN_TILE = 16  # Triton's smallest dot tile; blocks are powers of two from here
+BACKWARD_BLOCK = 32  # the op's default backward blocks
+
+
+def _power_of_two_at_least(n: int, floor: int = MIN_TILE) -> int:
+  return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
 def pallas_gpu_attention(query, key, value, *, causal=False, segment_ids=None, scale=None,
@@ -40,8 +43,9 @@ def pallas_gpu_attention(query, key, value, *, causal=False, segment_ids=None, s
     causal: bottom-right aligned, as `dot_product_attention`.
     segment_ids: int [batch, length] for packed self-attention (q_len == kv_len).
     scale: score scale; default 1/sqrt(head_dim).
-    block_q, block_k: forward block sizes (multiples of 16); default 128, or the sequence
-      rounded up to 16 when shorter. The backward uses blocks of gcd(32, block_q).
+    block_q, block_k: forward block sizes (powers of two, at least 16: Triton's blocks);
+      default 128, or the sequence rounded up to a power of two when shorter. The backward
+      uses blocks of min(32, block_q).
     interpret: run in Pallas interpret mode (any platform, slow): for tests on CPU.
 
   Returns:
@@ -62,8 +66,8 @@ def pallas_gpu_attention(query, key, value, *, causal=False, segment_ids=None, s
                      f"{tq} and {tk}): its one segment-id array cannot mask the padded keys "
                      "of the extra queries. Use 'flash' or 'xla'.")
   for name, block in (("block_q", block_q), ("block_k", block_k)):
-    if block is not None and (block <= 0 or block % GRANULE):
-      raise ValueError(f"pallas_gpu `{name}` must be a positive multiple of {GRANULE}, got "
+    if block is not None and (block < MIN_TILE or block & (block - 1)):
+      raise ValueError(f"pallas_gpu `{name}` must be a power of two >= {MIN_TILE}, got "
                        f"{block}.")
   from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
@@ -75,18 +79,21 @@ def pallas_gpu_attention(query, key, value, *, causal=False, segment_ids=None, s
   if front:
     q = jnp.pad(q, ((0, 0), (front, 0), (0, 0), (0, 0)))
   length = max(q.shape[1], tk)
-  block = block_q or _pallas.block_size(length, DEFAULT_BLOCK, GRANULE)
-  padded = _pallas.round_up(length, math.lcm(block, block_k or block))
-  q = _pallas.pad_axis(q, 1, padded)
-  k, v = _pallas.pad_axis(key, 1, padded), _pallas.pad_axis(value, 1, padded)
+  block = block_q or min(DEFAULT_BLOCK, _power_of_two_at_least(length))
+  block_k = block_k or block
+  padded = _pallas.round_up(length, max(block, block_k))  # powers of two: max is the lcm
+  # Triton's dots need head_dim >= 16: zero columns change no score and add no output.
+  dim = _power_of_two_at_least(d)
+  pad = lambda x: _pallas.pad_axis(_pallas.pad_axis(x, 1, padded), 3, dim)
+  q, k, v = pad(q), pad(key), pad(value)
   if ids is None and padded == tk:
     ids = None
   else:
     ids = jnp.zeros((b, tk), jnp.int32) if ids is None else ids
     ids = _pallas.pad_axis(ids, 1, padded, _pallas.PAD_SEGMENT)
-  backward = math.gcd(32, block)
+  backward = min(BACKWARD_BLOCK, block, block_k)
   blocks = pallas_attention.BlockSizes(
-      block_q=block, block_k=block_k or block, block_q_dkv=backward, block_kv_dkv=backward,
+      block_q=block, block_k=block_k, block_q_dkv=backward, block_kv_dkv=backward,
       block_q_dq=backward, block_kv_dq=backward)
 
   def mha(q, k, v):
@@ -97,10 +104,10 @@ def pallas_gpu_attention(query, key, value, *, causal=False, segment_ids=None, s
   if g == 1:
     out = mha(q, k, v)
   else:  # map the query heads of each group over the same K/V
-    grouped = q.reshape(q.shape[:2] + (kh, g, d))
+    grouped = q.reshape(q.shape[:2] + (kh, g, dim))
     out = jax.vmap(mha, in_axes=(3, None, None), out_axes=3)(grouped, k, v)
-    out = out.reshape(out.shape[:2] + (h, d))
-  out = out[:, front:front + tq - empty].astype(query.dtype)
+    out = out.reshape(out.shape[:2] + (h, dim))
+  out = out[:, front:front + tq - empty, :, :d].astype(query.dtype)
   if empty:
     out = jnp.pad(out, ((0, 0), (empty, 0), (0, 0), (0, 0)))
   return out

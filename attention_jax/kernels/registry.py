@@ -73,19 +73,22 @@ def _parse_option(kernel: Kernel, option: str) -> tuple[str, object]:
   name, sep, text = option.partition("=")
   name = name.strip()
   if not sep or name not in kernel.arguments:
+    options = sorted(kernel.arguments - {"query", "key", "value"})
     raise ValueError(f"bad option {option!r} for kernel {kernel.name!r}: write name=value "
-                     f"with name one of {', '.join(sorted(kernel.arguments - {'query', 'key', 'value'}))}.")
+                     f"with name one of {', '.join(options)}.")
   text = text.strip()
   if text.lower() in ("true", "false"):
     return name, text.lower() == "true"
-  try:
-    return name, int(text)
-  except ValueError:
-    pass
-  try:
-    return name, float(text)
-  except ValueError:
-    return name, text
+  for number in (int, float):
+    try:
+      return name, number(text)
+    except ValueError:
+      pass
+  default = inspect.signature(kernel.fn).parameters[name].default
+  if not isinstance(default, str):
+    raise ValueError(f"option {option!r} of kernel {kernel.name!r} must be a number or "
+                     "true/false.")
+  return name, text
 
 
 def get(name: str | Callable) -> Kernel:
@@ -112,13 +115,13 @@ def get(name: str | Callable) -> Kernel:
 
 
 def _cudnn_takes(query, key, value) -> bool:
-  """cuDNN's flash attention: float16/bfloat16, equal head dims, a multiple of 8, at most
-  128 (256 from Hopper, compute capability 9.0, on)."""
+  """cuDNN's flash attention: Ampere or newer (compute capability 8.0), float16/bfloat16,
+  equal head dims, a multiple of 8, at most 128 (256 from Hopper, 9.0, on)."""
   d = query.shape[-1]
-  capability = getattr(jax.devices()[0], "compute_capability", "0")
-  max_dim = 256 if float(capability or 0) >= 9.0 else 128
-  return (jnp.result_type(query) in (jnp.float16, jnp.bfloat16) and d % 8 == 0
-          and d <= max_dim and value.shape[-1] == d)
+  capability = float(getattr(jax.devices()[0], "compute_capability", None) or 0)
+  return (capability >= 8.0 and jnp.result_type(query) in (jnp.float16, jnp.bfloat16)
+          and d % 8 == 0 and d <= (256 if capability >= 9.0 else 128)
+          and value.shape[-1] == d)
 
 
 def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_lengths=None,
@@ -127,8 +130,9 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
   """The name of the fastest correct kernel for these arguments on this platform.
 
   TPU: `splash` (`xla` for a dense mask or fewer than 128 queries); GPU: `cudnn` (half
-  precision), else `pallas_gpu` (self-attention without lengths, windows or a dense mask),
-  else `xla`; CPU: `flash` from AUTO_FLASH_MIN_SCORES scores per head, else `dot_product`.
+  precision, Ampere on), else `pallas_gpu` (self-attention without lengths, windows or a
+  dense mask; also first for packed segments, which cuDNN takes only as a dense mask), else
+  `xla`; CPU: `flash` from AUTO_FLASH_MIN_SCORES scores per head, else `dot_product`.
   Bias, attention dropout and returned weights always take `dot_product`. The README's
   table states the same rule.
   """
@@ -140,13 +144,14 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
   if backend == "tpu":  # splash pads queries to a 128-row block: short ones go to XLA
     return "splash" if mask is None and q_len >= SPLASH_MIN_Q_LEN else "xla"
   if backend == "gpu":
+    self_attention = q_len == kv_len and not isinstance(segment_ids, (tuple, list))
+    pallas_takes = (mask is None and kv_lengths is None and local_window is None
+                    and self_attention and value.shape[-1] == query.shape[-1])
+    if segment_ids is not None and pallas_takes:  # cuDNN would need a dense segment mask
+      return "pallas_gpu"
     if _cudnn_takes(query, key, value):
       return "cudnn"
-    self_attention = q_len == kv_len and not isinstance(segment_ids, (tuple, list))
-    if (mask is None and kv_lengths is None and local_window is None and self_attention
-        and value.shape[-1] == query.shape[-1]):
-      return "pallas_gpu"
-    return "xla"
+    return "pallas_gpu" if pallas_takes else "xla"
   if q_len * kv_len >= AUTO_FLASH_MIN_SCORES:
     return "flash"
   return "dot_product"

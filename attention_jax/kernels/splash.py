@@ -91,8 +91,13 @@ def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segmen
   k, v = heads_first(key, tk_pad), heads_first(value, tk_pad)
 
   from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
-  out = jax.vmap(lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=SegmentIds(qi, ki)))(
-      q, k, v, q_ids, kv_ids)
+  if segment_ids is None and kv_lengths is None and (tk_pad == tk or causal):
+    # Nothing for segment ids to hide (causal already hides keys past the end): without
+    # them splash compares no ids in its blocks.
+    out = jax.vmap(kernel)(q, k, v)
+  else:
+    out = jax.vmap(lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=SegmentIds(qi, ki)))(
+        q, k, v, q_ids, kv_ids)
   out = out[:, :, :tq].transpose(0, 2, 1, 3).astype(query.dtype)
   has_key = masks_lib.rows_with_keys(b, tq, tk, causal=causal, kv_lengths=kv_lengths,
                                      segment_ids=segment_ids, local_window=local_window)

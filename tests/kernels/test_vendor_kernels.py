@@ -16,6 +16,11 @@ from tests.kernels.cases import CASES, make_inputs
 from tests.kernels.test_softmax_kernels import f64, reference_mask
 
 PALLAS = ("splash", "pallas_gpu")
+PLATFORM = {"splash": "tpu", "pallas_gpu": "gpu"}
+# Native on their own platform (.ci/gpu_check runs these tests on a GPU), interpreted elsewhere.
+INTERPRET = {name: jax.default_backend() != PLATFORM[name] for name in PALLAS}
+# Interpret mode computes in float32 on the CPU; on a GPU, Triton's float32 dots use TF32.
+F32_TOLERANCE = {True: (2e-6, 2e-5), False: (5e-3, 5e-2)}
 
 
 def supported(name, case, kwargs):
@@ -50,23 +55,24 @@ def test_every_case_kind_is_covered():
 @pytest.mark.parametrize("name,case", PALLAS_CASES, ids=lambda x: str(x))
 def test_pallas_kernels_in_interpret_mode_f32(name, case):
   q, k, v, d_out, kwargs = make_inputs(case)
-  fn = jax.jit(functools.partial(kernels.get(name), interpret=True, **set_arguments(kwargs)))
+  interpret = INTERPRET[name]
+  fn = jax.jit(functools.partial(kernels.get(name), interpret=interpret,
+                                 **set_arguments(kwargs)))
+  atol, grad_atol = F32_TOLERANCE[interpret]
   mask = reference_mask(case, kwargs)
   want, _ = reference.attention_reference(q, k, v, mask=mask)
-  np.testing.assert_allclose(fn(q, k, v), want, atol=2e-6, rtol=0)
+  np.testing.assert_allclose(fn(q, k, v), want, atol=atol, rtol=0)
   grads = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * d_out), (0, 1, 2)))(q, k, v)
   want_grads = reference.attention_reference_grads(q, k, v, d_out, mask=mask)[:3]
   for axis, got, exp in zip("qkv", grads, want_grads):
-    np.testing.assert_allclose(got, exp, atol=2e-5, rtol=1e-5, err_msg=f"d{axis}")
+    np.testing.assert_allclose(got, exp, atol=grad_atol, rtol=1e-5, err_msg=f"d{axis}")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", PALLAS)
-def test_pallas_kernels_bfloat16(name):
-  case = next(c for c in CASES if c.name == "causal_257_gqa")
+def check_bfloat16(kernel, case, **options):
+  """`kernel` on bf16 inputs: bf16 out, forward and gradients near the float64 reference."""
   q, k, v, d_out, kwargs = make_inputs(case, jnp.bfloat16)
-  fn = functools.partial(kernels.get(name), interpret=True, **set_arguments(kwargs))
-  out = jax.jit(fn)(q, k, v)
+  fn = jax.jit(functools.partial(kernel, **options, **set_arguments(kwargs)))
+  out = fn(q, k, v)
   assert out.dtype == jnp.bfloat16
   mask = reference_mask(case, kwargs)
   want, _ = reference.attention_reference(f64(q), f64(k), f64(v), mask=mask)
@@ -78,6 +84,20 @@ def test_pallas_kernels_bfloat16(name):
   for got, exp in zip(grads, want_grads):
     scale = np.abs(exp).max()
     np.testing.assert_allclose(f64(got) / scale, exp / scale, atol=4e-2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs an NVIDIA GPU")
+@pytest.mark.parametrize("case", [c for c in CASES if c.head_dim % 8 == 0], ids=str)
+def test_cudnn_on_a_gpu_bfloat16(case):
+  """On a GPU (.ci/gpu_check): cuDNN with our mapping, forward and gradients."""
+  check_bfloat16(kernels.get("cudnn"), case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PALLAS)
+def test_pallas_kernels_bfloat16(name):
+  check_bfloat16(kernels.get(name), next(c for c in CASES if c.name == "causal_257_gqa"),
+                 interpret=INTERPRET[name])
 
 
 @pytest.mark.slow
@@ -92,6 +112,7 @@ def test_splash_block_overrides_and_long_sequence():
   np.testing.assert_allclose(fn(q, k, k, causal=True, local_window=150), want, atol=2e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's error message")
 @pytest.mark.parametrize("name,platform", [("splash", "TPU"), ("pallas_gpu", "NVIDIA GPU")])
 def test_pallas_kernels_on_cpu_need_interpret_mode(name, platform):
   kernel = kernels.get(name)  # resolving the name works on any platform
@@ -101,7 +122,7 @@ def test_pallas_kernels_on_cpu_need_interpret_mode(name, platform):
 
 
 def test_kernel_options_in_the_name():
-  kernel = kernels.get("pallas_gpu:interpret=true,block_q=16")
+  kernel = kernels.get("pallas_gpu:interpret=true,block_q=16,block_k=32")
   assert kernel.name == "pallas_gpu"
   q, k, v, _, _ = make_inputs(CASES[1])
   want, _ = reference.attention_reference(q, k, v)
@@ -110,6 +131,10 @@ def test_kernel_options_in_the_name():
     kernels.get("splash:blocks=2")
   with pytest.raises(ValueError, match="multiple of 128"):
     kernels.get("splash:interpret=true,block_q=100")(q, k, v)
+  with pytest.raises(ValueError, match="power of two >= 16"):
+    kernels.get("pallas_gpu:interpret=true,block_q=48")(q, k, v)
+  with pytest.raises(ValueError, match="option 'block_q=big'.*a number"):
+    kernels.get("splash:block_q=big")
   with pytest.raises(ValueError, match="one `segment_ids` array"):
     kernels.get("pallas_gpu:interpret=true")(q, k, v, segment_ids=(jnp.zeros((2, 7), int),) * 2)
 
@@ -136,8 +161,28 @@ def test_cudnn_mapping_uses_its_own_arguments_not_a_dense_mask(monkeypatch):
   assert calls[-1]["mask"] is not None and "is_causal" not in calls[-1]
   kernels.xla_attention(q, k, v, local_window=(4, 4))  # reaches right: no cuDNN argument
   assert calls[-1]["mask"] is not None
-  kernels.xla_attention(q, k, v, segment_ids=jnp.zeros((1, 257), jnp.int32))
-  assert calls[-1]["mask"] is not None
+  kernels.xla_attention(q, k, v, causal=True, segment_ids=jnp.zeros((1, 257), jnp.int32))
+  assert calls[-1]["mask"].shape == (1, 1, 257, 257)  # segments only, shared by the heads
+  assert calls[-1]["is_causal"]  # the structure keeps cuDNN's own argument
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.dense_mask or c.segments
+                                  or c.q_len % 2 or c.kv_len % 2], ids=str)
+def test_cudnn_even_length_padding(monkeypatch, case):
+  """cuDNN takes a bias (our dense masks) in training only at even lengths; the padding that
+  gives it them, run through jax.nn's XLA implementation: same outputs and gradients."""
+  monkeypatch.setattr(xla_lib, "EVEN_LENGTHS_WITH_BIAS", ("cudnn", "xla"))
+  q, k, v, d_out, kwargs = make_inputs(case)
+  rng = np.random.default_rng(5)
+  bias = jnp.asarray(rng.standard_normal((1, 1, case.q_len, case.kv_len)), jnp.float32)
+  fn = jax.jit(functools.partial(kernels.xla_attention, bias=bias, **set_arguments(kwargs)))
+  mask = reference_mask(case, kwargs)
+  want, _ = reference.attention_reference(q, k, v, bias=bias, mask=mask)
+  np.testing.assert_allclose(fn(q, k, v), want, atol=2e-6)
+  grads = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * d_out), (0, 1, 2))(q, k, v)
+  want_grads = reference.attention_reference_grads(q, k, v, d_out, bias=bias, mask=mask)[:3]
+  for got, exp in zip(grads, want_grads):
+    np.testing.assert_allclose(got, exp, atol=2e-5, rtol=1e-5)
 
 
 def test_native_arguments_clamp_empty_lengths():
@@ -146,8 +191,26 @@ def test_native_arguments_clamp_empty_lengths():
   np.testing.assert_array_equal(kwargs["key_value_seq_lengths"], [1, 3])
 
 
-def fake_backend(monkeypatch, platform):
+class FakeGpu:
+  def __init__(self, compute_capability):
+    self.compute_capability = compute_capability
+
+
+def fake_backend(monkeypatch, platform, compute_capability="9.0"):
+  """Makes jax report `platform` (and, for a GPU, an H100's compute capability)."""
   monkeypatch.setattr(jax, "default_backend", lambda: platform)
+  if platform == "gpu":
+    monkeypatch.setattr(jax, "devices", lambda *_: [FakeGpu(compute_capability)])
+
+
+def test_auto_skips_cudnn_before_ampere_and_big_heads_before_hopper(monkeypatch):
+  q = jax.ShapeDtypeStruct((1, 1024, 8, 256), jnp.bfloat16)
+  fake_backend(monkeypatch, "gpu", "7.0")  # V100: no cuDNN flash attention
+  assert kernels.choose(q, q, q, causal=True) == "pallas_gpu"
+  fake_backend(monkeypatch, "gpu", "8.0")  # A100: head_dim 256 is too big for cuDNN
+  assert kernels.choose(q, q, q, causal=True) == "pallas_gpu"
+  fake_backend(monkeypatch, "gpu", "9.0")
+  assert kernels.choose(q, q, q, causal=True) == "cudnn"
 
 
 AUTO_TABLE = [
@@ -158,6 +221,10 @@ AUTO_TABLE = [
     ("tpu", jnp.bfloat16, 1, 4096, {"causal": True}, "xla"),  # decoding: one query row
     ("gpu", jnp.bfloat16, 4096, 4096, {"causal": True}, "cudnn"),
     ("gpu", jnp.float16, 1, 4096, {"kv_lengths": jnp.array([5])}, "cudnn"),
+    ("gpu", jnp.bfloat16, 4096, 4096, {"segment_ids": jnp.zeros((1, 4096), jnp.int32)},
+     "pallas_gpu"),  # packed sequences: cuDNN has no segment argument
+    ("gpu", jnp.bfloat16, 512, 512, {"segment_ids": jnp.zeros((1, 512), jnp.int32),
+                                     "kv_lengths": jnp.array([5])}, "cudnn"),
     ("gpu", jnp.float32, 4096, 4096, {"causal": True}, "pallas_gpu"),
     ("gpu", jnp.float32, 512, 512, {"segment_ids": jnp.zeros((1, 512), jnp.int32)},
      "pallas_gpu"),
