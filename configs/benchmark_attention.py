@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:smoke
+    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:gpu
     ... --config.seq_lens='(1024, 4096)' --config.repeats=9
 """
 
@@ -25,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.repeats_above_4096 = 3  # fewer runs where one call takes seconds
   c.memory_limit_gb = 12.0  # skip (but still report) implementations needing more temp memory
   c.error_len = 2048  # sequence length of the max-abs-error check against float64 numpy
+  c.baseline = ""  # an implementation every row's speed is compared with ("" = none)
   c.output_dir = "benchmark_results"
 
   if arg == "smoke":  # seconds; what CI runs
@@ -36,6 +38,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg == "quick":  # the T=4096 targets only
     c.seq_lens = (4096,)
     c.long_seq_lens = ()
+  elif arg in ("gpu", "tpu"):  # the published H100 setting: bf16, B=2, H=32, D=128, to 32k
+    c.batch, c.heads, c.head_dim, c.dtype = 2, 32, 128, "bfloat16"
+    c.seq_lens = (1024, 2048, 4096, 8192, 16384, 32768)
+    c.long_seq_lens = ()
+    c.implementations = (("cudnn", "pallas_gpu") if arg == "gpu" else ("splash",)) + (
+        "flash", "xla")
+    c.baseline = c.implementations[0]
+    c.repeats_above_4096 = 7  # an accelerator call takes milliseconds
+    c.memory_limit_gb = 60.0  # of an 80 GB card; jax.nn's dense scores stop near T=16k
+    c.error_len = 1024
+    c.output_dir = f"benchmark_results/{arg}"
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}; valid: smoke, quick (or none).")
+    raise ValueError(f"unknown variant {arg!r}; valid: smoke, quick, gpu, tpu (or none).")
   return c

@@ -4,7 +4,8 @@
     python -m experiments.train --config=configs/gpt_kjv.py:tiny --workdir=/tmp/tiny
 
 Needs `apt-get install sword-text-kjv`. Variants: (none) a 6-layer width-384 model, "small"
-the quickstart (configs/default.py), "tiny" for tests.
+the quickstart (configs/default.py), "tiny" for tests, "gpu" a GPT-2-small-sized model in
+bfloat16 for one accelerator (what .ci/gpu_check trains; it prints tokens/s and MFU).
 """
 
 import ml_collections
@@ -53,6 +54,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dataset.seq_len = 32
     c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 32, 2, 4, 64
     c.sample.max_new_tokens = 20
+  elif arg == "gpu":  # GPT-2 small's shape on 1024-byte windows: a few minutes on an H100
+    c.dataset.seq_len = 1024
+    c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 768, 12, 12, 3072
+    c.model.dropout_rate = 0.0
+    c.precision = "bfloat16"
+    c.parallelism = "mesh"
+    c.batch_size = 32
+    c.num_train_steps = 600
+    c.log_every_steps = 50
+    c.eval_every_steps = 600
+    c.checkpoint_every_steps = 600
+    c.eval_max_batches = 20
+    c.optimizer.lr = 6e-4
+    c.optimizer.warmup_steps = 100
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}; valid: small, tiny (or none).")
+    raise ValueError(f"unknown variant {arg!r}; valid: small, tiny, gpu (or none).")
   return c

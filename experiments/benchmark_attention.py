@@ -2,9 +2,12 @@ r"""Benchmark attention kernels side by side in one process (see ../shared/PERF.
 
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py[:smoke]
 
-Compares our `flash` and `dot_product` kernels with `jax.nn.dot_product_attention` (XLA) and,
-when torch is installed, PyTorch's `scaled_dot_product_attention`: forward and forward+backward,
-full and causal. Runs are interleaved (A B A B ...) after a warm-up; each cell is the median.
+Compares registry kernels (`flash`, `dot_product`, and on accelerators `cudnn`, `pallas_gpu`,
+`splash`; any name `kernels.get` takes) with `jax.nn.dot_product_attention` (XLA) and, when
+torch is installed, PyTorch's `scaled_dot_product_attention`: forward and forward+backward,
+full and causal. With `config.baseline` set (the `:gpu` variant: "cudnn"), every row also shows
+its speed as a fraction of the baseline's. Runs are interleaved (A B A B ...) after a warm-up;
+each cell is the median.
 Prints a table (time, GFLOP/s, fraction of this process's GEMM rate, XLA temp memory), the
 ratios the targets are stated in, and the max abs error against a float64 numpy reference;
 writes JSON and a PNG plot to `config.output_dir`. It never asserts a time.
@@ -32,14 +35,12 @@ GEMM_SIZE = 2048
 
 
 def attention_fn(impl: str, causal: bool):
-  if impl == "flash":
-    return lambda q, k, v: kernels.flash_attention(q, k, v, causal=causal)
-  if impl == "dot_product":
-    return lambda q, k, v: kernels.dot_product_attention(q, k, v, causal=causal)
+  """`xla` is jax.nn.dot_product_attention itself (the baseline); other names are kernels."""
   if impl == "xla":
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
                                                         implementation="xla")
-  raise ValueError(f"unknown implementation {impl!r}; valid: flash, dot_product, xla, torch.")
+  kernel = kernels.get(impl)  # unknown names fail here, listing the valid ones
+  return lambda q, k, v: kernel(q, k, v, causal=causal)
 
 
 def jax_step(impl: str, pass_: str, causal: bool):
@@ -141,10 +142,12 @@ def measure(config, seq_len: int, heads: int, impls, passes, causals, gemm: floa
 
 
 def max_abs_errors(config) -> dict[str, float]:
-  """Max |kernel - float64 numpy reference| of the forward at `config.error_len`."""
+  """Max |kernel - float64 numpy reference| of the forward at `config.error_len`, inputs in
+  `config.dtype`."""
   t, h, d = config.error_len, config.heads, config.head_dim
-  q, k, v, _ = random_inputs(1, t, h, d, jnp.float32, seed=1)
-  q64, k64, v64 = (np.asarray(x, np.float64)[0].transpose(1, 0, 2) for x in (q, k, v))
+  q, k, v, _ = random_inputs(1, t, h, d, jnp.dtype(config.dtype), seed=1)
+  q64, k64, v64 = (np.asarray(x.astype(jnp.float32), np.float64)[0].transpose(1, 0, 2)
+                   for x in (q, k, v))
   errors = {}
   for causal in (False, True):
     scores = q64 @ k64.transpose(0, 2, 1) / np.sqrt(d)
@@ -152,8 +155,9 @@ def max_abs_errors(config) -> dict[str, float]:
       scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     want = (weights / weights.sum(-1, keepdims=True)) @ v64  # [h, t, d]
-    for impl in ("flash", "dot_product", "xla"):
-      got = np.asarray(jax.jit(attention_fn(impl, causal))(q, k, v))[0].transpose(1, 0, 2)
+    for impl in [i for i in config.implementations if i != "torch"]:
+      got = jax.jit(attention_fn(impl, causal))(q, k, v)
+      got = np.asarray(got, np.float64)[0].transpose(1, 0, 2)
       errors[f"{impl}{'_causal' if causal else ''}"] = float(np.abs(got - want).max())
   return errors
 
@@ -182,18 +186,31 @@ def ratios(rows, seq_len: int) -> dict[str, float]:
   return out
 
 
-def format_table(rows) -> str:
-  lines = ["| T | heads | impl | pass | causal | time | GFLOP/s | of GEMM | XLA temp |",
-           "|---|---|---|---|---|---|---|---|---|"]
+def add_baseline_ratios(rows, baseline: str):
+  """Sets row["of_baseline"]: the baseline's time over the row's, for the same call."""
+  for row in rows:
+    base = find(rows, seq_len=row["seq_len"], heads=row["heads"], impl=baseline,
+                pass_=row["pass_"], causal=row["causal"])
+    row["of_baseline"] = (base["median_s"] / row["median_s"]
+                          if base is not None and row["median_s"] else None)
+
+
+def format_table(rows, baseline: str = "") -> str:
+  extra = f" of {baseline} |" if baseline else ""
+  lines = ["| T | heads | impl | pass | causal | time | GFLOP/s | of GEMM | XLA temp |" + extra,
+           "|---|---|---|---|---|---|---|---|---|" + ("---|" if baseline else "")]
   for r in rows:
     temp = "—" if r["temp_mb"] is None else f"{r['temp_mb']:.0f} MB"
     if r["median_s"] is None:
       timing = f"skipped ({r['skipped']})", "", ""
     else:
-      timing = (f"{r['median_s'] * 1e3:.0f} ms", f"{r['gflops']:.0f}",
+      timing = (f"{r['median_s'] * 1e3:.1f} ms", f"{r['gflops']:,.0f}",
                 f"{r['gemm_fraction']:.0%}")
+    ratio = r.get("of_baseline")
+    tail = (f" {ratio:.2f}x |" if ratio else " — |") if baseline else ""
     lines.append(f"| {r['seq_len']} | {r['heads']} | {r['impl']} | {r['pass_']} | "
-                 f"{'yes' if r['causal'] else 'no'} | " + " | ".join(timing) + f" | {temp} |")
+                 f"{'yes' if r['causal'] else 'no'} | " + " | ".join(timing) + f" | {temp} |"
+                 + tail)
   return "\n".join(lines)
 
 
@@ -224,8 +241,8 @@ def plot(rows, path: str) -> bool:
 def run(config, log=print) -> dict:
   """Runs the benchmark described by `config`; returns (and writes) the results."""
   os.makedirs(config.output_dir, exist_ok=True)
-  log(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'}, "
-      f"{os.cpu_count()} cores)")
+  log(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()[0].device_kind} "
+      f"({platform.processor() or 'cpu'}, {os.cpu_count()} cores)")
   gemm = gemm_rate()
   log(f"same-process float32 GEMM ({GEMM_SIZE}^3): {gemm / 1e9:.0f} GFLOP/s")
   rows = []
@@ -241,10 +258,13 @@ def run(config, log=print) -> dict:
     rows.append(dict(seq_len=seq_len, heads=config.long_heads, impl="xla",
                      pass_="forward_backward", causal=False, median_s=None,
                      temp_mb=temp_bytes(dpa, shapes) / 2 ** 20, skipped="memory only"))
+  if config.baseline:
+    add_baseline_ratios(rows, config.baseline)
   results = dict(config=config.to_dict(), jax_version=jax.__version__,
+                 device=jax.devices()[0].device_kind,
                  gemm_gflops=gemm / 1e9, rows=rows, max_abs_error=max_abs_errors(config),
                  ratios={t: ratios(rows, t) for t in config.seq_lens})
-  table = format_table(rows)
+  table = format_table(rows, config.baseline)
   log("\n" + table)
   for seq_len, rs in results["ratios"].items():
     shown = ", ".join(f"{k}={v:.2f}" for k, v in rs.items() if v is not None)

@@ -1,6 +1,9 @@
-"""Smoke run of the attention benchmark on tiny shapes (never asserts a time)."""
+"""Smoke runs of the benchmarks on tiny shapes (never asserting a time)."""
 
 import json
+import math
+
+import pytest
 
 from configs import benchmark_attention as benchmark_config
 from experiments import benchmark_attention
@@ -21,3 +24,56 @@ def test_benchmark_smoke_writes_results(tmp_path):
   saved = json.loads((tmp_path / "benchmark_attention.json").read_text())
   assert saved["rows"] == json.loads(json.dumps(results["rows"]))
   assert (tmp_path / "benchmark_attention.md").read_text().startswith("| T |")
+
+
+
+@pytest.fixture(scope="module")
+def train_step_jax():
+  """The JAX worker of the training-step benchmark at the tiny shape: (spec, result)."""
+  from experiments import benchmark_train_step as bench
+  spec = bench.make_spec(bench.load_config(tiny=True), steps=2, warmup=1)
+  return spec, bench.run_worker("jax", spec)
+
+
+def test_train_step_benchmark_worker_smoke(train_step_jax):
+  from experiments import benchmark_train_step as bench
+  _, result = train_step_jax
+  assert result["impl"] == "jax" and result["kernel"] == "auto"
+  assert result["param_count"] == 26_368  # width 32, depth 2, MLP 64, 256 bytes, 32 positions
+  assert result["steps_per_s"] > 0 and result["tokens_per_s"] > 0
+  assert min(result[k] for k in ("user_s_per_step", "sys_s_per_step", "minflt_per_step")) >= 0
+  assert abs(result["loss"] - math.log(256)) < 0.5  # random bytes: about uniform
+  summary = bench.summarize([dict(result, round=0)], ["jax"])
+  assert summary["impls"]["jax"]["rounds"] == 1 and summary["jax_over_best_torch"] is None
+  assert bench.format_table(summary).startswith("| impl |")
+
+
+def test_train_step_benchmark_torch_twin_has_our_parameters(train_step_jax):
+  pytest.importorskip("torch")
+  from experiments import benchmark_train_step as bench
+  spec, jax_result = train_step_jax
+  torch_result = bench.run_worker("torch_eager", spec)
+  summary = bench.summarize([jax_result, torch_result], ["jax", "torch_eager"])
+  bench.check_param_counts(summary)  # raises, naming both counts, if they differ
+  assert torch_result["param_count"] == jax_result["param_count"]
+  assert summary["jax_over_best_torch"] > 0
+  assert abs(torch_result["loss"] - math.log(256)) < 0.5
+
+
+def test_benchmark_takes_kernel_names_and_a_baseline(tmp_path):
+  """The accelerator variants name registry kernels and compare each row with a baseline; a
+  Pallas kernel in interpret mode stands in for the GPU here."""
+  gpu = benchmark_config.get_config("gpu")
+  assert gpu.baseline == "cudnn" and gpu.dtype == "bfloat16" and max(gpu.seq_lens) == 32768
+  assert set(gpu.implementations) == {"cudnn", "pallas_gpu", "flash", "xla"}
+  config = benchmark_config.get_config("smoke")
+  config.output_dir = str(tmp_path)
+  config.seq_lens, config.long_seq_lens, config.passes = (128,), (), ("forward",)
+  config.implementations = ("pallas_gpu:interpret=true", "xla")
+  config.baseline = "pallas_gpu:interpret=true"
+  results = benchmark_attention.run(config, log=lambda *_: None)
+  rows = {(r["impl"], r["causal"]): r for r in results["rows"]}
+  assert rows[("pallas_gpu:interpret=true", True)]["of_baseline"] == 1.0
+  assert rows[("xla", False)]["of_baseline"] > 0
+  assert max(results["max_abs_error"].values()) < 2e-6
+  assert " of pallas_gpu:interpret=true |" in (tmp_path / "benchmark_attention.md").read_text()

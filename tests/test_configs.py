@@ -8,7 +8,7 @@ import pytest
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist", "translate_kjv_rv",
             "xl_kjv", "finetune_minilm_wordnet"]
-VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny"],
+VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"],
             "translate_kjv_rv": [None, "tiny"], "xl_kjv": [None, "tiny"],
             "finetune_minilm_wordnet": [None, "lora", "linear_probe", "top_k_layers", "scratch",

@@ -57,14 +57,59 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-class ProgressBar:
-  """One console line: step/total, steps/s, items/s (tokens or examples), loss and ETA."""
+# Dense bfloat16 peaks in TFLOP/s per device, by a substring of `device_kind` (first match).
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
+               ("L4", 121.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
+               ("TPU v5", 459.0), ("TPU v6", 918.0))
 
-  def __init__(self, total: int, start: int, unit: str, stream=sys.stderr):
-    self.total, self.start, self.unit, self.stream = total, start, unit, stream
+
+def step_flops(compiled) -> float | None:
+  """FLOPs of one step of a compiled program, per device, as XLA counts them (None if XLA
+  gives no count, e.g. for a not yet compiled multi-process pmap)."""
+  try:
+    analysis = compiled.cost_analysis()
+  except (AttributeError, NotImplementedError):
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def peak_flops(device) -> float | None:
+  """The device's dense bfloat16 peak in FLOP/s, or None if unknown (CPUs)."""
+  for name, tflops in PEAK_TFLOPS:
+    if name in device.device_kind:
+      return tflops * 1e12
+  return None
+
+
+def throughput_summary(steps_per_s: float, items_per_step: int, unit: str,
+                       flops_per_step: float | None, device) -> str:
+  """"N tokens/s, X TFLOP/s per device, MFU Y%" (the parts that are known)."""
+  line = f"throughput: {steps_per_s * items_per_step:,.0f} {unit}/s"
+  if flops_per_step:
+    achieved = flops_per_step * steps_per_s
+    line += f", {achieved / 1e12:.3g} TFLOP/s per device (XLA's count of the step)"
+    peak = peak_flops(device)
+    if peak:
+      line += (f", MFU {achieved / peak:.1%} of the {device.device_kind}'s "
+               f"{peak / 1e12:.0f} TFLOP/s bf16 peak")
+  return line
+
+
+class ProgressBar:
+  """One console line: step/total, steps/s, items/s (tokens or examples), loss and ETA; at
+  the end, a throughput line with TFLOP/s and MFU when the step's FLOPs are known."""
+
+  def __init__(self, total: int, start: int, unit: str, stream=None,
+               flops_per_step: float | None = None):
+    self.total, self.start, self.unit = total, start, unit
+    self.stream = stream or sys.stderr  # the current one (tests and notebooks replace it)
+    self.flops_per_step = flops_per_step
     self.enabled = jax.process_index() == 0
     self.t0 = time.time()
-    self.interactive = stream.isatty()
+    self.interactive = self.stream.isatty()
     self.last_print = 0.0
 
   def update(self, step: int, items_per_step: int, loss: float, force: bool = False):
@@ -84,6 +129,9 @@ class ProgressBar:
             f"loss {loss:.4f} ETA {_duration(eta)}")
     end = "\r" if self.interactive and step < self.total else "\n"
     print(line.ljust(100), end=end, file=self.stream, flush=True)
+    if step == self.total and done > 0:
+      print(throughput_summary(rate, items_per_step, self.unit, self.flops_per_step,
+                               jax.local_devices()[0]), file=self.stream, flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -22,6 +22,7 @@ import optax
 from jax import lax
 
 import attention_jax
+from attention_jax import allocator
 from attention_jax.data import pipeline
 from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import metrics as metrics_lib
@@ -234,7 +235,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = runner.compile_train(make_train_step, task, model, optimizer, state,
                                     next_example_batch(train_data, config), step_rng)
   runner.compile_eval(make_eval_step, task, model)
-  bar = metrics_lib.ProgressBar(config.num_train_steps, start, task.unit)
+  allocator.release()  # what compilation freed
+  print(allocator.describe(), file=sys.stderr)
+  bar = metrics_lib.ProgressBar(config.num_train_steps, start, task.unit,
+                                flops_per_step=metrics_lib.step_flops(train_step))
   try:
     with PreemptionFlag() as preempted:
       state, last_eval, stopped_at = train_loop(
@@ -275,7 +279,9 @@ def train_loop(config, task, model, runner, state, train_step, train_iter, eval_
       writer.write(step, metrics)
     evaluated = step % config.eval_every_steps == 0 or is_last
     if evaluated:
+      allocator.release()  # the training step's free temporaries, before evaluation's
       last_eval = evaluate(task, runner, state, eval_batches, model)
+      allocator.release()
       writer.write(step, last_eval)
       print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
             file=sys.stderr)

@@ -10,6 +10,7 @@ import pytest
 
 from attention_jax.training import NonFiniteError, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
+from attention_jax.training import metrics as metrics_lib
 from attention_jax.training.metrics import read_metrics
 from configs import gpt_kjv
 
@@ -31,9 +32,13 @@ def train_losses(workdir):
   return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
 
 
-def test_tiny_config_trains_end_to_end(tmp_path, data_dir):
+def test_tiny_config_trains_end_to_end(tmp_path, data_dir, capsys):
   workdir = str(tmp_path / "run")
   results = train_and_evaluate(tiny_config(data_dir), workdir)
+  throughput = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("throughput:")]
+  assert len(throughput) == 1 and "tokens/s" in throughput[0]
+  assert "TFLOP/s per device" in throughput[0] and "MFU" not in throughput[0]  # a CPU
   losses = train_losses(workdir)
   assert sorted(losses) == list(range(1, 21))
   assert losses[20] < losses[1] - 0.5  # it learns
@@ -128,3 +133,15 @@ def test_packed_verses_train(tmp_path, data_dir):
   losses = train_losses(workdir)
   assert losses[20] < losses[1] - 0.5
   assert np.isfinite(results["eval/bits_per_char"])
+
+
+def test_mfu_from_xla_flop_count_and_the_device_peak():
+  compiled = jax.jit(lambda a: a @ a).lower(np.ones((64, 64), np.float32)).compile()
+  assert metrics_lib.step_flops(compiled) == pytest.approx(2 * 64 ** 3, rel=0.01)
+
+  class H100:
+    device_kind = "NVIDIA H100 80GB HBM3"
+
+  line = metrics_lib.throughput_summary(2.0, 4096, "tokens", 247e12, H100())
+  assert line == ("throughput: 8,192 tokens/s, 494 TFLOP/s per device (XLA's count of the "
+                  "step), MFU 49.9% of the NVIDIA H100 80GB HBM3's 989 TFLOP/s bf16 peak")
