@@ -1,4 +1,4 @@
-"""The quickstart: a small byte-level GPT on the King James Bible, about 9 minutes on 2 CPU cores.
+"""The quickstart: a small byte-level GPT on the King James Bible, about 8 minutes on 2 CPU cores.
 
     python -m experiments.train --config=configs/default.py --workdir=/tmp/quickstart
 """

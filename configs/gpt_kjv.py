@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.temperature = 0.8
   c.sample.top_k = 0  # 0: no top-k
 
-  if arg == "small":  # the quickstart: about 9 minutes on 2 CPU cores
+  if arg == "small":  # the quickstart: about 8 minutes on 2 CPU cores
     c.dataset.seq_len = 128
     c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 192, 4, 4, 768
     c.model.dropout_rate = 0.0
