@@ -13,7 +13,7 @@ from attention_jax import kernels
 from attention_jax.kernels import xla as xla_lib
 from tests.kernels import reference
 from tests.kernels.cases import CASES, make_inputs
-from tests.kernels.test_softmax_kernels import f64, reference_mask
+from tests.kernels.test_softmax_kernels import check_bfloat16, reference_mask
 
 PALLAS = ("splash", "pallas_gpu")
 PLATFORM = {"splash": "tpu", "pallas_gpu": "gpu"}
@@ -66,24 +66,6 @@ def test_pallas_kernels_in_interpret_mode_f32(name, case):
   want_grads = reference.attention_reference_grads(q, k, v, d_out, mask=mask)[:3]
   for axis, got, exp in zip("qkv", grads, want_grads):
     np.testing.assert_allclose(got, exp, atol=grad_atol, rtol=1e-5, err_msg=f"d{axis}")
-
-
-def check_bfloat16(kernel, case, **options):
-  """`kernel` on bf16 inputs: bf16 out, forward and gradients near the float64 reference."""
-  q, k, v, d_out, kwargs = make_inputs(case, jnp.bfloat16)
-  fn = jax.jit(functools.partial(kernel, **options, **set_arguments(kwargs)))
-  out = fn(q, k, v)
-  assert out.dtype == jnp.bfloat16
-  mask = reference_mask(case, kwargs)
-  want, _ = reference.attention_reference(f64(q), f64(k), f64(v), mask=mask)
-  np.testing.assert_allclose(f64(out), want, atol=3e-2)
-  grads = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * d_out),
-                   (0, 1, 2))(q, k, v)
-  want_grads = reference.attention_reference_grads(f64(q), f64(k), f64(v), f64(d_out),
-                                                   mask=mask)[:3]
-  for got, exp in zip(grads, want_grads):
-    scale = np.abs(exp).max()
-    np.testing.assert_allclose(f64(got) / scale, exp / scale, atol=4e-2)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs an NVIDIA GPU")
