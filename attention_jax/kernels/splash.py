@@ -75,27 +75,27 @@ def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segmen
   bkv = block_kv or _pallas.block_size(tk, DEFAULT_BLOCK, LANES)
   tq_pad, tk_pad = _pallas.round_up(tq, bq), _pallas.round_up(tk, bkv)
 
-  # Segment ids carry padding: keys past a row's length or the sequence get PAD_SEGMENT.
-  q_ids = jnp.zeros((b, tq), jnp.int32) if q_ids is None else q_ids
-  kv_ids = jnp.zeros((b, tk), jnp.int32) if kv_ids is None else kv_ids
-  kv_ids = _pallas.pad_axis(kv_ids, 1, tk_pad, _pallas.PAD_SEGMENT)
-  if kv_lengths is not None:
-    kv_ids = jnp.where(jnp.arange(tk_pad)[None] < kv_lengths[:, None], kv_ids,
-                       _pallas.PAD_SEGMENT)
-  q_ids = _pallas.pad_axis(q_ids, 1, tq_pad)
-
   kernel = _make_kernel(h, tq_pad, tk_pad, tk - tq, left, right, bq, bkv, bool(interpret))
   scale = _checks.default_scale(scale, d)
   heads_first = lambda x, length: _pallas.pad_axis(x.transpose(0, 2, 1, 3), 2, length)
   q = heads_first(query * jnp.asarray(scale, query.dtype), tq_pad)
   k, v = heads_first(key, tk_pad), heads_first(value, tk_pad)
 
-  from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
   if segment_ids is None and kv_lengths is None and (tk_pad == tk or causal):
     # Nothing for segment ids to hide (causal already hides keys past the end): without
     # them splash compares no ids in its blocks.
     out = jax.vmap(kernel)(q, k, v)
   else:
+    # Segment ids carry the padding: keys past a row's length or the sequence get
+    # PAD_SEGMENT, which no query has.
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+    q_ids = jnp.zeros((b, tq), jnp.int32) if q_ids is None else q_ids
+    kv_ids = jnp.zeros((b, tk), jnp.int32) if kv_ids is None else kv_ids
+    kv_ids = _pallas.pad_axis(kv_ids, 1, tk_pad, _pallas.PAD_SEGMENT)
+    if kv_lengths is not None:
+      kv_ids = jnp.where(jnp.arange(tk_pad)[None] < kv_lengths[:, None], kv_ids,
+                         _pallas.PAD_SEGMENT)
+    q_ids = _pallas.pad_axis(q_ids, 1, tq_pad)
     out = jax.vmap(lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=SegmentIds(qi, ki)))(
         q, k, v, q_ids, kv_ids)
   out = out[:, :, :tq].transpose(0, 2, 1, 3).astype(query.dtype)

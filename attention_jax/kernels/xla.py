@@ -109,7 +109,7 @@ def xla_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_l
     bias4 = jnp.broadcast_to(bias4, (bias4.shape[0], h) + bias4.shape[2:]).astype(query.dtype)
   out = _call_jax_nn(query, key, value, bias4, dense, scale, implementation, native)
   if dense is not None:  # whether any key is visible, all masks together (fused by XLA)
-    has_key = jnp.any(every_mask(), axis=-1)  # [b|1, 1|h, tq]
+    has_key = jnp.any(dense if dense_structure else every_mask(), axis=-1)  # [b|1, 1|h, tq]
     has_key = has_key.transpose(0, 2, 1)[..., None]  # [b|1, tq, 1|h, 1]
   else:
     has_key = masks_lib.rows_with_keys(b, tq, tk, causal=causal, kv_lengths=kv_lengths,
