@@ -4,7 +4,7 @@
 
 import ml_collections
 
-from attention_jax.training import finetune
+from attention_jax.training import finetune, parallel
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -20,8 +20,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2  # the latest ones; the best by eval/loss is kept as well
   c.eval_batch_size = 0  # 0: batch_size
   c.eval_max_batches = 0  # 0: the whole evaluation split
-  c.parallelism = "pmap"  # or "mesh" (jit over a device mesh; with fsdp=True shards params)
-  c.fsdp = False
+  # One jit-compiled step over a named device mesh (see attention_jax/training/parallel.py):
+  # --config.mesh.fsdp=8 shards parameters, --config.mesh.tensor=2 is Megatron tensor
+  # parallelism, --config.mesh.sequence=4 ring attention; data=-1 takes the rest.
+  c.parallelism = "mesh"  # "pmap": the same step, data parallel only
+  c.mesh = parallel.default_config()
   c.num_devices = 0  # 0: all devices
   c.precision = "float32"  # or "bfloat16" (bf16 compute, f32 parameters)
   # Start from a pretrained checkpoint (a name such as "all-MiniLM-L6-v2" or a Hugging Face

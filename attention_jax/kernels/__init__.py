@@ -17,6 +17,7 @@ from attention_jax.kernels.pallas_gpu import pallas_gpu_attention
 from attention_jax.kernels.registry import (Kernel, auto_attention, choose, get, names,
                                             register, supporting)
 from attention_jax.kernels.relative import gather_relative, rel_shift, relative_attention
+from attention_jax.kernels.ring import ring_attention
 from attention_jax.kernels.splash import splash_attention
 from attention_jax.kernels.xla import cudnn_attention, xla_attention
 
@@ -24,5 +25,5 @@ __all__ = [
     "Kernel", "additive_attention", "attention_scores", "auto_attention", "choose", "concat_scores",
     "cudnn_attention", "dot_product_attention", "flash_attention", "gather_relative", "get",
     "masks", "names", "pallas_gpu_attention", "positional", "register", "rel_shift",
-    "relative_attention", "splash_attention", "supporting", "xla_attention",
+    "relative_attention", "ring_attention", "splash_attention", "supporting", "xla_attention",
 ]

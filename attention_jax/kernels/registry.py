@@ -16,6 +16,7 @@ from attention_jax.kernels.dot_product import dot_product_attention
 from attention_jax.kernels.flash import flash_attention
 from attention_jax.kernels.pallas_gpu import pallas_gpu_attention
 from attention_jax.kernels.relative import relative_attention
+from attention_jax.kernels.ring import ring_attention
 from attention_jax.kernels.splash import splash_attention
 from attention_jax.kernels.xla import cudnn_attention, xla_attention
 
@@ -24,6 +25,7 @@ from attention_jax.kernels.xla import cudnn_attention, xla_attention
 # T=1024 (README's benchmark table).
 AUTO_FLASH_MIN_SCORES = 1024 * 1024
 SPLASH_MIN_Q_LEN = 128
+RING_AXIS = "sequence"  # the mesh axis that, when larger than 1, sends `auto` to `ring`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +131,9 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
            return_weights=False) -> str:
   """The name of the fastest correct kernel for these arguments on this platform.
 
-  TPU: `splash` (`xla` for a dense mask or fewer than 128 queries); GPU: `cudnn` (half
+  Under a mesh whose `sequence` axis is larger than 1 (context parallelism): `ring` for
+  self-attention without a dense mask, lengths or windows. Otherwise, TPU: `splash` (`xla`
+  for a dense mask or fewer than 128 queries); GPU: `cudnn` (half
   precision, Ampere on), else `pallas_gpu` (self-attention without lengths, windows or a
   dense mask; also first for packed segments, which cuDNN takes only as a dense mask), else
   `xla`; CPU: `flash` from AUTO_FLASH_MIN_SCORES scores per head, else `dot_product`.
@@ -141,6 +145,11 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
     return "dot_product"
   backend = jax.default_backend()
   q_len, kv_len = query.shape[1], key.shape[1]
+  mesh = jax.sharding.get_abstract_mesh()
+  if (mesh.shape.get(RING_AXIS, 1) > 1 and q_len == kv_len and mask is None
+      and kv_lengths is None and local_window is None
+      and not isinstance(segment_ids, (tuple, list))):
+    return "ring"
   if backend == "tpu":  # splash pads queries to a 128-row block: short ones go to XLA
     return "splash" if mask is None and q_len >= SPLASH_MIN_Q_LEN else "xla"
   if backend == "gpu":
@@ -181,4 +190,5 @@ register("xla", xla_attention)
 register("cudnn", cudnn_attention)
 register("splash", splash_attention)
 register("pallas_gpu", pallas_gpu_attention)
+register("ring", ring_attention)
 register("auto", auto_attention)

@@ -126,7 +126,7 @@ class ProgressBar:
     filled = int(width * step / max(self.total, 1))
     line = (f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
             f"{rate:.2f} steps/s {rate * items_per_step:,.0f} {self.unit}/s "
-            f"loss {loss:.4f} ETA {_duration(eta)}")
+            f"loss {loss:.4f} ETA {_duration(eta)}")  # the loss last fetched
     end = "\r" if self.interactive and step < self.total else "\n"
     print(line.ljust(100), end=end, file=self.stream, flush=True)
     if step == self.total and done > 0:

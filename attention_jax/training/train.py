@@ -1,13 +1,20 @@
 """The trainer: `train_and_evaluate(config, workdir)`, called by experiments/train.py, the
 tests and the notebooks alike.
 
-Sections: setup (config check, workdir record) -> data -> model and optimizer -> parallelism
-(pmap or mesh) -> restore -> ahead-of-time compile -> loop (step, guard, log, evaluate,
-checkpoint, preemption) -> final evaluation and sample.
+Sections: setup (config check, workdir lock and record) -> data -> model and optimizer ->
+the mesh (training.parallel) -> restore -> ahead-of-time compile -> loop (step, guard, log,
+evaluate, checkpoint, preemption) -> final evaluation and sample.
+
+The loop never waits for the device between log steps: batches are sharded onto the devices
+ahead of time, metrics stay on the devices and are fetched (in one transfer) only when they
+are logged, before an evaluation or checkpoint, or at the end. The non-finite guard then
+checks every step since the last fetch, names the first bad one, and runs before any save.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import os
 import signal
@@ -25,6 +32,7 @@ import attention_jax
 from attention_jax import allocator
 from attention_jax.data import pipeline
 from attention_jax.training import checkpoint as checkpoint_lib
+from attention_jax.training import lock as lock_lib
 from attention_jax.training import metrics as metrics_lib
 from attention_jax.training import finetune, optim, parallel, tasks
 from attention_jax.training import workdir as workdir_lib
@@ -65,6 +73,11 @@ def check_config(config):
   if config.parallelism not in parallel.MODES:
     raise ValueError(f"config.parallelism must be one of {parallel.MODES}, got "
                      f"{config.parallelism!r}.")
+  parallel.rules(config)  # unknown mesh axes in the rule table fail here
+  kernel = str(config.model.kernel).partition(":")[0]
+  if config.mesh.sequence != 1 and kernel not in ("auto", "ring"):
+    raise ValueError(f"config.mesh.sequence={config.mesh.sequence} splits the sequence over "
+                     f"devices, which needs model.kernel='ring' (or 'auto'), not {kernel!r}.")
   finetune.check_config(config)
 
 
@@ -85,8 +98,9 @@ def record_run(config, workdir: str):
                "processes": jax.process_count(), "argv": sys.argv}, f, indent=1)
 
 
-def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=None):
-  """(state, batch, rng) -> (state, metrics). `axis_name` set under pmap."""
+def make_train_step(task, model, optimizer, grad_accum_steps: int):
+  """(state, batch, rng) -> (state, metrics): one jit-able step over the global batch (the
+  mesh's shardings make it data / FSDP / tensor / sequence parallel)."""
 
   def micro_grads(params, frozen, batch, rng):
     def loss_fn(p, b, r):  # differentiated with respect to the trained parameters only
@@ -109,11 +123,7 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=Non
 
   def step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
-    if axis_name is not None:
-      rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     loss, grads = micro_grads(state.params, state.frozen, batch, rng)
-    if axis_name is not None:
-      loss, grads = lax.pmean((loss, grads), axis_name)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
@@ -124,14 +134,15 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int, axis_name=Non
   return step
 
 
-def make_eval_step(task, model, axis_name=None):
+def make_eval_step(task, model):
   def step(params, batch):  # params: the full parameter tree
     _, sums = task.loss(model, params, batch, jax.random.key(0), deterministic=True)
-    return lax.psum(sums, axis_name) if axis_name is not None else sums
+    return sums
   return step
 
 
 def check_finite(step: int, metrics: dict, checkpointer):
+  """Raises NonFiniteError if step's loss, gradient or parameter norm is not finite."""
   bad = [k for k in ("train/loss", "train/grad_norm", "train/param_norm")
          if not np.isfinite(metrics[k])]
   if bad:
@@ -168,10 +179,11 @@ def evaluate(task, runner, state, batches, model) -> dict:
   """Summed metrics over the evaluation batches, plus decoding metrics (BLEU) if the task
   has them."""
   total = None
-  for batch in batches:
-    sums = runner.host_value(runner.eval_step(runner.params(state), runner.shard_batch(batch)))
-    total = sums if total is None else jax.tree.map(np.add, total, sums)
-  metrics = task.summarize(total, "eval")
+  params = state.model_params()
+  for batch in batches:  # summed on the devices; one transfer at the end
+    sums = runner.eval_step(params, runner.shard_batch(batch))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  metrics = task.summarize(runner.fetch(total), "eval")
   if hasattr(task, "decode_metrics"):
     metrics.update(task.decode_metrics(model.clone(dropout_rate=0.0),
                                        runner.host_params(state)))
@@ -180,9 +192,33 @@ def evaluate(task, runner, state, batches, model) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final
-  evaluation metrics (plus "sample" for language models)."""
+  evaluation metrics (plus "sample" for language models). Refuses a workdir that another
+  live run holds."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
+  with lock_lib.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+@dataclasses.dataclass
+class Run:
+  """What the training loop works with: the run's parts, built once by train_and_evaluate."""
+  config: object
+  task: object
+  model: object
+  runner: parallel.Runner
+  train_step: object  # the compiled step
+  batches: object  # DevicePrefetch of the training batches
+  eval_batches: list
+  checkpointer: checkpoint_lib.Checkpointer
+  writer: metrics_lib.MetricWriter
+  bar: metrics_lib.ProgressBar
+  step_rng: jax.Array
+  preempted: PreemptionFlag
+  base_info: dict
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   task = tasks.get(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints,
                                              "eval/loss")
@@ -217,14 +253,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     trained, frozen = finetune.split(params, mask)
     return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
 
-  runner = parallel.make_runner(config, init_state, (loaded,))
+  runner = parallel.Runner(config, init_state, (loaded,))
   del loaded
   train_iter = pipeline.train_iterator(train_data, config.batch_size, config.seed)
   state = runner.init()
   if start is not None:  # the checkpoint has the trained part; the frozen one is rebuilt
     saved, data_state = checkpointer.restore(start, checkpoint_lib.abstract_like(
-        checkpointed(runner, state)))
-    state = state.replace(**runner.from_checkpoint(saved))
+        checkpointed(state)))
+    state = state.replace(**saved)
     train_iter.set_state(data_state)
     print(f"resumed from {workdir} at step {start}", file=sys.stderr)
   start = start or 0
@@ -232,18 +268,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_batches = pipeline.eval_batches(eval_data, config.eval_batch_size or config.batch_size,
                                        config.eval_max_batches or None)
 
-  train_step = runner.compile_train(make_train_step, task, model, optimizer, state,
-                                    next_example_batch(train_data, config), step_rng)
-  runner.compile_eval(make_eval_step, task, model)
+  train_step = runner.compile_train(
+      make_train_step(task, model, optimizer, config.grad_accum_steps),
+      next_example_batch(train_data, config), step_rng)
+  runner.compile_eval(make_eval_step(task, model))
   allocator.release()  # what compilation freed
   print(allocator.describe(), file=sys.stderr)
   bar = metrics_lib.ProgressBar(config.num_train_steps, start, task.unit,
                                 flops_per_step=metrics_lib.step_flops(train_step))
   try:
     with PreemptionFlag() as preempted:
-      state, last_eval, stopped_at = train_loop(
-          config, task, model, runner, state, train_step, train_iter, eval_batches,
-          checkpointer, writer, bar, start, step_rng, preempted, base_info)
+      run = Run(config, task, model, runner, train_step,
+                DevicePrefetch(train_iter, runner.shard_batch), eval_batches, checkpointer,
+                writer, bar, step_rng, preempted, base_info)
+      state, last_eval, stopped_at = train_loop(run, state, start)
   finally:  # also on errors (a non-finite loss): finish in-flight saves, flush the logs
     checkpointer.wait()
     writer.close()
@@ -259,44 +297,71 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return results
 
 
-def train_loop(config, task, model, runner, state, train_step, train_iter, eval_batches,
-               checkpointer, writer, bar, start, step_rng, preempted, base_info):
+class DevicePrefetch:
+  """Training batches sharded onto the devices `depth` steps ahead (double-buffered), so
+  the host-to-device copy of the next batch overlaps the current step. Each batch comes with
+  the data iterator's state after it: what a checkpoint at that step must resume from."""
+
+  def __init__(self, iterator, shard, depth: int = 2):
+    self.iterator, self.shard, self.depth = iterator, shard, depth
+    self.queue = collections.deque()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while len(self.queue) < self.depth:
+      batch = next(self.iterator)
+      self.queue.append((self.shard(batch), self.iterator.get_state()))
+    return self.queue.popleft()
+
+
+def train_loop(run: Run, state, start: int):
   """Steps start + 1 .. num_train_steps: guard, log, evaluate, checkpoint, preemption.
 
   Returns:
     (state, the last evaluation or None, the step a SIGTERM stopped at or None).
   """
-  items = config.batch_size * task.items_per_example()
-  last_eval = None
+  config = run.config
+  items = config.batch_size * run.task.items_per_example()
+  last_eval, pending, loss = None, [], float("nan")
   for step in range(start + 1, config.num_train_steps + 1):
-    batch = next(train_iter)
-    state, metrics = train_step(state, runner.shard_batch(batch), step_rng)
-    metrics = runner.host_metrics(metrics)
-    check_finite(step, metrics, checkpointer)
+    batch, data_state = next(run.batches)
+    state, metrics = run.train_step(state, batch, run.step_rng)
+    pending.append((step, metrics))  # stays on the device until it is needed
     is_last = step == config.num_train_steps
-    bar.update(step, items, metrics["train/loss"], force=is_last)
-    if step % config.log_every_steps == 0 or is_last:
-      writer.write(step, metrics)
+    logged = step % config.log_every_steps == 0 or is_last
     evaluated = step % config.eval_every_steps == 0 or is_last
+    stop = run.preempted.set  # read once: a SIGTERM may arrive at any moment
+    saved = step % config.checkpoint_every_steps == 0 or is_last or stop
+    if logged or evaluated or saved:
+      fetched = run.runner.fetch([m for _, m in pending])
+      for (pending_step, _), values in zip(pending, fetched):
+        check_finite(pending_step, values, run.checkpointer)  # names the first bad step
+      pending, metrics = [], {k: float(v) for k, v in fetched[-1].items()}
+      loss = metrics["train/loss"]
+      if logged:
+        run.writer.write(step, metrics)
+    run.bar.update(step, items, loss, force=is_last)
     if evaluated:
       allocator.release()  # the training step's free temporaries, before evaluation's
-      last_eval = evaluate(task, runner, state, eval_batches, model)
+      last_eval = evaluate(run.task, run.runner, state, run.eval_batches, run.model)
       allocator.release()
-      writer.write(step, last_eval)
+      run.writer.write(step, last_eval)
       print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
             file=sys.stderr)
-    if step % config.checkpoint_every_steps == 0 or is_last or preempted.set:
-      checkpointer.save(step, checkpointed(runner, state), train_iter.get_state(), base_info,
-                        last_eval if evaluated else None, force=True)
-    if preempted.set:
+    if saved:
+      run.checkpointer.save(step, checkpointed(state), data_state, run.base_info,
+                            last_eval if evaluated else None, force=True)
+    if stop:
       return state, last_eval, step
   return state, last_eval, None
 
 
-def checkpointed(runner, state) -> dict:
-  """What a checkpoint holds: one copy of the state without its frozen parameters."""
-  return runner.to_checkpoint({"step": state.step, "params": state.params,
-                               "opt_state": state.opt_state})
+def checkpointed(state) -> dict:
+  """What a checkpoint holds: the state (global arrays, in any layout) without its frozen
+  parameters."""
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
 def describe_training(config, base, shapes, trained_shapes) -> dict:

@@ -36,15 +36,17 @@ def losses(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallelism", ["pmap", "mesh"])
-def test_two_processes_equal_one(tmp_path, data_dir, parallelism):
-  single = launch(tmp_path / "one", data_dir, 4, [f"--config.parallelism={parallelism}"])
+@pytest.mark.parametrize("layout", [["--config.parallelism=pmap"],
+                                    ["--config.mesh.data=2", "--config.mesh.fsdp=2"]],
+                         ids=["data parallel", "data=2 x fsdp=2"])
+def test_two_processes_equal_one(tmp_path, data_dir, layout):
+  single = launch(tmp_path / "one", data_dir, 4, layout)
   out, _ = single.communicate(timeout=300)
   assert single.returncode == 0, out
 
   port = free_port()
   procs = [launch(tmp_path / "two", data_dir, 2,
-                  [f"--config.parallelism={parallelism}", f"--coordinator_address=localhost:{port}",
+                  [*layout, f"--coordinator_address=localhost:{port}",
                    "--num_processes=2", f"--process_id={i}"]) for i in range(2)]
   for p in procs:
     out, _ = p.communicate(timeout=300)

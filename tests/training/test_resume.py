@@ -19,16 +19,22 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS, HALF = 200, 100
 
 
-def command(workdir, data_dir):
+def command(workdir, data_dir, extra=()):
   return [sys.executable, "-m", "experiments.train", "--config=configs/gpt_kjv.py:tiny",
           f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
           f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every_steps={HALF}",
-          f"--config.eval_every_steps={HALF}", "--config.eval_max_batches=2"]
+          f"--config.eval_every_steps={HALF}", "--config.eval_max_batches=2", *extra]
 
 
-def start(workdir, data_dir):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device
-  return subprocess.Popen(command(workdir, data_dir), cwd=REPO, env=env,
+# A 2-D mesh on 4 fake CPU devices: parameters and optimizer state split over fsdp.
+MESH_2D = ("--config.mesh.data=2", "--config.mesh.fsdp=2")
+
+
+def start(workdir, data_dir, devices=1, extra=()):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return subprocess.Popen(command(workdir, data_dir, extra), cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -66,17 +72,17 @@ def losses(workdir):
 
 
 @pytest.mark.slow
-def test_sigkill_after_checkpoint_then_rerun_is_exact(tmp_path, data_dir):
+def test_sigkill_after_checkpoint_then_rerun_is_exact_under_a_2d_mesh(tmp_path, data_dir):
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-  finish(start(straight, data_dir))
+  finish(start(straight, data_dir, 4, MESH_2D))
 
-  process = start(killed, data_dir)
+  process = start(killed, data_dir, 4, MESH_2D)
   wait_for(lambda: os.path.isdir(os.path.join(killed, "checkpoints", str(HALF)))
            and max(logged_steps(killed), default=0) > HALF + 2, process)
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not os.path.isdir(os.path.join(killed, "checkpoints", str(STEPS)))
-  out = finish(start(killed, data_dir))
+  out = finish(start(killed, data_dir, 4, MESH_2D))
   assert f"resumed from {killed} at step {HALF}" in out
 
   want, got = losses(straight), losses(killed)

@@ -1,5 +1,5 @@
 """The trainer end to end on real data (KJV), in-process: logs, checkpoints, determinism,
-parallelism equivalence, gradient accumulation, guard rails."""
+guard rails (the parallel layouts: test_parallel.py)."""
 
 import json
 import os
@@ -64,29 +64,14 @@ def test_same_seed_same_losses_different_seed_different(tmp_path, data_dir):
   assert runs["a"] != runs["c"]
 
 
-@pytest.mark.slow
-def test_pmap_mesh_fsdp_and_one_device_give_the_same_losses(tmp_path, data_dir):
-  assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
-  settings = {"one_device": dict(num_devices=1), "pmap_8": dict(num_devices=8),
-              "mesh_8": dict(parallelism="mesh", num_devices=8),
-              "fsdp_8": dict(parallelism="mesh", num_devices=8, fsdp=True),
-              "accumulate_2": dict(num_devices=1, grad_accum_steps=2)}
-  losses = {}
-  for name, overrides in settings.items():
-    config = tiny_config(data_dir, num_train_steps=8, eval_every_steps=8,
-                         checkpoint_every_steps=8, **overrides)
-    train_and_evaluate(config, str(tmp_path / name))
-    losses[name] = np.array(list(train_losses(str(tmp_path / name)).values()))
-  for name, values in losses.items():
-    np.testing.assert_allclose(values, losses["one_device"], rtol=2e-4, err_msg=name)
-
-
 def test_nan_guard_names_the_step_and_keeps_last_good_checkpoint(tmp_path, data_dir):
   workdir = str(tmp_path / "nan")
   train_and_evaluate(tiny_config(data_dir, num_train_steps=4, checkpoint_every_steps=2,
                                  eval_every_steps=2), workdir)
+  # Metrics are fetched every 3 steps or before a save: step 5's NaN is seen at step 6,
+  # before step 6's checkpoint, and is named as the first bad step.
   config = tiny_config(data_dir, num_train_steps=8, checkpoint_every_steps=2,
-                       eval_every_steps=2)
+                       eval_every_steps=8, log_every_steps=3)
   config.optimizer.lr = float("nan")
   with pytest.raises(NonFiniteError, match="at step 5.*Last good checkpoint: 4"):
     train_and_evaluate(config, workdir)

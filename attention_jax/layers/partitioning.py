@@ -1,0 +1,110 @@
+"""Logical axis names of every parameter our layers create, in one table.
+
+A parameter's logical axes say what each of its dimensions *means* (`embed`, `heads`, `kv`,
+`mlp`, `vocab`, `layers`); the trainer's rule table (`config.mesh.rules`) then says which
+mesh axis, if any, each meaning is split over. The names follow Flax's logical partitioning
+and MaxText. They are looked up from the parameter's own name and its module's name, which
+our layers fix (`query`, `out`, `fc1`, `token`, `*_norm`, ...), so the parameter trees stay
+plain arrays that Hugging Face conversion and fine-tuning read unchanged. A parameter with
+no entry is an error that names it: a new layer adds its line here (a test enumerates every
+preset's parameters).
+
+Megatron's tensor-parallel layout falls out of the names: Q/K/V and the first MLP matrix are
+split by `heads` / `mlp` columns, the output and second MLP matrices by rows, the token table
+and tied logits by `vocab`; `embed` is the dimension FSDP splits.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+from jax.sharding import PartitionSpec
+
+# Projections: module name -> (axes of the input side, axes of the output side) of its kernel;
+# the bias has the output axes; a LoRA adapter `<name>_lora` has a [in..., rank] and
+# b [rank, out...].
+PROJECTIONS = {
+    "query": (("embed",), ("heads", "kv")),
+    "key": (("embed",), ("heads", "kv")),
+    "value": (("embed",), ("heads", "kv")),
+    "position": (("embed",), ("heads", "kv")),  # Transformer-XL's relative positions
+    "out": (("heads", "kv"), ("embed",)),
+    "fc1": (("embed",), ("mlp",)),
+    "gate": (("embed",), ("mlp",)),
+    "fc2": (("mlp",), ("embed",)),
+    "pooler": (("embed",), (None,)),  # BERT
+    "dense": (("embed",), (None,)),  # BERT's MLM transform
+    "classifier": (("embed",), (None,)),
+    "head": (("embed",), (None,)),  # ViT
+    "cluster": (("embed",), (None,)),  # Transformer-XL's adaptive softmax clusters
+    "projection": ((None, None, None), ("embed",)),  # ViT's patch convolution
+}
+EMBEDDINGS = {"token": ("vocab", "embed"), "position": (None, "embed"),
+              "token_type": (None, "embed")}
+# Parameters that are their own module's direct children: name -> axes.
+DIRECT = {
+    "content_bias": ("heads", "kv"), "position_bias": ("heads", "kv"),  # Transformer-XL
+    "out_bias": ("vocab",),
+    "cls_token": (None, None, "embed"), "position_embedding": (None, None, "embed"),  # ViT
+}
+STACKED = "layers"  # the leading axis of layers stacked by `scan_layers`
+_INDEX = re.compile(r"_\d+$")
+LORA_SUFFIX = "_lora"
+
+
+def _axes_of(names: tuple[str, ...]) -> tuple | None:
+  """Logical axes of the parameter at `names` (its path of dict keys), or None if unknown."""
+  if len(names) >= 1 and names[-1] in DIRECT:
+    return DIRECT[names[-1]]
+  if len(names) < 2:
+    return None
+  module, param = _INDEX.sub("", names[-2]), names[-1]
+  if module == "mlm_bias" and param == "bias":
+    return ("vocab",)
+  if module.endswith("norm") and param in ("scale", "bias"):
+    return ("embed",)
+  if param == "embedding":
+    return EMBEDDINGS.get(module)
+  if module.endswith(LORA_SUFFIX) and module[:-len(LORA_SUFFIX)] in PROJECTIONS:
+    inputs, outputs = PROJECTIONS[module[:-len(LORA_SUFFIX)]]
+    return {"a": inputs + (None,), "b": (None,) + outputs}.get(param)
+  if module in PROJECTIONS:
+    inputs, outputs = PROJECTIONS[module]
+    return {"kernel": inputs + outputs, "bias": outputs}.get(param)
+  return None
+
+
+def _dict_keys(path) -> tuple[str, ...]:
+  """The trailing dict keys of a pytree path: the parameter's own path inside any wrapper
+  (an optimizer state nests the parameter tree inside tuples and named tuples)."""
+  keys = []
+  for entry in reversed(path):
+    if not isinstance(entry, jax.tree_util.DictKey):
+      break
+    keys.append(str(entry.key))
+  return tuple(reversed(keys))
+
+
+def logical_axes(tree, stacked: frozenset[str] = frozenset()):
+  """The logical axes of every array in `tree`: a PartitionSpec of logical names (None: a
+  dimension with no meaning to split), as Flax's `nn.get_partition_spec` gives.
+
+  `tree` is a parameter tree or anything that nests parameter trees (a train state, an
+  optimizer state); scalars get (). Modules named in `stacked` hold layers stacked on a
+  leading `layers` axis. Raises ValueError naming any parameter without an entry here.
+  """
+  def axes(path, leaf):
+    shape = getattr(leaf, "shape", ())
+    if not shape:
+      return PartitionSpec()
+    names = _dict_keys(path)
+    found = _axes_of(names)
+    extra = (STACKED,) if stacked.intersection(names) else ()
+    if found is None or len(extra + found) != len(shape):
+      raise ValueError(
+          f"no logical axes for parameter {'/'.join(names) or jax.tree_util.keystr(path)} "
+          f"of shape {tuple(shape)}: add its module to attention_jax/layers/partitioning.py "
+          "so the trainer knows how to shard it.")
+    return PartitionSpec(*extra, *found)
+  return jax.tree_util.tree_map_with_path(axes, tree)
