@@ -5,11 +5,25 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from attention_jax.layers.attention import MultiHeadAttention, default_kernel_init
 from attention_jax.layers.lora import LoraSpec
 from attention_jax.layers.mlp import Mlp
+
+
+REMAT = ("none", "full", "dots", "dots_with_no_batch_dims")
+_POLICIES = {"full": None,  # save nothing: recompute the whole block in the backward pass
+             "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+             "dots_with_no_batch_dims":
+                 jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def check_remat(remat: str):
+  if remat not in REMAT:
+    raise ValueError(f"remat must be one of {REMAT}, got {remat!r}: 'full' recomputes each "
+                     "block in the backward pass, 'dots' keeps only matmul outputs.")
 
 
 class TransformerBlock(nn.Module):
@@ -21,6 +35,9 @@ class TransformerBlock(nn.Module):
   Attributes (beyond MultiHeadAttention's and Mlp's):
     cross_attention: add encoder-decoder attention over `encoded` after self-attention.
     lora: LoRA adapters on the attention and MLP projections its targets name.
+    remat: rematerialisation in training (`jax.checkpoint`; the parameters are unchanged):
+      "none", "full" (keep only the block's input), "dots" (keep matmul outputs) or
+      "dots_with_no_batch_dims" (keep the weight matmuls' outputs, not attention's).
   """
   num_heads: int
   mlp_dim: int
@@ -43,6 +60,7 @@ class TransformerBlock(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
   lora: LoraSpec | None = None
+  remat: str = "none"
 
   def _attention(self, name, decode=False, position="none"):
     return MultiHeadAttention(
@@ -56,13 +74,24 @@ class TransformerBlock(nn.Module):
     return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                         name=name)
 
-  @nn.compact
   def __call__(self, x, *, mask=None, causal=False, kv_lengths=None, segment_ids=None,
                memory=None, relative_biases=None, encoded=None, encoded_mask=None,
                encoded_lengths=None, deterministic=True):
     """Masks as `MultiHeadAttention`; `memory` [batch, mem_len, width] is prepended to the
     keys/values of self-attention (Transformer-XL); `encoded` is attended by cross-attention
     with `encoded_mask` / `encoded_lengths`."""
+    check_remat(self.remat)
+    args = (x, mask, kv_lengths, segment_ids, memory, relative_biases, encoded, encoded_mask,
+            encoded_lengths, causal, deterministic)
+    if self.remat == "none" or self.decode:
+      return self._block(*args)
+    # A method transform keeps the parameters in this module's scope (same names).
+    return nn.remat(TransformerBlock._block, static_argnums=(10, 11),
+                    policy=_POLICIES[self.remat])(self, *args)
+
+  @nn.compact
+  def _block(self, x, mask, kv_lengths, segment_ids, memory, relative_biases, encoded,
+             encoded_mask, encoded_lengths, causal, deterministic):
     dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
     # Self-attention (keys over [memory; x] when memory is given).

@@ -61,6 +61,7 @@ class Bert(nn.Module):
   ln_eps: float = 1e-12
   activation: str = "gelu"
   kernel: str | Callable = "dot_product"
+  remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
   num_classes: int | None = None
   classifier_pooling: str = "cls"
   lora: LoraSpec | None = None
@@ -78,7 +79,8 @@ class Bert(nn.Module):
     self.blocks = [TransformerBlock(
         self.num_heads, self.mlp_dim, pre_ln=False, kernel=self.kernel,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        ln_eps=self.ln_eps, activation=self.activation, lora=self.lora, dtype=self.dtype,
+        ln_eps=self.ln_eps, activation=self.activation, lora=self.lora, remat=self.remat,
+        dtype=self.dtype,
         param_dtype=self.param_dtype) for _ in range(self.depth)]
     self.pooler = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=default_kernel_init)

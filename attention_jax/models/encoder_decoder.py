@@ -32,6 +32,7 @@ class EncoderDecoder(nn.Module):
   ln_eps: float = 1e-5
   activation: str = "relu"
   kernel: str | Callable = "dot_product"
+  remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
   decode: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -44,8 +45,8 @@ class EncoderDecoder(nn.Module):
     block = lambda cross, decode: TransformerBlock(
         self.num_heads, self.mlp_dim, pre_ln=False, cross_attention=cross, kernel=self.kernel,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        ln_eps=self.ln_eps, activation=self.activation, decode=decode, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        ln_eps=self.ln_eps, activation=self.activation, decode=decode, remat=self.remat,
+        dtype=self.dtype, param_dtype=self.param_dtype)
     self.encoder_blocks = [block(False, False) for _ in range(self.encoder_depth)]
     self.decoder_blocks = [block(True, self.decode) for _ in range(self.decoder_depth)]
     if self.decode:

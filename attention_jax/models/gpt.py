@@ -30,6 +30,7 @@ class GPT(nn.Module):
   ln_eps: float = 1e-5
   activation: str = "gelu_tanh"
   kernel: str | Callable = "dot_product"
+  remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
   lora: LoraSpec | None = None  # LoRA adapters (see attention_jax.layers.lora)
   decode: bool = False
   dtype: Any = jnp.float32
@@ -57,7 +58,8 @@ class GPT(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
           activation=self.activation,
           position=self.position if self.position in ("rotary", "alibi") else "none",
-          decode=self.decode, lora=self.lora, dtype=self.dtype, param_dtype=self.param_dtype,
+          decode=self.decode, lora=self.lora, remat=self.remat, dtype=self.dtype,
+          param_dtype=self.param_dtype,
           name=f"block_{i}")(x, causal=not self.decode, segment_ids=segment_ids,
                              deterministic=deterministic)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,

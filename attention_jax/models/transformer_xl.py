@@ -59,6 +59,7 @@ class TransformerXL(nn.Module):
   attention_dropout_rate: float = 0.0
   ln_eps: float = 1e-5
   kernel: str | Callable = "relative"  # a kernel with relative_attention's signature
+  remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -90,7 +91,7 @@ class TransformerXL(nn.Module):
           self.num_heads, self.mlp_dim, head_dim=head_dim, pre_ln=False, kernel=self.kernel,
           position="relative", dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
-          activation="relu", attention_use_bias=False, dtype=self.dtype,
+          activation="relu", attention_use_bias=False, remat=self.remat, dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"block_{i}")(
               x, mask=mask, memory=layer_memory, relative_biases=biases,
               deterministic=deterministic)

@@ -25,6 +25,7 @@ class ViT(nn.Module):
   attention_dropout_rate: float = 0.0
   ln_eps: float = 1e-6
   kernel: str | Callable = "dot_product"
+  remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
   lora: LoraSpec | None = None  # LoRA adapters (see attention_jax.layers.lora)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -47,7 +48,7 @@ class ViT(nn.Module):
       x = TransformerBlock(self.num_heads, self.mlp_dim, pre_ln=True, kernel=self.kernel,
                            dropout_rate=self.dropout_rate,
                            attention_dropout_rate=self.attention_dropout_rate,
-                           ln_eps=self.ln_eps, activation="gelu", lora=self.lora,
+                           ln_eps=self.ln_eps, activation="gelu", lora=self.lora, remat=self.remat,
                            dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}")(
                                x, deterministic=deterministic)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -26,7 +26,8 @@ MODES = ("full", "linear_probe", "top_k_layers", "lora")
 _BLOCK = re.compile(r"^blocks?_(\d+)$")
 # Model fields that describe what a checkpoint holds (the rest are runtime choices).
 _RUNTIME_FIELDS = {"kernel", "dtype", "param_dtype", "parent", "name", "lora", "num_classes",
-                   "classifier_pooling", "decode", "dropout_rate", "attention_dropout_rate"}
+                   "classifier_pooling", "decode", "dropout_rate", "attention_dropout_rate",
+                   "remat"}
 
 
 @dataclasses.dataclass

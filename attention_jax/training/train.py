@@ -201,6 +201,46 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 @dataclasses.dataclass
+class Built:
+  """A run's model, optimizer, mesh runner and uncompiled step (train_and_evaluate and
+  experiments.plan build them alike)."""
+  model: object
+  optimizer: object
+  runner: parallel.Runner
+  step: object  # make_train_step's (state, batch, rng) -> (state, metrics)
+  train_data: object
+  eval_data: object
+  base_info: dict
+
+
+def build(config, task, base=None) -> Built:
+  """Builds everything the step needs, allocating nothing on the devices. `task` has been
+  prepared (its tokenizer exists); `base` is config.init_from's, if any."""
+  train_data, eval_data = task.datasets()
+  model = task.model(**({"dtype": jnp.bfloat16} if config.precision == "bfloat16" else {}))
+  init_rng = finetune.init_key(config.seed)
+  inputs = task.init_inputs()
+  shapes, mask, loaded = finetune.starting_point(model, inputs, config, base)
+  trained_shapes, _ = finetune.split(shapes, mask)
+  decay = config.finetune.layer_decay
+  optimizer = optim.make_optimizer(
+      config.optimizer, config.num_train_steps,
+      finetune.layer_decay(trained_shapes, decay) if decay < 1.0 else None)
+  base_info = describe_training(config, base, shapes, trained_shapes)
+  if base is not None:
+    base.params = {}  # release it: `loaded` holds what the model uses
+
+  def init_state(loaded):
+    params = finetune.initial_params(model, inputs, init_rng, loaded)
+    trained, frozen = finetune.split(params, mask)
+    return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
+
+  runner = parallel.Runner(config, init_state, (loaded,))
+  step = make_train_step(task, model, optimizer, config.grad_accum_steps)
+  return Built(model, optimizer, runner, step, train_data, eval_data, base_info)
+
+
+@dataclasses.dataclass
 class Run:
   """What the training loop works with: the run's parts, built once by train_and_evaluate."""
   config: object
@@ -233,28 +273,11 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   record_run(config, workdir)  # once the config is known to fit the workdir's checkpoints
   task.prepare(workdir, base)
 
-  train_data, eval_data = task.datasets()
-  model = task.model(**({"dtype": jnp.bfloat16} if config.precision == "bfloat16" else {}))
-  init_rng = finetune.init_key(config.seed)
+  built = build(config, task, base)
+  del base
+  model, runner, train_data, eval_data = (built.model, built.runner, built.train_data,
+                                          built.eval_data)
   step_rng, sample_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-  inputs = task.init_inputs()
-  shapes, mask, loaded = finetune.starting_point(model, inputs, config, base)
-  trained_shapes, _ = finetune.split(shapes, mask)
-  decay = config.finetune.layer_decay
-  optimizer = optim.make_optimizer(
-      config.optimizer, config.num_train_steps,
-      finetune.layer_decay(trained_shapes, decay) if decay < 1.0 else None)
-  base_info = describe_training(config, base, shapes, trained_shapes)
-  if base is not None:
-    base.params = {}  # release it: `loaded` holds what the model uses
-
-  def init_state(loaded):
-    params = finetune.initial_params(model, inputs, init_rng, loaded)
-    trained, frozen = finetune.split(params, mask)
-    return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
-
-  runner = parallel.Runner(config, init_state, (loaded,))
-  del loaded
   train_iter = pipeline.train_iterator(train_data, config.batch_size, config.seed)
   state = runner.init()
   if start is not None:  # the checkpoint has the trained part; the frozen one is rebuilt
@@ -268,9 +291,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   eval_batches = pipeline.eval_batches(eval_data, config.eval_batch_size or config.batch_size,
                                        config.eval_max_batches or None)
 
-  train_step = runner.compile_train(
-      make_train_step(task, model, optimizer, config.grad_accum_steps),
-      next_example_batch(train_data, config), step_rng)
+  train_step = runner.compile_train(built.step, next_example_batch(train_data, config),
+                                    step_rng)
   runner.compile_eval(make_eval_step(task, model))
   allocator.release()  # what compilation freed
   print(allocator.describe(), file=sys.stderr)
@@ -280,7 +302,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     with PreemptionFlag() as preempted:
       run = Run(config, task, model, runner, train_step,
                 DevicePrefetch(train_iter, runner.shard_batch), eval_batches, checkpointer,
-                writer, bar, step_rng, preempted, base_info)
+                writer, bar, step_rng, preempted, built.base_info)
       state, last_eval, stopped_at = train_loop(run, state, start)
   finally:  # also on errors (a non-finite loss): finish in-flight saves, flush the logs
     checkpointer.wait()

@@ -210,3 +210,27 @@ def test_gpt_on_packed_documents_equals_each_document_alone():
     for doc, start in zip(docs, (0, 5)):
       alone = model.apply({"params": params}, doc[None])
       np.testing.assert_allclose(logits[:, start:start + len(doc)], alone, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny", "transformer-tiny",
+                                  "transformer-xl-tiny"])
+def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients(name):
+  model = models.create(name)
+  inputs = model.example_inputs()
+  params = model.init(jax.random.key(0), *inputs)
+
+  def grads(remat):
+    def loss(p):
+      out = model.clone(remat=remat).apply(p, *inputs)
+      return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(out)
+                 if jnp.issubdtype(x.dtype, jnp.floating))
+    return jax.grad(loss)(params), str(jax.make_jaxpr(jax.grad(loss))(params))
+
+  reference, plain = grads("none")
+  assert "checkpoint" not in plain and "remat" not in plain
+  got, program = grads("full")  # "dots" trains in tests/training/test_parallel.py
+  assert "checkpoint" in program or "remat" in program
+  for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  with pytest.raises(ValueError, match="remat must be one of"):
+    model.clone(remat="some").apply(params, *inputs)

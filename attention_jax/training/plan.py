@@ -1,0 +1,95 @@
+"""Planning a run before the hardware exists: compile the training step ahead of time for a
+mesh (on the local or fake devices) and read what it needs per device from XLA.
+
+`plan(config)` returns bytes per device (parameters, optimizer state, arguments,
+temporaries), FLOPs and HBM traffic per step; `predict` turns them into a step time and MFU
+for a stated accelerator peak (the roofline: the step takes at least its FLOPs at the peak
+FLOP/s, and at least its memory traffic at the peak bandwidth). No parameter is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from attention_jax.training import metrics as metrics_lib
+from attention_jax.training import parallel, tasks
+from attention_jax.training import workdir as workdir_lib
+from attention_jax.training.train import build, check_config, next_example_batch
+
+
+def _bytes_per_device(shapes, shardings) -> int:
+  """Bytes of one device's shards of the arrays `shapes` laid out as `shardings`."""
+  sizes = jax.tree.map(lambda s, sh: math.prod(sh.shard_shape(s.shape)) * s.dtype.itemsize,
+                       shapes, shardings)
+  return int(sum(jax.tree.leaves(sizes)))
+
+
+def plan(config) -> dict:
+  """Compiles `config`'s train step for its mesh; returns what one device needs."""
+  check_config(config)
+  task = tasks.get(config)
+  base = workdir_lib.load_base(config.init_from, None) if config.init_from else None
+  task.prepare(None, base)
+  built = build(config, task, base)
+  runner = built.runner
+  shapes, shardings = runner.shapes, runner.state_sharding
+  compiled = runner.compile_train(built.step, next_example_batch(built.train_data, config),
+                                  jax.random.key(0))
+  memory = parallel.memory_analysis(compiled) or {}
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  return {
+      "mesh": dict(runner.mesh.shape),
+      "devices": runner.mesh.size,
+      "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(
+          (shapes.params, shapes.frozen)))),
+      "parameter_bytes": _bytes_per_device((shapes.params, shapes.frozen),
+                                           (shardings.params, shardings.frozen)),
+      "optimizer_bytes": _bytes_per_device(shapes.opt_state, shardings.opt_state),
+      "argument_bytes": memory.get("argument"),
+      "temporary_bytes": memory.get("temporary"),
+      "total_bytes": memory.get("total"),
+      "flops": metrics_lib.step_flops(compiled),
+      "bytes_accessed": float(cost.get("bytes accessed", 0.0)) or None,
+      "items_per_step": config.batch_size * task.items_per_example(),
+      "unit": task.unit,
+  }
+
+
+def predict(result: dict, peak_tflops: float, hbm_gbps: float) -> dict:
+  """Roofline step time (s), MFU and items/s for an accelerator with these peaks."""
+  compute = (result["flops"] or 0.0) / (peak_tflops * 1e12)
+  traffic = (result["bytes_accessed"] or 0.0) / (hbm_gbps * 1e9)
+  step = max(compute, traffic)
+  return {"step_seconds": step, "mfu": compute / step if step else None,
+          "bound": "compute" if compute >= traffic else "memory bandwidth",
+          "items_per_second": result["items_per_step"] / step if step else None}
+
+
+def describe(result: dict, peak_tflops: float, hbm_gbps: float, hbm_gib: float) -> str:
+  """The plan as the lines experiments.plan prints."""
+  gib = lambda b: "?" if b is None else f"{b / 2 ** 30:,.3f} GiB"
+  mesh = " x ".join(f"{axis}={size}" for axis, size in result["mesh"].items())
+  lines = [f"mesh: {mesh} ({result['devices']} devices); {result['parameters']:,} parameters",
+           "per device:",
+           f"  parameters         {gib(result['parameter_bytes'])}",
+           f"  optimizer state    {gib(result['optimizer_bytes'])}",
+           f"  arguments (all)    {gib(result['argument_bytes'])}",
+           f"  temporaries        {gib(result['temporary_bytes'])}  (activations, gradients,"
+           " workspace)",
+           f"  total              {gib(result['total_bytes'])}"]
+  if result["total_bytes"] is not None and hbm_gib:
+    fits = result["total_bytes"] <= hbm_gib * 2 ** 30
+    lines.append(f"  fits in {hbm_gib:g} GiB: {'yes' if fits else 'NO'}")
+  flops = result["flops"]
+  lines.append(f"  FLOPs per step     {'?' if flops is None else f'{flops:.4g}'}  (XLA's count; "
+               "custom-call kernels count 0)")
+  if flops:
+    guess = predict(result, peak_tflops, hbm_gbps)
+    lines.append(f"predicted at {peak_tflops:g} TFLOP/s and {hbm_gbps:g} GB/s per device: "
+                 f"{guess['step_seconds'] * 1e3:,.1f} ms/step ({guess['bound']} bound), MFU "
+                 f"{guess['mfu']:.0%}, {guess['items_per_second']:,.0f} {result['unit']}/s")
+  return "\n".join(lines)

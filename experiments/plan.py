@@ -1,0 +1,44 @@
+r"""Plan a run before the hardware exists: compile its step for a mesh and print the memory,
+FLOPs, step time and MFU per device.
+
+    python -m experiments.plan --config=configs/gpt_kjv.py:gpt2_medium --devices=8 \
+        --config.mesh.data=1 --config.mesh.fsdp=8 --config.batch_size=256 \
+        --config.model.remat=full --peak_tflops=989 --hbm_gbps=3350 --hbm_gib=80
+
+`--devices=N` plans on N fake CPU devices (set before JAX starts); without it, on the local
+ones. Bad meshes fail before compiling, naming the axis.
+"""
+
+import os
+import sys
+
+for _arg in sys.argv:  # fake devices must be configured before jax is imported
+  if _arg.startswith("--devices="):
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={int(_arg.split('=', 1)[1])}")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from attention_jax.training import plan  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                          lock_config=True)
+flags.DEFINE_integer("devices", 0, "Plan on this many fake CPU devices (0: the local ones).")
+_PEAK = flags.DEFINE_float("peak_tflops", 989.0, "The accelerator's dense bf16 peak per "
+                           "device, TFLOP/s (H100 SXM: 989; TPU v5p: 459).")
+_HBM = flags.DEFINE_float("hbm_gbps", 3350.0, "Its memory bandwidth per device, GB/s.")
+_HBM_GIB = flags.DEFINE_float("hbm_gib", 80.0, "Its memory per device, GiB.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = plan.plan(_CONFIG.value)
+  print(plan.describe(result, _PEAK.value, _HBM.value, _HBM_GIB.value))
+
+
+if __name__ == "__main__":
+  app.run(main)
