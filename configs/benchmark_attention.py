@@ -3,6 +3,7 @@
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:smoke
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:gpu
+    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:ring
     ... --config.seq_lens='(1024, 4096)' --config.repeats=9
 """
 
@@ -27,6 +28,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.memory_limit_gb = 12.0  # skip (but still report) implementations needing more temp memory
   c.error_len = 2048  # sequence length of the max-abs-error check against float64 numpy
   c.baseline = ""  # an implementation every row's speed is compared with ("" = none)
+  # Ring attention on N fake devices vs one-device flash (causal forward+backward).
+  c.ring_devices = (2, 4, 8)
+  c.ring_seq_lens = (8192, 16384, 32768, 65536)
+  c.ring_heads = 1
+  c.ring_repeats = 3
+  c.ring_time_max_len = 16384  # longer: memory only (a CPU call would take minutes)
   c.output_dir = "benchmark_results"
 
   if arg == "smoke":  # seconds; what CI runs
@@ -35,9 +42,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.repeats = 2
     c.repeats_above_4096 = 1
     c.error_len = 128
+    c.ring_devices = (2,)
+    c.ring_seq_lens = (256,)
+    c.ring_repeats = 1
   elif arg == "quick":  # the T=4096 targets only
     c.seq_lens = (4096,)
     c.long_seq_lens = ()
+    c.ring_devices = ()
+  elif arg == "ring":  # ring attention only
+    c.seq_lens, c.long_seq_lens = (), ()
   elif arg in ("gpu", "tpu"):  # the published H100 setting: bf16, B=2, H=32, D=128, to 32k
     c.batch, c.heads, c.head_dim, c.dtype = 2, 32, 128, "bfloat16"
     c.seq_lens = (1024, 2048, 4096, 8192, 16384, 32768)
@@ -48,7 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.repeats_above_4096 = 7  # an accelerator call takes milliseconds
     c.memory_limit_gb = 60.0  # of an 80 GB card; jax.nn's dense scores stop near T=16k
     c.error_len = 1024
+    c.ring_devices = ()  # one accelerator: no ring
     c.output_dir = f"benchmark_results/{arg}"
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}; valid: smoke, quick, gpu, tpu (or none).")
+    raise ValueError(f"unknown variant {arg!r}; valid: smoke, quick, ring, gpu, tpu (or "
+                     "none).")
   return c

@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = ""
   c.model.kernel = "auto"
   c.model.remat = "none"  # or "full", "dots", "dots_with_no_batch_dims" (per-block jax.checkpoint)
+  c.model.scan_layers = False  # blocks under nn.scan, parameters stacked on a `layers` axis
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"

@@ -5,7 +5,8 @@
 
 Needs `apt-get install sword-text-kjv`. Variants: (none) a 6-layer width-384 model, "small"
 the quickstart (configs/default.py), "tiny" for tests, "gpu" a GPT-2-small-sized model in
-bfloat16 for one accelerator (what .ci/gpu_check trains; it prints tokens/s and MFU).
+bfloat16 for one accelerator (what .ci/gpu_check trains; it prints tokens/s and MFU),
+"gpt2_medium" GPT-2 medium's shape at 2,048 tokens, batch 256 (for experiments.plan).
 """
 
 import ml_collections
@@ -68,6 +69,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_max_batches = 20
     c.optimizer.lr = 6e-4
     c.optimizer.warmup_steps = 100
+  elif arg == "gpt2_medium":  # GPT-2 medium's shape at 2k context: what experiments.plan sizes
+    c.dataset.seq_len = 2048
+    c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 1024, 24, 16, 4096
+    c.model.dropout_rate = 0.0
+    c.precision = "bfloat16"
+    c.batch_size = 256
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}; valid: small, tiny, gpu (or none).")
+    raise ValueError(f"unknown variant {arg!r}; valid: small, tiny, gpu, gpt2_medium (or "
+                     "none).")
   return c

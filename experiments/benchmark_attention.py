@@ -11,6 +11,12 @@ each cell is the median.
 Prints a table (time, GFLOP/s, fraction of this process's GEMM rate, XLA temp memory), the
 ratios the targets are stated in, and the max abs error against a float64 numpy reference;
 writes JSON and a PNG plot to `config.output_dir`. It never asserts a time.
+
+Ring attention (`config.ring_devices`, `config.ring_seq_lens`): for each device count N the
+benchmark re-runs itself in a subprocess with N fake CPU devices (`--ring_worker=N`) and
+times causal forward+backward of `ring` on a sequence=N mesh against single-device `flash`,
+with XLA's temporary memory per device. Fake devices share this machine's cores, so the time
+ratio shows the ring's overhead, not a speed-up; the memory column is the point.
 """
 
 from __future__ import annotations
@@ -18,9 +24,17 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
-from absl import app
+for _arg in sys.argv:  # a ring worker's fake devices must exist before jax is imported
+  if _arg.startswith("--ring_worker=") and int(_arg.split("=", 1)[1]) > 0:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={int(_arg.split('=', 1)[1])}")
+
+from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 import jax
@@ -30,6 +44,8 @@ from attention_jax import kernels
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/benchmark_attention.py", "Benchmark configuration.", lock_config=True)
+_RING_WORKER = flags.DEFINE_integer("ring_worker", 0, "Internal: measure ring attention on "
+                                    "this many fake devices and print JSON rows.")
 
 GEMM_SIZE = 2048
 
@@ -238,6 +254,78 @@ def plot(rows, path: str) -> bool:
   return True
 
 
+def measure_ring_here(config, devices: int) -> list[dict]:
+  """Ring on a sequence=`devices` mesh vs single-device flash: causal forward+backward at
+  each of config.ring_seq_lens (this process has the fake devices)."""
+  from jax.sharding import AxisType  # pylint: disable=import-outside-toplevel
+  mesh = jax.make_mesh((devices,), ("sequence",), axis_types=(AxisType.Auto,))
+  rows = []
+  for seq_len in config.ring_seq_lens:
+    arrays = random_inputs(1, seq_len, config.ring_heads, config.head_dim,
+                           jnp.dtype(config.dtype))
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays]
+    runs, timed_here = [], seq_len <= config.ring_time_max_len
+    for impl in ("ring", "flash"):
+      step = jax_step(impl, "forward_backward", True)
+      with jax.set_mesh(mesh) if impl == "ring" else _no_mesh():
+        temp = temp_bytes(step, shapes) / 2 ** 20
+        if timed_here:
+          step(*arrays)  # warm-up
+      row = dict(devices=devices, seq_len=seq_len, impl=impl, temp_mb=temp, times=[])
+      runs.append((row, step))
+    for _ in range(config.ring_repeats if timed_here else 0):
+      for row, step in runs:
+        with jax.set_mesh(mesh) if row["impl"] == "ring" else _no_mesh():
+          row["times"].append(timed(lambda: jax.block_until_ready(step(*arrays))))
+    for row, _ in runs:
+      times = row.pop("times")
+      row["median_s"] = float(np.median(times)) if times else None
+      rows.append(row)
+  return rows
+
+
+class _no_mesh:  # pylint: disable=invalid-name
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def measure_ring(config, log) -> list[dict]:
+  """Runs measure_ring_here in a subprocess per device count; returns all rows."""
+  rows = []
+  argv = ["--config=configs/benchmark_attention.py:ring",
+          f"--config.ring_seq_lens={tuple(config.ring_seq_lens)}",
+          *(f"--config.{name}={config[name]}" for name in
+            ("ring_heads", "ring_repeats", "ring_time_max_len", "head_dim", "dtype"))]
+  for devices in config.ring_devices:
+    log(f"  ring attention on {devices} fake devices (a subprocess)...")
+    done = subprocess.run([sys.executable, "-m", "experiments.benchmark_attention", *argv,
+                           f"--ring_worker={devices}"], capture_output=True, text=True,
+                          check=False, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+    if done.returncode != 0:
+      raise RuntimeError(f"the ring worker on {devices} devices failed:\n{done.stderr[-3000:]}")
+    rows += json.loads(done.stdout.strip().splitlines()[-1])
+  for row in rows:
+    flash = next(r for r in rows if r["impl"] == "flash" and r["seq_len"] == row["seq_len"]
+                 and r["devices"] == row["devices"])
+    row["of_flash"] = (flash["median_s"] / row["median_s"] if row["median_s"] else None)
+    row["temp_of_flash"] = row["temp_mb"] / flash["temp_mb"]
+  return rows
+
+
+def format_ring_table(rows) -> str:
+  lines = ["| devices | T | impl | time (fwd+bwd, causal) | speed of flash's | "
+           "XLA temp per device | of flash's |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    timing = (f"{r['median_s'] * 1e3:,.0f} ms | {r['of_flash']:.2f}x" if r["median_s"]
+              else "not timed | —")
+    lines.append(f"| {r['devices']} | {r['seq_len']} | {r['impl']} | {timing} | "
+                 f"{r['temp_mb']:,.1f} MB | {r['temp_of_flash']:.2f} |")
+  return "\n".join(lines)
+
+
 def run(config, log=print) -> dict:
   """Runs the benchmark described by `config`; returns (and writes) the results."""
   os.makedirs(config.output_dir, exist_ok=True)
@@ -260,11 +348,14 @@ def run(config, log=print) -> dict:
                      temp_mb=temp_bytes(dpa, shapes) / 2 ** 20, skipped="memory only"))
   if config.baseline:
     add_baseline_ratios(rows, config.baseline)
+  ring_rows = measure_ring(config, log) if config.ring_devices else []
   results = dict(config=config.to_dict(), jax_version=jax.__version__,
                  device=jax.devices()[0].device_kind,
                  gemm_gflops=gemm / 1e9, rows=rows, max_abs_error=max_abs_errors(config),
-                 ratios={t: ratios(rows, t) for t in config.seq_lens})
+                 ratios={t: ratios(rows, t) for t in config.seq_lens}, ring=ring_rows)
   table = format_table(rows, config.baseline)
+  if ring_rows:
+    table += "\n\nRing attention (causal, striped):\n\n" + format_ring_table(ring_rows)
   log("\n" + table)
   for seq_len, rs in results["ratios"].items():
     shown = ", ".join(f"{k}={v:.2f}" for k, v in rs.items() if v is not None)
@@ -284,6 +375,9 @@ def run(config, log=print) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _RING_WORKER.value:
+    print(json.dumps(measure_ring_here(_CONFIG.value, _RING_WORKER.value)))
+    return
   run(_CONFIG.value)
 
 

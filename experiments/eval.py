@@ -1,4 +1,5 @@
-r"""Evaluate a training workdir's latest or best checkpoint on a split.
+r"""Evaluate a training workdir's latest or best checkpoint on a split, with the trainer's
+own evaluation (so a translation workdir reports BLEU here too).
 
     python -m experiments.eval --workdir=/tmp/quickstart --checkpoint=best --split=test
 """
@@ -7,6 +8,7 @@ import jax
 from absl import app, flags, logging
 
 from attention_jax.data import pipeline
+from attention_jax.training import train
 from attention_jax.training import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
@@ -20,13 +22,11 @@ def main(argv):
   config, task, model, params, step = workdir_lib.load(_WORKDIR.value, _CHECKPOINT.value,
                                                        _SPLIT.value)
   _, data = task.datasets()
-  step_fn = jax.jit(lambda p, b: task.loss(model, p, b, jax.random.key(0), True)[1])
-  total = None
-  for batch in pipeline.eval_batches(data, config.eval_batch_size or config.batch_size):
-    sums = jax.device_get(step_fn(params, batch))
-    total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+  batches = pipeline.eval_batches(data, config.eval_batch_size or config.batch_size)
+  metrics = train.evaluate(task, jax.jit(train.make_eval_step(task, model)), params, batches,
+                           model, prefix=_SPLIT.value)
   print(f"checkpoint {step}, split {_SPLIT.value}:")
-  for name, value in task.summarize(total, _SPLIT.value).items():
+  for name, value in metrics.items():
     print(f"  {name}: {value:.4f}")
 
 

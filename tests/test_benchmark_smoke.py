@@ -24,6 +24,10 @@ def test_benchmark_smoke_writes_results(tmp_path):
   saved = json.loads((tmp_path / "benchmark_attention.json").read_text())
   assert saved["rows"] == json.loads(json.dumps(results["rows"]))
   assert (tmp_path / "benchmark_attention.md").read_text().startswith("| T |")
+  ring = {r["impl"]: r for r in results["ring"]}  # 2 fake devices, in a subprocess
+  assert set(ring) == {"ring", "flash"} and ring["ring"]["devices"] == 2
+  assert ring["flash"]["of_flash"] == 1.0 and ring["ring"]["temp_mb"] > 0
+  assert "| 2 | 256 | ring |" in (tmp_path / "benchmark_attention.md").read_text()
 
 
 
@@ -71,6 +75,7 @@ def test_benchmark_takes_kernel_names_and_a_baseline(tmp_path):
   config.seq_lens, config.long_seq_lens, config.passes = (128,), (), ("forward",)
   config.implementations = ("pallas_gpu:interpret=true", "xla")
   config.baseline = "pallas_gpu:interpret=true"
+  config.ring_devices = ()
   results = benchmark_attention.run(config, log=lambda *_: None)
   rows = {(r["impl"], r["causal"]): r for r in results["rows"]}
   assert rows[("pallas_gpu:interpret=true", True)]["of_baseline"] == 1.0

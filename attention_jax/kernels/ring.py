@@ -217,7 +217,8 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
     causal inputs, and runs the ring in a `shard_map` (batch over `batch_axes`, heads over
     `head_axes`, where those divide).
   - Without a mesh axis `axis_name` of size > 1, it is `flash_attention` on one device.
-  - Inside your own `shard_map` over `axis_name`: the arguments are this device's blocks,
+  - Inside your own `shard_map` over `axis_name` (with `check_vma=False`: the flash loops
+    carry values that do not vary over the mesh): the arguments are this device's blocks,
     in contiguous order (device i holds block i), or striped (`striped=True`: device i holds
     tokens i, i + N, ...; balanced for causal attention). Every block has the same length.
 

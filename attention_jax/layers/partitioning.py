@@ -48,7 +48,8 @@ DIRECT = {
     "out_bias": ("vocab",),
     "cls_token": (None, None, "embed"), "position_embedding": (None, None, "embed"),  # ViT
 }
-STACKED = "layers"  # the leading axis of layers stacked by `scan_layers`
+LAYERS = "layers"  # the leading axis of blocks stacked by `scan_layers`
+STACKED = "blocks"  # the module name of such a stack (layers.transformer.scanned_blocks)
 _INDEX = re.compile(r"_\d+$")
 LORA_SUFFIX = "_lora"
 
@@ -86,13 +87,13 @@ def _dict_keys(path) -> tuple[str, ...]:
   return tuple(reversed(keys))
 
 
-def logical_axes(tree, stacked: frozenset[str] = frozenset()):
+def logical_axes(tree):
   """The logical axes of every array in `tree`: a PartitionSpec of logical names (None: a
   dimension with no meaning to split), as Flax's `nn.get_partition_spec` gives.
 
   `tree` is a parameter tree or anything that nests parameter trees (a train state, an
-  optimizer state); scalars get (). Modules named in `stacked` hold layers stacked on a
-  leading `layers` axis. Raises ValueError naming any parameter without an entry here.
+  optimizer state); scalars get (). Parameters inside a module named STACKED ("blocks")
+  have a leading `layers` axis. Raises ValueError naming any parameter without an entry.
   """
   def axes(path, leaf):
     shape = getattr(leaf, "shape", ())
@@ -100,7 +101,7 @@ def logical_axes(tree, stacked: frozenset[str] = frozenset()):
       return PartitionSpec()
     names = _dict_keys(path)
     found = _axes_of(names)
-    extra = (STACKED,) if stacked.intersection(names) else ()
+    extra = (LAYERS,) if STACKED in names else ()
     if found is None or len(extra + found) != len(shape):
       raise ValueError(
           f"no logical axes for parameter {'/'.join(names) or jax.tree_util.keystr(path)} "

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax.layers.attention import MultiHeadAttention, default_kernel_init
 from attention_jax.layers.lora import LoraSpec
 from attention_jax.layers.mlp import Mlp
+from attention_jax.layers.partitioning import STACKED
 
 
 REMAT = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -122,3 +123,38 @@ class TransformerBlock(nn.Module):
               kernel_init=self.kernel_init, lora=self.lora, name="mlp")
     norm = self._norm("mlp_norm")
     return x + dropout(mlp(norm(x))) if self.pre_ln else norm(x + dropout(mlp(x)))
+
+
+class _ScanStep(TransformerBlock):
+  """One TransformerBlock as nn.scan's body: (x, broadcast arguments) -> (x, None)."""
+
+  def __call__(self, x, mask, kv_lengths, segment_ids, causal, deterministic):
+    return super().__call__(x, mask=mask, kv_lengths=kv_lengths, segment_ids=segment_ids,
+                            causal=causal, deterministic=deterministic), None
+
+
+def scanned_blocks(depth: int, **block_options) -> nn.Module:
+  """`depth` identical TransformerBlocks under `nn.scan`: one block is traced and compiled,
+  so compile time does not grow with depth; every parameter (and KV-cache entry) gains a
+  leading `layers` axis of size `depth`. Call the result as
+  `(x, mask, kv_lengths, segment_ids, causal, deterministic) -> (x, None)`; name it
+  `partitioning.STACKED` ("blocks"): sharding and the layout conversions look for it."""
+  return nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+                 split_rngs={"params": True, "dropout": True},
+                 in_axes=(nn.broadcast,) * 5, length=depth)(**block_options)
+
+
+def block_stack(x, depth: int, scan: bool, options: dict, *, prefix: str = "block_",
+                mask=None, kv_lengths=None, segment_ids=None, causal=False,
+                deterministic=True):
+  """`depth` TransformerBlocks(**options) over x, unrolled (named `<prefix><i>`) or, with
+  `scan`, under nn.scan (named "blocks", parameters stacked). Call from a compact method."""
+  if scan:
+    x, _ = scanned_blocks(depth, **options, name=STACKED)(x, mask, kv_lengths, segment_ids,
+                                                          causal, deterministic)
+    return x
+  for i in range(depth):
+    x = TransformerBlock(**options, name=f"{prefix}{i}")(
+        x, mask=mask, kv_lengths=kv_lengths, segment_ids=segment_ids, causal=causal,
+        deterministic=deterministic)
+  return x

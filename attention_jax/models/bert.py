@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from attention_jax.layers import TextEmbeddings, TransformerBlock, default_kernel_init
 from attention_jax.layers.lora import LoraSpec
 from attention_jax.layers.mlp import activation_fn
+from attention_jax.layers.transformer import scanned_blocks
 
 POOLINGS = ("cls", "mean")
 
@@ -62,6 +63,7 @@ class Bert(nn.Module):
   activation: str = "gelu"
   kernel: str | Callable = "dot_product"
   remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
+  scan_layers: bool = False  # blocks under nn.scan, parameters stacked (models.layouts)
   num_classes: int | None = None
   classifier_pooling: str = "cls"
   lora: LoraSpec | None = None
@@ -76,12 +78,15 @@ class Bert(nn.Module):
                                 type_vocab_size=self.type_vocab_size, layer_norm=True,
                                 ln_eps=self.ln_eps, dropout_rate=self.dropout_rate,
                                 dtype=self.dtype, param_dtype=self.param_dtype)
-    self.blocks = [TransformerBlock(
-        self.num_heads, self.mlp_dim, pre_ln=False, kernel=self.kernel,
+    options = dict(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, pre_ln=False, kernel=self.kernel,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         ln_eps=self.ln_eps, activation=self.activation, lora=self.lora, remat=self.remat,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype) for _ in range(self.depth)]
+        dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.scan_layers:  # "blocks", stacked
+      self.blocks = scanned_blocks(self.depth, **options)
+    else:  # "blocks_0", "blocks_1", ...
+      self.blocks = [TransformerBlock(**options) for _ in range(self.depth)]
     self.pooler = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=default_kernel_init)
     self.mlm_head = MlmHead(self.width, self.activation, self.ln_eps, self.dtype,
@@ -96,8 +101,11 @@ class Bert(nn.Module):
                deterministic=True):
     x = self.embed(input_ids, token_types=token_type_ids, deterministic=deterministic)
     mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
-    for block in self.blocks:
-      x = block(x, mask=mask, deterministic=deterministic)
+    if self.scan_layers:
+      x, _ = self.blocks(x, mask, None, None, False, deterministic)
+    else:
+      for block in self.blocks:
+        x = block(x, mask=mask, deterministic=deterministic)
     out = {"hidden": x, "pooled": jnp.tanh(self.pooler(x[:, 0]))}
     if self.num_classes:
       features = (out["pooled"] if self.classifier_pooling == "cls"

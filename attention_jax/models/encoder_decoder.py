@@ -33,11 +33,15 @@ class EncoderDecoder(nn.Module):
   activation: str = "relu"
   kernel: str | Callable = "dot_product"
   remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
+  scan_layers: bool = False  # not available here: GPT, Bert and ViT stack their blocks
   decode: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def setup(self):
+    if self.scan_layers:
+      raise ValueError("scan_layers is available for GPT, Bert and ViT; EncoderDecoder keeps its "
+                       "blocks unrolled (set model.scan_layers=False).")
     self.embed = TextEmbeddings(self.vocab_size, self.width, self.max_len,
                                 position="sinusoidal", scale_tokens=True,
                                 dropout_rate=self.dropout_rate, dtype=self.dtype,

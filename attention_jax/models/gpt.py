@@ -7,7 +7,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attention_jax.layers import TextEmbeddings, TransformerBlock
+from attention_jax.layers import TextEmbeddings
+from attention_jax.layers.transformer import block_stack
 from attention_jax.layers.lora import LoraSpec
 
 
@@ -31,6 +32,7 @@ class GPT(nn.Module):
   activation: str = "gelu_tanh"
   kernel: str | Callable = "dot_product"
   remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
+  scan_layers: bool = False  # blocks under nn.scan, parameters stacked (models.layouts)
   lora: LoraSpec | None = None  # LoRA adapters (see attention_jax.layers.lora)
   decode: bool = False
   dtype: Any = jnp.float32
@@ -51,17 +53,16 @@ class GPT(nn.Module):
                            dropout_rate=self.dropout_rate, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="embed")
     x = embed(tokens, positions, deterministic=deterministic)
-    for i in range(self.depth):
-      x = TransformerBlock(
-          self.num_heads, self.mlp_dim, num_kv_heads=self.num_kv_heads, pre_ln=True,
-          kernel=self.kernel, dropout_rate=self.dropout_rate,
-          attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
-          activation=self.activation,
-          position=self.position if self.position in ("rotary", "alibi") else "none",
-          decode=self.decode, lora=self.lora, remat=self.remat, dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"block_{i}")(x, causal=not self.decode, segment_ids=segment_ids,
-                             deterministic=deterministic)
+    options = dict(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, num_kv_heads=self.num_kv_heads,
+        pre_ln=True, kernel=self.kernel, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
+        activation=self.activation,
+        position=self.position if self.position in ("rotary", "alibi") else "none",
+        decode=self.decode, lora=self.lora, remat=self.remat, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    x = block_stack(x, self.depth, self.scan_layers, options, segment_ids=segment_ids,
+                    causal=not self.decode, deterministic=deterministic)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="final_norm")(x)
     return embed.attend(x).astype(jnp.float32)

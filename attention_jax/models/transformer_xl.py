@@ -60,6 +60,7 @@ class TransformerXL(nn.Module):
   ln_eps: float = 1e-5
   kernel: str | Callable = "relative"  # a kernel with relative_attention's signature
   remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
+  scan_layers: bool = False  # not available here: GPT, Bert and ViT stack their blocks
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -68,6 +69,9 @@ class TransformerXL(nn.Module):
                deterministic=True):
     """`mask` (boolean, broadcast to [batch, heads, length, mem + length]) further limits
     attention; causality over [memory; segment] is always applied."""
+    if self.scan_layers:
+      raise ValueError("scan_layers is available for GPT, Bert and ViT; TransformerXL keeps "
+                       "its blocks unrolled (set model.scan_layers=False).")
     if self.cutoffs and (list(self.cutoffs) != sorted(set(self.cutoffs))
                          or not 0 < self.cutoffs[0] or self.cutoffs[-1] >= self.vocab_size):
       raise ValueError(f"cutoffs must be increasing and inside (0, vocab_size="

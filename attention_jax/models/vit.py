@@ -7,7 +7,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attention_jax.layers import PatchEmbedding, TransformerBlock
+from attention_jax.layers import PatchEmbedding
+from attention_jax.layers.transformer import block_stack
 from attention_jax.layers.lora import LoraSpec
 
 
@@ -26,6 +27,7 @@ class ViT(nn.Module):
   ln_eps: float = 1e-6
   kernel: str | Callable = "dot_product"
   remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
+  scan_layers: bool = False  # blocks under nn.scan, parameters stacked (models.layouts)
   lora: LoraSpec | None = None  # LoRA adapters (see attention_jax.layers.lora)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -44,13 +46,12 @@ class ViT(nn.Module):
     pos = self.param("position_embedding", nn.initializers.normal(0.02),
                      (1, x.shape[1], self.width), self.param_dtype)
     x = nn.Dropout(self.dropout_rate)(x + pos.astype(x.dtype), deterministic=deterministic)
-    for i in range(self.depth):
-      x = TransformerBlock(self.num_heads, self.mlp_dim, pre_ln=True, kernel=self.kernel,
-                           dropout_rate=self.dropout_rate,
-                           attention_dropout_rate=self.attention_dropout_rate,
-                           ln_eps=self.ln_eps, activation="gelu", lora=self.lora, remat=self.remat,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}")(
-                               x, deterministic=deterministic)
+    options = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, pre_ln=True,
+                   kernel=self.kernel, dropout_rate=self.dropout_rate,
+                   attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
+                   activation="gelu", lora=self.lora, remat=self.remat, dtype=self.dtype,
+                   param_dtype=self.param_dtype)
+    x = block_stack(x, self.depth, self.scan_layers, options, deterministic=deterministic)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="final_norm")(x)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,

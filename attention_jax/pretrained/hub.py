@@ -16,6 +16,7 @@ import sys
 import jax
 from flax import traverse_util
 
+from attention_jax.models import layouts
 from attention_jax.pretrained import convert, formats
 from attention_jax.pretrained.tokenizer import PretrainedTokenizer
 
@@ -112,7 +113,8 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
       model.safetensors (and tokenizer.json or vocab.txt for a tokenizer).
     kernel: the attention kernel of the returned model (any registry name).
     sha256: the weights file's expected SHA-256 (known names have theirs pinned).
-    **overrides: model fields to change (dropout_rate, dtype, ...); not the architecture.
+    **overrides: model fields to change (dropout_rate, dtype, scan_layers, ...); not the
+      architecture.
 
   Returns:
     model (Bert or GPT), params (nested dict of jax arrays) and the tokenizer (None when the
@@ -121,7 +123,8 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   config, tensors, directory = read_checkpoint(path_or_name, sha256)
   fmt = formats.for_model_type(config.get("model_type", ""))
   tensors = fmt.rename(_strip_prefix(tensors, fmt.prefix))
-  model = fmt.family(**{**fmt.fields(config, tensors), "kernel": kernel, **overrides})
+  target = fmt.family(**{**fmt.fields(config, tensors), "kernel": kernel, **overrides})
+  model, _ = layouts.unrolled(target, {})  # converted unrolled; stacked at the end
   has_mlm_head = any(name.startswith("cls.predictions.") for name in tensors)
   # A Bert's MLM head exists only once used (its `pretrain` method).
   method = {"method": model.pretrain} if has_mlm_head else {}
@@ -142,7 +145,9 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
     init = jax.jit(lambda: model.init(jax.random.key(0), *model.example_inputs(), **method))()
     params["pooler"] = jax.device_get(init["params"]["pooler"])
   tokenizer = PretrainedTokenizer.from_directory(directory, _max_length(directory, model))
-  return model, jax.tree.map(jax.numpy.asarray, params), tokenizer
+  if getattr(target, "scan_layers", False):
+    params = layouts.stack(params)
+  return target, jax.tree.map(jax.numpy.asarray, params), tokenizer
 
 
 def export(model, params, directory: str, tokenizer=None):
@@ -152,6 +157,7 @@ def export(model, params, directory: str, tokenizer=None):
   it lacks one). Returns the directory."""
   from safetensors.numpy import save_file
   from tokenizers import Tokenizer, processors
+  model, params = layouts.unrolled(model, params)
   fmt = formats.for_model(model)
   rules = fmt.rules(model, "mlm_head" in params)
   tensors = convert.params_to_tensors(params, rules)

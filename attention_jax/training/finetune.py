@@ -21,6 +21,8 @@ import optax
 from flax import traverse_util
 
 from attention_jax.layers import lora as lora_lib
+from attention_jax.layers.partitioning import STACKED
+from attention_jax.models import layouts
 
 MODES = ("full", "linear_probe", "top_k_layers", "lora")
 _BLOCK = re.compile(r"^blocks?_(\d+)$")
@@ -97,11 +99,19 @@ def block_index(path) -> int | None:
   return int(match.group(1)) if match else None
 
 
+def _depth(flat: dict) -> int:
+  """Number of blocks: the stacked `layers` axis, or 1 + the highest unrolled index."""
+  stacked = [v.shape[0] for p, v in flat.items() if p[0] == STACKED]
+  if stacked:
+    return stacked[0]
+  return 1 + max((block_index(p) for p in flat if block_index(p) is not None), default=-1)
+
+
 def trainable(params, config) -> dict:
   """{path: bool}: whether each parameter trains in `config.finetune.mode`."""
   cfg = config.finetune
   flat = _flat(params)
-  depth = 1 + max((block_index(p) for p in flat if block_index(p) is not None), default=-1)
+  depth = _depth(flat)
   heads = set(cfg.heads)
 
   def trains(path):
@@ -110,6 +120,8 @@ def trainable(params, config) -> dict:
     if cfg.mode == "lora":
       return lora_lib.is_adapter(path)
     if cfg.mode == "top_k_layers":
+      if path[0] == STACKED:  # trained as one array; layer_scale zeroes the lower layers
+        return True
       index = block_index(path)
       return path[0] == "final_norm" or (index is not None and index >= depth - cfg.top_k)
     return False
@@ -149,7 +161,8 @@ def base_arrays(base: Base | None, shapes: dict, heads) -> dict:
   """
   if base is None:
     return {}
-  new, old = _flat(shapes), {k: np.asarray(v) for k, v in _flat(base.params).items()}
+  base_params = layouts.to_layout(base.params, shapes)  # stacked <-> unrolled blocks
+  new, old = _flat(shapes), {k: np.asarray(v) for k, v in _flat(base_params).items()}
   load = {p: old[p] for p in new if p in old and p[0] not in heads}
   wrong = [f"{'/'.join(p)}: base {old[p].shape}, model {tuple(new[p].shape)}"
            for p in load if old[p].shape != tuple(new[p].shape)]
@@ -173,13 +186,19 @@ def base_arrays(base: Base | None, shapes: dict, heads) -> dict:
 
 def starting_point(model, inputs, config, base: Base | None):
   """(parameter shapes, `trainable` mask, `base_arrays` to load) of a run of `config`."""
-  shapes = jax.eval_shape(lambda: model.init(init_key(config.seed), *inputs)["params"])
+  shapes = jax.eval_shape(lambda: initial_params(model, inputs, init_key(config.seed), {}))
   return shapes, trainable(shapes, config), base_arrays(base, shapes, config.finetune.heads)
 
 
 def initial_params(model, inputs, rng, loaded: dict) -> dict:
-  """model.init's parameters with the `loaded` {path: array} ones put in (jit-friendly)."""
-  params = model.init(rng, *inputs)["params"]
+  """model.init's parameters with the `loaded` {path: array} ones put in (jit-friendly).
+  Stacked blocks (scan_layers) start from the unrolled model's initial values, stacked, so
+  a seed gives the same model in either layout."""
+  if getattr(model, "scan_layers", False):
+    params = model.clone(scan_layers=False).init(rng, *inputs)["params"]
+    params = layouts.stack(params)
+  else:
+    params = model.init(rng, *inputs)["params"]
   if not loaded:
     return params
   flat = _flat(params)
@@ -192,29 +211,37 @@ def init_key(seed: int):
   return jax.random.fold_in(jax.random.key(seed), 0)
 
 
-def layer_decay_labels(params) -> dict:
-  """A label per parameter for layer-wise learning-rate decay: "depth_d", where d counts
-  down from the top: heads and anything above the blocks 0, block i depth - i, embeddings
-  (below the blocks) depth + 1."""
-  flat = _flat(params)
-  indices = [block_index(p) for p in flat if block_index(p) is not None]
-  if not indices:
-    raise ValueError("layer-wise lr decay needs blocks named blocks_<i> or block_<i> "
-                     f"(top-level modules here: {', '.join(sorted({p[0] for p in flat}))}).")
-  depth = 1 + max(indices)
+def layer_scale(params, config) -> optax.GradientTransformation | None:
+  """Rescales each update by decay ** (its distance from the top), for layer-wise learning
+  rate decay (`finetune.layer_decay` < 1): heads and anything above the blocks 0, block i
+  depth - i, the embeddings depth + 1. On stacked blocks the scale is a vector along the
+  `layers` axis, which also zeroes the layers that `top_k_layers` freezes there (unrolled
+  ones are frozen by `trainable` instead). None when there is nothing to scale."""
+  decay, flat = config.finetune.layer_decay, _flat(params)
+  top_k = config.finetune.top_k if config.finetune.mode == "top_k_layers" else None
+  stacked = any(p[0] == STACKED for p in flat)
+  if decay == 1.0 and not (top_k and stacked):
+    return None
+  depth = _depth(flat)
+  if depth == 0:
+    raise ValueError("layer-wise lr decay needs blocks named blocks_<i> or block_<i>, or "
+                     "stacked `blocks` (top-level modules here: "
+                     f"{', '.join(sorted({p[0] for p in flat}))}).")
 
-  def distance(path):
+  def scale(path, leaf):
+    if path[0] == STACKED:
+      layer = np.arange(depth)
+      factor = decay ** (depth - layer) * (layer >= depth - top_k if top_k else 1.0)
+      return factor.reshape((depth,) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)
     index = block_index(path)
     if index is not None:
-      return depth - index
-    return depth + 1 if path[0] in ("embed", "patch_embed", "cls_token",
-                                    "position_embedding") else 0
-  return traverse_util.unflatten_dict({p: f"depth_{distance(p)}" for p in flat})
+      return np.float32(decay ** (depth - index))
+    below = path[0] in ("embed", "patch_embed", "cls_token", "position_embedding")
+    return np.float32(decay ** (depth + 1) if below else 1.0)
 
+  scales = traverse_util.unflatten_dict({p: scale(p, v) for p, v in flat.items()})
 
-def layer_decay(params, decay: float) -> optax.GradientTransformation:
-  """Scales each update by decay ** (its depth label), via optax.multi_transform."""
-  labels = layer_decay_labels(params)
-  names = set(jax.tree.leaves(labels))
-  return optax.multi_transform(
-      {name: optax.scale(decay ** int(name.split("_")[1])) for name in names}, labels)
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, c: u * c.astype(u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

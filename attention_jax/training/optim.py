@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from attention_jax.layers.partitioning import STACKED
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -28,8 +30,12 @@ def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-  """Weight decay on matrices (kernels, embeddings), not on biases or LayerNorm scales."""
-  return jax.tree.map(lambda x: x.ndim >= 2, params)
+  """Weight decay on matrices (kernels, embeddings), not on biases or LayerNorm scales (on
+  stacked blocks, not counting their leading `layers` axis)."""
+  def is_matrix(path, x):
+    stacked = any(getattr(key, "key", None) == STACKED for key in path)
+    return x.ndim - stacked >= 2
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(cfg, num_steps: int,

@@ -91,9 +91,10 @@ def _describe(sizes) -> str:
   return " x ".join(f"{axis}={size}" for axis, size in sizes.items())
 
 
-def make_mesh(config) -> Mesh:
-  """The run's mesh over all processes' devices (or the first config.num_devices)."""
-  devices = _devices(config)
+def make_mesh(config, devices=None) -> Mesh:
+  """The run's mesh over all processes' devices (or the first config.num_devices), or over
+  `devices` (experiments.plan: a TPU topology's devices, compiled for without the chips)."""
+  devices = _devices(config) if devices is None else list(devices)
   sizes = axis_sizes(config, len(devices))
   inner = sizes["sequence"] * sizes["tensor"]
   if jax.process_count() > 1 and jax.local_device_count() % inner:
@@ -134,9 +135,9 @@ def mesh_spec(logical: P, shape, table, mesh: Mesh, what: str) -> P:
   return P(*spec)
 
 
-def tree_shardings(shapes, table, mesh: Mesh, stacked=frozenset()):
+def tree_shardings(shapes, table, mesh: Mesh):
   """NamedShardings of a tree of arrays (parameters, optimizer state, train state)."""
-  logical = partitioning.logical_axes(shapes, stacked)
+  logical = partitioning.logical_axes(shapes)
   return jax.tree_util.tree_map_with_path(
       lambda path, axes, leaf: NamedSharding(mesh, mesh_spec(
           axes, leaf.shape, table, mesh, jax.tree_util.keystr(path, simple=True, separator="/"))),
@@ -152,7 +153,10 @@ def report_memory(compiled, what: str, devices):
   print(f"compiled {what}: {need / 2 ** 20:,.1f} MB per device "
         f"({analysis['temporary'] / 2 ** 20:,.1f} MB temporaries)", file=sys.stderr)
   device = next(d for d in devices if d.process_index == jax.process_index())
-  limit = (device.memory_stats() or {}).get("bytes_limit")
+  try:
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+  except (AttributeError, RuntimeError):  # a topology's device, compiled for, not present
+    limit = None
   if limit and need > limit:
     raise MemoryError(f"{what} needs {need / 2 ** 30:.2f} GiB per device but "
                       f"{device.device_kind} has {limit / 2 ** 30:.2f} GiB: lower "
@@ -183,8 +187,8 @@ class Runner:
   parameters) are passed as arguments, never baked into the program as constants.
   """
 
-  def __init__(self, config, init_fn, init_args=(), stacked=frozenset()):
-    self.mesh = make_mesh(config)
+  def __init__(self, config, init_fn, init_args=(), devices=None):
+    self.mesh = make_mesh(config, devices)
     self.devices = list(self.mesh.devices.flat)
     self.rules = rules(config)
     self.init_fn, self.init_args = init_fn, init_args
@@ -201,7 +205,7 @@ class Runner:
           f"multiple of {shards * config.grad_accum_steps}.")
     self.batch_spec = P(batch_axes or None)
     self.shapes = jax.eval_shape(init_fn, *init_args)
-    self.state_sharding = tree_shardings(self.shapes, self.rules, self.mesh, stacked)
+    self.state_sharding = tree_shardings(self.shapes, self.rules, self.mesh)
     self.replicated = NamedSharding(self.mesh, P())
 
   def init(self):
@@ -218,12 +222,17 @@ class Runner:
         self.batch_sharding(x), np.asarray(x)), batch)
 
   def compile_train(self, step, example_batch, rng):
-    """AOT-compiles step(state, batch, rng) -> (state, metrics) for this layout."""
-    batch = self.shard_batch(example_batch)
+    """AOT-compiles step(state, batch, rng) -> (state, metrics) for this layout, from shapes
+    alone (this host's `example_batch` gives the batch's)."""
+    hosts = jax.process_count()
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        (np.shape(x)[0] * hosts,) + np.shape(x)[1:], np.asarray(x).dtype,
+        sharding=self.batch_sharding(x)), example_batch)
     jitted = jax.jit(step, in_shardings=(self.state_sharding, _shardings_of(batch),
                                          self.replicated),
                      out_shardings=(self.state_sharding, self.replicated),
                      donate_argnums=(0,))
+    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=self.replicated)
     with jax.set_mesh(self.mesh):
       compiled = jitted.lower(self.shapes, batch, rng).compile()
     report_memory(compiled, "train step", self.devices)

@@ -27,13 +27,26 @@ def _bytes_per_device(shapes, shardings) -> int:
   return int(sum(jax.tree.leaves(sizes)))
 
 
-def plan(config) -> dict:
-  """Compiles `config`'s train step for its mesh; returns what one device needs."""
+def topology_devices(name: str) -> list:
+  """The devices of a TPU slice such as "v5e:2x4" or "v5p:2x2x2", for compiling without
+  the chips (needs libtpu: `pip install "jax[tpu]"`, on any machine)."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  try:
+    return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+  except Exception as error:  # the TPU plugin's errors have no common type
+    raise ValueError(f"cannot describe the TPU topology {name!r} ({error}). Install libtpu "
+                     "(pip install 'jax[tpu]') and name a slice such as v5e:2x4 or "
+                     "v5p:2x2x2.") from None
+
+
+def plan(config, topology: str | None = None) -> dict:
+  """Compiles `config`'s train step for its mesh; returns what one device needs. With a
+  TPU `topology` the step is compiled by the TPU compiler for that slice."""
   check_config(config)
   task = tasks.get(config)
   base = workdir_lib.load_base(config.init_from, None) if config.init_from else None
   task.prepare(None, base)
-  built = build(config, task, base)
+  built = build(config, task, base, topology_devices(topology) if topology else None)
   runner = built.runner
   shapes, shardings = runner.shapes, runner.state_sharding
   compiled = runner.compile_train(built.step, next_example_batch(built.train_data, config),
@@ -43,6 +56,7 @@ def plan(config) -> dict:
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   return {
       "mesh": dict(runner.mesh.shape),
+      "device_kind": runner.devices[0].device_kind,
       "devices": runner.mesh.size,
       "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(
           (shapes.params, shapes.frozen)))),
@@ -71,9 +85,11 @@ def predict(result: dict, peak_tflops: float, hbm_gbps: float) -> dict:
 
 def describe(result: dict, peak_tflops: float, hbm_gbps: float, hbm_gib: float) -> str:
   """The plan as the lines experiments.plan prints."""
-  gib = lambda b: "?" if b is None else f"{b / 2 ** 30:,.3f} GiB"
+  gib = lambda b: ("?" if b is None else f"{b / 2 ** 30:,.2f} GiB" if b >= 2 ** 30
+                   else f"{b / 2 ** 20:,.2f} MiB")
   mesh = " x ".join(f"{axis}={size}" for axis, size in result["mesh"].items())
-  lines = [f"mesh: {mesh} ({result['devices']} devices); {result['parameters']:,} parameters",
+  lines = [f"mesh: {mesh} ({result['devices']} x {result['device_kind']}); "
+           f"{result['parameters']:,} parameters",
            "per device:",
            f"  parameters         {gib(result['parameter_bytes'])}",
            f"  optimizer state    {gib(result['optimizer_bytes'])}",
@@ -89,7 +105,8 @@ def describe(result: dict, peak_tflops: float, hbm_gbps: float, hbm_gib: float) 
                "custom-call kernels count 0)")
   if flops:
     guess = predict(result, peak_tflops, hbm_gbps)
-    lines.append(f"predicted at {peak_tflops:g} TFLOP/s and {hbm_gbps:g} GB/s per device: "
-                 f"{guess['step_seconds'] * 1e3:,.1f} ms/step ({guess['bound']} bound), MFU "
-                 f"{guess['mfu']:.0%}, {guess['items_per_second']:,.0f} {result['unit']}/s")
+    lines.append(f"roofline at {peak_tflops:g} TFLOP/s and {hbm_gbps:g} GB/s per device "
+                 f"(a bound: real steps are slower): >= {guess['step_seconds'] * 1e3:,.1f} "
+                 f"ms/step ({guess['bound']} bound), MFU <= {guess['mfu']:.0%}, <= "
+                 f"{guess['items_per_second']:,.0f} {result['unit']}/s")
   return "\n".join(lines)

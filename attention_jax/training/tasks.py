@@ -61,15 +61,60 @@ def load_or_make_tokenizer(workdir: str | None, make, base: finetune.Base | None
   return tokenizer
 
 
-class LanguageModelTask:
+class Task:
+  """What a config trains: the interface the trainer, experiments.eval and experiments.plan
+  call. Subclasses implement the methods that raise; the two hooks default to nothing."""
+  unit = "examples"  # what items_per_example counts, for throughput lines
+  decodes = False  # whether decode_metrics has metrics to add (it decodes: slow)
+
+  def __init__(self, config):
+    self.config = config
+    self.tokenizer = None
+    self.base = None
+
+  def prepare(self, workdir: str | None, base: finetune.Base | None = None):
+    """Builds (or reloads from `workdir`) the tokenizer; `base` is config.init_from's."""
+    raise NotImplementedError
+
+  def datasets(self):
+    """(train, eval) grain MapDatasets of examples."""
+    raise NotImplementedError
+
+  def model(self, **overrides):
+    """The Flax module, config.model's fields with `overrides` on top."""
+    raise NotImplementedError
+
+  def init_inputs(self) -> tuple:
+    """Example inputs for model.init."""
+    raise NotImplementedError
+
+  def items_per_example(self) -> int:
+    return 1
+
+  def loss(self, model, params, batch, rng, deterministic: bool):
+    """(mean loss, sums) of a batch; the sums add up over batches for `summarize`."""
+    raise NotImplementedError
+
+  def summarize(self, sums: dict, prefix: str) -> dict:
+    """Metrics {f"{prefix}/name": float} from summed evaluation sums (host numpy)."""
+    raise NotImplementedError
+
+  def decode_metrics(self, model, params, prefix: str = "eval") -> dict:
+    """Metrics that need decoding (BLEU) when `decodes`; `params` are host arrays."""
+    return {}
+
+  def sample(self, model, params, rng) -> str | None:
+    """A demonstration output at the end of training. Default: none."""
+    return None
+
+
+class LanguageModelTask(Task):
   """Next-token prediction on a text dataset with a GPT (byte-level tokens)."""
   unit = "tokens"
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     self.seq_len = config.dataset.seq_len
-    self.tokenizer = None
-    self.base = None
 
   def prepare(self, workdir: str | None, base: finetune.Base | None = None):
     self.base = base
@@ -128,9 +173,12 @@ class LanguageModelTask:
                 f"{prefix}/bits_per_char": loss / math.log(2)})
     return out
 
-  def sample(self, model, params, rng) -> str:
-    """A continuation of config.sample.prompt (the demo at the end of training)."""
+  def sample(self, model, params, rng) -> str | None:
+    """A continuation of config.sample.prompt (the demo at the end of training); none when
+    config.sample.max_new_tokens is 0."""
     cfg = self.config.sample
+    if cfg.max_new_tokens == 0:
+      return None
     prompt = self.tokenizer.encode(cfg.prompt)[None]
     limit = model.max_len - prompt.shape[1]
     tokens = models.generate(model, params, prompt,
@@ -180,18 +228,16 @@ class TransformerXLTask(LanguageModelTask):
       sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
     return total, sums
 
-  sample = None  # no KV-cache generation for Transformer-XL here
+  def sample(self, model, params, rng) -> None:
+    return None  # no KV-cache generation for Transformer-XL here
 
 
-class ExampleTask:
+class ExampleTask(Task):
   """Base of the tasks whose examples are dataset records encoded one by one (`_encode`)."""
-  unit = "examples"
 
   def __init__(self, config):
-    self.config = config
-    self.tokenizer = None
+    super().__init__(config)
     self.sources = {}
-    self.base = None
 
   def _load_sources(self):
     cfg = self.config.dataset
@@ -266,6 +312,7 @@ class ClassificationTask(ExampleTask):
 class TranslationTask(ExampleTask):
   """Source -> target sentences with the encoder-decoder over a joint BPE vocabulary;
   evaluation adds corpus BLEU of beam-search (or greedy) translations."""
+  decodes = True
 
   def prepare(self, workdir: str | None, base: finetune.Base | None = None):
     cfg = self.config.dataset
@@ -312,8 +359,9 @@ class TranslationTask(ExampleTask):
   def summarize(sums: dict, prefix: str) -> dict:
     return LanguageModelTask.summarize(sums, prefix)
 
-  def decode_metrics(self, model, params) -> dict:
-    """eval/bleu of translations of the first `config.eval_bleu_examples` eval examples."""
+  def decode_metrics(self, model, params, prefix: str = "eval") -> dict:
+    """{prefix}/bleu of translations of the first `config.eval_bleu_examples` examples of the
+    evaluation split."""
     cfg = self.config
     source = self.sources[cfg.dataset.eval_split]
     count = min(cfg.eval_bleu_examples, len(source))
@@ -328,7 +376,7 @@ class TranslationTask(ExampleTask):
           source_lengths=np.array([e["source_length"] for e in chunk]))
       hypotheses += [self.tokenizer.decode(t) for t in np.asarray(tokens)]
     references = [pipeline.as_text(source[i][cfg.dataset.target]) for i in range(count)]
-    return {"eval/bleu": bleu.corpus_bleu(hypotheses, references)}
+    return {f"{prefix}/bleu": bleu.corpus_bleu(hypotheses, references)}
 
 
 TASKS = {"lm": LanguageModelTask, "xl_lm": TransformerXLTask,

@@ -81,6 +81,18 @@ def check_config(config):
   finetune.check_config(config)
 
 
+def check_layout(config, saved_base: dict | None, workdir: str, step: int | None):
+  """A checkpoint resumes only in the block layout it was written in."""
+  saved = bool((saved_base or {}).get("scan_layers", False))
+  wanted = bool(config.model.get("scan_layers", False))
+  if saved_base is not None and saved != wanted:
+    raise ValueError(
+        f"the checkpoint at step {step} in {workdir} holds "
+        f"{'stacked' if saved else 'unrolled'} blocks but config.model.scan_layers={wanted}. "
+        f"Resume with scan_layers={saved}, or start a new workdir with "
+        f"--config.init_from={workdir} (it converts the layout).")
+
+
 def record_run(config, workdir: str):
   """Writes the resolved config, package version and git commit into the workdir."""
   if jax.process_index() != 0:
@@ -175,19 +187,29 @@ class PreemptionFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate(task, runner, state, batches, model) -> dict:
-  """Summed metrics over the evaluation batches, plus decoding metrics (BLEU) if the task
-  has them."""
+def evaluate(task, eval_step, params, batches, model, *, prefix="eval", shard=None,
+             fetch=jax.device_get, host_params=None) -> dict:
+  """The task's metrics over `batches`, summed on the devices (one transfer at the end),
+  plus decoding metrics (BLEU) for tasks that decode, from `host_params()` (default
+  `params`). The trainer passes its mesh runner's shard / fetch; experiments.eval runs on
+  one device with the defaults."""
   total = None
-  params = state.model_params()
-  for batch in batches:  # summed on the devices; one transfer at the end
-    sums = runner.eval_step(params, runner.shard_batch(batch))
+  for batch in batches:
+    sums = eval_step(params, batch if shard is None else shard(batch))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  metrics = task.summarize(runner.fetch(total), "eval")
-  if hasattr(task, "decode_metrics"):
+  metrics = task.summarize(fetch(total), prefix)
+  if task.decodes:
     metrics.update(task.decode_metrics(model.clone(dropout_rate=0.0),
-                                       runner.host_params(state)))
+                                       params if host_params is None else host_params(),
+                                       prefix))
   return metrics
+
+
+def evaluate_state(task, runner, state, batches, model) -> dict:
+  """`evaluate` of a train state on the runner's mesh."""
+  return evaluate(task, runner.eval_step, state.model_params(), batches, model,
+                  shard=runner.shard_batch, fetch=runner.fetch,
+                  host_params=lambda: runner.host_params(state))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -213,19 +235,18 @@ class Built:
   base_info: dict
 
 
-def build(config, task, base=None) -> Built:
+def build(config, task, base=None, devices=None) -> Built:
   """Builds everything the step needs, allocating nothing on the devices. `task` has been
-  prepared (its tokenizer exists); `base` is config.init_from's, if any."""
+  prepared (its tokenizer exists); `base` is config.init_from's, if any; `devices` replace
+  the local ones (experiments.plan's TPU topologies)."""
   train_data, eval_data = task.datasets()
   model = task.model(**({"dtype": jnp.bfloat16} if config.precision == "bfloat16" else {}))
   init_rng = finetune.init_key(config.seed)
   inputs = task.init_inputs()
   shapes, mask, loaded = finetune.starting_point(model, inputs, config, base)
   trained_shapes, _ = finetune.split(shapes, mask)
-  decay = config.finetune.layer_decay
-  optimizer = optim.make_optimizer(
-      config.optimizer, config.num_train_steps,
-      finetune.layer_decay(trained_shapes, decay) if decay < 1.0 else None)
+  optimizer = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                   finetune.layer_scale(trained_shapes, config))
   base_info = describe_training(config, base, shapes, trained_shapes)
   if base is not None:
     base.params = {}  # release it: `loaded` holds what the model uses
@@ -235,7 +256,7 @@ def build(config, task, base=None) -> Built:
     trained, frozen = finetune.split(params, mask)
     return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
 
-  runner = parallel.Runner(config, init_state, (loaded,))
+  runner = parallel.Runner(config, init_state, (loaded,), devices=devices)
   step = make_train_step(task, model, optimizer, config.grad_accum_steps)
   return Built(model, optimizer, runner, step, train_data, eval_data, base_info)
 
@@ -266,6 +287,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   # A resumed run rebuilds its frozen parameters from the very base it started from.
   saved_base = checkpointer.base_info(start) if start is not None else None
   try:
+    check_layout(config, saved_base, workdir, start)
     base = workdir_lib.load_base(config.init_from, saved_base) if config.init_from else None
   except BaseException:
     checkpointer.close()
@@ -312,10 +334,11 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     print(f"SIGTERM: saved a checkpoint at step {stopped_at}; exiting. Run the same command "
           "to resume.", file=sys.stderr)
     return {"preempted_at_step": stopped_at}
-  results = dict(last_eval or evaluate(task, runner, state, eval_batches, model))
-  if getattr(task, "sample", None) and jax.process_index() == 0:
-    results["sample"] = task.sample(model.clone(dropout_rate=0.0), runner.host_params(state),
-                                    sample_rng)
+  results = dict(last_eval or evaluate_state(task, runner, state, eval_batches, model))
+  if jax.process_index() == 0:
+    sample = task.sample(model.clone(dropout_rate=0.0), runner.host_params(state), sample_rng)
+    if sample is not None:
+      results["sample"] = sample
   return results
 
 
@@ -367,7 +390,8 @@ def train_loop(run: Run, state, start: int):
     run.bar.update(step, items, loss, force=is_last)
     if evaluated:
       allocator.release()  # the training step's free temporaries, before evaluation's
-      last_eval = evaluate(run.task, run.runner, state, run.eval_batches, run.model)
+      last_eval = evaluate_state(run.task, run.runner, state, run.eval_batches,
+                                 run.model)
       allocator.release()
       run.writer.write(step, last_eval)
       print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()),
@@ -393,7 +417,8 @@ def describe_training(config, base, shapes, trained_shapes) -> dict:
   info = {"init_from": config.init_from, "sha256": base.sha256 if base else None,
           "base": base.reference if base else None,
           "base_step": base.step if base else None, "mode": config.finetune.mode,
-          "parameters": total, "trained_parameters": trained}
+          "parameters": total, "trained_parameters": trained,
+          "scan_layers": bool(config.model.get("scan_layers", False))}
   print(f"training {trained:,} of {total:,} parameters ({100 * trained / total:.2f}%, "
         f"finetune.mode={config.finetune.mode})", file=sys.stderr)
   return info

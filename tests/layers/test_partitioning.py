@@ -31,5 +31,5 @@ def test_unknown_parameters_are_named_and_stacked_layers_gain_an_axis():
                                                                               "float32")}}})
   stacked = {"blocks": {"mlp": {"fc1": {"kernel": jax.ShapeDtypeStruct((4, 8, 16),
                                                                         "float32")}}}}
-  axes = partitioning.logical_axes(stacked, stacked=frozenset({"blocks"}))
+  axes = partitioning.logical_axes(stacked)
   assert axes["blocks"]["mlp"]["fc1"]["kernel"] == P("layers", "embed", "mlp")

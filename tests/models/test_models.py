@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import models
+from attention_jax.models import layouts
 from attention_jax.models.generation import init_cache
 
 TOKENS = jax.random.randint(jax.random.key(1), (2, 12), 0, 128)
@@ -234,3 +235,32 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients(name):
     np.testing.assert_allclose(a, b, atol=1e-6)
   with pytest.raises(ValueError, match="remat must be one of"):
     model.clone(remat="some").apply(params, *inputs)
+
+
+@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny"])
+def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
+  model = models.create(name)
+  inputs = model.example_inputs()
+  params = model.init(jax.random.key(0), *inputs)["params"]
+  scanned = model.clone(scan_layers=True)
+  stacked = layouts.to_layout(params, jax.eval_shape(
+      lambda: scanned.init(jax.random.key(0), *inputs))["params"])
+  assert stacked["blocks"]["attention"]["query"]["kernel"].shape[0] == model.depth
+  assert not any(k.startswith("block") and k != "blocks" for k in stacked)
+  for want, got in zip(jax.tree.leaves(model.apply({"params": params}, *inputs)),
+                       jax.tree.leaves(scanned.apply({"params": stacked}, *inputs))):
+    np.testing.assert_allclose(want, got, atol=1e-5)
+  jax.tree.map(np.testing.assert_array_equal, layouts.to_layout(stacked, params), params)
+
+
+def test_scan_layers_generates_with_a_stacked_kv_cache():
+  model = models.create("gpt-tiny", dropout_rate=0.0)
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  prompt = jnp.array([[1, 2, 3], [4, 5, 6]])
+  greedy = lambda m, p: np.asarray(models.generate(m, p, prompt, max_new_tokens=6,
+                                                   rng=jax.random.key(1), temperature=0.0))
+  np.testing.assert_array_equal(greedy(model, params),
+                                greedy(model.clone(scan_layers=True), layouts.stack(params)))
+  with pytest.raises(ValueError, match="scan_layers is available for GPT, Bert and ViT"):
+    bad = models.create("transformer-tiny", scan_layers=True)
+    bad.init(jax.random.key(0), *bad.example_inputs())

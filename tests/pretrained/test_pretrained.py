@@ -236,3 +236,20 @@ def test_a_tokenizer_that_is_not_wordpiece_is_left_out(tmp_path):
   bpe.save(str(tmp_path / "tokenizer.json"))
   loaded_model, _, tokenizer = pretrained.load(str(tmp_path))
   assert tokenizer is None and loaded_model.width == 32
+
+
+@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny"])
+def test_stacked_blocks_load_and_export_as_hugging_face_layers(tmp_path, name):
+  model = models.create(name)
+  params = _random_params(model)
+  pretrained.export(model, params, str(tmp_path / "unrolled"))
+  scanned, stacked, _ = pretrained.load(str(tmp_path / "unrolled"), scan_layers=True)
+  assert scanned.scan_layers and set(stacked) >= {"blocks"}
+  assert stacked["blocks"]["mlp"]["fc1"]["kernel"].shape[0] == model.depth
+  tokens = jnp.array([[5, 9, 3, 7, 1]])
+  out = lambda m, p: jax.tree.leaves(m.apply({"params": p}, tokens))
+  for want, got in zip(out(model, params), out(scanned, stacked)):
+    np.testing.assert_allclose(want, got, atol=1e-5)
+  pretrained.export(scanned, stacked, str(tmp_path / "from_stacked"))
+  same = lambda d: load_file(str(tmp_path / d / "model.safetensors"))
+  jax.tree.map(np.testing.assert_array_equal, same("unrolled"), same("from_stacked"))

@@ -165,24 +165,41 @@ def test_minilm_lora_config_fine_tunes_the_pretrained_weights(tmp_path_factory, 
   np.testing.assert_array_equal(ids[mask > 0], reference["input_ids"][0])
 
 
-def test_layer_decay_scales_updates_by_depth():
-  model = models.create("bert-tiny", num_classes=3)
-  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
-  labels = finetune.layer_decay_labels(params)
-  assert labels["classifier"]["kernel"] == "depth_0"
-  assert labels["blocks_1"]["mlp"]["fc1"]["kernel"] == "depth_1"
-  assert labels["blocks_0"]["mlp"]["fc1"]["kernel"] == "depth_2"
-  assert labels["embed"]["token"]["embedding"] == "depth_3"
-  base = finetune_minilm_wordnet.get_config().optimizer
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_layer_decay_scales_updates_by_depth_in_both_layouts(scan_layers):
+  model = models.create("bert-tiny", num_classes=3, scan_layers=scan_layers)
+  params = finetune.initial_params(model, model.example_inputs(), jax.random.key(0), {})
+  config = finetune_minilm_wordnet.get_config()
+  config.finetune.layer_decay = 0.5
+  base = config.optimizer
   base.weight_decay, base.clip_norm, base.warmup_steps = 0.0, 0.0, 0
   plain = optim.make_optimizer(base, 10)
-  decayed = optim.make_optimizer(base, 10, finetune.layer_decay(params, 0.5))
+  decayed = optim.make_optimizer(base, 10, finetune.layer_scale(params, config))
   grads = jax.tree.map(jnp.ones_like, params)
   step = lambda opt: opt.update(grads, opt.init(params), params)[0]
-  ratio = jax.tree.map(lambda a, b: float(jnp.mean(a / b)), step(decayed), step(plain))
+  ratio = jax.tree.map(lambda a, b: np.asarray(a / b), step(decayed), step(plain))
+  block = lambda i: (ratio["blocks"]["mlp"]["fc1"]["kernel"][i] if scan_layers
+                     else ratio[f"blocks_{i}"]["mlp"]["fc1"]["kernel"])
   assert ratio["classifier"]["kernel"] == pytest.approx(1.0)
-  assert ratio["blocks_0"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.25)
+  assert block(1) == pytest.approx(0.5)
+  assert block(0) == pytest.approx(0.25)
   assert ratio["embed"]["token"]["embedding"] == pytest.approx(0.125)
+
+
+def test_top_k_layers_of_stacked_blocks_freezes_the_lower_layers(tmp_path_factory, tmp_path,
+                                                                 base_workdir):
+  """The base was trained unrolled; the fine-tuning run stacks its blocks (scan_layers)."""
+  config = finetune_config(tmp_path_factory, base_workdir, "top_k_layers", top_k=1)
+  config.model.scan_layers = True
+  train_and_evaluate(config, str(tmp_path / "run"))
+  base = workdir_lib.load(base_workdir)[3]
+  tuned = workdir_lib.load(str(tmp_path / "run"))[3]
+  fc1 = lambda params, i: np.asarray(params["blocks"]["mlp"]["fc1"]["kernel"][i])
+  base_fc1 = lambda i: np.asarray(base[f"blocks_{i}"]["mlp"]["fc1"]["kernel"])
+  np.testing.assert_array_equal(fc1(tuned, 0), base_fc1(0))  # frozen
+  assert not np.array_equal(fc1(tuned, 1), base_fc1(1))  # trained
+  np.testing.assert_array_equal(tuned["embed"]["token"]["embedding"],
+                                base["embed"]["token"]["embedding"])
 
 
 def test_bad_fine_tuning_settings_fail_clearly(tmp_path_factory, tmp_path, base_workdir):

@@ -4,6 +4,7 @@ sync between log steps, and one run per workdir."""
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from attention_jax.training import lock as lock_lib
 from attention_jax.training import parallel, train_and_evaluate
+from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
 from tests.training.test_train import tiny_config, train_losses
 
@@ -23,41 +25,54 @@ STEPS = 5
 
 
 def run_layout(tmp_path, data_dir, name, **overrides):
-  overrides = {"num_devices": 0, "checkpoint_every_steps": STEPS, **overrides}
-  config = tiny_config(data_dir, num_train_steps=STEPS, eval_every_steps=STEPS, **overrides)
+  """Trains STEPS steps (no final sample, one evaluation batch); returns the losses."""
+  overrides = {"num_devices": 0, "num_train_steps": STEPS, "eval_every_steps": STEPS,
+               "checkpoint_every_steps": STEPS, "eval_max_batches": 1,
+               "sample.max_new_tokens": 0, **overrides}
+  config = tiny_config(data_dir, **overrides)
   train_and_evaluate(config, str(tmp_path / name))
   return np.array(list(train_losses(str(tmp_path / name)).values()))
 
 
-LAYOUTS = {
+LAYOUTS = {  # remat and scan_layers ride on some layouts (each was also run alone)
     "data=8": {"mesh.data": 8},
-    "fsdp=8": {"mesh.data": 1, "mesh.fsdp": 8, "checkpoint_every_steps": 2},
+    "fsdp=8, scan_layers": {"mesh.data": 1, "mesh.fsdp": 8, "model.scan_layers": True},
     "tensor=2 x data=4": {"mesh.data": 4, "mesh.tensor": 2},
-    "data=2 x fsdp=2 x tensor=2": {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2},
-    "data=2 x fsdp=2 x tensor=2, remat=full": {"mesh.data": 2, "mesh.fsdp": 2,
-                                                "mesh.tensor": 2, "model.remat": "full"},
-    "one device, remat=dots": {"num_devices": 1, "model.remat": "dots"},
-    "pmap=8": {"parallelism": "pmap"},
-    "one device, grad_accum_steps=2": {"num_devices": 1, "grad_accum_steps": 2},
+    "data=2 x fsdp=2 x tensor=2, scan_layers, remat=full": {
+        "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "model.scan_layers": True,
+        "model.remat": "full"},
     "sequence=4 x data=2 (ring attention)": {"mesh.data": 2, "mesh.sequence": 4},
+    "pmap=8": {"parallelism": "pmap"},
+    "one device, grad_accum_steps=2, remat=dots": {"num_devices": 1, "grad_accum_steps": 2,
+                                                   "model.remat": "dots"},
 }
 
 
-@pytest.mark.slow
-def test_every_layout_gives_the_losses_of_one_device(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def one_device_losses(tmp_path_factory, data_dir):
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
-  one = run_layout(tmp_path, data_dir, "one", num_devices=1)
-  assert len(one) == STEPS
-  for name, overrides in LAYOUTS.items():
-    losses = run_layout(tmp_path, data_dir, name.replace(" ", ""), **overrides)
-    np.testing.assert_allclose(losses, one, rtol=1e-5, err_msg=name)
-  # A checkpoint written under fsdp=8 resumes under data=8: the last step's checkpoint is
-  # removed, and the run resumes from step 4 in the other layout.
-  workdir = tmp_path / "fsdp=8"
-  subprocess.run(["rm", "-rf", str(workdir / "checkpoints" / str(STEPS))], check=True)
-  resumed = run_layout(tmp_path, data_dir, "fsdp=8", **LAYOUTS["data=8"],
-                       checkpoint_every_steps=1)
-  np.testing.assert_allclose(resumed, one, rtol=1e-5)
+  losses = run_layout(tmp_path_factory.mktemp("one"), data_dir, "one", num_devices=1)
+  assert len(losses) == STEPS
+  return losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_layout_gives_the_losses_of_one_device(tmp_path, data_dir, one_device_losses,
+                                                     layout):
+  losses = run_layout(tmp_path, data_dir, "run", **LAYOUTS[layout])
+  np.testing.assert_allclose(losses, one_device_losses, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_fsdp_checkpoint_resumes_under_data_parallelism(tmp_path, data_dir,
+                                                           one_device_losses):
+  """Written under fsdp=8 at step 4 (step 5's checkpoint removed), resumed under data=8."""
+  run_layout(tmp_path, data_dir, "run", checkpoint_every_steps=2,
+             **{"mesh.data": 1, "mesh.fsdp": 8})
+  shutil.rmtree(tmp_path / "run" / "checkpoints" / str(STEPS))
+  resumed = run_layout(tmp_path, data_dir, "run", **{"mesh.data": 8})
+  np.testing.assert_allclose(resumed, one_device_losses, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -168,3 +183,22 @@ def test_no_host_transfer_between_log_steps(tmp_path, data_dir, monkeypatch):
   assert fetched == [4, 2, "eval", 2, 4, "eval"]
   logged = [r["step"] for r in read_metrics(str(tmp_path / "run")) if "train/loss" in r]
   assert logged == [4, 8, 12]
+
+
+def test_a_checkpoint_resumes_in_its_layout_and_init_from_converts(tmp_path, data_dir):
+  unrolled = str(tmp_path / "unrolled")
+  train_and_evaluate(tiny_config(data_dir, num_train_steps=2, eval_every_steps=2,
+                                 checkpoint_every_steps=2), unrolled)
+  with pytest.raises(ValueError, match="holds unrolled blocks but config.model.scan_layers="
+                                       "True.*--config.init_from="):
+    train_and_evaluate(tiny_config(data_dir, num_train_steps=4, eval_every_steps=2,
+                                   checkpoint_every_steps=2, **{"model.scan_layers": True}),
+                       unrolled)
+  config = tiny_config(data_dir, num_train_steps=1, eval_every_steps=1,
+                       checkpoint_every_steps=1, init_from=unrolled,
+                       **{"model.scan_layers": True})
+  config.optimizer.lr = 0.0  # the stacked run starts from, and keeps, the unrolled weights
+  train_and_evaluate(config, str(tmp_path / "stacked"))
+  base, tuned = workdir_lib.load(unrolled)[3], workdir_lib.load(str(tmp_path / "stacked"))[3]
+  np.testing.assert_array_equal(tuned["blocks"]["mlp"]["fc1"]["kernel"][1],
+                                base["block_1"]["mlp"]["fc1"]["kernel"])

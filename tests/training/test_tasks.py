@@ -1,10 +1,12 @@
 """The other configs' tiny variants (classification, translation, Transformer-XL) train end
 to end on real data and their workdirs load back."""
 
+import jax
 import numpy as np
 import pytest
 
-from attention_jax.training import train_and_evaluate
+from attention_jax.data import pipeline
+from attention_jax.training import train, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
 from configs import bert_wordnet, translate_kjv_rv, vit_fashion_mnist, xl_kjv
@@ -35,6 +37,12 @@ def test_tiny_classification_config_trains(module, tmp_path_factory, tmp_path):
   else:
     assert 0.0 <= results["eval/bleu"] <= 100.0
     assert "eval/bleu" in read_metrics(workdir)[-1]
+    # experiments.eval runs the trainer's evaluation: BLEU too, under the split's name.
+    _, task, model, params, _ = workdir_lib.load(workdir, eval_split="validation")
+    _, data = task.datasets()
+    metrics = train.evaluate(task, jax.jit(train.make_eval_step(task, model)), params,
+                             pipeline.eval_batches(data, 8, 2), model, prefix="validation")
+    assert set(metrics) >= {"validation/loss", "validation/bleu"}
 
 
 def test_a_tfds_catalog_dataset_by_name(tmp_path):

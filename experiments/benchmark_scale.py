@@ -1,0 +1,125 @@
+r"""What the scale features buy, measured side by side in one process (no timed tests).
+
+    python -m experiments.benchmark_scale --what=compile,sync
+    python -m experiments.benchmark_scale --what=remat --topology=v5p:2x2x2   # needs libtpu
+
+- compile: the compile time of the training step of a 24-layer GPT (configs/gpt_kjv.py with
+  depth 24), blocks unrolled vs under `scan_layers`, alternated `--rounds` times.
+- sync: the trainer's steps/s with the metrics fetched to the host after every step (as the
+  loop did before) vs only at log steps (now), on the quickstart config; the same compiled
+  step and state, the two loops interleaved in rounds of `--steps` steps.
+- remat: per-device temporary memory of GPT-2 medium's shape at 2k context
+  (configs/gpt_kjv.py:gpt2_medium, fsdp over the topology's chips) for each `model.remat`,
+  from the compiler (experiments.plan's numbers; XLA:CPU's do not model remat, so name a TPU
+  topology).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from attention_jax.data import pipeline
+from attention_jax.training import plan, tasks, train
+from configs import gpt_kjv
+
+_WHAT = flags.DEFINE_list("what", ["compile", "sync"], "Which measurements: compile, sync, "
+                          "remat.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds per measurement.")
+_STEPS = flags.DEFINE_integer("steps", 30, "Training steps per round (sync).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice for the remat measurement.")
+
+
+def built_step(config):
+  task = tasks.get(config)
+  task.prepare(None)
+  built = train.build(config, task)
+  return task, built
+
+
+def compile_seconds(scan_layers: bool) -> float:
+  config = gpt_kjv.get_config("small")
+  config.num_devices = 1
+  config.model.depth = 24
+  config.model.scan_layers = scan_layers
+  _, built = built_step(config)
+  example = train.next_example_batch(built.train_data, config)
+  start = time.perf_counter()
+  built.runner.compile_train(built.step, example, jax.random.key(0))
+  return time.perf_counter() - start
+
+
+def measure_compile(rounds: int):
+  times = {False: [], True: []}
+  for _ in range(rounds):
+    for scan in (False, True):
+      times[scan].append(compile_seconds(scan))
+  unrolled, scanned = np.median(times[False]), np.median(times[True])
+  print(f"compile, 24-layer GPT (quickstart width): unrolled {unrolled:.1f} s, scan_layers "
+        f"{scanned:.1f} s -> {unrolled / scanned:.1f}x faster (medians of {rounds})")
+
+
+def measure_sync(rounds: int, steps: int):
+  config = gpt_kjv.get_config("small")
+  config.num_devices = 1
+  task, built = built_step(config)
+  runner = built.runner
+  step = runner.compile_train(built.step, train.next_example_batch(built.train_data, config),
+                              jax.random.key(0))
+  state = runner.init()
+  batches = train.DevicePrefetch(pipeline.train_iterator(built.train_data, config.batch_size,
+                                                         config.seed), runner.shard_batch)
+  rng = jax.random.key(1)
+
+  def loop(state, fetch_every: int):
+    pending = []
+    start = time.perf_counter()
+    for i in range(1, steps + 1):
+      state, metrics = step(state, next(batches)[0], rng)
+      pending.append(metrics)
+      if i % fetch_every == 0 or i == steps:
+        runner.fetch(pending)
+        pending = []
+    return state, steps / (time.perf_counter() - start)
+
+  state, _ = loop(state, 1)  # warm-up
+  rates = {"every step": [], "log steps": []}
+  for _ in range(rounds):
+    state, rate = loop(state, 1)
+    rates["every step"].append(rate)
+    state, rate = loop(state, config.log_every_steps)
+    rates["log steps"].append(rate)
+  before, after = np.median(rates["every step"]), np.median(rates["log steps"])
+  print(f"trainer steps/s on {jax.devices()[0].device_kind} (quickstart, {steps} steps x "
+        f"{rounds} rounds, interleaved): metrics fetched every step {before:.2f}, every "
+        f"{config.log_every_steps} steps {after:.2f} -> {after / before:.3f}x")
+
+
+def measure_remat(topology: str | None):
+  for remat in ("none", "full", "dots"):
+    config = gpt_kjv.get_config("gpt2_medium")
+    config.mesh.data, config.mesh.fsdp = 1, -1
+    config.model.remat = remat
+    result = plan.plan(config, topology)
+    print(f"remat={remat}: {result['temporary_bytes'] / 2 ** 30:,.2f} GiB temporaries, "
+          f"{result['total_bytes'] / 2 ** 30:,.2f} GiB in all per {result['device_kind']}, "
+          f"{result['flops']:.3g} FLOPs per step")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  if "compile" in _WHAT.value:
+    measure_compile(_ROUNDS.value)
+  if "sync" in _WHAT.value:
+    measure_sync(_ROUNDS.value, _STEPS.value)
+  if "remat" in _WHAT.value:
+    measure_remat(_TOPOLOGY.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,50 @@
+"""experiments.plan: the step compiled for a mesh on fake devices, read from XLA."""
+
+import subprocess
+import sys
+
+import pytest
+
+from attention_jax.training import plan
+from tests.training.test_parallel import REPO
+from tests.training.test_train import tiny_config
+
+
+def wide_tiny(data_dir, **overrides):
+  """The tiny GPT with 8 heads and a width of 128, so tensor=8 divides it."""
+  return tiny_config(data_dir, **{"num_devices": 0, "model.width": 128, "model.num_heads": 8,
+                                  "model.mlp_dim": 512, **overrides})
+
+
+@pytest.mark.slow
+def test_fsdp_8_and_tensor_8_hold_a_sixth_of_the_parameters_per_device(data_dir):
+  one = plan.plan(wide_tiny(data_dir, num_devices=1))
+  for layout in ({"mesh.data": 1, "mesh.fsdp": 8}, {"mesh.data": 1, "mesh.tensor": 8}):
+    sharded = plan.plan(wide_tiny(data_dir, **layout))
+    # The compiled program's arguments: parameters, Adam's two moments, the batch.
+    assert sharded["argument_bytes"] <= one["argument_bytes"] / 6, layout
+    assert sharded["parameter_bytes"] <= one["parameter_bytes"] / 6, layout
+    assert sharded["flops"] < one["flops"]
+  assert one["parameter_bytes"] == 4 * one["parameters"]
+
+
+def test_plan_prints_memory_flops_and_a_prediction(data_dir):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.plan", "--config=configs/gpt_kjv.py:tiny",
+       "--devices=4", f"--config.dataset.data_dir={data_dir}", "--config.mesh.data=2",
+       "--config.mesh.fsdp=2", "--config.model.remat=full", "--peak_tflops=100",
+       "--hbm_gbps=1000"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert "mesh: data=2 x fsdp=2 x sequence=1 x tensor=1 (4 x cpu); 26,368 parameters" in out
+  for line in ("parameters", "optimizer state", "temporaries", "FLOPs per step",
+               "roofline at 100 TFLOP/s and 1000 GB/s per device", "MFU <="):
+    assert line in out
+
+
+def test_bad_meshes_fail_before_compiling_naming_the_axis(data_dir):
+  with pytest.raises(ValueError, match="has 6 devices but the run has 8"):
+    plan.plan(wide_tiny(data_dir, **{"mesh.data": 3, "mesh.tensor": 2}))
+  with pytest.raises(ValueError, match="heads=4 .* mesh axes tensor of size 8 do not"):
+    plan.plan(wide_tiny(data_dir, **{"mesh.data": 1, "mesh.tensor": 8,
+                                     "model.num_heads": 4}))
