@@ -26,7 +26,7 @@ def test_benchmark_smoke_writes_results(tmp_path):
   assert (tmp_path / "benchmark_attention.md").read_text().startswith("| T |")
   ring = {r["impl"]: r for r in results["ring"]}  # 2 fake devices, in a subprocess
   assert set(ring) == {"ring", "flash"} and ring["ring"]["devices"] == 2
-  assert ring["flash"]["of_flash"] == 1.0 and ring["ring"]["temp_mb"] > 0
+  assert ring["flash"]["of_flash"] == 1.0 and ring["ring"]["memory_mb"] > 0
   assert "| 2 | 256 | ring |" in (tmp_path / "benchmark_attention.md").read_text()
 
 

@@ -32,6 +32,14 @@ def _cdiv(a: int, b: int) -> int:
   return -(-a // b)
 
 
+def varying_like(x, ref):
+  """`x` marked as varying over the mesh axes `ref` varies over (inside a `shard_map` that
+  checks it), so loop carries built from constants match the values computed from `ref`."""
+  manual = getattr(jax.typeof(ref), "manual_axis_type", None)
+  axes = tuple(sorted(manual.varying)) if manual is not None else ()
+  return lax.pcast(x, axes, to="varying") if axes else x
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Static (hashable) description of one call: shapes, blocks and which masks apply."""
@@ -177,6 +185,7 @@ def _forward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length):
 
     init = (jnp.full((bq,), MASK_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32),
             jnp.zeros((bq, dv), jnp.float32))
+    init = varying_like(init, q_i)
     lo, hi = _kv_block_range(plan, i, kv_length)
     m, l, acc = lax.fori_loop(lo, hi, kv_step, init)
     seen = m > _EMPTY_ROW_THRESHOLD
@@ -223,12 +232,13 @@ def _backward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length, out, lse, d_
           dq, lax.dynamic_slice_in_dim(dq, i * bq, bq) + dq_i, i * bq, 0)
       return dq, dk_j, dv_j
 
-    init = (dq, jnp.zeros(k_j.shape, jnp.float32), jnp.zeros(v_j.shape, jnp.float32))
+    init = (dq, *varying_like((jnp.zeros(k_j.shape, jnp.float32),
+                               jnp.zeros(v_j.shape, jnp.float32)), k_j))
     lo, hi = _q_block_range(plan, j, kv_length)
     dq, dk_j, dv_j = lax.fori_loop(lo, hi, q_step, init)
     return dq, (dk_j, dv_j)
 
-  dq0 = jnp.zeros((tq_p, q.shape[-1]), jnp.float32)
+  dq0 = varying_like(jnp.zeros((tq_p, q.shape[-1]), jnp.float32), q)
   dq, (dk, dv) = lax.scan(kv_block, dq0, jnp.arange(plan.num_kv_blocks))
   dq = (dq[:plan.q_len] * plan.scale).astype(q_dtype)
   dk = dk.reshape(-1, k.shape[-1])[:plan.kv_len].astype(k_dtype)

@@ -74,8 +74,8 @@ def _block_forward(ring: _Ring, visible, q, k, v, q_seg, kv_seg):
   def branch(kind):
     def run(q, k, v, q_seg, kv_seg):
       if kind == NONE:
-        return (jnp.zeros((b, h, t, v.shape[-1]), jnp.float32),
-                jnp.full((b, h, t), -jnp.inf, jnp.float32))
+        return flash.varying_like((jnp.zeros((b, h, t, v.shape[-1]), jnp.float32),
+                                   jnp.full((b, h, t), -jnp.inf, jnp.float32)), q)
       out, lse = vmap_heads(functools.partial(flash._forward, ring.plan(t, kind)), q, k, v,
                             None, _per_head(q_seg), _per_head(kv_seg), None)
       return out.astype(jnp.float32), jnp.where(jnp.isinf(lse), -jnp.inf, lse)
@@ -91,8 +91,9 @@ def _block_backward(ring: _Ring, visible, q, k, v, q_seg, kv_seg, out, lse, d_ou
   def branch(kind):
     def run(q, k, v, q_seg, kv_seg, out, lse, d_out):
       if kind == NONE:
-        return (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
-                jnp.zeros(v.shape, jnp.float32))
+        return flash.varying_like((jnp.zeros(q.shape, jnp.float32),
+                                   jnp.zeros(k.shape, jnp.float32),
+                                   jnp.zeros(v.shape, jnp.float32)), q)
       dq, dk, dv = vmap_heads(functools.partial(flash._backward, ring.plan(t, kind)), q, k, v,
                               None, _per_head(q_seg), _per_head(kv_seg), None,
                               out.transpose(0, 2, 1, 3), lse, d_out.transpose(0, 2, 1, 3))
@@ -126,8 +127,8 @@ def _forward(ring: _Ring, q, k, v, q_seg, kv_seg):
   see no key, as the flash backward expects)."""
   n, me = lax.axis_size(ring.axis_name), lax.axis_index(ring.axis_name)
   b, t, h, _ = q.shape
-  out = jnp.zeros((b, h, t, v.shape[-1]), jnp.float32)
-  lse = jnp.full((b, h, t), -jnp.inf, jnp.float32)
+  out, lse = flash.varying_like((jnp.zeros((b, h, t, v.shape[-1]), jnp.float32),
+                                 jnp.full((b, h, t), -jnp.inf, jnp.float32)), q)
 
   def fold(s, k, v, kv_seg, out, lse):
     visible = _visibility(ring, (me - s) % n, me)
@@ -169,7 +170,7 @@ def _ring_local_bwd(ring, residuals, d_out):
     k, v, kv_seg, dk, dv = _shift(ring, (k, v, kv_seg, dk, dv))
     return k, v, kv_seg, dq, dk, dv
 
-  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+  zeros = lambda x: flash.varying_like(jnp.zeros(x.shape, jnp.float32), q)
   k_n, v_n, seg_n, dq, dk, dv = lax.fori_loop(
       0, n - 1, step, (k, v, kv_seg, zeros(q), zeros(k), zeros(v)))
   dq, dk, dv = fold(n - 1, k_n, v_n, seg_n, dq, dk, dv)
@@ -217,8 +218,7 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
     causal inputs, and runs the ring in a `shard_map` (batch over `batch_axes`, heads over
     `head_axes`, where those divide).
   - Without a mesh axis `axis_name` of size > 1, it is `flash_attention` on one device.
-  - Inside your own `shard_map` over `axis_name` (with `check_vma=False`: the flash loops
-    carry values that do not vary over the mesh): the arguments are this device's blocks,
+  - Inside your own `shard_map` over `axis_name`: the arguments are this device's blocks,
     in contiguous order (device i holds block i), or striped (`striped=True`: device i holds
     tokens i, i + N, ...; balanced for causal attention). Every block has the same length.
 
@@ -268,11 +268,10 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
   ring = _Ring(axis_name, causal, causal, scale, block_q, block_k, q_seg is not None)
   if q_seg is None:
     local = lambda q, k, v: _ring_local(ring, q, k, v, None, None)
-    out = jax.shard_map(local, in_specs=(tokens,) * 3, out_specs=tokens,
-                        check_vma=False)(q, k, v)
+    out = jax.shard_map(local, in_specs=(tokens,) * 3, out_specs=tokens)(q, k, v)
   else:
     local = lambda q, k, v, qs, ks: _ring_local(ring, q, k, v, qs, ks)
     out = jax.shard_map(local, in_specs=(tokens,) * 3 + (segments,) * 2,
-                        out_specs=tokens, check_vma=False)(q, k, v, q_seg, kv_seg)
+                        out_specs=tokens)(q, k, v, q_seg, kv_seg)
   out = _unstripe(out, n) if causal else out
   return out[:, :tq]

@@ -65,7 +65,7 @@ def test_ring_inside_a_users_shard_map_takes_local_blocks(striped):
            else np.arange(4 * n))  # device d: tokens d, d + n, ... when striped
   spec = P(None, "sequence", None, None)
   local = jax.shard_map(functools.partial(kernels.get("ring"), causal=True, striped=striped),
-                        mesh=mesh, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)
+                        mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)
   out = jax.jit(local)(q[:, order], k[:, order], v[:, order])
   want = flash_attention(q, k, v, causal=True)[:, order]
   np.testing.assert_allclose(out, want, atol=2e-6, rtol=1e-5)
