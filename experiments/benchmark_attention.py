@@ -22,6 +22,7 @@ ratio shows the ring's overhead, not a speed-up; the memory column is the point.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -275,7 +276,7 @@ def measure_ring_here(config, devices: int) -> list[dict]:
       step = jax_step(impl, "forward_backward", True)
       if impl == "ring":
         step = jax.jit(step, in_shardings=(split,) * 4, out_shardings=(split,) * 3)
-      with jax.set_mesh(mesh) if impl == "ring" else _no_mesh():
+      with jax.set_mesh(mesh) if impl == "ring" else contextlib.nullcontext():
         compiled = step.lower(*(ring_shapes if impl == "ring" else shapes)).compile()
         memory = parallel.memory_analysis(compiled)["total"] / 2 ** 20
         if timed_here:
@@ -285,21 +286,13 @@ def measure_ring_here(config, devices: int) -> list[dict]:
     for _ in range(config.ring_repeats if timed_here else 0):
       for row, step in runs:
         inputs = ring_arrays if row["impl"] == "ring" else arrays
-        with jax.set_mesh(mesh) if row["impl"] == "ring" else _no_mesh():
+        with jax.set_mesh(mesh) if row["impl"] == "ring" else contextlib.nullcontext():
           row["times"].append(timed(lambda: jax.block_until_ready(step(*inputs))))
     for row, _ in runs:
       times = row.pop("times")
       row["median_s"] = float(np.median(times)) if times else None
       rows.append(row)
   return rows
-
-
-class _no_mesh:  # pylint: disable=invalid-name
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def measure_ring(config, log) -> list[dict]:

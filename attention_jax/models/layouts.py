@@ -36,8 +36,8 @@ def stack(params: dict) -> dict:
   prefix = block_prefix(params)
   if prefix is None:
     return params
-  names = sorted((n for n in params if _INDEXED.match(n) and n.startswith(prefix)
-                  and n[len(prefix):].isdigit()), key=lambda n: int(n[len(prefix):]))
+  names = sorted((n for n in params if n.startswith(prefix) and n[len(prefix):].isdigit()),
+                 key=lambda n: int(n[len(prefix):]))
   blocks = [params[n] for n in names]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
   rest = {k: v for k, v in params.items() if k not in names}

@@ -224,10 +224,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 @dataclasses.dataclass
 class Built:
-  """A run's model, optimizer, mesh runner and uncompiled step (train_and_evaluate and
+  """A run's model, mesh runner and uncompiled step (train_and_evaluate and
   experiments.plan build them alike)."""
   model: object
-  optimizer: object
   runner: parallel.Runner
   step: object  # make_train_step's (state, batch, rng) -> (state, metrics)
   train_data: object
@@ -258,7 +257,7 @@ def build(config, task, base=None, devices=None) -> Built:
 
   runner = parallel.Runner(config, init_state, (loaded,), devices=devices)
   step = make_train_step(task, model, optimizer, config.grad_accum_steps)
-  return Built(model, optimizer, runner, step, train_data, eval_data, base_info)
+  return Built(model, runner, step, train_data, eval_data, base_info)
 
 
 @dataclasses.dataclass
