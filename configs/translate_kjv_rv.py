@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset.vocab_size = 8000
   c.model.preset = "transformer-tiny"  # the family; the fields below set its size
   c.model.width = 256
-  c.model.encoder_depth = 3
+  c.model.depth = 3  # encoder blocks
   c.model.decoder_depth = 3
   c.model.num_heads = 4
   c.model.mlp_dim = 1024
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.make_tiny(c)
     c.dataset.seq_len = 24
     c.dataset.vocab_size = 400
-    c.model.width, c.model.encoder_depth, c.model.decoder_depth = 32, 1, 1
+    c.model.width, c.model.depth, c.model.decoder_depth = 32, 1, 1
     c.model.num_heads, c.model.mlp_dim = 4, 64
     c.eval_bleu_examples = 8
     c.eval_beam_size = 2

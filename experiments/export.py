@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags, logging
 
-from attention_jax import pretrained
+from attention_jax import models, pretrained
 from attention_jax.layers import lora
 from attention_jax.training import workdir as workdir_lib
 
@@ -21,8 +21,9 @@ def export(workdir: str, out: str, checkpoint: str = "latest") -> str:
   """Writes the workdir's model (adapters merged) to `out`; returns `out`."""
   _, task, _, params, step = workdir_lib.load(workdir, checkpoint)
   model = task.model()  # as configured (the loaded one has dropout off for evaluation)
-  if model.lora is not None:
-    params, model = lora.merge(params, model.lora), model.clone(lora=None)
+  if model.config.lora is not None:
+    params = lora.merge(params, model.config.lora)
+    model = models.with_options(model, lora=None)
   tokenizer = task.tokenizer if hasattr(task.tokenizer, "tokenizer") else None  # not bytes
   pretrained.export(model, params, out, tokenizer)
   print(f"exported step {step} of {workdir} to {out}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -33,20 +34,61 @@ def relative_distances(kv_len: int):
   return jnp.arange(kv_len - 1, -1, -1)
 
 
-def apply_rotary(x, positions, base: float = 10000.0):
-  """Rotary position embedding (Su et al. 2021; rotate-half layout) of queries or keys.
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Stretching rotary frequencies for contexts longer than pre-training (Hugging Face's
+  `rope_scaling`). "linear" divides every frequency by `factor` (position interpolation);
+  "llama3" divides only the low frequencies (wavelengths above original_max_len /
+  low_freq_factor), keeps the high ones (below original_max_len / high_freq_factor) and
+  blends in between (Llama 3.1)."""
+  kind: str  # "linear" or "llama3"
+  factor: float
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_len: int = 8192
+
+  def __post_init__(self):
+    if self.kind not in ("linear", "llama3"):
+      raise ValueError(f"rope scaling kind must be 'linear' or 'llama3', got {self.kind!r}.")
+    if self.factor <= 0 or (self.kind == "llama3"
+                            and not 0 < self.low_freq_factor < self.high_freq_factor):
+      raise ValueError(f"bad rope scaling {self}: factor > 0 and, for llama3, "
+                       "0 < low_freq_factor < high_freq_factor.")
+
+
+def rotary_frequencies(head_dim: int, base: float = 10000.0,
+                       scaling: RopeScaling | None = None):
+  """Rotary inverse frequencies [head_dim / 2], float32, with an optional `scaling`."""
+  _check_even(head_dim, "head_dim")
+  inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is None:
+    return inv_freq
+  if scaling.kind == "linear":
+    return inv_freq / scaling.factor
+  wavelength = 2 * math.pi / inv_freq
+  long_wave = scaling.original_max_len / scaling.low_freq_factor
+  short_wave = scaling.original_max_len / scaling.high_freq_factor
+  smooth = ((scaling.original_max_len / wavelength - scaling.low_freq_factor)
+            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+  return jnp.where(wavelength > long_wave, inv_freq / scaling.factor,
+                   jnp.where(wavelength < short_wave, inv_freq, blended))
+
+
+def apply_rotary(x, positions, base: float = 10000.0, scaling: RopeScaling | None = None):
+  """Rotary position embedding (Su et al. 2021; rotate-half layout, as Hugging Face Llama)
+  of queries or keys.
 
   Args:
     x: [batch, length, heads, head_dim] with even head_dim.
     positions: int [length] or [batch, length] absolute positions (with a KV cache: the
       cache index of each new token).
+    base, scaling: the frequencies (`rotary_frequencies`).
 
   Returns:
     x rotated so that q_i·k_j depends on positions only through i - j; same shape and dtype.
   """
-  d = x.shape[-1]
-  _check_even(d, "head_dim")
-  inv_freq = 1.0 / (base ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  inv_freq = rotary_frequencies(x.shape[-1], base, scaling)
   positions = jnp.asarray(positions, jnp.float32)
   if positions.ndim == 1:
     positions = positions[None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ _WHY = {
     "return_weights": "returned attention weights (sow_weights=True)",
     "mask": "a boolean mask", "kv_lengths": "padding lengths",
     "segment_ids": "packed-sequence segment ids", "causal": "causal masking",
+    "local_window": "a local (sliding) window",
 }
 
 
@@ -65,8 +67,11 @@ class MultiHeadAttention(nn.Module):
     out_features: output width; default the query input's width.
     kernel: a registry name ("dot_product", "flash", "auto", ...) or a kernel callable.
     dropout_rate: dropout on the attention weights (kernels that support it).
-    position: "none", "rotary" (on q and k), "alibi" (a bias; needs a bias-capable kernel)
-      or "relative" (Transformer-XL; needs kernel="relative").
+    use_bias: biases on Q/K/V (and on the output unless out_bias says otherwise).
+    position: "none", "rotary" (on q and k; `rotary_base`, `rope_scaling`), "alibi" (a bias;
+      needs a bias-capable kernel) or "relative" (Transformer-XL; needs kernel="relative").
+    local_window: each query sees keys within this distance of its diagonal (Mistral's
+      sliding window is local_window = sliding_window - 1), in training and in decoding.
     decode: autoregressive decoding with a KV cache in the 'cache' collection. Initialise
       with a full-length input to size the cache; then each call appends its tokens.
     sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
@@ -79,8 +84,11 @@ class MultiHeadAttention(nn.Module):
   kernel: str | Callable = "dot_product"
   dropout_rate: float = 0.0
   use_bias: bool = True
+  out_bias: bool | None = None  # None: use_bias
   position: str = "none"
   rotary_base: float = 10000.0
+  rope_scaling: positional.RopeScaling | None = None
+  local_window: int | None = None
   decode: bool = False
   sow_weights: bool = False
   dtype: Any = jnp.float32
@@ -90,12 +98,16 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None, causal=False,
-               kv_lengths=None, segment_ids=None, relative_biases=None, deterministic=True):
+               kv_lengths=None, segment_ids=None, positions=None, relative_biases=None,
+               deterministic=True):
     """inputs_q [batch, q_len, width]; inputs_kv [batch, kv_len, width_kv] (default inputs_q).
 
     mask/bias broadcast to [batch, heads, q_len, kv_len]; see `kernels.dot_product_attention`
-    for causal, kv_lengths and segment_ids. `relative_biases` = (u, v), each [heads, head_dim],
-    shares Transformer-XL's global biases across layers (default: this layer's own).
+    for causal, kv_lengths and segment_ids. `positions` [batch|1, q_len] are the tokens'
+    rotary positions (packed or left-padded rows; self-attention), by default counted from
+    the bottom-right alignment (or the KV-cache index). `relative_biases` = (u, v), each
+    [heads, head_dim], shares Transformer-XL's global biases across layers (default: this
+    layer's own).
     Returns [batch, q_len, out_features].
     """
     if self.position not in POSITIONS:
@@ -126,9 +138,15 @@ class MultiHeadAttention(nn.Module):
     # Position of the first query: the cache index, else bottom-right among the keys.
     q_offset = cache[2].value if decoding else key.shape[1] - q_len
     if self.position == "rotary":  # keys are rotated before they enter the cache
-      query = positional.apply_rotary(query, q_offset + jnp.arange(q_len), self.rotary_base)
+      rotate = functools.partial(positional.apply_rotary, base=self.rotary_base,
+                                 scaling=self.rope_scaling)
+      if positions is not None and key.shape[1] != q_len:
+        raise ValueError("rotary `positions` are for self-attention over the same tokens; "
+                         f"got {q_len} queries and {key.shape[1]} keys.")
       key_start = q_offset if decoding else 0
-      key = positional.apply_rotary(key, key_start + jnp.arange(key.shape[1]), self.rotary_base)
+      query = rotate(query, q_offset + jnp.arange(q_len) if positions is None else positions)
+      key = rotate(key, key_start + jnp.arange(key.shape[1]) if positions is None
+                   else positions)
     if decoding:
       key, value, cache_mask = self._append_to_cache(key, value, *cache)
       mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
@@ -138,7 +156,9 @@ class MultiHeadAttention(nn.Module):
       alibi = positional.alibi_bias(self.num_heads, q_len, kv_len, q_offset)
       bias = alibi if bias is None else bias + alibi
 
-    kwargs = dict(mask=mask, bias=bias, kv_lengths=kv_lengths, segment_ids=segment_ids)
+    window = None if decoding else self.local_window  # the cache mask holds it when decoding
+    kwargs = dict(mask=mask, bias=bias, kv_lengths=kv_lengths, segment_ids=segment_ids,
+                  local_window=window)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if causal:
       kwargs["causal"] = True
@@ -155,7 +175,8 @@ class MultiHeadAttention(nn.Module):
       out, weights = out
       self.sow("intermediates", "attention_weights", weights)
     out_features = self.out_features or features
-    return nn.DenseGeneral(out_features, axis=(-2, -1), use_bias=self.use_bias,
+    out_bias = self.use_bias if self.out_bias is None else self.out_bias
+    return nn.DenseGeneral(out_features, axis=(-2, -1), use_bias=out_bias,
                            dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=self.kernel_init, name="out")(out) + lora_lib.adapter_for(
                                self, self.lora, "out", out, 2, (out_features,))
@@ -178,8 +199,11 @@ class MultiHeadAttention(nn.Module):
     cache_index.value = start + new
     q_positions = start + jnp.arange(new)
     max_len = cached_key.value.shape[1]
-    cache_mask = (jnp.arange(max_len)[None, :] <= q_positions[:, None])[None, None]
-    return cached_key.value, cached_value.value, cache_mask
+    distance = q_positions[:, None] - jnp.arange(max_len)[None, :]
+    cache_mask = distance >= 0
+    if self.local_window is not None:
+      cache_mask &= distance <= self.local_window
+    return cached_key.value, cached_value.value, cache_mask[None, None]
 
   def _relative_position_args(self, features, kv_len, head_dim, relative_biases):
     """Transformer-XL's projected sinusoids of distances kv_len-1..0 and biases u, v."""

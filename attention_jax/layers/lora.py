@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-TARGETS = ("query", "key", "value", "out", "fc1", "fc2")
+TARGETS = ("query", "key", "value", "out", "fc1", "gate", "fc2")  # fc1/gate/fc2: up/gate/down
 SUFFIX = "_lora"
 
 

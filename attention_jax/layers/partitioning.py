@@ -37,6 +37,7 @@ PROJECTIONS = {
     "dense": (("embed",), (None,)),  # BERT's MLM transform
     "classifier": (("embed",), (None,)),
     "head": (("embed",), (None,)),  # ViT
+    "lm_head": (("embed",), ("vocab",)),  # an untied output projection (Llama)
     "cluster": (("embed",), (None,)),  # Transformer-XL's adaptive softmax clusters
     "projection": ((None, None, None), ("embed",)),  # ViT's patch convolution
 }

@@ -1,13 +1,20 @@
-"""Transformer model families (Flax Linen) and named presets."""
+"""Transformer model families (Flax Linen), each built from one config object, and named
+presets."""
 
-from attention_jax.models.bert import Bert
-from attention_jax.models.encoder_decoder import EncoderDecoder
-from attention_jax.models.generation import beam_search, generate, greedy_decode, sample_logits
-from attention_jax.models.gpt import GPT
-from attention_jax.models.presets import PRESETS, create, names, param_count
-from attention_jax.models.transformer_xl import TransformerXL, adaptive_log_probs
-from attention_jax.models.vit import ViT
+from attention_jax.models.bert import Bert, BertConfig
+from attention_jax.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from attention_jax.models.generation import (beam_search, generate, generate_stream,
+                                             greedy_decode, sample_logits)
+from attention_jax.models.gpt import GPT, GPTConfig
+from attention_jax.models.llama import Llama, LlamaConfig
+from attention_jax.models.presets import (PRESETS, config_class, create, names, param_count,
+                                          with_options)
+from attention_jax.models.transformer_xl import (TransformerXL, TransformerXLConfig,
+                                                 adaptive_log_probs)
+from attention_jax.models.vit import ViT, ViTConfig
 
-__all__ = ["Bert", "EncoderDecoder", "GPT", "PRESETS", "TransformerXL", "ViT",
-           "adaptive_log_probs", "beam_search", "create", "generate", "greedy_decode", "names",
-           "param_count", "sample_logits"]
+__all__ = ["Bert", "BertConfig", "EncoderDecoder", "EncoderDecoderConfig", "GPT", "GPTConfig",
+           "Llama", "LlamaConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
+           "ViTConfig", "adaptive_log_probs", "beam_search", "config_class", "create",
+           "generate", "generate_stream", "greedy_decode", "names", "param_count", "sample_logits",
+           "with_options"]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from attention_jax.layers import TextEmbeddings, TransformerBlock, default_kernel_init
-from attention_jax.layers.lora import LoraSpec
+from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.mlp import activation_fn
 from attention_jax.layers.transformer import scanned_blocks
+from attention_jax.models.layouts import LayerGroups
 
 POOLINGS = ("cls", "mean")
 
@@ -40,6 +42,25 @@ class MlmHead(nn.Module):
                         name="norm")(activation_fn(self.activation)(x))
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BertConfig(TransformerConfig):
+  """BERT-Base's architecture: post-LN, exact GELU, token types; `num_classes` adds a
+  classifier over the pooled output ("cls") or the mean of the real tokens ("mean")."""
+  vocab_size: int = 30522
+  max_len: int = 512
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  type_vocab_size: int = 2
+  pre_ln: bool = False
+  ln_eps: float = 1e-12
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  num_classes: int | None = None
+  classifier_pooling: str = "cls"
+
+
 class Bert(nn.Module):
   """input_ids [batch, length] -> {"hidden", "pooled", and "logits" if num_classes}.
 
@@ -48,67 +69,44 @@ class Bert(nn.Module):
   reads it (`classifier_pooling="cls"`, BERT) or the mean of the real tokens' hidden states
   ("mean", sentence-transformers). `mlm_logits(hidden)` gives masked-LM logits through the
   tied token embedding; the MLM head's parameters exist only once it is used (BertModel's
-  parameter count otherwise). `lora` adds LoRA adapters to the encoder's projections.
+  parameter count otherwise). `config.lora` adds LoRA adapters to the encoder's projections.
   """
-  vocab_size: int = 30522
-  max_len: int = 512
-  type_vocab_size: int = 2
-  width: int = 768
-  depth: int = 12
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.1
-  ln_eps: float = 1e-12
-  activation: str = "gelu"
-  kernel: str | Callable = "dot_product"
-  remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
-  scan_layers: bool = False  # blocks under nn.scan, parameters stacked (models.layouts)
-  num_classes: int | None = None
-  classifier_pooling: str = "cls"
-  lora: LoraSpec | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  config: BertConfig
 
   def setup(self):
-    if self.classifier_pooling not in POOLINGS:
+    c = self.config
+    if c.classifier_pooling not in POOLINGS:
       raise ValueError(f"classifier_pooling must be one of {POOLINGS}, got "
-                       f"{self.classifier_pooling!r}.")
-    self.embed = TextEmbeddings(self.vocab_size, self.width, self.max_len,
-                                type_vocab_size=self.type_vocab_size, layer_norm=True,
-                                ln_eps=self.ln_eps, dropout_rate=self.dropout_rate,
-                                dtype=self.dtype, param_dtype=self.param_dtype)
-    options = dict(
-        num_heads=self.num_heads, mlp_dim=self.mlp_dim, pre_ln=False, kernel=self.kernel,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        ln_eps=self.ln_eps, activation=self.activation, lora=self.lora, remat=self.remat,
-        dtype=self.dtype, param_dtype=self.param_dtype)
-    if self.scan_layers:  # "blocks", stacked
-      self.blocks = scanned_blocks(self.depth, **options)
+                       f"{c.classifier_pooling!r}.")
+    self.embed = TextEmbeddings(c.vocab_size, c.width, c.max_len,
+                                type_vocab_size=c.type_vocab_size, layer_norm=True,
+                                ln_eps=c.ln_eps, dropout_rate=c.dropout_rate,
+                                dtype=c.dtype, param_dtype=c.param_dtype)
+    if c.scan_layers:  # "blocks", stacked
+      self.blocks = scanned_blocks(c)
     else:  # "blocks_0", "blocks_1", ...
-      self.blocks = [TransformerBlock(**options) for _ in range(self.depth)]
-    self.pooler = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                           kernel_init=default_kernel_init)
-    self.mlm_head = MlmHead(self.width, self.activation, self.ln_eps, self.dtype,
-                            self.param_dtype)
-    self.mlm_bias = MlmBias(self.vocab_size, self.param_dtype)
-    if self.num_classes:
-      self.classifier = nn.Dense(self.num_classes, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, kernel_init=default_kernel_init)
-    self.dropout = nn.Dropout(self.dropout_rate)
+      self.blocks = [TransformerBlock(c) for _ in range(c.depth)]
+    dense = lambda features: nn.Dense(features, dtype=c.dtype, param_dtype=c.param_dtype,
+                                      kernel_init=default_kernel_init)
+    self.pooler = dense(c.width)
+    self.mlm_head = MlmHead(c.width, c.activation, c.ln_eps, c.dtype, c.param_dtype)
+    self.mlm_bias = MlmBias(c.vocab_size, c.param_dtype)
+    if c.num_classes:
+      self.classifier = dense(c.num_classes)
+    self.dropout = nn.Dropout(c.dropout_rate)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
                deterministic=True):
     x = self.embed(input_ids, token_types=token_type_ids, deterministic=deterministic)
     mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
-    if self.scan_layers:
-      x, _ = self.blocks(x, mask, None, None, False, deterministic)
+    if self.config.scan_layers:
+      x, _ = self.blocks(x, mask, None, None, None, False, deterministic)
     else:
       for block in self.blocks:
         x = block(x, mask=mask, deterministic=deterministic)
     out = {"hidden": x, "pooled": jnp.tanh(self.pooler(x[:, 0]))}
-    if self.num_classes:
-      features = (out["pooled"] if self.classifier_pooling == "cls"
+    if self.config.num_classes:
+      features = (out["pooled"] if self.config.classifier_pooling == "cls"
                   else mean_pool(x, attention_mask))
       out["logits"] = self.classifier(
           self.dropout(features, deterministic=deterministic)).astype(jnp.float32)
@@ -125,7 +123,11 @@ class Bert(nn.Module):
     return {**out, "mlm_logits": self.mlm_logits(out["hidden"])}
 
   def example_inputs(self):
-    return (jnp.zeros((1, min(8, self.max_len)), jnp.int32),)
+    return (jnp.zeros((1, min(8, self.config.max_len)), jnp.int32),)
+
+  def layer_groups(self) -> LayerGroups:
+    return LayerGroups.of(self.config, below=("embed",),
+                          prefixes=(("blocks_", self.config.depth),))
 
 
 class MlmBias(nn.Module):

@@ -7,7 +7,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from attention_jax.layers.config import with_options
 
 NEG_INF = -1e9
 
@@ -42,49 +45,170 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_size):
     raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
 
 
-def init_cache(decoder, *inputs, method=None):
+def init_cache(decoder, *inputs, method=None, **kwargs):
   """Zeroed 'cache' collection of `decoder` (decode=True) sized by `inputs`, no compute."""
-  init = functools.partial(decoder.init, jax.random.key(0), method=method)
+  init = functools.partial(decoder.init, jax.random.key(0), method=method, **kwargs)
   shapes = jax.eval_shape(init, *inputs)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
-def generate(model, params, prompt, *, max_new_tokens: int, rng, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None):
-  """Continues `prompt` [batch, prompt_len] with a GPT's KV cache; returns the new tokens.
+def bucket_length(length: int, minimum: int = 16) -> int:
+  """The padded prompt length of a prompt of `length` tokens: the next power of two (at
+  least `minimum`), so prompts of many lengths share one compiled program."""
+  return max(minimum, 1 << max(length - 1, 0).bit_length())
 
-  One jit-compiled program: a prefill over the prompt, then `max_new_tokens - 1` cached
-  single-token steps in a `lax.scan`. Deterministic for a fixed `rng`.
+
+def left_pad(prompts, length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens int32 [batch, length], pads int32 [batch]): each prompt right-aligned after
+  `pads` pad tokens, so every row's next token goes into the same cache slot."""
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  pads = np.zeros(len(prompts), np.int32)
+  for row, prompt in enumerate(prompts):
+    prompt = np.asarray(prompt, np.int32).reshape(-1)
+    if not 0 < len(prompt) <= length:
+      raise ValueError(f"prompt {row} has {len(prompt)} tokens; prompts need 1 to {length}.")
+    pads[row] = length - len(prompt)
+    tokens[row, pads[row]:] = prompt
+  return tokens, pads
+
+
+def _prompt_rows(prompt) -> list[np.ndarray]:
+  """A [batch, length] array or a list of token sequences of any lengths, as rows."""
+  if isinstance(prompt, (list, tuple)):
+    return [np.asarray(p, np.int32).reshape(-1) for p in prompt]
+  prompt = np.asarray(prompt, np.int32)
+  if prompt.ndim != 2:
+    raise ValueError(f"prompt must be [batch, length] or a list of token lists, got shape "
+                     f"{prompt.shape}.")
+  return list(prompt)
+
+
+def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, bucket: bool,
+             pad_id: int):
+  """Checks; (decoder, left-padded tokens, pads) of a `generate` call."""
+  config = model.config
+  _check_sampling(max_new_tokens, temperature, top_k, top_p, config.vocab_size)
+  rows = _prompt_rows(prompt)
+  longest = max(len(r) for r in rows)
+  if longest + max_new_tokens > config.max_len and config.position == "learned":
+    raise ValueError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) = "
+                     f"{longest + max_new_tokens} exceeds the model's {config.max_len} "
+                     "positions.")
+  tokens, pads = left_pad(rows, bucket_length(longest) if bucket else longest, pad_id)
+  return with_options(model, decode=True), jnp.asarray(tokens), jnp.asarray(pads)
+
+
+def _attention_mask(pads, q_slots, total: int):
+  """[batch, 1, q, total]: pad tokens see pad tokens, real tokens real ones (the cache's own
+  mask adds causality), so no row attends to its padding and none is left empty."""
+  real_kv = jnp.arange(total)[None] >= pads[:, None]
+  real_q = q_slots[None] >= pads[:, None]
+  return real_q[:, None, :, None] == real_kv[:, None, None, :]
+
+
+def _positions(pads, slots):
+  """[batch, len(slots)] positions counted from each row's first real token."""
+  return jnp.maximum(slots[None] - pads[:, None], 0)
+
+
+def _prefill(decoder, params, tokens, pads, max_new_tokens):
+  """The prompt through the decoder: (last logits [batch, vocab], cache)."""
+  batch, length = tokens.shape
+  total = length + max_new_tokens
+  # Sized for the bucket plus the new tokens; positions stay within the prompt's own.
+  cache = init_cache(decoder, jnp.zeros((batch, total), jnp.int32),
+                     positions=jnp.zeros((batch, total), jnp.int32))
+  slots = jnp.arange(length)
+  logits, state = decoder.apply({"params": params, "cache": cache}, tokens,
+                                positions=_positions(pads, slots),
+                                mask=_attention_mask(pads, slots, total), mutable=["cache"])
+  return logits[:, -1], state["cache"]
+
+
+def _step(decoder, params, token, cache, slot, pads, total: int):
+  """One token per row at cache slot `slot`: (logits [batch, vocab], cache)."""
+  slots = slot[None]
+  logits, state = decoder.apply({"params": params, "cache": cache}, token[:, None],
+                                positions=_positions(pads, slots),
+                                mask=_attention_mask(pads, slots, total), mutable=["cache"])
+  return logits[:, -1], state["cache"]
+
+
+def generate(model, params, prompt, *, max_new_tokens: int, rng, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None,
+             stop_tokens: tuple[int, ...] = (), pad_id: int = 0, bucket: bool = True):
+  """Continues prompts with a decoder's KV cache (GPT, Llama); returns the new tokens.
+
+  `prompt` is int [batch, length] or a list of token sequences of different lengths; they
+  are left-padded to a bucket length (`bucket_length`: the next power of two), with
+  positions counted from each row's first real token, so one compiled program serves every
+  prompt length up to the bucket. One jit-compiled program: a prefill, then cached
+  single-token steps in a `lax.while_loop` that stops early once every row has emitted one
+  of `stop_tokens`. Deterministic for a fixed `rng`.
 
   Returns:
-    int32 [batch, max_new_tokens].
+    int32 [batch, max_new_tokens]: after a row's stop token (kept), `pad_id`.
   """
-  _check_sampling(max_new_tokens, temperature, top_k, top_p, model.vocab_size)
-  total = prompt.shape[1] + max_new_tokens
-  if total > model.max_len and model.position == "learned":
-    raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) = "
-                     f"{total} exceeds the model's {model.max_len} positions.")
-  return _generate(model.clone(decode=True), params, jnp.asarray(prompt, jnp.int32), rng,
-                   max_new_tokens, temperature, top_k, top_p)
+  decoder, tokens, pads = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p,
+                                   bucket, pad_id)
+  return _generate(decoder, params, tokens, pads, rng, max_new_tokens, temperature, top_k,
+                   top_p, tuple(stop_tokens), pad_id)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
-def _generate(decoder, params, prompt, rng, max_new_tokens, temperature, top_k, top_p):
-  batch, prompt_len = prompt.shape
-  cache = init_cache(decoder, jnp.zeros((batch, prompt_len + max_new_tokens), jnp.int32))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10))
+def _generate(decoder, params, tokens, pads, rng, max_new_tokens, temperature, top_k, top_p,
+              stop_tokens, pad_id):
+  batch, length = tokens.shape
+  total = length + max_new_tokens
   sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
-  logits, state = decoder.apply({"params": params, "cache": cache}, prompt, mutable=["cache"])
-  first = sample(logits[:, -1], jax.random.fold_in(rng, 0))
+  stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
+  logits, cache = _prefill(decoder, params, tokens, pads, max_new_tokens)
+  first = sample(logits, jax.random.fold_in(rng, 0)).astype(jnp.int32)
+  out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
 
-  def step(carry, i):
-    token, cache = carry
-    logits, state = decoder.apply({"params": params, "cache": cache}, token[:, None],
-                                  mutable=["cache"])
-    token = sample(logits[:, -1], jax.random.fold_in(rng, i))
-    return (token, state["cache"]), token
+  def running(carry):
+    i, _, _, _, done = carry
+    return (i < max_new_tokens) & ~jnp.all(done)
 
-  _, rest = lax.scan(step, (first, state["cache"]), jnp.arange(1, max_new_tokens))
-  return jnp.concatenate([first[:, None], rest.T], axis=1).astype(jnp.int32)
+  def step(carry):
+    i, token, cache, out, done = carry
+    logits, cache = _step(decoder, params, token, cache, length + i - 1, pads, total)
+    token = sample(logits, jax.random.fold_in(rng, i)).astype(jnp.int32)
+    token = jnp.where(done, pad_id, token)
+    return i + 1, token, cache, out.at[:, i].set(token), done | jnp.isin(token, stops)
+
+  carry = (jnp.int32(1), first, cache, out, jnp.isin(first, stops))
+  return lax.while_loop(running, step, carry)[3]
+
+
+def generate_stream(model, params, prompt, *, max_new_tokens: int, rng,
+                    temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None, stop_tokens: tuple[int, ...] = (),
+                    pad_id: int = 0, bucket: bool = True):
+  """`generate`, one step at a time: yields each step's tokens (numpy int32 [batch]) as soon
+  as they are computed, for printing text as it is produced. Same tokens as `generate` for
+  the same arguments; two compiled programs (prefill, step) per bucket."""
+  decoder, tokens, pads = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p,
+                                   bucket, pad_id)
+  length = tokens.shape[1]
+  total = length + max_new_tokens
+  sample = jax.jit(functools.partial(sample_logits, temperature=temperature, top_k=top_k,
+                                     top_p=top_p))
+  prefill = jax.jit(_prefill, static_argnums=(0, 4))
+  step = jax.jit(_step, static_argnums=(0, 6))
+  logits, cache = prefill(decoder, params, tokens, pads, max_new_tokens)
+  done = np.zeros(tokens.shape[0], bool)
+  for i in range(max_new_tokens):
+    if i:
+      logits, cache = step(decoder, params, token, cache, jnp.int32(length + i - 1), pads,
+                           total)
+    token = sample(logits, jax.random.fold_in(rng, i)).astype(jnp.int32)
+    token = jnp.where(done, pad_id, token)
+    host = np.asarray(token)
+    yield host
+    done |= np.isin(host, stop_tokens)
+    if done.all():
+      return
 
 
 def beam_search(model, params, source, *, beam_size: int, max_len: int, bos_id: int,
@@ -99,13 +223,14 @@ def beam_search(model, params, source, *, beam_size: int, max_len: int, bos_id: 
   """
   if beam_size < 1 or max_len < 1:
     raise ValueError(f"beam_size and max_len must be >= 1, got {beam_size} and {max_len}.")
-  if max_len > model.max_len:
-    raise ValueError(f"max_len {max_len} exceeds the model's {model.max_len} positions.")
+  if max_len > model.config.max_len:
+    raise ValueError(f"max_len {max_len} exceeds the model's {model.config.max_len} "
+                     "positions.")
   source = jnp.asarray(source, jnp.int32)
   if source_lengths is None:
     source_lengths = jnp.full((source.shape[0],), source.shape[1], jnp.int32)
-  return _beam_search(model.clone(decode=True), params, source, source_lengths, beam_size,
-                      max_len, bos_id, eos_id, length_penalty)
+  return _beam_search(with_options(model, decode=True), params, source, source_lengths,
+                      beam_size, max_len, bos_id, eos_id, length_penalty)
 
 
 def greedy_decode(model, params, source, *, max_len: int, bos_id: int, eos_id: int,
@@ -119,8 +244,8 @@ def greedy_decode(model, params, source, *, max_len: int, bos_id: int, eos_id: i
 def _beam_search(decoder, params, source, source_lengths, beam_size, max_len, bos_id, eos_id,
                  length_penalty):
   batch, k = source.shape[0], beam_size
-  encoded = decoder.clone(decode=False).apply({"params": params}, source, source_lengths,
-                                              method="encode")
+  encoded = with_options(decoder, decode=False).apply({"params": params}, source,
+                                                     source_lengths, method="encode")
   tile = lambda x: jnp.repeat(x, k, axis=0)  # [batch, ...] -> [batch * k, ...]
   encoded, lengths = tile(encoded), tile(source_lengths)
   cache = init_cache(decoder, jnp.zeros((batch * k, max_len), jnp.int32), encoded, lengths,

@@ -1,4 +1,5 @@
-"""The two parameter layouts of a stack of blocks, and conversion between them.
+"""The two parameter layouts of a stack of blocks, conversion between them, and the layer
+groups each model declares (what fine-tuning freezes, decays and adapts).
 
 Unrolled (`scan_layers=False`): one subtree per block, named `<prefix><i>` (`block_0`, ...;
 BERT's `blocks_0`, ...). Stacked (`scan_layers=True`): one subtree named "blocks" whose
@@ -8,14 +9,51 @@ fine-tuning read either: `to_layout` converts a parameter tree to the layout of 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax.layers.config import with_options
 from attention_jax.layers.partitioning import STACKED
 
 _INDEXED = re.compile(r"^(.*?)(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGroups:
+  """A model's layers by top-level parameter name, as the model declares them.
+
+  below: under every block (embeddings); blocks: the unrolled blocks, bottom to top (empty
+  when stacked); stacked: the stacked blocks' name (None when unrolled); depth: number of
+  blocks; above: on top of the blocks and trained with them (final norm, untied LM head);
+  projections: the LoRA-targetable projections inside the blocks.
+  """
+  below: tuple[str, ...]
+  blocks: tuple[str, ...]
+  stacked: str | None
+  depth: int
+  above: tuple[str, ...]
+  projections: frozenset[str]
+
+  @classmethod
+  def of(cls, config, below: tuple[str, ...], above: tuple[str, ...] = (),
+         prefixes: tuple[tuple[str, int], ...] | None = None) -> "LayerGroups":
+    """The groups of a model built from `config`: blocks named `<prefix><i>` for each
+    (prefix, count) in `prefixes` (default: "block_", config.depth), or stacked."""
+    prefixes = prefixes or (("block_", config.depth),)
+    depth = sum(count for _, count in prefixes)
+    blocks = () if config.scan_layers else tuple(
+        f"{prefix}{i}" for prefix, count in prefixes for i in range(count))
+    projections = {"query", "key", "value", "out", "fc1", "fc2"} | (
+        {"gate"} if config.gated_mlp else set())
+    return cls(tuple(below), blocks, STACKED if config.scan_layers else None, depth,
+               tuple(above), frozenset(projections))
+
+  def block_index(self, name: str) -> int | None:
+    """Index (from the bottom) of the unrolled block named `name`, else None."""
+    return self.blocks.index(name) if name in self.blocks else None
 
 
 def is_stacked(params: dict) -> bool:
@@ -68,9 +106,9 @@ def to_layout(params: dict, like: dict, prefix: str = "block_") -> dict:
 def unrolled(model, params: dict):
   """(model, params) with the blocks unrolled: what code written for `block_<i>` names
   (Hugging Face conversion) reads. A model without stacked blocks is returned as is."""
-  if not getattr(model, "scan_layers", False):
+  if not model.config.scan_layers:
     return model, params
-  model = model.clone(scan_layers=False)
+  model = with_options(model, scan_layers=False)
   method = {"method": model.pretrain} if "mlm_head" in params else {}
   like = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(),
                                            **method))["params"]

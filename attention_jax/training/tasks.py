@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from attention_jax import models
+from attention_jax import models, pretrained
+from attention_jax.data import chat as chat_data
 from attention_jax.data import pipeline, tokenizers
-from attention_jax.pretrained import PretrainedTokenizer
+from attention_jax.pretrained import ChatTokenizer, PretrainedTokenizer
 from attention_jax.training import bleu, finetune
 
 
@@ -26,6 +27,21 @@ def cross_entropy_sums(logits, labels, mask=None):
   count = mask.sum()
   return losses.sum() / jnp.maximum(count, 1.0), {"loss": losses.sum(),
                                                    "correct": correct.sum(), "count": count}
+
+
+def packed_next_token_sums(model, params, batch, rng, deterministic: bool, scored=None):
+  """(mean loss, sums) of next-token prediction on packed rows {"tokens", "segment_ids",
+  "positions"} [b, length + 1]: attention stays inside each segment, and a target counts
+  where it continues its segment (not padding, not a new document) and `scored` [b, length]
+  (if given) allows it."""
+  tokens, segments = batch["tokens"], batch["segment_ids"]
+  logits = model.apply({"params": params}, tokens[:, :-1],
+                       positions=batch["positions"][:, :-1], segment_ids=segments[:, :-1],
+                       deterministic=deterministic, rngs={"dropout": rng})
+  mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
+  if scored is not None:
+    mask &= scored
+  return cross_entropy_sums(logits, tokens[:, 1:], mask)
 
 
 def summarize_classification(sums: dict, prefix: str) -> dict:
@@ -154,16 +170,11 @@ class LanguageModelTask(Task):
     A batch is int32 [b, seq_len + 1], or packed documents {"tokens", "segment_ids",
     "positions"} where attention stays inside each document and targets that start a new
     document (or are padding) are not scored."""
-    kwargs = dict(deterministic=deterministic, rngs={"dropout": rng})
     if not isinstance(batch, dict):
-      logits = model.apply({"params": params}, batch[:, :-1], **kwargs)
+      logits = model.apply({"params": params}, batch[:, :-1], deterministic=deterministic,
+                           rngs={"dropout": rng})
       return cross_entropy_sums(logits, batch[:, 1:])
-    tokens, segments = batch["tokens"], batch["segment_ids"]
-    logits = model.apply({"params": params}, tokens[:, :-1],
-                         positions=batch["positions"][:, :-1], segment_ids=segments[:, :-1],
-                         **kwargs)
-    mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
-    return cross_entropy_sums(logits, tokens[:, 1:], mask)
+    return packed_next_token_sums(model, params, batch, rng, deterministic)
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:
@@ -180,7 +191,7 @@ class LanguageModelTask(Task):
     if cfg.max_new_tokens == 0:
       return None
     prompt = self.tokenizer.encode(cfg.prompt)[None]
-    limit = model.max_len - prompt.shape[1]
+    limit = model.config.max_len - prompt.shape[1]
     tokens = models.generate(model, params, prompt,
                              max_new_tokens=min(cfg.max_new_tokens, limit), rng=rng,
                              temperature=cfg.temperature, top_k=cfg.top_k or None)
@@ -379,8 +390,99 @@ class TranslationTask(ExampleTask):
     return {f"{prefix}/bleu": bleu.corpus_bleu(hypotheses, references)}
 
 
+class SftTask(Task):
+  """Instruction fine-tuning of a causal LM (supervised): conversations from JSONL rendered
+  with the base checkpoint's chat template, several packed per row (`dataset.seq_len` + 1
+  tokens) with segment ids and positions restarting per conversation, and the loss on the
+  assistant's tokens only (the prompt is context, not a target)."""
+  unit = "tokens"
+  TOKENIZER_DIR = "chat_tokenizer"  # in the workdir: the tokenizer and its chat template
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.seq_len = config.dataset.seq_len
+
+  def prepare(self, workdir: str | None, base: finetune.Base | None = None):
+    self.base = base
+    saved = os.path.join(workdir, self.TOKENIZER_DIR) if workdir else None
+    if saved and os.path.exists(os.path.join(saved, "tokenizer.json")):
+      tokenizer = ChatTokenizer.from_directory(saved)  # a resumed (or base) sft run's
+    elif base is not None and isinstance(base.tokenizer, ChatTokenizer):
+      tokenizer = base.tokenizer
+    else:
+      raise ValueError("the 'sft' task needs a tokenizer with a chat template: set "
+                       "config.init_from to a Hugging Face checkpoint directory with "
+                       "tokenizer.json and a chat template (tokenizer_config.json or "
+                       "chat_template.jinja), or to an sft workdir.")
+    if tokenizer.chat_template is None:
+      raise ValueError(f"the tokenizer of {base.reference if base else workdir} has no chat "
+                       "template; add one to its tokenizer_config.json ('chat_template').")
+    if saved and not os.path.exists(saved) and jax.process_index() == 0:
+      os.makedirs(saved)
+      tokenizer.tokenizer.save(os.path.join(saved, "tokenizer.json"))
+      tokenizer.save_config(saved)
+    self.tokenizer = tokenizer
+
+  def datasets(self):
+    """(train, eval) grain MapDatasets of packed rows {"tokens", "loss_mask",
+    "segment_ids", "positions"}, each int32 [seq_len + 1]."""
+    cfg = self.config.dataset
+    out = []
+    for path in (cfg.train_file, cfg.eval_file):
+      if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"sft data file {path!r} does not exist (config.dataset."
+                                "train_file / eval_file: JSONL with 'messages', or 'prompt' "
+                                "and 'response').")
+      encoded = [self.tokenizer.encode_chat_with_mask(c)
+                 for c in chat_data.read_conversations(path)]
+      packed = chat_data.pack_conversations(encoded, self.seq_len)
+      out.append(grain.MapDataset.range(len(packed["tokens"])).map(
+          lambda i, p=packed: {k: v[i] for k, v in p.items()}))
+    return tuple(out)
+
+  def model(self, **overrides):
+    if self.base is None:
+      raise ValueError("the 'sft' task fine-tunes a pretrained model: set config.init_from.")
+    model = models.create(self.config.model.preset,
+                          **{**model_options(self.config, self.base), **overrides})
+    pretrained.hub.check_vocabulary(self.tokenizer, model, f"init_from {self.base.reference}")
+    return model
+
+  def init_inputs(self):
+    return (jnp.zeros((1, self.seq_len), jnp.int32),)
+
+  def items_per_example(self) -> int:
+    return self.seq_len
+
+  def loss(self, model, params, batch, rng, deterministic: bool):
+    """Mean cross-entropy of the next token where it is an assistant token of the same
+    conversation; returns (loss, sums)."""
+    return packed_next_token_sums(model, params, batch, rng, deterministic,
+                                  batch["loss_mask"][:, 1:] > 0)
+
+  @staticmethod
+  def summarize(sums: dict, prefix: str) -> dict:
+    out = summarize_classification(sums, prefix)
+    out[f"{prefix}/perplexity"] = math.exp(min(out[f"{prefix}/loss"], 50.0))
+    return out
+
+  def sample(self, model, params, rng) -> str | None:
+    """The model's reply to config.sample.prompt as a user turn; none when
+    config.sample.max_new_tokens is 0."""
+    cfg = self.config.sample
+    if cfg.max_new_tokens == 0:
+      return None
+    prompt = self.tokenizer.encode_chat([{"role": "user", "content": cfg.prompt}],
+                                        add_generation_prompt=True)
+    tokens = models.generate(model, params, [prompt], max_new_tokens=cfg.max_new_tokens,
+                             rng=rng, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                             stop_tokens=tuple(self.tokenizer.stop_ids))
+    reply = [int(t) for t in np.asarray(tokens[0]) if t not in self.tokenizer.stop_ids]
+    return f"user: {cfg.prompt}\nassistant: {self.tokenizer.decode(reply)}"
+
+
 TASKS = {"lm": LanguageModelTask, "xl_lm": TransformerXLTask,
-         "classification": ClassificationTask, "translation": TranslationTask}
+         "classification": ClassificationTask, "translation": TranslationTask, "sft": SftTask}
 
 
 def get(config):

@@ -29,7 +29,7 @@ import optax
 from jax import lax
 
 import attention_jax
-from attention_jax import allocator
+from attention_jax import allocator, models
 from attention_jax.data import pipeline
 from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import lock as lock_lib
@@ -199,7 +199,7 @@ def evaluate(task, eval_step, params, batches, model, *, prefix="eval", shard=No
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   metrics = task.summarize(fetch(total), prefix)
   if task.decodes:
-    metrics.update(task.decode_metrics(model.clone(dropout_rate=0.0),
+    metrics.update(task.decode_metrics(models.with_options(model, dropout_rate=0.0),
                                        params if host_params is None else host_params(),
                                        prefix))
   return metrics
@@ -245,7 +245,8 @@ def build(config, task, base=None, devices=None) -> Built:
   shapes, mask, loaded = finetune.starting_point(model, inputs, config, base)
   trained_shapes, _ = finetune.split(shapes, mask)
   optimizer = optim.make_optimizer(config.optimizer, config.num_train_steps,
-                                   finetune.layer_scale(trained_shapes, config))
+                                   finetune.layer_scale(trained_shapes, config,
+                                                        model.layer_groups()))
   base_info = describe_training(config, base, shapes, trained_shapes)
   if base is not None:
     base.params = {}  # release it: `loaded` holds what the model uses
@@ -253,7 +254,8 @@ def build(config, task, base=None, devices=None) -> Built:
   def init_state(loaded):
     params = finetune.initial_params(model, inputs, init_rng, loaded)
     trained, frozen = finetune.split(params, mask)
-    return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
+    return TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained),
+                      finetune.cast_frozen(frozen, config))
 
   runner = parallel.Runner(config, init_state, (loaded,), devices=devices)
   step = make_train_step(task, model, optimizer, config.grad_accum_steps)
@@ -335,7 +337,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     return {"preempted_at_step": stopped_at}
   results = dict(last_eval or evaluate_state(task, runner, state, eval_batches, model))
   if jax.process_index() == 0:
-    sample = task.sample(model.clone(dropout_rate=0.0), runner.host_params(state), sample_rng)
+    sample = task.sample(models.with_options(model, dropout_rate=0.0),
+                         runner.host_params(state), sample_rng)
     if sample is not None:
       results["sample"] = sample
   return results

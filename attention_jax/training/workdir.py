@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from attention_jax import pretrained
+from attention_jax import models, pretrained
 from attention_jax.layers import lora
 from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import finetune, tasks
@@ -82,8 +82,9 @@ def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:
   if is_workdir(init_from):
     step = saved.get("base_step") if saved else None
     _, task, model, params, step = load(init_from, "latest" if step is None else str(step))
-    if model.lora is not None:
-      params, model = lora.merge(params, model.lora), model.clone(lora=None)
+    if model.config.lora is not None:
+      params = lora.merge(params, model.config.lora)
+      model = models.with_options(model, lora=None)
     return finetune.Base(f"{init_from} (step {step})", jax.device_get(params), task.tokenizer,
                          finetune.architecture(model), step=step)
   if init_from not in pretrained.KNOWN and not os.path.isdir(init_from):
@@ -94,8 +95,7 @@ def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:
   directory, sha256 = pretrained.resolve(init_from)
   # Known names are checked against their pinned hash inside `load`; a directory is hashed
   # once here to record (and, on resume, compare) what the run started from.
-  sha256 = sha256 or pretrained.hub.sha256_of(
-      os.path.join(directory, pretrained.hub.WEIGHTS_FILE))
+  sha256 = sha256 or pretrained.hub.weights_sha256(directory)
   if saved and saved.get("sha256") not in (None, sha256):
     raise ValueError(f"the weights of init_from {init_from!r} changed since this run started "
                      f"(SHA-256 {sha256}, the checkpoints were trained on {saved['sha256']}); "

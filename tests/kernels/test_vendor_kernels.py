@@ -273,7 +273,7 @@ def test_model_with_a_pallas_kernel_by_name(kernel):
   segments = jnp.repeat(jnp.arange(2)[None], 20, axis=1).reshape(1, 40).repeat(2, 0)
   dense = models.create("gpt-tiny", vocab_size=50, kernel="dot_product")
   params = dense.init(jax.random.key(1), tokens)["params"]
-  vendor = dense.clone(kernel=kernel)
+  vendor = models.with_options(dense, kernel=kernel)
 
   def loss(model, params):
     return jnp.mean(model.apply({"params": params}, tokens, segment_ids=segments) ** 2)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import kernels
 from attention_jax.layers import (LoraSpec, Mlp, MultiHeadAttention, PatchEmbedding,
                                   TextEmbeddings, TransformerBlock)
+from attention_jax.layers.config import TransformerConfig, with_options
 
 
 class ArticleSelfAttention(nn.Module):
@@ -124,8 +125,9 @@ def test_lora_adapters_start_at_the_base_model_and_merge_exactly():
   from attention_jax.layers import lora
   spec = LoraSpec(rank=3, alpha=6.0, targets=("query", "key", "value", "out", "fc1", "fc2"))
   x = jax.random.normal(jax.random.key(0), (2, 5, 32))
-  base = TransformerBlock(4, 64, pre_ln=False)
-  adapted = base.clone(lora=spec)
+  base = TransformerBlock(TransformerConfig(width=32, depth=1, num_heads=4, mlp_dim=64,
+                                            pre_ln=False))
+  adapted = with_options(base, lora=spec)
   params = adapted.init(jax.random.key(1), x)["params"]
   base_params = {k: v for k, v in params.items()}
   base_params["attention"] = {k: v for k, v in params["attention"].items()
@@ -147,7 +149,7 @@ def test_lora_adapters_start_at_the_base_model_and_merge_exactly():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"rank": 0}, "rank must be >= 1"), ({"targets": ("query", "gate")}, "subset of"),
+    ({"rank": 0}, "rank must be >= 1"), ({"targets": ("query", "up_proj")}, "subset of"),
     ({"targets": ()}, "subset of")])
 def test_lora_spec_rejects_bad_settings(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -24,7 +24,7 @@ def test_gpt_prefill_then_cached_steps_equal_full_forward(position, kernel):
   model = models.create("gpt-tiny", position=position, kernel=kernel)
   params = init(model, TOKENS)
   full = model.apply({"params": params}, TOKENS)
-  decoder = model.clone(decode=True)
+  decoder = models.with_options(model, decode=True)
   cache = init_cache(decoder, jnp.zeros_like(TOKENS))
   logits, state = decoder.apply({"params": params, "cache": cache}, TOKENS[:, :5],
                                 mutable=["cache"])
@@ -71,7 +71,7 @@ def test_encoder_decoder_incremental_equals_teacher_forced_and_beam_scores():
   lengths = jnp.array([9, 6])
   params = init(model, src, tgt, lengths)
   full = model.apply({"params": params}, src, tgt, lengths)
-  decoder = model.clone(decode=True)
+  decoder = models.with_options(model, decode=True)
   encoded = model.apply({"params": params}, src, lengths, method="encode")
   cache = init_cache(decoder, jnp.zeros_like(tgt), encoded, lengths, method="decode_logits")
   steps = []
@@ -206,7 +206,7 @@ def test_gpt_on_packed_documents_equals_each_document_alone():
   segment_ids = jnp.array([[1] * 5 + [2] * 7])
   positions = jnp.array([list(range(5)) + list(range(7))])
   for kernel in ("dot_product", "flash"):
-    logits = model.clone(kernel=kernel).apply({"params": params}, packed,
+    logits = models.with_options(model, kernel=kernel).apply({"params": params}, packed,
                                               positions=positions, segment_ids=segment_ids)
     for doc, start in zip(docs, (0, 5)):
       alone = model.apply({"params": params}, doc[None])
@@ -222,7 +222,7 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients(name):
 
   def grads(remat):
     def loss(p):
-      out = model.clone(remat=remat).apply(p, *inputs)
+      out = models.with_options(model, remat=remat).apply(p, *inputs)
       return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(out)
                  if jnp.issubdtype(x.dtype, jnp.floating))
     return jax.grad(loss)(params), str(jax.make_jaxpr(jax.grad(loss))(params))
@@ -234,7 +234,7 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients(name):
   for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(got)):
     np.testing.assert_allclose(a, b, atol=1e-6)
   with pytest.raises(ValueError, match="remat must be one of"):
-    model.clone(remat="some").apply(params, *inputs)
+    models.with_options(model, remat="some").apply(params, *inputs)
 
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny"])
@@ -242,10 +242,10 @@ def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
   model = models.create(name)
   inputs = model.example_inputs()
   params = model.init(jax.random.key(0), *inputs)["params"]
-  scanned = model.clone(scan_layers=True)
+  scanned = models.with_options(model, scan_layers=True)
   stacked = layouts.to_layout(params, jax.eval_shape(
       lambda: scanned.init(jax.random.key(0), *inputs))["params"])
-  assert stacked["blocks"]["attention"]["query"]["kernel"].shape[0] == model.depth
+  assert stacked["blocks"]["attention"]["query"]["kernel"].shape[0] == model.config.depth
   assert not any(k.startswith("block") and k != "blocks" for k in stacked)
   for want, got in zip(jax.tree.leaves(model.apply({"params": params}, *inputs)),
                        jax.tree.leaves(scanned.apply({"params": stacked}, *inputs))):
@@ -260,7 +260,37 @@ def test_scan_layers_generates_with_a_stacked_kv_cache():
   greedy = lambda m, p: np.asarray(models.generate(m, p, prompt, max_new_tokens=6,
                                                    rng=jax.random.key(1), temperature=0.0))
   np.testing.assert_array_equal(greedy(model, params),
-                                greedy(model.clone(scan_layers=True), layouts.stack(params)))
-  with pytest.raises(ValueError, match="scan_layers is available for GPT, Bert and ViT"):
+                                greedy(models.with_options(model, scan_layers=True),
+                                       layouts.stack(params)))
+  with pytest.raises(ValueError, match="scan_layers is available for GPT, Llama, Bert and ViT"):
     bad = models.create("transformer-tiny", scan_layers=True)
     bad.init(jax.random.key(0), *bad.example_inputs())
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt-tiny"])
+def test_batched_prompts_of_different_lengths_generate_as_each_alone(name):
+  from attention_jax.models import generation
+  model = models.create(name, dropout_rate=0.0)
+  params = init(model, TOKENS)
+  prompts = [[5, 9, 3], [7, 1, 4, 4, 2, 8, 6], [11]]
+  greedy = lambda p, **kw: np.asarray(models.generate(
+      model, params, p, max_new_tokens=8, rng=jax.random.key(0), temperature=0.0, **kw))
+  together = greedy(prompts)
+  for row, prompt in enumerate(prompts):
+    np.testing.assert_array_equal(together[row], greedy([prompt])[0])
+    np.testing.assert_array_equal(together[row], greedy(jnp.asarray([prompt]),
+                                                        bucket=False)[0])
+  # Prompts of 1 to 16 tokens share one compiled program (one bucket).
+  before = generation._generate._cache_size()
+  for length in (2, 9, 16):
+    greedy([list(range(1, length + 1))] * 2)
+  assert generation._generate._cache_size() == before + 1
+  # Stop tokens: kept, then padding; streaming yields the same tokens step by step.
+  stop = int(together[1, 2])
+  first = int(np.argmax(together[1] == stop))  # the row stops at the stop token's first use
+  stopped = greedy(prompts, stop_tokens=(stop,), pad_id=0)
+  np.testing.assert_array_equal(stopped[1, :first + 1], together[1, :first + 1])
+  assert (stopped[1, first + 1:] == 0).all()
+  streamed = np.stack(list(models.generate_stream(
+      model, params, prompts, max_new_tokens=8, rng=jax.random.key(0), temperature=0.0)), 1)
+  np.testing.assert_array_equal(streamed, together)

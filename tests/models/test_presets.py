@@ -14,9 +14,20 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     "transformer-xl-base": 151_107_538,  # official PyTorch n_all_param for WT103 base
     "vit-ti16": 5_717_416,
     "vit-b16": 86_567_656,
+    # Llama-style decoders: the counts their Hugging Face model cards and safetensors give
+    "llama-2-7b": 6_738_415_616,
+    "llama-3.1-8b": 8_030_261_248,
+    "llama-3.2-1b": 1_235_814_400,  # tied head
+    "llama-3.2-3b": 3_212_749_824,  # tied head
+    "mistral-7b": 7_241_732_096,
+    "qwen2.5-0.5b": 494_032_768,  # Q/K/V biases, tied head
+    "qwen2.5-1.5b": 1_543_714_304,
+    "smollm2-135m": 134_515_008,
+    "tinyllama-1.1b": 1_100_048_384,
     # tiny presets: pinned so that architecture changes are noticed
     "bert-tiny": 24_416,
     "gpt-tiny": 23_296,
+    "llama-tiny": 26_784,
     "transformer-tiny": 46_848,
     "transformer-xl-tiny": 23_234,
     "vit-tiny": 18_602,
@@ -33,11 +44,11 @@ def test_parameter_count(name):
 
 
 def test_overrides_and_errors():
-  assert models.create("gpt-tiny", kernel="flash").kernel == "flash"
+  assert models.create("gpt-tiny", kernel="flash").config.kernel == "flash"
   assert models.param_count("gpt-tiny", num_kv_heads=1) < PUBLISHED["gpt-tiny"]
   with pytest.raises(ValueError, match="unknown preset 'gpt3'; valid presets: bert-base"):
     models.create("gpt3")
-  with pytest.raises(ValueError, match="has no option\\(s\\) \\['widht'\\]"):
+  with pytest.raises(ValueError, match="GPTConfig has no field\\(s\\) \\['widht'\\]"):
     models.create("gpt-tiny", widht=64)
   with pytest.raises(ValueError, match="unknown attention kernel 'flsh'"):
     models.create("bert-base", kernel="flsh")

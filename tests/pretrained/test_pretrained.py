@@ -33,7 +33,7 @@ def test_minilm_hidden_states_equal_numpy_bert(minilm, kernel):
   config, tensors, _ = pretrained.read_checkpoint(MINILM)
   batch = tokenizer(SENTENCES)
   assert batch["attention_mask"].min() == 0  # padding is exercised
-  ours = model.clone(kernel=kernel).apply({"params": params}, batch["input_ids"],
+  ours = models.with_options(model, kernel=kernel).apply({"params": params}, batch["input_ids"],
                                           batch["token_type_ids"], batch["attention_mask"])
   reference = bert_hidden(tensors, config, batch["input_ids"],
                           batch["attention_mask"].astype(np.float64), batch["token_type_ids"])
@@ -160,7 +160,7 @@ def test_bad_checkpoints_fail_with_names(tmp_path, monkeypatch):
   weights = str(tmp_path / "model.safetensors")
   with pytest.raises(ValueError, match="SHA-256 [0-9a-f]{64}, expected 00"):
     pretrained.load(str(tmp_path), sha256="00" * 32)
-  assert pretrained.load(str(tmp_path), sha256=hub.sha256_of(weights))[0].width == 32
+  assert pretrained.load(str(tmp_path), sha256=hub.sha256_of(weights))[0].config.width == 32
 
   tensors = load_file(weights)
   del tensors["encoder.layer.1.attention.self.key.weight"]
@@ -200,7 +200,7 @@ def test_mean_pooled_classifier_round_trips(tmp_path):
   params = _random_params(model)
   pretrained.export(model, params, str(tmp_path))
   loaded_model, loaded, _ = pretrained.load(str(tmp_path))
-  assert loaded_model.classifier_pooling == "mean"
+  assert loaded_model.config.classifier_pooling == "mean"
   tokens, mask = jnp.array([[5, 9, 3, 0]]), jnp.array([[1, 1, 1, 0]])
   np.testing.assert_allclose(
       model.apply({"params": params}, tokens, attention_mask=mask)["logits"],
@@ -235,7 +235,7 @@ def test_a_tokenizer_that_is_not_wordpiece_is_left_out(tmp_path):
   pretrained.export(model, _random_params(model), str(tmp_path))
   bpe.save(str(tmp_path / "tokenizer.json"))
   loaded_model, _, tokenizer = pretrained.load(str(tmp_path))
-  assert tokenizer is None and loaded_model.width == 32
+  assert tokenizer is None and loaded_model.config.width == 32
 
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny"])
@@ -244,8 +244,8 @@ def test_stacked_blocks_load_and_export_as_hugging_face_layers(tmp_path, name):
   params = _random_params(model)
   pretrained.export(model, params, str(tmp_path / "unrolled"))
   scanned, stacked, _ = pretrained.load(str(tmp_path / "unrolled"), scan_layers=True)
-  assert scanned.scan_layers and set(stacked) >= {"blocks"}
-  assert stacked["blocks"]["mlp"]["fc1"]["kernel"].shape[0] == model.depth
+  assert scanned.config.scan_layers and set(stacked) >= {"blocks"}
+  assert stacked["blocks"]["mlp"]["fc1"]["kernel"].shape[0] == model.config.depth
   tokens = jnp.array([[5, 9, 3, 7, 1]])
   out = lambda m, p: jax.tree.leaves(m.apply({"params": p}, tokens))
   for want, got in zip(out(model, params), out(scanned, stacked)):

@@ -108,8 +108,8 @@ def test_lora_run_resumes_exactly_and_merges(tmp_path_factory, tmp_path, base_wo
   batch = next(iter(pipeline.eval_batches(eval_data, 8, 1)))
   unmerged = model.apply({"params": params}, batch["inputs"], attention_mask=batch["mask"])
   spec = finetune.lora_spec(config)
-  merged = model.clone(lora=None).apply({"params": lora.merge(params, spec)}, batch["inputs"],
-                                        attention_mask=batch["mask"])
+  merged = models.with_options(model, lora=None).apply(
+      {"params": lora.merge(params, spec)}, batch["inputs"], attention_mask=batch["mask"])
   np.testing.assert_allclose(merged["logits"], unmerged["logits"], atol=1e-5)
   # As a base for another run, the LoRA workdir brings its adapters merged into the weights.
   as_base = workdir_lib.load_base(resumed)
@@ -174,7 +174,8 @@ def test_layer_decay_scales_updates_by_depth_in_both_layouts(scan_layers):
   base = config.optimizer
   base.weight_decay, base.clip_norm, base.warmup_steps = 0.0, 0.0, 0
   plain = optim.make_optimizer(base, 10)
-  decayed = optim.make_optimizer(base, 10, finetune.layer_scale(params, config))
+  decayed = optim.make_optimizer(base, 10, finetune.layer_scale(params, config,
+                                                                model.layer_groups()))
   grads = jax.tree.map(jnp.ones_like, params)
   step = lambda opt: opt.update(grads, opt.init(params), params)[0]
   ratio = jax.tree.map(lambda a, b: np.asarray(a / b), step(decayed), step(plain))
@@ -214,7 +215,7 @@ def test_bad_fine_tuning_settings_fail_clearly(tmp_path_factory, tmp_path, base_
   with pytest.raises(ValueError, match=r"differ in shape \(blocks_0/mlp/fc1/bias: base "
                      r"\(64,\), model \(48,\)"):
     train_and_evaluate(config, str(tmp_path / "c"))
-  config = finetune_config(tmp_path_factory, base_workdir, "lora", lora_targets="query,gate")
+  config = finetune_config(tmp_path_factory, base_workdir, "lora", lora_targets="query,up_proj")
   with pytest.raises(ValueError, match="LoRA targets must be"):
     train_and_evaluate(config, str(tmp_path / "d"))
 
@@ -225,4 +226,32 @@ def test_linear_probe_of_a_headless_model_is_refused():
                                              *model.example_inputs())["params"])
   config = finetune_minilm_wordnet.get_config("linear_probe")
   with pytest.raises(ValueError, match="trains nothing in this model"):
-    finetune.trainable(shapes, config)
+    finetune.trainable(shapes, config, model.layer_groups())
+
+
+def test_layer_groups_come_from_the_model_not_from_parameter_names():
+  """The encoder-decoder's blocks are encoder_blocks_<i> then decoder_blocks_<i>: top-k
+  layers and layer decay follow the order the model declares."""
+  model = models.create("transformer-tiny")
+  params = finetune.initial_params(model, model.example_inputs(), jax.random.key(0), {})
+  config = finetune_minilm_wordnet.get_config()
+  config.finetune.mode, config.finetune.top_k, config.finetune.heads = "top_k_layers", 1, ()
+  groups = model.layer_groups()
+  mask = finetune.trainable(params, config, groups)
+  trained = {path[0] for path, trains in mask.items() if trains}
+  assert trained == {"decoder_blocks_1"}
+  config.finetune.mode, config.finetune.layer_decay = "full", 0.5
+  base = config.optimizer
+  base.weight_decay, base.clip_norm, base.warmup_steps = 0.0, 0.0, 0
+  grads = jax.tree.map(jnp.ones_like, params)
+  step = lambda opt: opt.update(grads, opt.init(params), params)[0]
+  ratio = jax.tree.map(lambda a, b: np.asarray(a / b), step(optim.make_optimizer(
+      base, 10, finetune.layer_scale(params, config, groups))), step(optim.make_optimizer(
+          base, 10)))
+  kernel = lambda name: ratio[name]["mlp"]["fc1"]["kernel"]
+  assert kernel("decoder_blocks_1") == pytest.approx(0.5)
+  assert kernel("encoder_blocks_0") == pytest.approx(0.5 ** 4)
+  assert ratio["embed"]["token"]["embedding"] == pytest.approx(0.5 ** 5)
+  config.finetune.mode, config.finetune.lora_targets = "lora", "query,gate"
+  with pytest.raises(ValueError, match=r"LoRA targets \['gate'\] are not projections"):
+    finetune.trainable(params, config, groups)

@@ -84,6 +84,18 @@ def test_ring_attention_trains_packed_sequences_like_one_device(tmp_path, data_d
   np.testing.assert_allclose(ring, one, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_llama_trains_on_every_mesh_axis_like_one_device(tmp_path, data_dir):
+  """GQA (2 kv heads split over tensor=2), packed documents through ring attention over
+  sequence=2, FSDP, stacked blocks and remat, all at once."""
+  llama = {"model.preset": "llama-tiny", "model.num_kv_heads": 2, "dataset.pack": True}
+  one = run_layout(tmp_path, data_dir, "one", num_devices=1, **llama)
+  every_axis = run_layout(tmp_path, data_dir, "all", **llama, **{
+      "mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 2, "mesh.sequence": 2,
+      "model.scan_layers": True, "model.remat": "full"})
+  np.testing.assert_allclose(every_axis, one, rtol=1e-5)
+
+
 def mesh_config(parallelism="mesh", **sizes):
   config = ml_collections.ConfigDict({"parallelism": parallelism,
                                       "mesh": parallel.default_config()})

@@ -130,7 +130,7 @@ def test_eval_and_generate_read_a_finished_workdir(tmp_path, data_dir):
                    "--split=test")
   assert result.returncode == 0, result.stderr
   assert "test/bits_per_char" in result.stdout
-  result = run_cli("experiments.generate", f"--workdir={workdir}", "--prompt=In the ",
+  result = run_cli("experiments.generate", f"--init_from={workdir}", "--prompt=In the ",
                    "--max_new_tokens=10", "--temperature=0")
   assert result.returncode == 0, result.stderr
   # The prompt, then 10 greedy bytes (ASCII after training on the KJV), then a newline.

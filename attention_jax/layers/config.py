@@ -1,0 +1,102 @@
+"""One frozen object that carries a transformer's hyperparameters through every layer.
+
+A model family builds its blocks from a `TransformerConfig` instead of repeating field lists
+(as Flax's lm1b example passes its `TransformerConfig` down): what the config says reaches
+every block and attention layer, so a new option is added in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax.numpy as jnp
+
+from attention_jax.kernels.positional import RopeScaling
+from attention_jax.layers.lora import LoraSpec
+
+NORMS = ("layer", "rms")
+# `position` values that act inside attention; the others ("learned", "sinusoidal", "none")
+# live in the embeddings.
+ATTENTION_POSITIONS = ("rotary", "alibi", "relative")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+  """Hyperparameters of a stack of transformer blocks (and of the model around it).
+
+  Architecture (what the parameters depend on):
+    width, depth, num_heads, mlp_dim; num_kv_heads (GQA/MQA; default num_heads); head_dim
+    (default width // num_heads); vocab_size, max_len (0 where unused).
+    pre_ln: x + f(norm(x)) (GPT, ViT, Llama) rather than norm(x + f(x)) (BERT, Vaswani).
+    norm: "layer" (LayerNorm) or "rms" (RMSNorm, Llama); ln_eps its epsilon.
+    activation, gated_mlp (GLU: act(gate(x)) * fc1(x), SwiGLU with "silu"), mlp_bias.
+    qkv_bias, out_bias: biases on the Q/K/V and output projections (Qwen2: True, False).
+    position: "learned", "sinusoidal", "none" (embeddings) or "rotary", "alibi", "relative"
+      (inside attention); rotary_base and rope_scaling for "rotary".
+    tie_embeddings: logits through the token table rather than their own projection.
+  Runtime (free to change on a trained model):
+    kernel (registry name or callable), local_window (keys within that distance of the
+    diagonal; Mistral's sliding window), dropout_rate, attention_dropout_rate, remat,
+    scan_layers, lora, decode (KV cache), sow_weights, dtype, param_dtype.
+  """
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  vocab_size: int = 0
+  max_len: int = 0
+  pre_ln: bool = True
+  norm: str = "layer"
+  ln_eps: float = 1e-6
+  activation: str = "gelu"
+  gated_mlp: bool = False
+  mlp_bias: bool = True
+  qkv_bias: bool = True
+  out_bias: bool = True
+  position: str = "none"
+  rotary_base: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  tie_embeddings: bool = True
+  kernel: str | Callable = "dot_product"
+  local_window: int | None = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  remat: str = "none"
+  scan_layers: bool = False
+  lora: LoraSpec | None = None
+  decode: bool = False
+  sow_weights: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.norm not in NORMS:
+      raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}.")
+    if self.local_window is not None and self.local_window < 0:
+      raise ValueError(f"local_window must be >= 0 (or None), got {self.local_window}.")
+
+  @property
+  def attention_position(self) -> str:
+    """What attention does about positions: "rotary", "alibi", "relative" or "none"."""
+    return self.position if self.position in ATTENTION_POSITIONS else "none"
+
+  def replace(self, **changes) -> "TransformerConfig":
+    """A copy with `changes`; an unknown field is an error that lists the valid ones."""
+    unknown = sorted(set(changes) - set(field_names(type(self))))
+    if unknown:
+      raise ValueError(f"{type(self).__name__} has no field(s) {unknown}; valid: "
+                       f"{', '.join(field_names(type(self)))}.")
+    return dataclasses.replace(self, **changes)
+
+
+def field_names(config_class) -> list[str]:
+  return sorted(f.name for f in dataclasses.fields(config_class))
+
+
+def with_options(module, **changes):
+  """A module built from a config (a model, a TransformerBlock) with fields of its config
+  changed: `with_options(model, decode=True)`, `with_options(model, lora=None)`."""
+  return module.clone(config=module.config.replace(**changes))

@@ -1,0 +1,57 @@
+"""Instruction fine-tuning (SFT) of a Llama-family checkpoint on chat conversations.
+
+    python -m experiments.train --config=configs/sft_chat.py --workdir=runs/sft \
+        --config.init_from=checkpoints/my-llama --config.dataset.train_file=train.jsonl \
+        --config.dataset.eval_file=eval.jsonl --config.finetune.mode=lora
+
+`init_from` is a Hugging Face Llama / Mistral / Qwen2 directory with tokenizer.json and a chat
+template (or an sft workdir); its architecture replaces the preset's. The data are JSONL lines
+{"messages": [...]} or {"prompt": ..., "response": ...}; the loss is on assistant tokens only.
+Variants: (none) LoRA on every projection; "full" full fine-tuning; "tiny" for tests.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.task = "sft"
+  c.dataset.train_file = ""
+  c.dataset.eval_file = ""
+  c.dataset.seq_len = 512  # tokens per packed row (conversations are packed whole)
+  c.model.preset = "llama-tiny"  # the family; init_from's architecture sets everything else
+  c.model.kernel = "auto"
+  c.finetune.heads = ()  # nothing new: the LM head is the checkpoint's
+  c.finetune.mode = "lora"
+  c.finetune.lora_rank = 16
+  c.finetune.lora_alpha = 32.0
+  c.finetune.lora_targets = "query,key,value,out,gate,fc1,fc2"
+  c.finetune.frozen_dtype = "bfloat16"  # the frozen base in half the memory
+  c.batch_size = 8
+  c.num_train_steps = 1000
+  c.eval_every_steps = 250
+  c.checkpoint_every_steps = 250
+  c.optimizer.lr = 2e-4
+  c.optimizer.warmup_steps = 50
+  c.optimizer.weight_decay = 0.0
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = "Define the word harp."
+  c.sample.max_new_tokens = 64
+  c.sample.temperature = 0.0
+  c.sample.top_k = 0
+
+  if arg == "full":
+    c.finetune.mode = "full"
+    c.finetune.frozen_dtype = ""
+    c.optimizer.lr = 2e-5
+  elif arg == "tiny":
+    common.make_tiny(c, steps=6)
+    c.dataset.seq_len = 64
+    c.eval_batch_size = 8
+    c.sample.max_new_tokens = 4
+  elif arg not in (None, ""):
+    raise ValueError(f"unknown variant {arg!r}; valid: full, tiny (or none).")
+  return c

@@ -1,0 +1,138 @@
+"""Llama, Mistral and Qwen2 checkpoints against Hugging Face transformers (PyTorch, CPU):
+random-initialised models built by transformers itself, saved, loaded by us; and ours
+exported and loaded by transformers. Logits and greedy generations must agree."""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax import models, pretrained
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            initializer_range=0.3)  # large weights: logits far from uniform
+CASES = {
+    "llama-gqa-llama3-rope": ("LlamaConfig", "LlamaForCausalLM", dict(
+        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=16))),
+    "mistral-sliding-window": ("MistralConfig", "MistralForCausalLM", dict(
+        sliding_window=4, rope_theta=10000.0, tie_word_embeddings=False)),
+    "qwen2-qkv-bias-tied": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    "llama-linear-rope-tied": ("LlamaConfig", "LlamaForCausalLM", dict(
+        rope_scaling=dict(rope_type="linear", factor=2.0), tie_word_embeddings=True,
+        num_key_value_heads=1)),
+}
+LENGTH = 12
+
+
+def _hf_model(case, seed=0):
+  config_name, model_name, options = CASES[case]
+  config = getattr(transformers, config_name)(**{**TINY, **options})
+  torch.manual_seed(seed)
+  model = getattr(transformers, model_name)(config).eval()
+  if config_name == "Qwen2Config":  # its biases start at zero; make them count
+    with torch.no_grad():
+      for name, p in model.named_parameters():
+        if name.endswith("proj.bias"):
+          p.normal_(0, 0.5)
+  return model
+
+
+def _batch():
+  """Two rows: one full, one left-padded by 5 (mask 0), with positions from the first real
+  token, as batched generation pads prompts."""
+  tokens = np.random.default_rng(0).integers(0, TINY["vocab_size"], (2, LENGTH))
+  mask = np.ones((2, LENGTH), np.int64)
+  mask[1, :5] = 0
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  return tokens, mask, positions
+
+
+def _hf_logits(model, tokens, mask, positions):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(positions)).logits.numpy()
+
+
+def _our_logits(model, params, tokens, mask, positions):
+  return np.asarray(model.apply({"params": params}, jnp.asarray(tokens),
+                                positions=jnp.asarray(positions),
+                                segment_ids=jnp.asarray(mask)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hugging_face_checkpoints_load_export_and_generate_alike(tmp_path, case):
+  hf = _hf_model(case)
+  hf.save_pretrained(tmp_path / "hf")
+  model, params, _ = pretrained.load(str(tmp_path / "hf"))
+  tokens, mask, positions = _batch()
+  want = _hf_logits(hf, tokens, mask, positions)
+  real = mask.astype(bool)
+  assert want[real].std() > 0.5  # a test that uniform logits could not pass
+  got = _our_logits(model, params, tokens, mask, positions)
+  np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
+
+  # The reverse: ours exported (sharded, to exercise the index) and loaded by transformers.
+  pretrained.export(model, params, str(tmp_path / "ours"), max_shard_bytes=40_000)
+  assert (tmp_path / "ours" / "model.safetensors.index.json").exists()
+  back = type(hf).from_pretrained(tmp_path / "ours").eval()
+  np.testing.assert_allclose(_hf_logits(back, tokens, mask, positions)[real], got[real],
+                             atol=1e-4, rtol=1e-4)
+
+  # Greedy generation of 20 tokens: the same tokens from both.
+  prompt = tokens[:1, :6]
+  with torch.no_grad():
+    hf_tokens = hf.generate(torch.tensor(prompt), attention_mask=torch.ones_like(
+        torch.tensor(prompt)), max_new_tokens=20, do_sample=False, pad_token_id=0,
+        eos_token_id=None)[:, prompt.shape[1]:].numpy()
+  ours = models.generate(model, params, jnp.asarray(prompt), max_new_tokens=20,
+                         rng=jax.random.key(0), temperature=0.0)
+  np.testing.assert_array_equal(np.asarray(ours), hf_tokens)
+
+
+def test_checkpoints_we_cannot_read_say_why(tmp_path):
+  import json
+  import os
+  model = models.create("llama-tiny")
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  pretrained.export(model, params, str(tmp_path / "sharded"), max_shard_bytes=20_000)
+  shards = sorted(p for p in os.listdir(tmp_path / "sharded") if p.startswith("model-"))
+  assert len(shards) > 1
+  os.remove(tmp_path / "sharded" / shards[-1])
+  with pytest.raises(FileNotFoundError, match=f"lacks the shard\\(s\\) {shards[-1]}"):
+    pretrained.load(str(tmp_path / "sharded"))
+  pretrained.export(model, params, str(tmp_path / "other"))
+  config = json.loads((tmp_path / "other" / "config.json").read_text())
+  (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
+                                                              "model_type": "gemma2"}))
+  with pytest.raises(ValueError, match="model_type 'gemma2'; supported: .*llama, mistral, "
+                     "qwen2.*Qwen2ForCausalLM"):
+    pretrained.load(str(tmp_path / "other"))
+
+
+def test_weights_keep_their_dtype_and_load_straight_into_a_mesh(tmp_path):
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  model = models.create("llama-tiny", param_dtype=jnp.bfloat16)
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  pretrained.export(model, params, str(tmp_path))
+  loaded_model, loaded, _ = pretrained.load(str(tmp_path))
+  assert loaded_model.config.param_dtype == jnp.bfloat16
+  assert {x.dtype for x in jax.tree.leaves(loaded)} == {jnp.dtype(jnp.bfloat16)}
+  _, as_f32, _ = pretrained.load(str(tmp_path), dtype="float32")
+  assert {x.dtype for x in jax.tree.leaves(as_f32)} == {jnp.dtype(jnp.float32)}
+  mesh = Mesh(np.array(jax.devices()[:4]), ("fsdp",))
+  path = ("block_0", "mlp", "fc1", "kernel")
+  sharding = NamedSharding(mesh, P("fsdp", None))
+  _, placed, _ = pretrained.load(str(tmp_path), shardings={path: sharding})
+  kernel = placed["block_0"]["mlp"]["fc1"]["kernel"]
+  assert kernel.sharding == sharding and len(kernel.addressable_shards) == 4
+  np.testing.assert_array_equal(np.asarray(kernel), np.asarray(loaded["block_0"]["mlp"]["fc1"][
+      "kernel"]))

@@ -1,0 +1,129 @@
+"""Instruction fine-tuning: packed conversations equal each conversation alone, the loss
+covers assistant tokens only, and a tiny LoRA SFT run from an exported Llama checkpoint trains
+exactly its adapters over a bfloat16 frozen base."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention_jax import models, pretrained
+from attention_jax.data import chat as chat_data
+from attention_jax.training import finetune, tasks, train_and_evaluate
+from attention_jax.training import workdir as workdir_lib
+from configs import sft_chat
+
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+WORDS = {"harp": "a stringed instrument", "lyre": "a small harp", "flute": "a wind instrument",
+         "drum": "a percussion instrument", "cedar": "a tall evergreen tree",
+         "olive": "a tree bearing small fruit", "river": "a large stream of water",
+         "stone": "a piece of rock"}
+
+
+def _tokenizer():
+  from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+  tokenizer = Tokenizer(tok_models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  corpus = [f"Define the word {w}. {g}" for w, g in WORDS.items()] * 10
+  tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
+      vocab_size=320, special_tokens=["<|user|>", "<|assistant|>", "<|system|>", "<|end|>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  return pretrained.ChatTokenizer(tokenizer, {"eos_token": "<|end|>"}, TEMPLATE)
+
+
+def _conversations(words):
+  return [[{"role": "user", "content": f"Define the word {w}."},
+           {"role": "assistant", "content": WORDS[w]}] for w in words]
+
+
+def test_assistant_mask_and_packing_equal_each_conversation_alone():
+  tokenizer = _tokenizer()
+  encoded = [tokenizer.encode_chat_with_mask(c) for c in _conversations(list(WORDS)[:3])]
+  for (ids, mask), conversation in zip(encoded, _conversations(list(WORDS)[:3])):
+    trained = tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert trained == conversation[1]["content"] + "<|end|>\n"  # the reply and its end
+  packed = chat_data.pack_conversations(encoded, seq_len=80)
+  assert packed["tokens"].shape == (1, 81)  # all three fit one row
+  model = models.create("llama-tiny", vocab_size=320)
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  row = {k: jnp.asarray(v) for k, v in packed.items()}
+  logits = model.apply({"params": params}, row["tokens"], positions=row["positions"],
+                       segment_ids=row["segment_ids"])[0]
+  start = 0
+  for ids, _ in encoded:
+    alone = model.apply({"params": params}, jnp.asarray([ids]))[0]
+    np.testing.assert_allclose(logits[start:start + len(ids)], alone, atol=1e-5)
+    start += len(ids)
+  # The task's loss scores exactly the assistant tokens (after the first one's context).
+  config = sft_chat.get_config("tiny")
+  task = tasks.SftTask(config)
+  _, sums = task.loss(model, params, row, jax.random.key(0), deterministic=True)
+  expected = sum(sum(mask[1:]) for _, mask in encoded)
+  assert int(sums["count"]) == expected
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("llama")
+  model = models.create("llama-tiny", vocab_size=320, max_len=128)
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  pretrained.export(model, params, str(directory), _tokenizer())
+  words = list(WORDS)
+  chat_data.write_conversations(str(directory / "train.jsonl"), _conversations(words[:6]) * 8)
+  with open(directory / "eval.jsonl", "w") as f:
+    for w in words[6:] * 20:
+      f.write(json.dumps({"prompt": f"Define the word {w}.", "response": WORDS[w]}) + "\n")
+  return directory
+
+
+def _config(checkpoint, **overrides):
+  config = sft_chat.get_config("tiny")
+  config.init_from = str(checkpoint)
+  config.dataset.train_file = str(checkpoint / "train.jsonl")
+  config.dataset.eval_file = str(checkpoint / "eval.jsonl")
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.mark.slow
+def test_lora_sft_trains_its_adapters_over_a_bfloat16_base(tmp_path, checkpoint):
+  config = _config(checkpoint)
+  results = train_and_evaluate(config, str(tmp_path / "run"))
+  assert np.isfinite(results["eval/loss"]) and 0.0 <= results["eval/accuracy"] <= 1.0
+  _, task, model, params, step = workdir_lib.load(str(tmp_path / "run"))
+  assert step == config.num_train_steps and isinstance(task.tokenizer, pretrained.ChatTokenizer)
+  _, base_params, _ = pretrained.load(str(checkpoint))
+  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  base = {jax.tree_util.keystr(p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(base_params)[0]}
+  for target in ("query", "key", "value", "out", "gate", "fc1", "fc2"):
+    trained_b = [v for k, v in flat.items() if f"'{target}_lora']['b']" in k]
+    assert trained_b and all(np.abs(v).max() > 0 for v in trained_b), target  # B left zero
+  for key, value in base.items():  # the base is untouched
+    np.testing.assert_array_equal(flat[key], value)
+  mask = finetune.trainable(params, config, model.layer_groups())
+  frozen = finetune.cast_frozen(finetune.split(params, mask)[1], config)
+  assert {x.dtype for x in jax.tree.leaves(frozen)} == {jnp.dtype(jnp.bfloat16)}
+  # A sft workdir is a base for another sft run, with its chat tokenizer.
+  base = workdir_lib.load_base(str(tmp_path / "run"))
+  assert isinstance(base.tokenizer, pretrained.ChatTokenizer)
+
+
+def test_sft_refuses_what_it_cannot_train(tmp_path, checkpoint):
+  config = _config(checkpoint)
+  config.dataset.train_file = str(tmp_path / "missing.jsonl")
+  with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    train_and_evaluate(config, str(tmp_path / "a"))
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+  with pytest.raises(ValueError, match="bad.jsonl:1: the conversation has no assistant turn"):
+    chat_data.read_conversations(str(bad))
+  config = _config(checkpoint)
+  config.init_from = ""
+  with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+    train_and_evaluate(config, str(tmp_path / "b"))
