@@ -47,11 +47,10 @@ def work(what: str, directory: str):
   elif what == "naive":  # everything read first, then converted, then made device arrays
     from safetensors.numpy import load_file
     from attention_jax.pretrained import convert, formats, hub
-    with open(os.path.join(directory, "model.safetensors.index.json")) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
+    from attention_jax.pretrained import safetensors_io
     tensors = {}
-    for name in files:
-      tensors.update(load_file(os.path.join(directory, name)))
+    for path in safetensors_io.Tensors(directory).files:
+      tensors.update(load_file(path))
     config, _, _ = hub.read_checkpoint(directory)
     fmt = formats.for_model_type(config["model_type"])
     model = fmt.family(hub.model_config(fmt.family, fmt.fields(config, tensors)))

@@ -70,7 +70,9 @@ def main(argv):
   import torch
   import transformers
   torch.set_num_threads(os.cpu_count())
-  prompt = np.random.default_rng(0).integers(3, 1000, (1, _PROMPT_LEN.value)).astype(np.int32)
+  vocab = models.create(_PRESET.value).config.vocab_size
+  prompt = np.random.default_rng(0).integers(3, min(vocab, 1000), (1, _PROMPT_LEN.value))
+  prompt = prompt.astype(np.int32)
   new = _NEW_TOKENS.value
   print(f"{_PRESET.value}, prompt {_PROMPT_LEN.value}, {new} new tokens, batch 1, "
         f"{os.cpu_count()} CPU threads; jax {jax.__version__}, torch {torch.__version__}, "
@@ -87,6 +89,7 @@ def main(argv):
       hf_model = transformers.AutoModelForCausalLM.from_pretrained(
           directory, dtype=getattr(torch, dtype)).eval()
     ours(model, params, prompt, new)  # compiles
+    theirs(hf_model, prompt, new)  # warms up
     runs = {"ours": [], "transformers": []}
     for _ in range(_REPEATS.value):
       runs["ours"].append(ours(model, params, prompt, new))
