@@ -78,3 +78,21 @@ def test_tokenizers_round_trip(tmp_path):
     ids, mask = loaded.encode_padded("the lord is my shepherd", 12)
     assert ids[0] == loaded.bos_id and mask.sum() == list(ids).index(loaded.eos_id) + 1
     assert loaded.decode(ids[1:]).replace(" ", "") == "thelordismyshepherd"
+
+
+def test_instruction_data_comes_from_wordnet_and_the_bibles_held_out_by_word_and_verse():
+  from attention_jax.data import instructions
+  define = {s: instructions.build("define", s) for s in ("train", "validation")}
+  assert len(define["train"]) > 50_000 and len(define["validation"]) > 1_000
+  words = {s: {c[0]["content"][len("Define the word "):-1] for c in define[s]} for s in define}
+  assert not words["train"] & words["validation"]  # no held-out word is trained on
+  harp = [c[1]["content"] for c in define["train"] + define["validation"]
+          if c[0]["content"] == "Define the word harp."]
+  assert any(g.startswith("a chordophone that has a triangular frame") for g in harp)
+  synonyms = instructions.build("synonyms", "validation")
+  assert synonyms and all(c[1]["content"] for c in synonyms)
+  translate = instructions.build("translate", "test")
+  assert 400 < len(translate) < 1000  # 2% of the 31,102 aligned verses
+  assert translate[0][0]["content"].startswith("Translate to Spanish: ")
+  with pytest.raises(ValueError, match="unknown instruction task 'summarise'"):
+    instructions.build("summarise", "train")
