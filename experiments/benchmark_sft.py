@@ -32,6 +32,12 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per packed row.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
+_REMAT = flags.DEFINE_string("remat", "none", "model.remat: with a rematerialised block the "
+                             "widened float32 weights are not kept for the backward pass.")
+_PRECISION = flags.DEFINE_string("precision", "float32", "config.precision: 'bfloat16' computes "
+                                  "in bfloat16, using bfloat16 weights as stored.")
+_SCAN = flags.DEFINE_bool("scan_layers", False, "Blocks under nn.scan (the bfloat16 weights are "
+                          "then widened one layer at a time).")
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
             "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -64,6 +70,9 @@ def build(root: str, frozen_dtype: str):
   config.batch_size = _BATCH.value
   config.num_devices = 1
   config.finetune.frozen_dtype = frozen_dtype
+  config.model.scan_layers = _SCAN.value
+  config.model.remat = _REMAT.value
+  config.precision = _PRECISION.value
   base = workdir.load_base(config.init_from)
   task = tasks.get(config)
   task.prepare(None, base)
@@ -101,8 +110,9 @@ def main(argv):
           run["rates"].append(_STEPS.value / (time.perf_counter() - start))
     count = sum(x.size for x in jax.tree.leaves(runs["float32"]["state"].frozen))
     trained = sum(x.size for x in jax.tree.leaves(runs["float32"]["state"].params))
-    print(f"LoRA SFT, Llama width {_WIDTH.value} depth {_DEPTH.value}: {count:,} frozen and "
-          f"{trained:,} trained parameters; batch {_BATCH.value} x {_SEQ_LEN.value} tokens; "
+    print(f"LoRA SFT, Llama width {_WIDTH.value} depth {_DEPTH.value}"
+          f"{' (scan_layers)' if _SCAN.value else ''}, remat={_REMAT.value}, {_PRECISION.value} compute: {count:,} frozen and {trained:,} trained "
+          f"parameters; batch {_BATCH.value} x {_SEQ_LEN.value} tokens; "
           f"{jax.devices()[0].device_kind}")
     print("| frozen base | arguments (MiB) | temporaries (MiB) | steps/s |")
     print("|---|---|---|---|")

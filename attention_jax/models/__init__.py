@@ -1,14 +1,14 @@
 """Transformer model families (Flax Linen), each built from one config object, and named
 presets."""
 
+from attention_jax.layers.config import with_options
 from attention_jax.models.bert import Bert, BertConfig
 from attention_jax.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attention_jax.models.generation import (beam_search, generate, generate_stream,
                                              greedy_decode, sample_logits)
 from attention_jax.models.gpt import GPT, GPTConfig
 from attention_jax.models.llama import Llama, LlamaConfig
-from attention_jax.models.presets import (PRESETS, config_class, create, names, param_count,
-                                          with_options)
+from attention_jax.models.presets import PRESETS, config_class, create, names, param_count
 from attention_jax.models.transformer_xl import (TransformerXL, TransformerXLConfig,
                                                  adaptive_log_probs)
 from attention_jax.models.vit import ViT, ViTConfig

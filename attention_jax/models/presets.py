@@ -14,7 +14,7 @@ import numpy as np
 
 from attention_jax import kernels
 from attention_jax.kernels.positional import RopeScaling
-from attention_jax.layers.config import TransformerConfig, with_options  # noqa: F401 (re-export)
+from attention_jax.layers.config import TransformerConfig
 from attention_jax.models.bert import Bert
 from attention_jax.models.encoder_decoder import EncoderDecoder
 from attention_jax.models.gpt import GPT

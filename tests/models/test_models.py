@@ -294,3 +294,13 @@ def test_batched_prompts_of_different_lengths_generate_as_each_alone():
   streamed = np.stack(list(models.generate_stream(
       model, params, prompts, max_new_tokens=8, rng=jax.random.key(0), temperature=0.0)), 1)
   np.testing.assert_array_equal(streamed, together)
+
+
+@pytest.mark.parametrize("kernel", ["flash", "xla"])
+def test_a_sliding_window_llama_runs_on_any_kernel_that_takes_windows(kernel):
+  model = models.create("llama-tiny", local_window=3)
+  params = init(model, TOKENS)
+  segments = jnp.broadcast_to((jnp.arange(TOKENS.shape[1]) >= 7) + 1, TOKENS.shape)
+  run = lambda m: m.apply({"params": params}, TOKENS, segment_ids=segments)
+  np.testing.assert_allclose(run(models.with_options(model, kernel=kernel)), run(model),
+                             atol=2e-5)
