@@ -11,6 +11,7 @@ stops each reply at the end-of-turn token. Throughput (prefill and decode tokens
 reported on stderr after each reply.
 """
 
+import itertools
 import sys
 import time
 
@@ -93,7 +94,7 @@ def main(argv):
   if not isinstance(tokenizer, pretrained.ChatTokenizer) or tokenizer.chat_template is None:
     raise app.UsageError(f"{_INIT_FROM.value} has no chat template; use --prompt.")
   messages = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
-  for turn in range(1_000_000):
+  for turn in itertools.count():
     print("> ", end="", flush=True)
     line = sys.stdin.readline().strip()
     if not line:
