@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="test${1:+,$1}"
-debian_packages="sword-text-kjv sword-text-sparv wordnet-base dataset-fashion-mnist"
+debian_packages="sword-text-kjv sword-text-sparv sword-text-web wordnet-base dataset-fashion-mnist"
 
 missing=""
 for package in $debian_packages; do

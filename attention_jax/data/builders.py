@@ -66,6 +66,31 @@ class KjvText(tfds.core.GeneratorBasedBuilder):
         yield i, {"text": verse}
 
 
+class KjvWebText(tfds.core.GeneratorBasedBuilder):
+  """English Bible text for pretraining: the King James Bible (1769) then the World English
+  Bible (2015, with its preface and glossary), one verse per example (Debian sword-text-kjv,
+  sword-text-web). Each module's verses are split by position as in kjv_text, so the
+  validation and test verses of the KJV are those of kjv_text."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+        description="KJV then WEB verses read from the SWORD modules engKJV2006eb and "
+                    "engWEB2015eb, each in canonical order.",
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    modules = [[v for v in sword.read_module(name) if v] for name in ("kjv", "web")]
+    return {s: self._generate_examples(modules, s) for s in ("train", "validation", "test")}
+
+  def _generate_examples(self, modules, split):
+    for m, verses in enumerate(modules):
+      for i, verse in enumerate(verses):
+        if split_of(i) == split:
+          yield m * 1_000_000 + i, {"text": verse}
+
+
 class KjvReinaValera(tfds.core.GeneratorBasedBuilder):
   """Aligned verse pairs: King James (English) -> Reina-Valera 1909 (Spanish)."""
   VERSION = tfds.core.Version("1.0.0")
@@ -162,6 +187,7 @@ class FashionMnistDebian(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image[:, :, None], "label": int(label)}
 
 
-BUILDERS = {"kjv_text": KjvText, "kjv_reina_valera": KjvReinaValera,
+BUILDERS = {"kjv_text": KjvText, "kjv_web_text": KjvWebText,
+            "kjv_reina_valera": KjvReinaValera,
             "wordnet_supersenses": WordnetSupersenses,
             "fashion_mnist_debian": FashionMnistDebian}

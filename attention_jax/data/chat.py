@@ -54,10 +54,21 @@ def read_conversations(path: str) -> list[list[dict]]:
   return conversations
 
 
-def write_conversations(path: str, conversations: list[list[dict]]):
+def read_tasks(path: str) -> list[str]:
+  """Each line's optional "task" tag ("" where it has none), in the order of
+  `read_conversations`: which scorer an evaluation applies to the reply."""
+  with open(path) as f:
+    return [json.loads(line).get("task", "") for line in f if line.strip()]
+
+
+def write_conversations(path: str, conversations: list[list[dict]],
+                        tasks: list[str] | None = None):
+  """JSONL lines {"messages": ...}, with {"task": ...} first when `tasks` are given."""
+  tasks = tasks or [None] * len(conversations)
   with open(path, "w") as f:
-    for messages in conversations:
-      f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    for task, messages in zip(tasks, conversations, strict=True):
+      record = {"task": task, "messages": messages} if task else {"messages": messages}
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def pack_conversations(encoded: list[tuple[list[int], list[int]]], seq_len: int

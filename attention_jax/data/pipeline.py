@@ -42,12 +42,25 @@ def as_text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def texts(name: str, split: str, data_dir: str | None = None,
+          fields: tuple[str, ...] = ("text",)) -> list[str]:
+  """The text fields of each example of a split, in order (example 0's fields, then example
+  1's, ...); our builders' splits are read in one batch, ten times faster than one example
+  at a time."""
+  source = data_source(name, split, data_dir)
+  indices = range(len(source))
+  if name in builders.BUILDERS:  # array_record: one batched read
+    examples = source.__getitems__(indices)
+  else:  # catalog sources, and TFDS's mock data (whose __getitems__ differs)
+    examples = [source[i] for i in indices]
+  return [as_text(example[field]) for example in examples for field in fields]
+
+
 def text_documents(name: str, split: str, tokenizer, data_dir: str | None = None,
                    field: str = "text") -> list[np.ndarray]:
   """Each example of a text split, in order, tokenized with a trailing newline."""
-  source = data_source(name, split, data_dir)
-  texts = [source[i][field] for i in range(len(source))]
-  return [tokenizer.encode(as_text(t) + "\n") for t in texts]
+  return [np.asarray(tokenizer.encode(t + "\n"), np.int32)
+          for t in texts(name, split, data_dir, (field,))]
 
 
 def text_stream(name: str, split: str, tokenizer, data_dir: str | None = None,

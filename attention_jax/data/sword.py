@@ -20,10 +20,11 @@ SWORD_ROOT = "/usr/share/sword/modules/texts/ztext"
 MODULES = {  # name -> (directory, Debian package)
     "kjv": ("engKJV2006eb", "sword-text-kjv"),
     "reina_valera": ("spaRV1909eb", "sword-text-sparv"),
-    "web": ("engWEB", "sword-text-web"),
+    "web": ("engWEB2015eb", "sword-text-web"),  # World English Bible
 }
 
 _NOTE = re.compile(r"<note\b.*?</note>", re.DOTALL)
+_NOTE_BEFORE_WORD = re.compile(r"<note\b.*?</note>(?=<w\b)", re.DOTALL)  # God<note/><w>created
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 
@@ -44,7 +45,7 @@ def module_dir(name: str, root: str = SWORD_ROOT) -> str:
 
 def clean_osis(text: str) -> str:
   """OSIS XML of one verse -> plain text."""
-  text = _TAG.sub("", _NOTE.sub("", text))
+  text = _TAG.sub("", _NOTE.sub("", _NOTE_BEFORE_WORD.sub(" ", text)))
   return _SPACE.sub(" ", html.unescape(text)).strip()
 
 

@@ -1,6 +1,7 @@
 """Tokenizers, saved with a workdir so that resuming, evaluation and generation use the very
-same vocabulary: bytes for the language models; WordPiece (text classification) or a joint BPE
-(translation) vocabulary trained on the training split with the `tokenizers` library."""
+same vocabulary: bytes or a byte-level BPE for the language models; WordPiece (text
+classification) or a joint BPE (translation) vocabulary trained on the training split with the
+`tokenizers` library."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# A causal LM's reserved tokens: end of document, and ChatML's turn delimiters (SmolLM2,
+# Qwen2), so a model pretrained from scratch can be instruction-tuned without a new vocabulary.
+CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 class ByteTokenizer:
@@ -84,6 +88,25 @@ class SubwordTokenizer:
 
   def to_json(self) -> dict:
     return {"type": self.kind, "tokenizer": json.loads(self.tokenizer.to_str())}
+
+
+def train_byte_level_bpe(texts, vocab_size: int, special_tokens=CHAT_SPECIAL_TOKENS):
+  """A byte-level BPE `tokenizers.Tokenizer` (GPT-2 / Llama 3 style: the 256 bytes are in
+  the vocabulary, so no text is unknown) trained on `texts`, special tokens first (ids 0,
+  1, ...). Deterministic for the same texts."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  minimum = len(special_tokens) + 256
+  if vocab_size < minimum:
+    raise ValueError(f"a byte-level BPE needs vocab_size >= {minimum} (256 bytes and "
+                     f"{len(special_tokens)} special tokens), got {vocab_size}.")
+  tokenizer = Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tokenizer.train_from_iterator(texts, trainer)
+  return tokenizer
 
 
 def pad(ids: list[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

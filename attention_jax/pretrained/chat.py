@@ -15,6 +15,14 @@ import numpy as np
 
 TEMPLATE_FILE = "chat_template.jinja"
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# ChatML (SmolLM2 and Qwen2 use it): the template of models we pretrain ourselves.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHATML_SPECIAL = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                  "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
 # What the jinja environment provides; a template that needs more is refused with its name.
 RENDERED = "jinja2 with loop controls, the tojson filter, raise_exception and strftime_now"
 
@@ -113,6 +121,24 @@ class ChatTokenizer:
         config = json.load(f)
     return cls(Tokenizer.from_file(path), config, _read_template(directory, config),
                _generation_stop_ids(directory))
+
+  @classmethod
+  def chatml(cls, tokenizer) -> "ChatTokenizer":
+    """`tokenizer` (a `tokenizers.Tokenizer` holding <|endoftext|>, <|im_start|> and
+    <|im_end|>) with the ChatML template; replies stop at <|im_end|> or <|endoftext|>."""
+    missing = [t for t in CHATML_SPECIAL.values() if tokenizer.token_to_id(t) is None]
+    if missing:
+      raise ValueError(f"a ChatML tokenizer needs the special tokens {', '.join(missing)}; "
+                       "train it with them reserved (data.tokenizers.CHAT_SPECIAL_TOKENS).")
+    return cls(tokenizer, dict(CHATML_SPECIAL), CHATML_TEMPLATE,
+               (tokenizer.token_to_id("<|endoftext|>"),))
+
+  def save(self, directory: str):
+    """Writes tokenizer.json and tokenizer_config.json (and generation_config.json with
+    stop ids) to `directory`: what `from_directory` reads back."""
+    os.makedirs(directory, exist_ok=True)
+    self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    self.save_config(directory)
 
   def save_config(self, directory: str):
     """Writes tokenizer_config.json (special tokens, chat template) and, with stop ids,

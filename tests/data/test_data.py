@@ -28,6 +28,18 @@ def test_bibles_are_read_and_aligned():
   assert 4.0e6 < sum(map(len, kjv)) < 4.3e6
 
 
+def test_world_english_bible_joins_the_kjv_for_pretraining(tmp_path):
+  web = sword.read_module("web")
+  assert len([v for v in web if v]) == 37551
+  assert "In the beginning, God created the heavens and the earth." in web  # note removed
+  kjv_train = pipeline.texts("kjv_text", "train", str(tmp_path))
+  both = pipeline.texts("kjv_web_text", "train", str(tmp_path))
+  # The KJV's training verses first (the same split as kjv_text), then the WEB's.
+  assert both[:len(kjv_train)] == kjv_train
+  assert len(both) - len(kjv_train) == sum(builders.split_of(i) == "train" for i in range(37551))
+  assert both[-1].startswith("He who testifies these things says")
+
+
 def test_wordnet_glosses_and_fashion_mnist():
   glosses = list(builders.wordnet_glosses())
   assert len(glosses) == 117659
@@ -78,6 +90,30 @@ def test_tokenizers_round_trip(tmp_path):
     ids, mask = loaded.encode_padded("the lord is my shepherd", 12)
     assert ids[0] == loaded.bos_id and mask.sum() == list(ids).index(loaded.eos_id) + 1
     assert loaded.decode(ids[1:]).replace(" ", "") == "thelordismyshepherd"
+
+
+def test_byte_level_bpe_reserves_the_chat_tokens(tmp_path):
+  from attention_jax import pretrained
+  texts = ["In the beginning God created the heaven and the earth.", "Génesis 1:1"] * 20
+  bpe = tokenizers.train_byte_level_bpe(texts, vocab_size=300)
+  assert [bpe.token_to_id(t) for t in tokenizers.CHAT_SPECIAL_TOKENS] == [0, 1, 2]
+  assert bpe.decode(bpe.encode("naïve Ωmega").ids) == "naïve Ωmega"  # unseen: its bytes
+  chat = pretrained.ChatTokenizer.chatml(bpe)
+  messages = [{"role": "user", "content": "Define the word harp."},
+              {"role": "assistant", "content": "a stringed instrument"}]
+  assert chat.render_chat(messages[:1], add_generation_prompt=True) == (
+      "<|im_start|>user\nDefine the word harp.<|im_end|>\n<|im_start|>assistant\n")
+  ids, mask = chat.encode_chat_with_mask(messages)
+  assert chat.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False) == (
+      "a stringed instrument<|im_end|>\n")
+  assert chat.stop_ids == [0, 2] and chat.pad_id == 0
+  chat.save(str(tmp_path))
+  loaded = pretrained.ChatTokenizer.from_directory(str(tmp_path))
+  assert loaded.encode_chat(messages) == ids and loaded.stop_ids == chat.stop_ids
+  with pytest.raises(ValueError, match="vocab_size >= 259"):
+    tokenizers.train_byte_level_bpe(texts, vocab_size=200)
+  with pytest.raises(ValueError, match="needs the special tokens <|im_start|>"):
+    pretrained.ChatTokenizer.chatml(tokenizers.train_byte_level_bpe(texts, 300, ["<|x|>"]))
 
 
 def test_instruction_data_comes_from_wordnet_and_the_bibles_held_out_by_word_and_verse():
