@@ -36,21 +36,6 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "A workdir's 'latest',
                                   "step.")
 
 
-def load(init_from: str):
-  """(model, params, tokenizer) of a workdir or a Hugging Face checkpoint."""
-  if workdir_lib.is_workdir(init_from):
-    _, task, model, params, _ = workdir_lib.load(init_from, _CHECKPOINT.value)
-    tokenizer = task.tokenizer
-  else:
-    model, params, tokenizer = pretrained.load(init_from, kernel=_KERNEL.value)
-  if not isinstance(model, (models.GPT, models.Llama)):
-    raise app.UsageError(f"{init_from} holds a {type(model).__name__}; generation needs a "
-                         "GPT or a Llama.")
-  if tokenizer is None:
-    raise app.UsageError(f"{init_from} has no tokenizer (tokenizer.json) to encode prompts.")
-  return model, params, tokenizer
-
-
 def stream(model, params, tokenizer, prompt_ids, stop_tokens, rng, out=sys.stdout) -> list:
   """Generates from `prompt_ids`, printing text as it is produced; returns the new ids."""
   new, printed = [], ""
@@ -84,7 +69,11 @@ def stream(model, params, tokenizer, prompt_ids, stop_tokens, rng, out=sys.stdou
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  model, params, tokenizer = load(_INIT_FROM.value)
+  try:
+    model, params, tokenizer = workdir_lib.load_decoder(_INIT_FROM.value, _CHECKPOINT.value,
+                                                        _KERNEL.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   rng = jax.random.key(_SEED.value)
   if not _CHAT.value:
     print(_PROMPT.value, end="")

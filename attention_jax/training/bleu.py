@@ -1,5 +1,6 @@
 """Corpus BLEU (Papineni et al. 2002) with sacreBLEU's default "13a" tokenization: BLEU-4,
-uniform weights, brevity penalty, no smoothing. Scores are 0-100."""
+uniform weights, brevity penalty, no smoothing; and corpus chrF (Popovic 2015) as sacreBLEU
+computes it: character 1- to 6-grams with white space removed, beta 2. Scores are 0-100."""
 
 from __future__ import annotations
 
@@ -44,3 +45,28 @@ def corpus_bleu(hypotheses: list[str], references: list[str], max_order: int = 4
   log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_order
   brevity = min(0.0, 1.0 - ref_len / hyp_len)
   return 100.0 * math.exp(log_precision + brevity)
+
+
+def corpus_chrf(hypotheses: list[str], references: list[str], max_order: int = 6,
+                beta: float = 2.0) -> float:
+  """chrF of hypotheses against one reference each: n-gram counts summed over the corpus;
+  precision and recall averaged over the orders both sides have, then their F-beta."""
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references.")
+  stats = [[0, 0, 0] for _ in range(max_order)]  # hypothesis, reference, matching n-grams
+  for hyp, ref in zip(hypotheses, references):
+    h, r = "".join(hyp.split()), "".join(ref.split())
+    for n in range(1, max_order + 1):
+      h_ngrams, r_ngrams = _ngrams(h, n), _ngrams(r, n)
+      stats[n - 1][0] += sum(h_ngrams.values()) if r_ngrams else 0  # as sacreBLEU counts
+      stats[n - 1][1] += sum(r_ngrams.values())
+      stats[n - 1][2] += sum(min(c, r_ngrams[g]) for g, c in h_ngrams.items())
+  effective = [(m / h, m / r) for h, r, m in stats if h and r]  # (precision, recall)
+  if not effective:
+    return 0.0
+  precision = sum(p for p, _ in effective) / len(effective)
+  recall = sum(r for _, r in effective) / len(effective)
+  if precision + recall == 0:
+    return 0.0
+  factor = beta ** 2
+  return 100.0 * (1 + factor) * precision * recall / (factor * precision + recall)

@@ -124,9 +124,10 @@ class ProgressBar:
     eta = (self.total - step) / rate if rate > 0 else float("inf")
     width = 24
     filled = int(width * step / max(self.total, 1))
+    shown = f"{loss:.4f}" if math.isfinite(loss) else "-"  # the loss last fetched, if any
     line = (f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
             f"{rate:.2f} steps/s {rate * items_per_step:,.0f} {self.unit}/s "
-            f"loss {loss:.4f} ETA {_duration(eta)}")  # the loss last fetched
+            f"loss {shown} ETA {_duration(eta)}")
     end = "\r" if self.interactive and step < self.total else "\n"
     print(line.ljust(100), end=end, file=self.stream, flush=True)
     if step == self.total and done > 0:

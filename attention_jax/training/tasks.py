@@ -49,6 +49,13 @@ def summarize_classification(sums: dict, prefix: str) -> dict:
           f"{prefix}/accuracy": float(sums["correct"] / sums["count"])}
 
 
+def summarize_tokens(sums: dict, prefix: str) -> dict:
+  """Loss, accuracy and perplexity of next-token predictions."""
+  out = summarize_classification(sums, prefix)
+  out[f"{prefix}/perplexity"] = math.exp(min(out[f"{prefix}/loss"], 50.0))
+  return out
+
+
 def model_options(config, base: finetune.Base | None = None) -> dict:
   """Model fields: the base's architecture (when fine-tuning), then config.model's fields,
   then LoRA adapters if config.finetune.mode is "lora"."""
@@ -74,6 +81,30 @@ def load_or_make_tokenizer(workdir: str | None, make, base: finetune.Base | None
     tokenizer = make()  # deterministic: every host builds the same one
   if workdir and jax.process_index() == 0:
     tokenizers.save(tokenizer, workdir)
+  return tokenizer
+
+
+CHAT_TOKENIZER_DIR = "chat_tokenizer"  # in a workdir: a BPE tokenizer and its chat template
+
+
+def load_or_make_chat_tokenizer(workdir: str | None, base: finetune.Base | None = None,
+                                make=None) -> ChatTokenizer:
+  """The workdir's saved chat tokenizer (a resumed run's), else the base's, else `make()`;
+  saved in workdir/chat_tokenizer/ (tokenizer.json, tokenizer_config.json) when new."""
+  saved = os.path.join(workdir, CHAT_TOKENIZER_DIR) if workdir else None
+  if saved and os.path.exists(os.path.join(saved, "tokenizer.json")):
+    return ChatTokenizer.from_directory(saved)
+  if base is not None and isinstance(base.tokenizer, ChatTokenizer):
+    tokenizer = base.tokenizer
+  elif make is not None:
+    tokenizer = make()  # deterministic: every host builds the same one
+  else:
+    raise ValueError("this task needs a tokenizer with a chat template: set "
+                     "config.init_from to a Hugging Face checkpoint directory with "
+                     "tokenizer.json and a chat template (tokenizer_config.json or "
+                     "chat_template.jinja), or to a workdir that has one.")
+  if saved and jax.process_index() == 0:
+    tokenizer.save(saved)
   return tokenizer
 
 
@@ -131,14 +162,38 @@ class LanguageModelTask(Task):
   def __init__(self, config):
     super().__init__(config)
     self.seq_len = config.dataset.seq_len
+    self._chars_per_token = None
 
   def prepare(self, workdir: str | None, base: finetune.Base | None = None):
+    """The tokenizer of `dataset.tokenizer`: "bytes" (UTF-8, vocabulary 256) or "bpe" (a
+    byte-level BPE of `dataset.vocab_size` trained on the training split, with ChatML's
+    special tokens reserved and its chat template, so the model can be instruction-tuned)."""
     self.base = base
-    self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer, base)
-    if not isinstance(self.tokenizer, tokenizers.ByteTokenizer):
-      source = f"init_from {base.reference}" if base else f"the workdir {workdir}"
-      raise ValueError(f"the {self.config.task!r} task reads UTF-8 bytes, but {source} has "
-                       "another tokenizer; start from a byte-level model or a new workdir.")
+    kind = self.config.dataset.get("tokenizer", "bytes")
+    source = f"init_from {base.reference}" if base else f"the workdir {workdir}"
+    if kind == "bytes":
+      if workdir and os.path.isdir(os.path.join(workdir, CHAT_TOKENIZER_DIR)):
+        raise ValueError(f"the workdir {workdir} was trained with a BPE tokenizer; set "
+                         "config.dataset.tokenizer='bpe' to resume it, or use a new workdir.")
+      self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer, base)
+      if not isinstance(self.tokenizer, tokenizers.ByteTokenizer):
+        raise ValueError(f"the {self.config.task!r} task reads UTF-8 bytes, but {source} has "
+                         "another tokenizer; set config.dataset.tokenizer='bpe', or start from "
+                         "a byte-level model or a new workdir.")
+    elif kind == "bpe":
+      saved_other = workdir and os.path.exists(os.path.join(workdir, tokenizers.TOKENIZER_FILE))
+      base_other = base is not None and not isinstance(base.tokenizer, ChatTokenizer)
+      if saved_other or base_other:
+        raise ValueError(f"{source} has no BPE chat tokenizer; config.dataset.tokenizer='bpe' "
+                         "needs a new workdir, or an init_from that has one.")
+      self.tokenizer = load_or_make_chat_tokenizer(workdir, base, self._train_bpe)
+    else:
+      raise ValueError(f"config.dataset.tokenizer must be 'bytes' or 'bpe', got {kind!r}.")
+
+  def _train_bpe(self) -> ChatTokenizer:
+    cfg = self.config.dataset
+    texts = pipeline.texts(cfg.name, "train", cfg.data_dir)
+    return ChatTokenizer.chatml(tokenizers.train_byte_level_bpe(texts, cfg.vocab_size))
 
   def datasets(self):
     """(train, eval) grain MapDatasets: int32 windows [seq_len + 1] of the text stream, or
@@ -176,13 +231,27 @@ class LanguageModelTask(Task):
       return cross_entropy_sums(logits, batch[:, 1:])
     return packed_next_token_sums(model, params, batch, rng, deterministic)
 
-  @staticmethod
-  def summarize(sums: dict, prefix: str) -> dict:
-    out = summarize_classification(sums, prefix)
-    loss = out[f"{prefix}/loss"]
-    out.update({f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
-                f"{prefix}/bits_per_char": loss / math.log(2)})
+  def summarize(self, sums: dict, prefix: str) -> dict:
+    """Loss, accuracy, perplexity and bits per character; with a BPE also bits per token
+    (bits per character then divides by the evaluation split's characters per token)."""
+    out = summarize_tokens(sums, prefix)
+    bits = out[f"{prefix}/loss"] / math.log(2)
+    if isinstance(self.tokenizer, tokenizers.ByteTokenizer):
+      out[f"{prefix}/bits_per_char"] = bits  # a byte per token: exact for ASCII text
+    else:
+      out[f"{prefix}/bits_per_token"] = bits
+      out[f"{prefix}/bits_per_char"] = bits / self.chars_per_token()
     return out
+
+  def chars_per_token(self) -> float:
+    """Characters per token of the evaluation split's text (newlines included), counted
+    once."""
+    if self._chars_per_token is None:
+      cfg = self.config.dataset
+      texts = [t + "\n" for t in pipeline.texts(cfg.name, cfg.eval_split, cfg.data_dir)]
+      self._chars_per_token = sum(map(len, texts)) / sum(
+          len(self.tokenizer.encode(t)) for t in texts)
+    return self._chars_per_token
 
   def sample(self, model, params, rng) -> str | None:
     """A continuation of config.sample.prompt (the demo at the end of training); none when
@@ -190,7 +259,7 @@ class LanguageModelTask(Task):
     cfg = self.config.sample
     if cfg.max_new_tokens == 0:
       return None
-    prompt = self.tokenizer.encode(cfg.prompt)[None]
+    prompt = np.asarray(self.tokenizer.encode(cfg.prompt), np.int32)[None]
     limit = model.config.max_len - prompt.shape[1]
     tokens = models.generate(model, params, prompt,
                              max_new_tokens=min(cfg.max_new_tokens, limit), rng=rng,
@@ -280,10 +349,8 @@ class ClassificationTask(ExampleTask):
     self.num_classes = features["label"].num_classes
     self.is_text = "text" in features
     if self.is_text:
-      train = self.sources["train"]
-      texts = (pipeline.as_text(train[i]["text"]) for i in range(len(train)))
-      self.tokenizer = load_or_make_tokenizer(
-          workdir, lambda: tokenizers.SubwordTokenizer.train(texts, cfg.vocab_size), base)
+      self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.SubwordTokenizer.train(
+          pipeline.texts(cfg.name, "train", cfg.data_dir), cfg.vocab_size), base)
 
   def _encode(self, example):
     label = np.int32(example["label"])
@@ -329,15 +396,9 @@ class TranslationTask(ExampleTask):
     cfg = self.config.dataset
     self.base = base
     self._load_sources()
-    train = self.sources["train"]
-
-    def texts():
-      for i in range(len(train)):
-        for field in (cfg.source, cfg.target):
-          yield pipeline.as_text(train[i][field])
-
-    self.tokenizer = load_or_make_tokenizer(
-        workdir, lambda: tokenizers.SubwordTokenizer.train(texts(), cfg.vocab_size, "bpe"), base)
+    self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.SubwordTokenizer.train(
+        pipeline.texts(cfg.name, "train", cfg.data_dir, (cfg.source, cfg.target)),
+        cfg.vocab_size, "bpe"), base)
 
   def _encode(self, example):
     cfg, tok = self.config.dataset, self.tokenizer
@@ -368,7 +429,7 @@ class TranslationTask(ExampleTask):
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:
-    return LanguageModelTask.summarize(sums, prefix)
+    return summarize_tokens(sums, prefix)  # BLEU comes from decode_metrics
 
   def decode_metrics(self, model, params, prefix: str = "eval") -> dict:
     """{prefix}/bleu of translations of the first `config.eval_bleu_examples` examples of the
@@ -396,7 +457,6 @@ class SftTask(Task):
   tokens) with segment ids and positions restarting per conversation, and the loss on the
   assistant's tokens only (the prompt is context, not a target)."""
   unit = "tokens"
-  TOKENIZER_DIR = "chat_tokenizer"  # in the workdir: the tokenizer and its chat template
 
   def __init__(self, config):
     super().__init__(config)
@@ -404,24 +464,10 @@ class SftTask(Task):
 
   def prepare(self, workdir: str | None, base: finetune.Base | None = None):
     self.base = base
-    saved = os.path.join(workdir, self.TOKENIZER_DIR) if workdir else None
-    if saved and os.path.exists(os.path.join(saved, "tokenizer.json")):
-      tokenizer = ChatTokenizer.from_directory(saved)  # a resumed (or base) sft run's
-    elif base is not None and isinstance(base.tokenizer, ChatTokenizer):
-      tokenizer = base.tokenizer
-    else:
-      raise ValueError("the 'sft' task needs a tokenizer with a chat template: set "
-                       "config.init_from to a Hugging Face checkpoint directory with "
-                       "tokenizer.json and a chat template (tokenizer_config.json or "
-                       "chat_template.jinja), or to an sft workdir.")
-    if tokenizer.chat_template is None:
+    self.tokenizer = load_or_make_chat_tokenizer(workdir, base)
+    if self.tokenizer.chat_template is None:
       raise ValueError(f"the tokenizer of {base.reference if base else workdir} has no chat "
                        "template; add one to its tokenizer_config.json ('chat_template').")
-    if saved and not os.path.exists(saved) and jax.process_index() == 0:
-      os.makedirs(saved)
-      tokenizer.tokenizer.save(os.path.join(saved, "tokenizer.json"))
-      tokenizer.save_config(saved)
-    self.tokenizer = tokenizer
 
   def datasets(self):
     """(train, eval) grain MapDatasets of packed rows {"tokens", "loss_mask",
@@ -462,9 +508,7 @@ class SftTask(Task):
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:
-    out = summarize_classification(sums, prefix)
-    out[f"{prefix}/perplexity"] = math.exp(min(out[f"{prefix}/loss"], 50.0))
-    return out
+    return summarize_tokens(sums, prefix)
 
   def sample(self, model, params, rng) -> str | None:
     """The model's reply to config.sample.prompt as a user turn; none when

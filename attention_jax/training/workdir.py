@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import ml_collections
@@ -66,6 +67,37 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
         model, inputs, finetune.init_key(config.seed), a))(loaded)
     params = finetune.combine(params, finetune.split(initial, mask)[1])
   return config, task, model, params, step
+
+
+def export(workdir: str, out: str, checkpoint: str = "latest") -> str:
+  """Writes a workdir's model as a Hugging Face checkpoint in `out` (LoRA adapters merged
+  into the weights; a BPE tokenizer and its chat template with it); returns `out`."""
+  _, task, _, params, step = load(workdir, checkpoint)
+  model = task.model()  # as configured (the loaded one has dropout off for evaluation)
+  if model.config.lora is not None:
+    params = lora.merge(params, model.config.lora)
+    model = models.with_options(model, lora=None)
+  tokenizer = task.tokenizer if hasattr(task.tokenizer, "tokenizer") else None  # not bytes
+  pretrained.export(model, params, out, tokenizer)
+  print(f"exported step {step} of {workdir} to {out}", file=sys.stderr)
+  return out
+
+
+def load_decoder(init_from: str, checkpoint: str = "latest", kernel: str = "auto"):
+  """(model, params, tokenizer) of a GPT or Llama to generate from: a training workdir's
+  checkpoint (`checkpoint`: "latest", "best" or a step) or a Hugging Face checkpoint
+  directory (loaded with attention `kernel`)."""
+  if is_workdir(init_from):
+    _, task, model, params, _ = load(init_from, checkpoint)
+    tokenizer = task.tokenizer
+  else:
+    model, params, tokenizer = pretrained.load(init_from, kernel=kernel)
+  if not isinstance(model, (models.GPT, models.Llama)):
+    raise ValueError(f"{init_from} holds a {type(model).__name__}; generation needs a GPT or "
+                     "a Llama.")
+  if tokenizer is None:
+    raise ValueError(f"{init_from} has no tokenizer (tokenizer.json) to encode prompts.")
+  return model, params, tokenizer
 
 
 def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:

@@ -19,7 +19,6 @@ from attention_jax.training import finetune, optim, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
 from configs import bert_wordnet, finetune_minilm_wordnet
-from experiments import export
 
 
 def _data_dir(tmp_path_factory):
@@ -128,7 +127,7 @@ def test_lora_run_resumes_exactly_and_merges(tmp_path_factory, tmp_path, base_wo
   jax.tree.map(np.testing.assert_array_equal, workdir_lib.load(str(old))[3],
                workdir_lib.load(base_workdir)[3])
   # Exported to the Hugging Face format (merged), it loads back with the same outputs.
-  exported = export.export(resumed, str(tmp_path / "hf"))
+  exported = workdir_lib.export(resumed, str(tmp_path / "hf"))
   hf_model, hf_params, hf_tokenizer = pretrained.load(exported)
   text = "a person who sings"
   ids, mask = task.tokenizer.encode_padded(text, 12)

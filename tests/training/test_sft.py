@@ -2,18 +2,21 @@
 covers assistant tokens only, and a tiny LoRA SFT run from an exported Llama checkpoint trains
 exactly its adapters over a bfloat16 frozen base."""
 
+import io
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from attention_jax import models, pretrained
 from attention_jax.data import chat as chat_data
-from attention_jax.training import finetune, tasks, train_and_evaluate
+from attention_jax.training import chat_eval, finetune, tasks, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
-from configs import sft_chat
+from configs import llama_kjv_web, sft_chat
+from experiments import eval_instructions
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -127,3 +130,84 @@ def test_sft_refuses_what_it_cannot_train(tmp_path, checkpoint):
   config.init_from = ""
   with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
     train_and_evaluate(config, str(tmp_path / "b"))
+
+
+def test_chat_eval_loss_and_replies_equal_each_conversation_alone(checkpoint):
+  model, params, tokenizer = workdir_lib.load_decoder(str(checkpoint))
+  conversations = _conversations(list(WORDS))
+  loss, count = chat_eval.assistant_loss(model, params, tokenizer, conversations, seq_len=64,
+                                         batch_size=3)  # packed rows, a padded last batch
+  total = scored = 0.0
+  for conversation in conversations:
+    ids, mask = tokenizer.encode_chat_with_mask(conversation)
+    logits = model.apply({"params": params}, jnp.asarray([ids[:-1]]))[0]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(ids[1:]))
+    keep = np.asarray(mask[1:], bool)
+    total, scored = total + float(losses[keep].sum()), scored + keep.sum()
+  assert count == scored and loss == pytest.approx(total / scored, rel=1e-5)
+  # Batched (sorted by length, the last batch filled) replies equal each prompt alone.
+  prompts = [c[:1] for c in conversations[:3]]  # of different lengths, one length bucket
+  assert len({len(tokenizer.encode_chat(p, add_generation_prompt=True)) for p in prompts}) > 1
+  replies, ended = chat_eval.generate_replies(model, params, tokenizer, prompts,
+                                              max_new_tokens=5, batch_size=2, log=io.StringIO())
+  for prompt, reply, stopped in zip(prompts, replies, ended):
+    ids = tokenizer.encode_chat(prompt, add_generation_prompt=True)
+    alone = list(np.asarray(models.generate(
+        model, params, [ids], max_new_tokens=5, rng=jax.random.key(0), temperature=0.0,
+        stop_tokens=tuple(tokenizer.stop_ids)))[0])
+    end = next((i for i, t in enumerate(alone) if t in tokenizer.stop_ids), len(alone))
+    assert reply == tokenizer.decode(alone[:end]).strip() and stopped == (end < 5)
+
+
+def test_reply_scores_by_task():
+  assert chat_eval.synonym_accuracy(["Lyre, zither", "drum", ""], ["zither,lyre", "flute", "x"]) \
+      == pytest.approx({"accuracy": 100 / 3, "exact": 100 / 3})
+  translated = chat_eval.score_replies("translate", ["y la tierra"], ["y la tierra"])
+  assert translated == {"chrf": 100.0, "bleu": 0.0}  # BLEU-4 needs four words
+  assert set(chat_eval.score_replies("define", ["a harp"], ["a lyre"])) == {"chrf"}
+
+
+@pytest.mark.slow
+def test_pretrain_with_bpe_export_instruction_tune_and_score(tmp_path, data_dir):
+  """The README's end-to-end demonstration at test size: a Llama pretrained with a byte-level
+  BPE exports a ChatML checkpoint that the sft task fine-tunes and eval_instructions scores."""
+  config = llama_kjv_web.get_config("tiny")
+  config.dataset.name = "kjv_text"  # prepared for the session (KJV + WEB: tests/data)
+  config.dataset.data_dir = data_dir
+  results = train_and_evaluate(config, str(tmp_path / "pretrain"))
+  task = tasks.LanguageModelTask(config)
+  task.prepare(str(tmp_path / "pretrain"))  # the saved tokenizer, not a new one
+  assert results["eval/bits_per_char"] == pytest.approx(
+      results["eval/bits_per_token"] / task.chars_per_token())
+  assert 1.2 < task.chars_per_token() < 4.0  # 300 tokens: a few merges of frequent pairs
+  config.dataset.tokenizer = "bytes"
+  with pytest.raises(ValueError, match="trained with a BPE tokenizer; set config.dataset"):
+    tasks.LanguageModelTask(config).prepare(str(tmp_path / "pretrain"))
+  workdir_lib.export(str(tmp_path / "pretrain"), str(tmp_path / "base"))
+  model, params, tokenizer = pretrained.load(str(tmp_path / "base"))
+  assert isinstance(model, models.Llama) and model.config.tie_embeddings
+  assert tokenizer.chat_template == pretrained.chat.CHATML_TEMPLATE
+  assert tokenizer.vocab_size == model.config.vocab_size == 300
+  assert tokenizer.stop_ids == [0, 2]  # <|endoftext|>, <|im_end|>
+  _, _, saved, resumed, _ = workdir_lib.load(str(tmp_path / "pretrain"))
+  prompt = jnp.asarray([tokenizer.encode("In the beginning")])
+  np.testing.assert_allclose(model.apply({"params": params}, prompt),
+                             saved.apply({"params": resumed}, prompt), atol=1e-5)
+  data = tmp_path / "instructions.jsonl"
+  chat_data.write_conversations(str(data), _conversations(list(WORDS)) * 6,
+                                ["define"] * len(WORDS) * 6)
+  config.dataset.tokenizer = "bpe"
+  with pytest.raises(ValueError, match="has no BPE chat tokenizer"):  # a byte-level base
+    tasks.LanguageModelTask(config).prepare(None, finetune.Base("bytes", {}, None, {}))
+  sft = _config(tmp_path / "base")
+  sft.dataset.train_file = sft.dataset.eval_file = str(data)
+  sft.dataset.seq_len = 32  # the base's max_len
+  train_and_evaluate(sft, str(tmp_path / "sft"))
+  out = io.StringIO()
+  results = eval_instructions.run(str(tmp_path / "sft"), str(data), max_per_task=4,
+                                  max_new_tokens=4, batch_size=4, seq_len=32, stream=out,
+                                  out=str(tmp_path / "scores.json"))
+  assert results["tasks"]["define"]["count"] == 4 and np.isfinite(results["loss"])
+  assert 0.0 <= results["tasks"]["define"]["chrf"] <= 100.0
+  assert "define (4): chrf" in out.getvalue()
+  assert json.loads((tmp_path / "scores.json").read_text())["tokens"] == results["tokens"]
