@@ -6,7 +6,7 @@ instruction-tuned (configs/sft_chat.py; the README's "Instruction tuning, end to
     python -m experiments.export --workdir=runs/llama_bible --out=checkpoints/llama_bible
 
 Needs `apt-get install sword-text-kjv sword-text-web`. Variants: (none) a 4-layer width-256
-model with grouped-query attention and tied embeddings (4.2 M parameters), about 18 minutes on
+model with grouped-query attention and tied embeddings (4.2 M parameters), about 16 minutes on
 2 CPU cores; "tiny" for tests.
 """
 
