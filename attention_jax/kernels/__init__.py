@@ -6,24 +6,36 @@ biases broadcastable to [batch, heads, q_len, kv_len]. Causal masks are aligned 
 
     from attention_jax import kernels
     out = kernels.get("flash")(q, k, v, causal=True)
+
+Softmax kernels (exact): dot_product, flash, xla, cudnn, splash, pallas_gpu, ring,
+sliding_window (a window plus sinks), auto. Linear in length: linear, retention, performer
+(an estimate of softmax). Others: additive (Bahdanau), relative (Transformer-XL).
 """
 
 from attention_jax.kernels import masks
 from attention_jax.kernels import positional
 from attention_jax.kernels.additive import additive_attention, concat_scores
 from attention_jax.kernels.dot_product import attention_scores, dot_product_attention
+from attention_jax.kernels._recurrent import RecurrentState, empty_state
 from attention_jax.kernels.flash import flash_attention
+from attention_jax.kernels.linear import linear_attention
 from attention_jax.kernels.pallas_gpu import pallas_gpu_attention
-from attention_jax.kernels.registry import (Kernel, auto_attention, choose, get, names,
-                                            register, supporting)
+from attention_jax.kernels.performer import orthogonal_features, performer_attention
+from attention_jax.kernels.registry import (CAPABILITIES, Kernel, auto_attention, choose,
+                                            decoders, get, names, register, supporting)
 from attention_jax.kernels.relative import gather_relative, rel_shift, relative_attention
+from attention_jax.kernels.retention import retention_attention, retnet_decays
 from attention_jax.kernels.ring import ring_attention
+from attention_jax.kernels.sliding_window import sliding_window_attention
 from attention_jax.kernels.splash import splash_attention
 from attention_jax.kernels.xla import cudnn_attention, xla_attention
 
 __all__ = [
-    "Kernel", "additive_attention", "attention_scores", "auto_attention", "choose", "concat_scores",
-    "cudnn_attention", "dot_product_attention", "flash_attention", "gather_relative", "get",
-    "masks", "names", "pallas_gpu_attention", "positional", "register", "rel_shift",
-    "relative_attention", "ring_attention", "splash_attention", "supporting", "xla_attention",
+    "CAPABILITIES", "Kernel", "RecurrentState", "additive_attention", "attention_scores",
+    "auto_attention", "choose", "concat_scores", "cudnn_attention", "decoders",
+    "dot_product_attention", "empty_state", "flash_attention", "gather_relative", "get",
+    "linear_attention", "masks", "names", "orthogonal_features", "pallas_gpu_attention",
+    "performer_attention", "positional", "register", "rel_shift", "relative_attention",
+    "retention_attention", "retnet_decays", "ring_attention", "sliding_window_attention",
+    "splash_attention", "supporting", "xla_attention",
 ]

@@ -53,6 +53,11 @@ class _Plan:
   has_dense_mask: bool
   has_segments: bool
   has_lengths: bool
+  sinks: int = 0  # the first `sinks` keys escape the left reach (attention sinks)
+
+  @property
+  def num_sink_blocks(self) -> int:
+    return _cdiv(self.sinks, self.block_k)
 
   @property
   def num_q_blocks(self) -> int:
@@ -99,6 +104,8 @@ def _q_block_range(plan: _Plan, j, kv_length):
     lo = jnp.maximum(lo, (ks - plan.offset - plan.right) // plan.block_q)
   if plan.left is not None:
     hi = jnp.minimum(hi, (ke - 1 - plan.offset + plan.left) // plan.block_q + 1)
+  if plan.sinks:
+    hi = jnp.where(ks < plan.sinks, plan.num_q_blocks, hi)
   if kv_length is not None:
     hi = jnp.where(ks >= kv_length, lo, hi)
   return lo, jnp.maximum(hi, lo)
@@ -109,8 +116,9 @@ def _block_is_partial(plan: _Plan, i, j):
   qs, ks = i * plan.block_q, j * plan.block_k
   qe = jnp.minimum(qs + plan.block_q, plan.q_len)
   partial = ks + plan.block_k > plan.kv_len
-  if plan.left is not None:
-    partial |= ks < qe - 1 + plan.offset - plan.left
+  if plan.left is not None:  # a key left of the window for the block's last query (not a sink)
+    first = jnp.maximum(ks, plan.sinks)
+    partial |= (first < ks + plan.block_k) & (first < qe - 1 + plan.offset - plan.left)
   if plan.right is not None:
     partial |= ks + plan.block_k - 1 > qs + plan.offset + plan.right
   return partial
@@ -122,7 +130,7 @@ def _block_allowed(plan: _Plan, i, j, mask, q_seg, kv_seg, kv_length):
   q_pos = i * bq + jnp.arange(bq)[:, None]
   kv_pos = j * bk + jnp.arange(bk)[None, :]
   allowed = masks_lib.position_allowed(q_pos, kv_pos, offset=plan.offset, left=plan.left,
-                                       right=plan.right)
+                                       right=plan.right, sinks=plan.sinks)
   allowed &= kv_pos < (plan.kv_len if kv_length is None else kv_length)
   if q_seg is not None:
     allowed &= (lax.dynamic_slice_in_dim(q_seg, i * bq, bq)[:, None]
@@ -187,6 +195,9 @@ def _forward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length):
             jnp.zeros((bq, dv), jnp.float32))
     init = varying_like(init, q_i)
     lo, hi = _kv_block_range(plan, i, kv_length)
+    if plan.sinks:  # the sink blocks left of the window, then the window
+      init = lax.fori_loop(0, jnp.minimum(jnp.minimum(plan.num_sink_blocks, hi), lo), kv_step,
+                           init)
     m, l, acc = lax.fori_loop(lo, hi, kv_step, init)
     seen = m > _EMPTY_ROW_THRESHOLD
     safe_l = jnp.where(seen, l, 1.0)
@@ -272,7 +283,7 @@ def _block_size(requested: int, length: int, name: str) -> int:
 
 
 def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=None,
-                    segment_ids=None, local_window=None, scale=None, block_q=256,
+                    segment_ids=None, local_window=None, sinks=0, scale=None, block_q=256,
                     block_k=512):
   """Blockwise (FlashAttention-2) attention with linear memory in forward and backward.
 
@@ -286,6 +297,8 @@ def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=No
     kv_lengths: int [batch]; keys at positions >= kv_lengths[b] are padding.
     segment_ids: int [batch, length], or a pair (q_ids, kv_ids), for packed sequences.
     local_window: int w or (left, right) reach around the aligned diagonal.
+    sinks: with a local window, the first `sinks` keys stay visible to every query that
+      causality allows (attention sinks; their blocks are visited besides the window's).
     scale: score scale, default 1/sqrt(head_dim).
     block_q, block_k: block sizes (any lengths work; they need not divide them).
 
@@ -298,11 +311,13 @@ def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=No
   kv_lengths = _checks.check_lengths(kv_lengths, "kv_lengths", b)
   q_seg, kv_seg = masks_lib.split_segment_ids(segment_ids, b, tq, tk)
   left, right = masks_lib.window_bounds(local_window, causal)
+  if sinks < 0:
+    raise ValueError(f"`sinks` must be >= 0, got {sinks}.")
   plan = _Plan(q_len=tq, kv_len=tk, block_q=_block_size(block_q, tq, "block_q"),
                block_k=_block_size(block_k, tk, "block_k"),
                scale=_checks.default_scale(scale, d), left=left, right=right,
                has_dense_mask=mask is not None, has_segments=q_seg is not None,
-               has_lengths=kv_lengths is not None)
+               has_lengths=kv_lengths is not None, sinks=int(sinks) if left is not None else 0)
   per_batch = lambda x: None if x is None else x[:, None]  # add the heads axis
   out = vmap_heads(functools.partial(_flash_head, plan), query, key, value, mask4,
                    per_batch(q_seg), per_batch(kv_seg), per_batch(kv_lengths))

@@ -38,7 +38,8 @@ def window_bounds(local_window: Window, causal: bool) -> tuple[int | None, int |
   return left, right
 
 
-def position_allowed(q_pos, kv_pos, *, offset, left: int | None, right: int | None):
+def position_allowed(q_pos, kv_pos, *, offset, left: int | None, right: int | None,
+                     sinks: int = 0):
   """The structural mask predicate, shared by the dense masks and the blockwise kernel.
 
   Args:
@@ -46,11 +47,13 @@ def position_allowed(q_pos, kv_pos, *, offset, left: int | None, right: int | No
     kv_pos: integer key positions.
     offset: kv_len - q_len (bottom-right alignment).
     left, right: window reach from `window_bounds` (None = unbounded).
+    sinks: the first `sinks` keys are exempt from the left reach (attention sinks); the right
+      reach (causality) still applies to them.
   """
   diag = q_pos + offset
   allowed = jnp.ones(jnp.broadcast_shapes(jnp.shape(q_pos), jnp.shape(kv_pos)), jnp.bool_)
   if left is not None:
-    allowed &= kv_pos >= diag - left
+    allowed &= (kv_pos >= diag - left) | (kv_pos < sinks)
   if right is not None:
     allowed &= kv_pos <= diag + right
   return allowed
@@ -61,12 +64,14 @@ def causal_mask(q_len: int, kv_len: int | None = None):
   return local_window_mask(q_len, kv_len, None, causal=True)
 
 
-def local_window_mask(q_len: int, kv_len: int | None, local_window: Window, *, causal=False):
-  """[q_len, kv_len] mask of keys within `local_window` of each query's aligned diagonal."""
+def local_window_mask(q_len: int, kv_len: int | None, local_window: Window, *, causal=False,
+                      sinks: int = 0):
+  """[q_len, kv_len] mask of keys within `local_window` of each query's aligned diagonal (and
+  the first `sinks` keys)."""
   kv_len = q_len if kv_len is None else kv_len
   left, right = window_bounds(local_window, causal)
   return position_allowed(jnp.arange(q_len)[:, None], jnp.arange(kv_len)[None, :],
-                          offset=kv_len - q_len, left=left, right=right)
+                          offset=kv_len - q_len, left=left, right=right, sinks=sinks)
 
 
 def padding_mask(lengths, max_len: int):

@@ -14,9 +14,13 @@ from attention_jax.kernels import _checks
 from attention_jax.kernels.additive import additive_attention
 from attention_jax.kernels.dot_product import dot_product_attention
 from attention_jax.kernels.flash import flash_attention
+from attention_jax.kernels.linear import linear_attention
 from attention_jax.kernels.pallas_gpu import pallas_gpu_attention
+from attention_jax.kernels.performer import performer_attention
 from attention_jax.kernels.relative import relative_attention
+from attention_jax.kernels.retention import retention_attention
 from attention_jax.kernels.ring import ring_attention
+from attention_jax.kernels.sliding_window import sliding_window_attention
 from attention_jax.kernels.splash import splash_attention
 from attention_jax.kernels.xla import cudnn_attention, xla_attention
 
@@ -28,16 +32,51 @@ SPLASH_MIN_Q_LEN = 128
 RING_AXIS = "sequence"  # the mesh axis that, when larger than 1, sends `auto` to `ring`
 
 
+# Each capability a kernel may have, and the argument through which a caller asks for it.
+CAPABILITIES = {
+    "causal": "causal",
+    "padding": "kv_lengths",
+    "segments": "segment_ids",
+    "mask": "mask",
+    "bias": "bias",
+    "dropout": "dropout_rate",
+    "window": "local_window",
+    "weights": "return_weights",
+    "decoding_state": "state",
+}
+# What a kernel computes: the exact softmax, an estimate of it, or another attention.
+COMPUTES = ("softmax", "softmax_estimate", "linear", "retention", "additive", "relative")
+# How a decoder runs a kernel one token at a time: a cache of every key ("kv_cache"), a
+# bounded cache of sinks and recent keys ("window"), or a fixed-size recurrent state ("state").
+DECODING = ("kv_cache", "window", "state")
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-  """A registered kernel: call it like the function it wraps; its fields say what it takes."""
+  """A registered kernel: call it like the function it wraps; its fields say what it takes.
+
+  Attributes:
+    name, fn, description.
+    computes: one of COMPUTES; the tests pick each kernel's reference by it.
+    decoding: one of DECODING, or None where a decoder cannot run it.
+    platforms: backends it runs on natively ("cpu", "gpu", "tpu"); the Pallas kernels run
+      elsewhere only with interpret=True.
+  """
   name: str
   fn: Callable
   description: str
+  computes: str = "softmax"
+  decoding: str | None = "kv_cache"
+  platforms: tuple[str, ...] = ("cpu", "gpu", "tpu")
 
   @property
   def arguments(self) -> frozenset[str]:
     return frozenset(inspect.signature(self.fn).parameters)
+
+  @property
+  def capabilities(self) -> frozenset[str]:
+    """The CAPABILITIES names this kernel has (read from the arguments it takes)."""
+    return frozenset(c for c, argument in CAPABILITIES.items() if argument in self.arguments)
 
   def supports(self, argument: str) -> bool:
     return argument in self.arguments
@@ -53,17 +92,29 @@ class Kernel:
 _KERNELS: dict[str, Kernel] = {}
 
 
-def register(name: str, fn: Callable, description: str = "") -> Kernel:
+def register(name: str, fn: Callable, description: str = "", *, computes: str = "softmax",
+             decoding: str | None = "kv_cache",
+             platforms: tuple[str, ...] = ("cpu", "gpu", "tpu")) -> Kernel:
   """Adds a kernel `fn(query, key, value, **kwargs)` under `name`; returns its entry."""
   if name in _KERNELS:
     raise ValueError(f"an attention kernel named {name!r} is already registered.")
-  _KERNELS[name] = Kernel(name, fn, description or (fn.__doc__ or "").strip().split("\n")[0])
+  if computes not in COMPUTES:
+    raise ValueError(f"`computes` must be one of {COMPUTES}, got {computes!r}.")
+  if decoding is not None and decoding not in DECODING:
+    raise ValueError(f"`decoding` must be one of {DECODING} or None, got {decoding!r}.")
+  _KERNELS[name] = Kernel(name, fn, description or (fn.__doc__ or "").strip().split("\n")[0],
+                          computes, decoding, tuple(platforms))
   return _KERNELS[name]
 
 
 def names() -> list[str]:
   """Names of all registered kernels."""
   return sorted(_KERNELS)
+
+
+def decoders() -> list[str]:
+  """Names of the registered kernels a decoder can run one token at a time."""
+  return [name for name in names() if _KERNELS[name].decoding is not None]
 
 
 def supporting(*arguments: str) -> list[str]:
@@ -105,15 +156,16 @@ def get(name: str | Callable) -> Kernel:
   base, _, options = name.partition(":")
   if base not in _KERNELS:
     raise ValueError(f"unknown attention kernel {base!r}; valid names: {', '.join(names())}.")
-  if base == "cudnn" and jax.default_backend() != "gpu":
-    raise ValueError(f"kernel 'cudnn' needs an NVIDIA GPU, but JAX's backend is "
-                     f"{jax.default_backend()!r}; valid here: "
-                     f"{', '.join(n for n in names() if n != 'cudnn')}.")
   kernel = _KERNELS[base]
+  backend = jax.default_backend()
+  if backend not in kernel.platforms and not kernel.supports("interpret"):
+    raise ValueError(f"kernel {base!r} runs on {', '.join(kernel.platforms)} only, but JAX's "
+                     f"backend is {backend!r}; valid here: "
+                     f"{', '.join(n for n in names() if backend in _KERNELS[n].platforms)}.")
   if not options:
     return kernel
   bound = dict(_parse_option(kernel, option) for option in options.split(","))
-  return Kernel(base, functools.partial(kernel.fn, **bound), kernel.description)
+  return dataclasses.replace(kernel, fn=functools.partial(kernel.fn, **bound))
 
 
 def _cudnn_takes(query, key, value) -> bool:
@@ -184,11 +236,15 @@ def auto_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_
 
 register("dot_product", dot_product_attention)
 register("flash", flash_attention)
-register("additive", additive_attention)
-register("relative", relative_attention)
+register("additive", additive_attention, computes="additive")
+register("relative", relative_attention, computes="relative")
 register("xla", xla_attention)
-register("cudnn", cudnn_attention)
-register("splash", splash_attention)
-register("pallas_gpu", pallas_gpu_attention)
-register("ring", ring_attention)
+register("cudnn", cudnn_attention, platforms=("gpu",))
+register("splash", splash_attention, platforms=("tpu",))
+register("pallas_gpu", pallas_gpu_attention, platforms=("gpu",))
+register("ring", ring_attention, decoding=None)
 register("auto", auto_attention)
+register("linear", linear_attention, computes="linear", decoding="state")
+register("retention", retention_attention, computes="retention", decoding="state")
+register("performer", performer_attention, computes="softmax_estimate", decoding="state")
+register("sliding_window", sliding_window_attention, decoding="window")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from attention_jax import kernels
 from attention_jax.kernels import positional
+from attention_jax.layers import caches
 from attention_jax.layers import lora as lora_lib
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
@@ -49,6 +52,7 @@ def _check_kernel_takes(kernel, kwargs):
     raise ValueError(
         f"attention kernel {kernel.name!r} is incompatible with this layer: it needs "
         + "; ".join(_WHY.get(m, m) for m in missing)
+        + f" ({kernel.name!r} takes: {', '.join(sorted(kernel.capabilities)) or 'none'})"
         + f". Kernels that support it: {', '.join(able) or 'none'}.")
 
 
@@ -132,11 +136,14 @@ class MultiHeadAttention(nn.Module):
     value = project(inputs_kv, kv_heads, "value")
 
     q_len = query.shape[1]
-    if self.decode:  # initialising sizes the cache to this input's length
-      cache = self._cache(key.shape, value.shape, key.dtype)
+    if self.decode:
+      if kernel.decoding is None:
+        raise ValueError(f"attention kernel {kernel.name!r} cannot decode one token at a time; "
+                         f"kernels that can: {', '.join(kernels.decoders())}.")
+      index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     decoding = self.decode and not self.is_initializing()
     # Position of the first query: the cache index, else bottom-right among the keys.
-    q_offset = cache[2].value if decoding else key.shape[1] - q_len
+    q_offset = index.value if decoding else key.shape[1] - q_len
     if self.position == "rotary":  # keys are rotated before they enter the cache
       rotate = functools.partial(positional.apply_rotary, base=self.rotary_base,
                                  scaling=self.rope_scaling)
@@ -147,8 +154,19 @@ class MultiHeadAttention(nn.Module):
       query = rotate(query, q_offset + jnp.arange(q_len) if positions is None else positions)
       key = rotate(key, key_start + jnp.arange(key.shape[1]) if positions is None
                    else positions)
+    if self.decode and kernel.decoding in ("state", "window"):
+      if mask is not None or kv_lengths is not None:
+        raise ValueError(f"kernel {kernel.name!r} decodes with a {kernel.decoding} cache, which "
+                         "takes segment ids, not a dense mask or lengths: pass `segment_ids` "
+                         "(e.g. 0 for padding, 1 for real tokens).")
+      decode = (self._decode_with_state if kernel.decoding == "state"
+                else self._decode_with_window)
+      out = decode(kernel, query, key, value, index, segment_ids, positions)
+      return self._project_out(out, features)
+    if self.decode:  # initialising sizes the cache to this input's length
+      cache = self._cache(key.shape, value.shape, key.dtype)
     if decoding:
-      key, value, cache_mask = self._append_to_cache(key, value, *cache)
+      key, value, cache_mask = self._append_to_cache(key, value, *cache, index)
       mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
       causal = False  # the cache mask is causal already
     kv_len = key.shape[1]
@@ -174,6 +192,10 @@ class MultiHeadAttention(nn.Module):
     if self.sow_weights:
       out, weights = out
       self.sow("intermediates", "attention_weights", weights)
+    return self._project_out(out, features)
+
+  def _project_out(self, out, features):
+    """[batch, q_len, heads, head_dim] -> [batch, q_len, out_features]."""
     out_features = self.out_features or features
     out_bias = self.use_bias if self.out_bias is None else self.out_bias
     return nn.DenseGeneral(out_features, axis=(-2, -1), use_bias=out_bias,
@@ -182,10 +204,65 @@ class MultiHeadAttention(nn.Module):
                                self, self.lora, "out", out, 2, (out_features,))
 
   def _cache(self, key_shape, value_shape, dtype):
-    """The 'cache' variables: keys, values [batch, max_len, kv_heads, head_dim], next index."""
+    """The KV cache variables: keys, values [batch, max_len, kv_heads, head_dim]."""
     return (self.variable("cache", "cached_key", jnp.zeros, key_shape, dtype),
-            self.variable("cache", "cached_value", jnp.zeros, value_shape, dtype),
-            self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32)))
+            self.variable("cache", "cached_value", jnp.zeros, value_shape, dtype))
+
+  def _decode_with_state(self, kernel, query, key, value, index, segment_ids, positions):
+    """A recurrent kernel's decoding: the 'cache' holds its fixed-size RecurrentState (no
+    keys), continued by every call; O(1) memory per layer in the decoded length."""
+    del positions  # rotary positions are already applied
+    if isinstance(segment_ids, (tuple, list)):  # (new tokens' ids, cache ids): keep the first
+      segment_ids = segment_ids[0]
+    kwargs = {} if segment_ids is None else {"segment_ids": segment_ids}
+    if self.is_initializing():
+      out, state = kernel(query, key, value, causal=True, return_state=True, **kwargs)
+      self.variable("cache", "recurrent_state", lambda: jax.tree.map(jnp.zeros_like, state))
+      return out
+    state = self.variable("cache", "recurrent_state", lambda: None)
+    out, state.value = kernel(query, key, value, causal=True, state=state.value,
+                              return_state=True, **kwargs)
+    index.value = index.value + query.shape[1]
+    return out
+
+  def _decode_with_window(self, kernel, query, key, value, index, segment_ids, positions):
+    """A sliding-window kernel's decoding: a bounded cache of sinks + the last w + 1 keys
+    (`caches.window_cache_size`), whatever the length decoded."""
+    options = inspect.signature(kernel.fn).parameters
+    window = self.local_window if self.local_window is not None else (
+        options["local_window"].default)
+    left = window if isinstance(window, int) else int(window[0])
+    sinks = int(options["sinks"].default)
+    batch, n = query.shape[:2]
+    if self.is_initializing():
+      size = caches.window_cache_size(left, sinks)
+      self.variable("cache", "cached_key", jnp.zeros, (batch, size) + key.shape[2:], key.dtype)
+      self.variable("cache", "cached_value", jnp.zeros, (batch, size) + value.shape[2:],
+                    value.dtype)
+      # Positions are stored + 1 so that a zeroed cache (`generation.init_cache`) is empty.
+      self.variable("cache", "cached_position", jnp.zeros, (batch, size), jnp.int32)
+      self.variable("cache", "cached_segment", jnp.zeros, (batch, size), jnp.int32)
+      return kernel(query, key, value, causal=True, local_window=left)
+    names = ("cached_key", "cached_value", "cached_position", "cached_segment")
+    cache = {name: self.variable("cache", name, lambda: None) for name in names}
+    if isinstance(segment_ids, (tuple, list)):
+      segment_ids = segment_ids[0]
+    q_seg = jnp.zeros((batch, n), jnp.int32) if segment_ids is None else segment_ids
+    q_pos = index.value + jnp.arange(n)[None] if positions is None else positions
+    q_pos = jnp.broadcast_to(q_pos, (batch, n)).astype(jnp.int32)
+    new = dict(cached_key=key, cached_value=value, cached_position=q_pos + 1,
+               cached_segment=q_seg)
+    joined = {name: jnp.concatenate([cache[name].value, new[name]], axis=1) for name in names}
+    mask = caches.window_mask(q_pos, q_seg, joined["cached_position"] - 1,
+                              joined["cached_segment"], left=left, sinks=sinks)
+    out = kernels.flash_attention(query, joined["cached_key"], joined["cached_value"],
+                                  mask=mask)
+    written = caches.write_window({name: cache[name].value for name in names}, new, q_pos,
+                                  left=left, sinks=sinks)
+    for name in names:
+      cache[name].value = written[name]
+    index.value = index.value + n
+    return out
 
   def _append_to_cache(self, key, value, cached_key, cached_value, cache_index):
     """Writes the new keys/values at the cache index; returns the whole cache and its mask.

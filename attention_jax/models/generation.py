@@ -98,12 +98,13 @@ def _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p, bucket: b
   return with_options(model, decode=True), jnp.asarray(tokens), jnp.asarray(pads)
 
 
-def _attention_mask(pads, q_slots, total: int):
-  """[batch, 1, q, total]: pad tokens see pad tokens, real tokens real ones (the cache's own
-  mask adds causality), so no row attends to its padding and none is left empty."""
-  real_kv = jnp.arange(total)[None] >= pads[:, None]
-  real_q = q_slots[None] >= pads[:, None]
-  return real_q[:, None, :, None] == real_kv[:, None, None, :]
+def _segment_ids(pads, q_slots, total: int):
+  """(q_ids [batch, q], kv_ids [batch, total]): pad tokens are segment 0 and real tokens
+  segment 1, so no row attends to its padding and none is left empty (the cache adds
+  causality). Segments rather than a dense mask, so recurrent and windowed kernels decode too."""
+  real_kv = (jnp.arange(total)[None] >= pads[:, None]).astype(jnp.int32)
+  real_q = (q_slots[None] >= pads[:, None]).astype(jnp.int32)
+  return real_q, real_kv
 
 
 def _positions(pads, slots):
@@ -121,7 +122,8 @@ def _prefill(decoder, params, tokens, pads, max_new_tokens):
   slots = jnp.arange(length)
   logits, state = decoder.apply({"params": params, "cache": cache}, tokens,
                                 positions=_positions(pads, slots),
-                                mask=_attention_mask(pads, slots, total), mutable=["cache"])
+                                segment_ids=_segment_ids(pads, slots, total),
+                                mutable=["cache"])
   return logits[:, -1], state["cache"]
 
 
@@ -130,7 +132,8 @@ def _step(decoder, params, token, cache, slot, pads, total: int):
   slots = slot[None]
   logits, state = decoder.apply({"params": params, "cache": cache}, token[:, None],
                                 positions=_positions(pads, slots),
-                                mask=_attention_mask(pads, slots, total), mutable=["cache"])
+                                segment_ids=_segment_ids(pads, slots, total),
+                                mutable=["cache"])
   return logits[:, -1], state["cache"]
 
 

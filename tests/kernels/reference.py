@@ -4,8 +4,9 @@ import numpy as np
 
 
 def mask_reference(batch, q_len, kv_len, *, causal=False, kv_lengths=None, segment_ids=None,
-                   local_window=None):
-  """Boolean [batch, 1, q_len, kv_len] built with explicit loops."""
+                   local_window=None, sinks=0):
+  """Boolean [batch, 1, q_len, kv_len] built with explicit loops; the first `sinks` keys are
+  exempt from the window's left reach."""
   if isinstance(local_window, int):
     local_window = (local_window, local_window)
   allowed = np.ones((batch, 1, q_len, kv_len), bool)
@@ -17,7 +18,8 @@ def mask_reference(batch, q_len, kv_len, *, causal=False, kv_lengths=None, segme
         if causal:
           ok &= j <= i + offset
         if local_window is not None:
-          ok &= i + offset - local_window[0] <= j <= i + offset + local_window[1]
+          ok &= (i + offset - local_window[0] <= j or j < sinks)
+          ok &= j <= i + offset + local_window[1]
         if kv_lengths is not None:
           ok &= j < kv_lengths[b]
         if segment_ids is not None:
@@ -82,3 +84,42 @@ def reduce_to_shape(x, shape):
   shape4 = (1,) * (x.ndim - len(shape)) + tuple(shape)
   axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, shape4)) if b == 1 and a != 1)
   return x.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+# --- The linear-cost kernels: the explicit quadratic form, in jax.numpy so it can be
+# differentiated (an independent formulation of the chunkwise / recurrent kernels).
+
+def decay_weights(log_decay, q_len, kv_len, causal):
+  """[batch|1, heads, q_len, kv_len] weights exp(Σ_{r=j+1..i'} log α_r) with i' the query's
+  aligned key position (i + kv_len - q_len when causal, i when not); for j > i' (not causal) the
+  product runs over r = i'..j-1. log_decay: [batch|1, kv_len, heads]."""
+  import jax.numpy as jnp
+  offset = kv_len - q_len if causal else 0
+  cs = jnp.cumsum(jnp.moveaxis(jnp.asarray(log_decay, jnp.float32), -1, 1), axis=-1)  # [b,h,T]
+  cs = jnp.concatenate([jnp.zeros(cs.shape[:-1] + (1,)), cs], axis=-1)  # cs[..., n] = Σ_{<n}
+  pos = jnp.clip(jnp.arange(q_len) + offset, -1, kv_len - 1)
+  j = jnp.arange(kv_len)
+  at_query = jnp.take(cs, pos + 1, axis=-1)[..., :, None]  # Σ_{r<=i'}
+  at_key = cs[..., None, j + 1]  # Σ_{r<=j}
+  before = at_query - at_key  # j <= i': Σ_{r=j+1..i'}
+  after = cs[..., None, j] - jnp.take(cs, pos, axis=-1)[..., :, None]  # j > i': Σ_{r=i'..j-1}
+  if causal:  # keys after the query are masked anyway: weight 0, not an overflow
+    after = jnp.full_like(after, -jnp.inf)
+  return jnp.exp(jnp.where(j[None, :] <= pos[:, None], before, after))
+
+
+def linear_family_reference(q_features, k_features, value, allowed, weights=None):
+  """(num [b, q_len, h, dv], den [b, q_len, h], count [b, q_len, h]) of the weighted sums
+  Σ_s w_ts (φq_t·φk_s) v_s, Σ_s w_ts (φq_t·φk_s) and Σ_s w_ts over allowed keys."""
+  import jax.numpy as jnp
+  h, kh = q_features.shape[2], k_features.shape[2]
+  k = jnp.repeat(k_features, h // kh, axis=2)
+  v = jnp.repeat(value, h // kh, axis=2).astype(jnp.float32)
+  w = jnp.asarray(allowed, jnp.float32)
+  if weights is not None:
+    w = w * weights
+  a = jnp.einsum("bqhf,bkhf->bhqk", q_features, k) * w
+  num = jnp.einsum("bhqk,bkhd->bqhd", a, v)
+  den = a.sum(-1).transpose(0, 2, 1)
+  count = jnp.broadcast_to(w, a.shape).sum(-1).transpose(0, 2, 1)
+  return num, den, count

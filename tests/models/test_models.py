@@ -23,17 +23,23 @@ def init(model, *inputs):
 def test_gpt_prefill_then_cached_steps_equal_full_forward(position, kernel):
   model = models.create("gpt-tiny", position=position, kernel=kernel)
   params = init(model, TOKENS)
-  full = model.apply({"params": params}, TOKENS)
+  np.testing.assert_allclose(prefill_then_steps(model, params, TOKENS)[0],
+                             model.apply({"params": params}, TOKENS), atol=2e-5)
+
+
+def prefill_then_steps(model, params, tokens, prefill: int = 5):
+  """(logits of a cached prefill of `prefill` tokens then one-token steps, the initial
+  cache)."""
   decoder = models.with_options(model, decode=True)
-  cache = init_cache(decoder, jnp.zeros_like(TOKENS))
-  logits, state = decoder.apply({"params": params, "cache": cache}, TOKENS[:, :5],
-                                mutable=["cache"])
+  cache = init_cache(decoder, jnp.zeros_like(tokens))
+  apply = jax.jit(lambda cache, tokens: decoder.apply({"params": params, "cache": cache},
+                                                      tokens, mutable=["cache"]))
+  logits, state = apply(cache, tokens[:, :prefill])
   steps = [logits]
-  for t in range(5, TOKENS.shape[1]):
-    logits, state = decoder.apply({"params": params, "cache": state["cache"]},
-                                  TOKENS[:, t:t + 1], mutable=["cache"])
+  for t in range(prefill, tokens.shape[1]):  # one compiled step for all
+    logits, state = apply(state["cache"], tokens[:, t:t + 1])
     steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
+  return jnp.concatenate(steps, axis=1), cache
 
 
 def test_generate_is_deterministic_and_follows_its_settings():
@@ -46,11 +52,12 @@ def test_generate_is_deterministic_and_follows_its_settings():
   assert not np.array_equal(sample(0), sample(1))
   greedy = sample(0, temperature=0.0)
   np.testing.assert_array_equal(sample(5, top_k=1), greedy)
-  # Greedy decoding by hand: argmax of the full forward, one token at a time.
-  tokens = prompt
-  for _ in range(6):
-    nxt = jnp.argmax(model.apply({"params": params}, tokens)[:, -1], -1)
-    tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
+  # Greedy decoding by hand: argmax of the full forward, one token at a time (right-padded to
+  # one length, which a causal model's earlier logits do not see: one compiled forward).
+  forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
+  tokens = jnp.zeros((prompt.shape[0], 10), prompt.dtype).at[:, :4].set(prompt)
+  for t in range(4, 10):
+    tokens = tokens.at[:, t].set(jnp.argmax(forward(tokens)[:, t - 1], -1))
   np.testing.assert_array_equal(greedy, tokens[:, 4:])
   with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
     models.generate(model, params, prompt, max_new_tokens=61, rng=jax.random.key(0))
@@ -304,3 +311,35 @@ def test_a_sliding_window_llama_runs_on_any_kernel_that_takes_windows(kernel):
   run = lambda m: m.apply({"params": params}, TOKENS, segment_ids=segments)
   np.testing.assert_allclose(run(models.with_options(model, kernel=kernel)), run(model),
                              atol=2e-5)
+
+
+DECODING_KERNELS = ["linear", "retention", "performer:num_features=32",
+                    "sliding_window:local_window=3,sinks=2"]
+
+
+@pytest.mark.parametrize("kernel", DECODING_KERNELS)
+def test_recurrent_and_windowed_kernels_decode_with_a_bounded_cache(kernel):
+  """Prefill + cached steps equal the full pass, and batched left-padded prompts generate as
+  each alone, with a cache whose size does not grow with the length (a recurrent state; the
+  sinks and the last w + 1 keys)."""
+  model = models.create("llama-tiny", kernel=kernel)
+  params = init(model, TOKENS)
+  stepped, cache = prefill_then_steps(model, params, TOKENS)
+  np.testing.assert_allclose(stepped, model.apply({"params": params}, TOKENS), atol=5e-5)
+  sizes = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(cache)}
+  assert all(TOKENS.shape[1] not in shape[1:2] for shape in sizes.values()), sizes
+  prompts = [[5, 9, 3], [7, 1, 4, 4, 2, 8, 6]]
+  greedy = lambda p: np.asarray(models.generate(model, params, p, max_new_tokens=6,
+                                                rng=jax.random.key(0), temperature=0.0))
+  together = greedy(prompts)
+  for row, prompt in enumerate(prompts):
+    np.testing.assert_array_equal(together[row], greedy([prompt])[0])
+
+
+def test_a_kernel_that_cannot_take_a_dense_mask_says_so_when_decoding():
+  model = models.with_options(models.create("llama-tiny", kernel="linear"), decode=True)
+  params = init(models.create("llama-tiny", kernel="linear"), TOKENS)
+  cache = init_cache(model, jnp.zeros_like(TOKENS))
+  with pytest.raises(ValueError, match="takes segment ids, not a dense mask"):
+    model.apply({"params": params, "cache": cache}, TOKENS[:, :2],
+                mask=jnp.ones((2, 1, 2, 12), bool), mutable=["cache"])

@@ -138,10 +138,15 @@ def test_chat_eval_loss_and_replies_equal_each_conversation_alone(checkpoint):
   loss, count = chat_eval.assistant_loss(model, params, tokenizer, conversations, seq_len=64,
                                          batch_size=3)  # packed rows, a padded last batch
   total = scored = 0.0
-  for conversation in conversations:
-    ids, mask = tokenizer.encode_chat_with_mask(conversation)
-    logits = model.apply({"params": params}, jnp.asarray([ids[:-1]]))[0]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(ids[1:]))
+  encoded = [tokenizer.encode_chat_with_mask(c) for c in conversations]
+  width = max(len(ids) for ids, _ in encoded)
+  rows = np.zeros((len(encoded), width), np.int32)  # each alone in its row, right-padded
+  for row, (ids, _) in enumerate(encoded):
+    rows[row, :len(ids)] = ids
+  all_logits = jax.jit(lambda x: model.apply({"params": params}, x))(jnp.asarray(rows[:, :-1]))
+  for (ids, mask), logits in zip(encoded, all_logits):  # causal: padding is never seen
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits[:len(ids) - 1],
+                                                             jnp.asarray(ids[1:]))
     keep = np.asarray(mask[1:], bool)
     total, scored = total + float(losses[keep].sum()), scored + keep.sum()
   assert count == scored and loss == pytest.approx(total / scored, rel=1e-5)
