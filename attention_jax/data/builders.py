@@ -14,6 +14,7 @@ import struct
 import numpy as np
 import tensorflow_datasets as tfds
 
+from attention_jax.data import lra
 from attention_jax.data import sword
 
 WORDNET_DIR = "/usr/share/wordnet"
@@ -190,4 +191,6 @@ class FashionMnistDebian(tfds.core.GeneratorBasedBuilder):
 BUILDERS = {"kjv_text": KjvText, "kjv_web_text": KjvWebText,
             "kjv_reina_valera": KjvReinaValera,
             "wordnet_supersenses": WordnetSupersenses,
-            "fashion_mnist_debian": FashionMnistDebian}
+            "fashion_mnist_debian": FashionMnistDebian,
+            "lra_listops": lra.LraListops, "lra_listops_small": lra.LraListopsSmall,
+            "lra_listops_tiny": lra.LraListopsTiny}

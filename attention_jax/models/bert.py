@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from attention_jax import kernels
 from attention_jax.layers import TextEmbeddings, TransformerBlock, default_kernel_init
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.mlp import activation_fn
@@ -65,7 +66,8 @@ class Bert(nn.Module):
   """input_ids [batch, length] -> {"hidden", "pooled", and "logits" if num_classes}.
 
   `attention_mask` [batch, length] (1 = real token, 0 = padding) keeps padding out of every
-  attention. "pooled" is BERT's pooler output, tanh(Dense(hidden[:, 0])). The classifier
+  attention (as a mask; for a kernel that takes no mask, as key lengths, which assumes the
+  padding is at the end of each row). "pooled" is BERT's pooler output, tanh(Dense(hidden[:, 0])). The classifier
   reads it (`classifier_pooling="cls"`, BERT) or the mean of the real tokens' hidden states
   ("mean", sentence-transformers). `mlm_logits(hidden)` gives masked-LM logits through the
   tied token embedding; the MLM head's parameters exist only once it is used (BertModel's
@@ -98,12 +100,16 @@ class Bert(nn.Module):
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
                deterministic=True):
     x = self.embed(input_ids, token_types=token_type_ids, deterministic=deterministic)
-    mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+    mask = lengths = None
+    if attention_mask is not None and kernels.get(self.config.kernel).supports("mask"):
+      mask = attention_mask.astype(bool)[:, None, None, :]
+    elif attention_mask is not None:  # e.g. the linear-cost kernels: right padding as lengths
+      lengths = jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
     if self.config.scan_layers:
-      x, _ = self.blocks(x, mask, None, None, None, False, deterministic)
+      x, _ = self.blocks(x, mask, lengths, None, None, False, deterministic)
     else:
       for block in self.blocks:
-        x = block(x, mask=mask, deterministic=deterministic)
+        x = block(x, mask=mask, kv_lengths=lengths, deterministic=deterministic)
     out = {"hidden": x, "pooled": jnp.tanh(self.pooler(x[:, 0]))}
     if self.config.num_classes:
       features = (out["pooled"] if self.config.classifier_pooling == "cls"

@@ -15,6 +15,7 @@ import optax
 from attention_jax import models, pretrained
 from attention_jax.data import chat as chat_data
 from attention_jax.data import pipeline, tokenizers
+from attention_jax.data.lra import CLS_ID
 from attention_jax.pretrained import ChatTokenizer, PretrainedTokenizer
 from attention_jax.training import bleu, finetune
 
@@ -336,8 +337,11 @@ class ExampleTask(Task):
 
 
 class ClassificationTask(ExampleTask):
-  """Labels for texts (a BERT over WordPiece tokens) or images (a ViT), from a dataset with
-  a "label" ClassLabel and a "text" or "image" feature."""
+  """Labels for texts (a BERT over WordPiece tokens), token sequences (a BERT over the
+  dataset's own ids, e.g. ListOps) or images (a ViT), from a dataset with a "label" ClassLabel
+  and a "text", "tokens" or "image" feature. Token sequences get the classification token
+  (id 1) in front and padding (id 0) behind, to `dataset.seq_len`; their ids must be below
+  `dataset.vocab_size`."""
 
   def prepare(self, workdir: str | None, base: finetune.Base | None = None):
     cfg = self.config.dataset
@@ -348,6 +352,7 @@ class ClassificationTask(ExampleTask):
       raise ValueError(f"dataset {cfg.name!r} has no 'label' feature to classify.")
     self.num_classes = features["label"].num_classes
     self.is_text = "text" in features
+    self.is_tokens = "tokens" in features
     if self.is_text:
       self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.SubwordTokenizer.train(
           pipeline.texts(cfg.name, "train", cfg.data_dir), cfg.vocab_size), base)
@@ -358,15 +363,29 @@ class ClassificationTask(ExampleTask):
       ids, mask = self.tokenizer.encode_padded(pipeline.as_text(example["text"]),
                                                self.config.dataset.seq_len)
       return {"inputs": ids, "mask": mask, "label": label}
+    if self.is_tokens:
+      return {**self._pad_tokens(example["tokens"]), "label": label}
     image = example["image"].astype(np.float32) / 255.0
     return {"inputs": (image - 0.5) / 0.5, "label": label}
+
+  def _pad_tokens(self, tokens) -> dict:
+    cfg = self.config.dataset
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.size and tokens.max() >= cfg.vocab_size:
+      raise ValueError(f"dataset {cfg.name!r} has token id {tokens.max()}, but "
+                       f"dataset.vocab_size is {cfg.vocab_size}: raise it.")
+    ids = np.concatenate([[CLS_ID], tokens])[:cfg.seq_len]
+    mask = np.zeros(cfg.seq_len, np.int32)
+    mask[:len(ids)] = 1
+    return {"inputs": np.pad(ids, (0, cfg.seq_len - len(ids))).astype(np.int32), "mask": mask}
 
   def model(self, **overrides):
     options = {**model_options(self.config, self.base), **overrides,
                "num_classes": self.num_classes}
-    if self.is_text:
+    if self.is_text or self.is_tokens:
       options.setdefault("max_len", self.config.dataset.seq_len)
-      options["vocab_size"] = self.tokenizer.vocab_size
+      options["vocab_size"] = (self.tokenizer.vocab_size if self.is_text
+                               else self.config.dataset.vocab_size)
     return models.create(self.config.model.preset, **options)
 
   def init_inputs(self):
@@ -375,7 +394,7 @@ class ClassificationTask(ExampleTask):
 
   def loss(self, model, params, batch, rng, deterministic: bool):
     kwargs = dict(deterministic=deterministic, rngs={"dropout": rng})
-    if self.is_text:
+    if self.is_text or self.is_tokens:
       logits = model.apply({"params": params}, batch["inputs"],
                            attention_mask=batch["mask"], **kwargs)["logits"]
     else:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from attention_jax.data import pipeline
-from attention_jax.training import train, train_and_evaluate
+from attention_jax.training import tasks, train, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
-from configs import bert_wordnet, translate_kjv_rv, vit_fashion_mnist, xl_kjv
+from configs import bert_wordnet, lra_listops, translate_kjv_rv, vit_fashion_mnist, xl_kjv
 
 
 @pytest.mark.slow
@@ -56,3 +56,25 @@ def test_a_tfds_catalog_dataset_by_name(tmp_path):
     results = train_and_evaluate(config, str(tmp_path / "imdb"))
   assert 0.0 <= results["eval/accuracy"] <= 1.0
   assert len(read_metrics(str(tmp_path / "imdb"))) == 12  # 10 train records + 2 evaluations
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["linear", "sliding_window:local_window=16,sinks=1"])
+def test_lra_listops_trains_with_a_linear_cost_kernel(kernel, tmp_path_factory, tmp_path):
+  """ListOps token ids (the classification token in front, padding behind) through a BERT
+  whose attention is a linear-cost kernel: padding reaches it as key lengths."""
+  config = lra_listops.get_config("tiny")
+  config.dataset.data_dir = str(tmp_path_factory.getbasetemp() / "tfds_lra")
+  config.model.kernel = kernel
+  config.num_devices = 1
+  results = train_and_evaluate(config, str(tmp_path / "run"))
+  assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/loss"])
+  _, task, model, _, _ = workdir_lib.load(str(tmp_path / "run"))
+  assert task.num_classes == 10 and model.config.kernel == kernel
+  example = task._encode(task.sources["train"][0])
+  assert example["inputs"][0] == 1 and example["mask"].sum() > 20
+  config.dataset.vocab_size = 10  # smaller than ListOps' ids
+  small = tasks.get(config)
+  small.prepare(None)
+  with pytest.raises(ValueError, match="dataset.vocab_size is 10: raise it"):
+    small._encode(small.sources["train"][0])

@@ -1,0 +1,164 @@
+"""Long Range Arena tasks that no package ships, generated exactly to their definitions.
+
+ListOps (Nangia & Bowman 2018, as LRA generates it): nested lists of operators over the digits
+0-9, `[MIN`, `[MAX`, `[MED` (median, truncated to an int) and `[SM` (sum mod 10), each closed
+by `]`. A node at depth d < 10 is an operator with probability 0.25 (2 to 10 arguments,
+uniform), else a digit; at depth 10 always a digit. The length counts an operator as 2 tokens
+(itself and `]`) plus its arguments, a digit as 1; LRA keeps 500 < length < 2000 and
+de-duplicates. The label is the list's value (10 classes).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+END = "]"
+# Token ids: 0 padding, 1 the classification token models prepend, then the symbols.
+PAD_ID, CLS_ID = 0, 1
+LISTOPS_SYMBOLS = tuple(str(d) for d in range(10)) + OPERATORS + (END,)
+LISTOPS_IDS = {symbol: i + 2 for i, symbol in enumerate(LISTOPS_SYMBOLS)}
+LISTOPS_VOCAB_SIZE = len(LISTOPS_SYMBOLS) + 2
+OPERATOR_PROBABILITY = 0.25
+MAX_DEPTH = 10
+MAX_ARGS = 10
+
+
+class _TooLong(Exception):
+  pass
+
+
+def random_tree(rng: random.Random, max_length: int):
+  """A random ListOps tree (a digit, or (operator, [arguments])) and its length. Raises
+  _TooLong as soon as the length reaches `max_length` (such a tree would be rejected: stopping
+  early leaves the distribution of the accepted ones unchanged)."""
+  length = 0
+
+  def node(depth):
+    nonlocal length
+    if depth < MAX_DEPTH and rng.random() < OPERATOR_PROBABILITY:
+      length += 2
+      operator = rng.choice(OPERATORS)
+      arguments = [node(depth + 1) for _ in range(rng.randint(2, MAX_ARGS))]
+      return operator, arguments
+    length += 1
+    if length >= max_length:
+      raise _TooLong
+    return rng.randrange(10)
+
+  return node(1), length
+
+
+def evaluate(tree) -> int:
+  """The value of a ListOps tree."""
+  if isinstance(tree, int):
+    return tree
+  operator, arguments = tree
+  values = [evaluate(a) for a in arguments]
+  if operator == "[MIN":
+    return min(values)
+  if operator == "[MAX":
+    return max(values)
+  if operator == "[MED":
+    return int(statistics.median(values))
+  return sum(values) % 10
+
+
+def symbols(tree) -> list[str]:
+  """The tree as LRA writes it: `[MAX 4 3 [MIN 2 3 ] 1 0 ]`, one symbol per token."""
+  if isinstance(tree, int):
+    return [str(tree)]
+  operator, arguments = tree
+  out = [operator]
+  for a in arguments:
+    out += symbols(a)
+  return out + [END]
+
+
+def parse(tokens: list[str]):
+  """The inverse of `symbols`."""
+  stack = [[None, []]]
+  for token in tokens:
+    if token in OPERATORS:
+      stack.append([token, []])
+    elif token == END:
+      operator, arguments = stack.pop()
+      stack[-1][1].append((operator, arguments))
+    else:
+      stack[-1][1].append(int(token))
+  (tree,) = stack[0][1]
+  return tree
+
+
+def generate_listops(count: int, min_length: int, max_length: int, seed: int):
+  """`count` distinct examples (symbols, label) with min_length < length < max_length."""
+  rng = random.Random(seed)
+  seen, examples = set(), []
+  while len(examples) < count:
+    try:
+      tree, length = random_tree(rng, max_length)
+    except _TooLong:
+      continue
+    if not min_length < length < max_length:
+      continue
+    text = " ".join(symbols(tree))
+    if text not in seen:
+      seen.add(text)
+      examples.append((text.split(), evaluate(tree)))
+  return examples
+
+
+def listops_ids(tokens: list[str]) -> np.ndarray:
+  return np.asarray([LISTOPS_IDS[t] for t in tokens], np.int32)
+
+
+def listops_text(ids) -> str:
+  """Token ids back to LRA's text (padding and the classification token dropped)."""
+  return " ".join(LISTOPS_SYMBOLS[i - 2] for i in np.asarray(ids).tolist() if i >= 2)
+
+
+class LraListops(tfds.core.GeneratorBasedBuilder):
+  """ListOps as Long Range Arena defines it: 96,000 / 2,000 / 2,000 distinct lists of 500 to
+  2,000 tokens. Features: "tokens" (ids, `LISTOPS_IDS`), "label" (the value, 10 classes)."""
+  VERSION = tfds.core.Version("1.0.0")
+  SIZES = {"train": 96_000, "validation": 2_000, "test": 2_000}
+  LENGTHS = (500, 2000)  # exclusive bounds, LRA's
+
+  def _info(self):
+    low, high = self.LENGTHS
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "label": tfds.features.ClassLabel(num_classes=10)}),
+        description=f"ListOps generated to LRA's definition, {low} < length < {high}; "
+                    f"token ids: 0 pad, 1 CLS, then {' '.join(LISTOPS_SYMBOLS)}.")
+
+  def _split_generators(self, dl_manager):
+    total = sum(self.SIZES.values())
+    examples = generate_listops(total, *self.LENGTHS, seed=0)
+    splits, start = {}, 0
+    for split, size in self.SIZES.items():
+      splits[split] = self._generate_examples(examples[start:start + size])
+      start += size
+    return splits
+
+  def _generate_examples(self, examples):
+    for i, (tokens, label) in enumerate(examples):
+      yield i, {"tokens": listops_ids(tokens), "label": label}
+
+
+class LraListopsSmall(LraListops):
+  """ListOps sized for a 2-core CPU: the same generator, 20,000 / 1,000 / 1,000 lists of 100
+  to 500 tokens (a different setting from LRA's: shorter lists)."""
+  SIZES = {"train": 20_000, "validation": 1_000, "test": 1_000}
+  LENGTHS = (100, 500)
+
+
+class LraListopsTiny(LraListops):
+  """ListOps for tests: 512 / 64 / 64 lists of 20 to 100 tokens."""
+  SIZES = {"train": 512, "validation": 64, "test": 64}
+  LENGTHS = (20, 100)

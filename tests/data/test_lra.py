@@ -1,0 +1,89 @@
+"""The generated Long Range Arena data: ListOps to LRA's definition."""
+
+import collections
+import random
+
+import numpy as np
+import pytest
+
+from attention_jax.data import lra, pipeline
+
+
+def test_listops_evaluates_by_hand():
+  cases = {"[MAX 4 3 [MIN 2 3 ] 1 0 ]": 4, "[MED 1 2 3 4 ]": 2, "[MED 5 1 9 ]": 5,
+           "[SM 9 9 [MIN 7 8 ] ]": 5, "[MIN [MAX 1 2 ] [SM 3 4 ] ]": 2, "7": 7}
+  for text, value in cases.items():
+    tree = lra.parse(text.split())
+    assert lra.evaluate(tree) == value, text
+    assert " ".join(lra.symbols(tree)) == text
+    assert lra.listops_text(lra.listops_ids(text.split())) == text
+
+
+@pytest.fixture(scope="module")
+def tiny_listops(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("lra"))
+  return {split: pipeline.data_source("lra_listops_tiny", split, data_dir)
+          for split in ("train", "validation", "test")}
+
+
+def test_listops_builder_follows_lra_definition(tiny_listops):
+  low, high = lra.LraListopsTiny.LENGTHS
+  seen = set()
+  operators, arguments, labels = collections.Counter(), [], collections.Counter()
+  for split, source in tiny_listops.items():
+    assert len(source) == lra.LraListopsTiny.SIZES[split]
+    for example in source.__getitems__(list(range(len(source)))):
+      tokens = lra.listops_text(example["tokens"]).split()
+      tree = lra.parse(tokens)
+      assert lra.evaluate(tree) == example["label"]  # every label is the list's value
+      assert low < len(tokens) < high
+      key = tuple(tokens)
+      assert key not in seen  # no duplicates, within or across splits
+      seen.add(key)
+      labels[int(example["label"])] += 1
+      stack = [tree]
+      while stack:
+        node = stack.pop()
+        if not isinstance(node, int):
+          operators[node[0]] += 1
+          arguments.append(len(node[1]))
+          stack.extend(node[1])
+  total = sum(operators.values())
+  for operator in lra.OPERATORS:  # chosen uniformly
+    assert abs(operators[operator] / total - 0.25) < 0.03, operators
+  assert min(arguments) >= 2 and max(arguments) <= 10
+  assert len(labels) == 10
+
+
+def test_listops_generator_keeps_lengths_and_depth():
+  examples = lra.generate_listops(300, 30, 120, seed=1)
+  for tokens, label in examples:
+    assert 30 < len(tokens) < 120
+    depth = deepest = 0
+    for token in tokens:
+      depth += token in lra.OPERATORS
+      depth -= token == lra.END
+      deepest = max(deepest, depth)
+    assert deepest <= lra.MAX_DEPTH - 1  # operators only above depth 10, digits at 10
+  assert lra.generate_listops(20, 30, 120, seed=1) == examples[:20]  # deterministic
+
+
+def test_listops_trees_before_the_length_filter_follow_the_probabilities():
+  """Before filtering by length: a node is an operator with probability 0.25 (below depth
+  10) and an operator has 2 to 10 arguments, uniformly (mean 6)."""
+  rng = random.Random(0)
+  nodes = operators = 0
+  arguments = []
+  for _ in range(3000):
+    stack = [(lra.random_tree(rng, 10 ** 9)[0], 1)]
+    while stack:
+      node, depth = stack.pop()
+      if depth < lra.MAX_DEPTH:
+        nodes += 1
+        operators += not isinstance(node, int)
+      if not isinstance(node, int):
+        arguments.append(len(node[1]))
+        stack.extend((a, depth + 1) for a in node[1])
+  assert abs(operators / nodes - lra.OPERATOR_PROBABILITY) < 0.01
+  assert abs(np.mean(arguments) - 6.0) < 0.1
+  assert set(arguments) == set(range(2, 11))
