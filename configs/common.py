@@ -69,3 +69,27 @@ def make_tiny(c: ml_collections.ConfigDict, steps: int = 10) -> ml_collections.C
   c.optimizer.warmup_steps = max(steps // 4, 1)
   c.model.dropout_rate = 0.0
   return c
+
+
+def lra_config(dataset: str, seq_len: int, vocab_size: int) -> ml_collections.ConfigDict:
+  """What the Long Range Arena configs share: a BERT-family encoder classifying a token
+  sequence (classification token in front, CLS pooling), sized for a 2-core CPU, with the
+  attention kernel chosen by `--config.model.kernel=NAME`."""
+  c = base_config()
+  c.task = "classification"
+  c.dataset.name = dataset
+  c.dataset.seq_len = seq_len
+  c.dataset.vocab_size = vocab_size
+  c.model.preset = "bert-tiny"  # the family (post-LN encoder, CLS pooling); sizes below
+  c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 64, 2, 4, 128
+  c.model.dropout_rate = 0.1
+  c.model.attention_dropout_rate = 0.0  # lets every kernel train it
+  c.model.kernel = "auto"
+  c.batch_size = 32
+  c.num_train_steps = 2000
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 200
+  c.optimizer.weight_decay = 0.01
+  return c

@@ -18,24 +18,8 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = common.base_config()
-  c.task = "classification"
-  c.dataset.name = "lra_listops_small"
-  c.dataset.seq_len = 512  # the classification token and up to 499 list tokens
-  c.dataset.vocab_size = lra.LISTOPS_VOCAB_SIZE
-  c.model.preset = "bert-tiny"  # the family (post-LN encoder, CLS pooling); sizes below
-  c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 64, 2, 4, 128
-  c.model.dropout_rate = 0.1
-  c.model.attention_dropout_rate = 0.0  # lets every kernel train it
-  c.model.kernel = "auto"
-  c.batch_size = 32
-  c.num_train_steps = 2000
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
-  c.optimizer.lr = 1e-3
-  c.optimizer.warmup_steps = 200
-  c.optimizer.weight_decay = 0.01
-
+  # The classification token and up to 499 list tokens.
+  c = common.lra_config("lra_listops_small", 512, lra.LISTOPS_VOCAB_SIZE)
   if arg == "lra":
     c.dataset.name = "lra_listops"
     c.dataset.seq_len = 2000

@@ -7,14 +7,16 @@ import pytest
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist", "translate_kjv_rv",
-            "xl_kjv", "finetune_minilm_wordnet", "sft_chat", "llama_kjv_web", "lra_listops"]
+            "xl_kjv", "finetune_minilm_wordnet", "sft_chat", "llama_kjv_web", "lra_listops",
+            "lra_text", "lra_image"]
 VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"],
             "translate_kjv_rv": [None, "tiny"], "xl_kjv": [None, "tiny"],
             "finetune_minilm_wordnet": [None, "lora", "linear_probe", "top_k_layers", "scratch",
                                         "lora,tiny"],
             "sft_chat": [None, "full", "tiny", "bible", "bible_full"],
-            "llama_kjv_web": [None, "tiny"], "lra_listops": [None, "lra", "tiny"]}
+            "llama_kjv_web": [None, "tiny"], "lra_listops": [None, "lra", "tiny"],
+            "lra_text": [None, "lra", "tiny"], "lra_image": [None, "lra", "tiny"]}
 COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
           "checkpoint_every_steps")
 
@@ -36,7 +38,8 @@ def test_config_has_common_fields_and_a_kernel(name, variant):
 
 @pytest.mark.parametrize("name", ["gpt_kjv", "bert_wordnet", "vit_fashion_mnist",
                                   "translate_kjv_rv", "xl_kjv", "finetune_minilm_wordnet",
-                                  "sft_chat", "llama_kjv_web", "lra_listops"])
+                                  "sft_chat", "llama_kjv_web", "lra_listops", "lra_text",
+                                  "lra_image"])
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     importlib.import_module(f"configs.{name}").get_config("huge")

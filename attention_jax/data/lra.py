@@ -1,4 +1,5 @@
-"""Long Range Arena tasks that no package ships, generated exactly to their definitions.
+"""Long Range Arena tasks that no package ships: generated to their definitions, or built from
+the real text Debian ships.
 
 ListOps (Nangia & Bowman 2018, as LRA generates it): nested lists of operators over the digits
 0-9, `[MIN`, `[MAX`, `[MED` (median, truncated to an int) and `[SM` (sum mod 10), each closed
@@ -6,6 +7,9 @@ by `]`. A node at depth d < 10 is an operator with probability 0.25 (2 to 10 arg
 uniform), else a digit; at depth 10 always a digit. The length counts an operator as 2 tokens
 (itself and `]`) plus its arguments, a digit as 1; LRA keeps 500 < length < 2000 and
 de-duplicates. The label is the list's value (10 classes).
+
+KJV chapter genres (our stand-in for LRA's byte-level IMDB): each chapter of the King James
+Bible as one text (3,500 bytes on average, up to 13,000), labelled with its book's genre.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import statistics
 import numpy as np
 import tensorflow_datasets as tfds
 
+from attention_jax.data import sword
+
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
 # Token ids: 0 padding, 1 the classification token models prepend, then the symbols.
 PAD_ID, CLS_ID = 0, 1
+BYTE_OFFSET = 2  # byte-level text and pixel intensities: ids 2-257 (a vocabulary of 258)
 LISTOPS_SYMBOLS = tuple(str(d) for d in range(10)) + OPERATORS + (END,)
 LISTOPS_IDS = {symbol: i + 2 for i, symbol in enumerate(LISTOPS_SYMBOLS)}
 LISTOPS_VOCAB_SIZE = len(LISTOPS_SYMBOLS) + 2
@@ -162,3 +169,45 @@ class LraListopsTiny(LraListops):
   """ListOps for tests: 512 / 64 / 64 lists of 20 to 100 tokens."""
   SIZES = {"train": 512, "validation": 64, "test": 64}
   LENGTHS = (20, 100)
+
+
+# The genres of the Bible's books, in canonical order: (genre, its first book).
+GENRES = ("law", "history", "wisdom and poetry", "prophets", "gospels and acts", "epistles",
+          "apocalyptic")
+_FIRST_BOOK_OF_GENRE = ("Genesis", "Joshua", "Job", "Isaiah", "Matthew", "Romans",
+                        "Revelation")
+
+
+def genre_of(book: str) -> int:
+  """The index in GENRES of a book of `sword.KJV_BOOKS`."""
+  order = [b for b, _ in sword.KJV_BOOKS]
+  starts = [order.index(first) for first in _FIRST_BOOK_OF_GENRE]
+  return sum(order.index(book) >= start for start in starts) - 1
+
+
+def chapter_split(index: int) -> str:
+  """80/10/10 by chapter position: every 10th chapter validation, the next one test."""
+  return {0: "validation", 1: "test"}.get(index % 10, "train")
+
+
+class KjvChapterGenres(tfds.core.GeneratorBasedBuilder):
+  """KJV chapters labelled with their book's genre (7 classes), for long byte-level text
+  classification (Debian sword-text-kjv). 1,189 chapters, split by position 80/10/10."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "text": tfds.features.Text(), "label": tfds.features.ClassLabel(names=GENRES)}),
+        description="Chapters of the King James Bible (SWORD engKJV2006eb), verses joined "
+                    "by spaces, labelled law / history / wisdom and poetry / prophets / "
+                    "gospels and acts / epistles / apocalyptic.")
+
+  def _split_generators(self, dl_manager):
+    chapters = sword.chapters("kjv")
+    return {s: self._generate_examples(chapters, s) for s in ("train", "validation", "test")}
+
+  def _generate_examples(self, chapters, split):
+    for i, (book, _, verses) in enumerate(chapters):
+      if chapter_split(i) == split:
+        yield i, {"text": " ".join(verses), "label": genre_of(book)}

@@ -79,3 +79,58 @@ def _records(data: bytes, size: int):
 def read_module(name: str, root: str = SWORD_ROOT) -> list[str]:
   """Entries of module `name` ("kjv", "reina_valera", ...)."""
   return read_entries(module_dir(name, root))
+
+
+# The KJV versification's books and their chapter counts (SWORD's "KJV" scheme, which the
+# KJV and Reina-Valera modules use): 39 books, 929 chapters; 27 books, 260 chapters.
+KJV_BOOKS = (
+    ("Genesis", 50), ("Exodus", 40), ("Leviticus", 27), ("Numbers", 36), ("Deuteronomy", 34),
+    ("Joshua", 24), ("Judges", 21), ("Ruth", 4), ("1 Samuel", 31), ("2 Samuel", 24),
+    ("1 Kings", 22), ("2 Kings", 25), ("1 Chronicles", 29), ("2 Chronicles", 36), ("Ezra", 10),
+    ("Nehemiah", 13), ("Esther", 10), ("Job", 42), ("Psalms", 150), ("Proverbs", 31),
+    ("Ecclesiastes", 12), ("Song of Solomon", 8), ("Isaiah", 66), ("Jeremiah", 52),
+    ("Lamentations", 5), ("Ezekiel", 48), ("Daniel", 12), ("Hosea", 14), ("Joel", 3),
+    ("Amos", 9), ("Obadiah", 1), ("Jonah", 4), ("Micah", 7), ("Nahum", 3), ("Habakkuk", 3),
+    ("Zephaniah", 3), ("Haggai", 2), ("Zechariah", 14), ("Malachi", 4),
+    ("Matthew", 28), ("Mark", 16), ("Luke", 24), ("John", 21), ("Acts", 28), ("Romans", 16),
+    ("1 Corinthians", 16), ("2 Corinthians", 13), ("Galatians", 6), ("Ephesians", 6),
+    ("Philippians", 4), ("Colossians", 4), ("1 Thessalonians", 5), ("2 Thessalonians", 3),
+    ("1 Timothy", 6), ("2 Timothy", 4), ("Titus", 3), ("Philemon", 1), ("Hebrews", 13),
+    ("James", 5), ("1 Peter", 5), ("2 Peter", 3), ("1 John", 5), ("2 John", 1), ("3 John", 1),
+    ("Jude", 1), ("Revelation", 22))
+OLD_TESTAMENT_BOOKS = 39
+# Chapters followed by a heading slot that is not empty (the KJV module puts "א ALEPH." in
+# Psalm 119's): their verse counts, since an empty entry does not end them.
+VERSES_BEFORE_A_TITLED_HEADING = {("Psalms", 118): 29}
+
+
+def chapters(name: str = "kjv", root: str = SWORD_ROOT) -> list[tuple[str, int, list[str]]]:
+  """(book, chapter number, verses) of every chapter of a KJV-versified module, in order.
+
+  A testament's entries are: module and testament headings, then per book its heading (a
+  title, or empty), then per chapter a heading (empty but for VERSES_BEFORE_A_TITLED_HEADING)
+  followed by the verses. Misaligned entries raise a ValueError.
+  """
+  entries = read_module(name, root)
+  out, i, titled = [], 0, False
+  for testament in (KJV_BOOKS[:OLD_TESTAMENT_BOOKS], KJV_BOOKS[OLD_TESTAMENT_BOOKS:]):
+    i += 2  # the module and testament headings
+    for book_index, (book, count) in enumerate(testament):
+      i += 1  # the book's heading
+      for chapter in range(1, count + 1):
+        if entries[i] and not titled:
+          raise ValueError(f"{name}: expected the empty heading of {book} {chapter} at entry "
+                           f"{i}, found {entries[i][:40]!r}: not the KJV versification?")
+        end = i + 1
+        while end < len(entries) and entries[end]:
+          end += 1
+        if chapter == count and book_index + 1 < len(testament):
+          end -= 1  # the next book's heading ends this run
+        titled = (book, chapter) in VERSES_BEFORE_A_TITLED_HEADING
+        if titled:
+          end = i + 1 + VERSES_BEFORE_A_TITLED_HEADING[book, chapter]
+        out.append((book, chapter, entries[i + 1:end]))
+        i = end
+  if i != len(entries):
+    raise ValueError(f"{name}: {len(entries) - i} entries left after the last chapter.")
+  return out

@@ -15,7 +15,7 @@ import optax
 from attention_jax import models, pretrained
 from attention_jax.data import chat as chat_data
 from attention_jax.data import pipeline, tokenizers
-from attention_jax.data.lra import CLS_ID
+from attention_jax.data.lra import BYTE_OFFSET, CLS_ID
 from attention_jax.pretrained import ChatTokenizer, PretrainedTokenizer
 from attention_jax.training import bleu, finetune
 
@@ -337,11 +337,17 @@ class ExampleTask(Task):
 
 
 class ClassificationTask(ExampleTask):
-  """Labels for texts (a BERT over WordPiece tokens), token sequences (a BERT over the
-  dataset's own ids, e.g. ListOps) or images (a ViT), from a dataset with a "label" ClassLabel
-  and a "text", "tokens" or "image" feature. Token sequences get the classification token
-  (id 1) in front and padding (id 0) behind, to `dataset.seq_len`; their ids must be below
-  `dataset.vocab_size`."""
+  """Labels for texts, token sequences or images, from a dataset with a "label" ClassLabel and
+  a "text", "tokens" or "image" feature. `dataset.tokenizer` says how inputs become tokens:
+    "wordpiece" (texts, the default): a BERT over a WordPiece vocabulary trained on the split;
+    "bytes" (texts): a BERT over UTF-8 bytes (ids 2-257), as LRA's byte-level text task;
+    "pixels" (images): a BERT over the pixel intensities (ids 2-257), as LRA's image task;
+    "image" (images, the default): a ViT over patches.
+  Datasets with "tokens" (e.g. ListOps) bring their own ids. Token sequences get the
+  classification token (id 1) in front and padding (id 0) behind, to `dataset.seq_len`, and
+  their ids must be below `dataset.vocab_size`."""
+  TOKENIZERS = {"text": ("wordpiece", "bytes"), "tokens": ("tokens",),
+                "image": ("image", "pixels")}
 
   def prepare(self, workdir: str | None, base: finetune.Base | None = None):
     cfg = self.config.dataset
@@ -351,20 +357,36 @@ class ClassificationTask(ExampleTask):
     if "label" not in features:
       raise ValueError(f"dataset {cfg.name!r} has no 'label' feature to classify.")
     self.num_classes = features["label"].num_classes
-    self.is_text = "text" in features
-    self.is_tokens = "tokens" in features
-    if self.is_text:
+    kind = next((k for k in self.TOKENIZERS if k in features), None)
+    if kind is None:
+      raise ValueError(f"dataset {cfg.name!r} has none of the features "
+                       f"{', '.join(self.TOKENIZERS)} to classify.")
+    self.tokenize = cfg.get("tokenizer", "") or self.TOKENIZERS[kind][0]
+    if self.tokenize not in self.TOKENIZERS[kind]:
+      raise ValueError(f"dataset.tokenizer={self.tokenize!r} does not apply to the {kind!r} "
+                       f"of dataset {cfg.name!r}; valid: {', '.join(self.TOKENIZERS[kind])}.")
+    if self.tokenize == "wordpiece":
       self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.SubwordTokenizer.train(
           pipeline.texts(cfg.name, "train", cfg.data_dir), cfg.vocab_size), base)
 
+  @property
+  def is_sequence(self) -> bool:
+    """Whether the model reads token ids (a BERT) rather than an image (a ViT)."""
+    return self.tokenize != "image"
+
   def _encode(self, example):
     label = np.int32(example["label"])
-    if self.is_text:
+    if self.tokenize == "wordpiece":
       ids, mask = self.tokenizer.encode_padded(pipeline.as_text(example["text"]),
                                                self.config.dataset.seq_len)
       return {"inputs": ids, "mask": mask, "label": label}
-    if self.is_tokens:
+    if self.tokenize == "tokens":
       return {**self._pad_tokens(example["tokens"]), "label": label}
+    if self.tokenize == "bytes":
+      text = pipeline.as_text(example["text"]).encode("utf-8")
+      return {**self._pad_tokens(np.frombuffer(text, np.uint8) + BYTE_OFFSET), "label": label}
+    if self.tokenize == "pixels":
+      return {**self._pad_tokens(example["image"].reshape(-1) + BYTE_OFFSET), "label": label}
     image = example["image"].astype(np.float32) / 255.0
     return {"inputs": (image - 0.5) / 0.5, "label": label}
 
@@ -382,9 +404,9 @@ class ClassificationTask(ExampleTask):
   def model(self, **overrides):
     options = {**model_options(self.config, self.base), **overrides,
                "num_classes": self.num_classes}
-    if self.is_text or self.is_tokens:
+    if self.is_sequence:
       options.setdefault("max_len", self.config.dataset.seq_len)
-      options["vocab_size"] = (self.tokenizer.vocab_size if self.is_text
+      options["vocab_size"] = (self.tokenizer.vocab_size if self.tokenize == "wordpiece"
                                else self.config.dataset.vocab_size)
     return models.create(self.config.model.preset, **options)
 
@@ -394,7 +416,7 @@ class ClassificationTask(ExampleTask):
 
   def loss(self, model, params, batch, rng, deterministic: bool):
     kwargs = dict(deterministic=deterministic, rngs={"dropout": rng})
-    if self.is_text or self.is_tokens:
+    if self.is_sequence:
       logits = model.apply({"params": params}, batch["inputs"],
                            attention_mask=batch["mask"], **kwargs)["logits"]
     else:

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from attention_jax.data import lra, pipeline
+from attention_jax.data import lra, pipeline, sword
 
 
 def test_listops_evaluates_by_hand():
@@ -87,3 +87,27 @@ def test_listops_trees_before_the_length_filter_follow_the_probabilities():
   assert abs(operators / nodes - lra.OPERATOR_PROBABILITY) < 0.01
   assert abs(np.mean(arguments) - 6.0) < 0.1
   assert set(arguments) == set(range(2, 11))
+
+
+def test_kjv_chapters_and_their_genres(tmp_path):
+  chapters = sword.chapters("kjv")
+  assert len(chapters) == 1189 and sum(len(v) for _, _, v in chapters) == 31102
+  verses = {(book, chapter): v for book, chapter, v in chapters}
+  assert [len(verses[c]) for c in [("Genesis", 1), ("Psalms", 118), ("Psalms", 119),
+                                   ("Malachi", 4), ("Revelation", 22)]] == [31, 29, 176, 6, 21]
+  assert verses["John", 11][34] == "Jesus wept."
+  assert [lra.GENRES[lra.genre_of(b)] for b in ("Deuteronomy", "Esther", "Song of Solomon",
+                                               "Malachi", "Acts", "Jude", "Revelation")] == [
+      "law", "history", "wisdom and poetry", "prophets", "gospels and acts", "epistles",
+      "apocalyptic"]
+  sources = {s: pipeline.data_source("kjv_chapter_genres", s, str(tmp_path))
+             for s in ("train", "validation", "test")}
+  assert {s: len(x) for s, x in sources.items()} == {"train": 951, "validation": 119,
+                                                     "test": 119}
+  labels = collections.Counter()
+  for source in sources.values():
+    for example in source.__getitems__(list(range(len(source)))):
+      labels[lra.GENRES[example["label"]]] += 1
+  assert labels["law"] == 187 and labels["apocalyptic"] == 22 and len(labels) == 7
+  texts = pipeline.texts("kjv_chapter_genres", "validation", str(tmp_path))
+  assert any(t.startswith("In the beginning God created") for t in texts)  # Genesis 1

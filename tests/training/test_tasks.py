@@ -9,7 +9,8 @@ from attention_jax.data import pipeline
 from attention_jax.training import tasks, train, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
-from configs import bert_wordnet, lra_listops, translate_kjv_rv, vit_fashion_mnist, xl_kjv
+from configs import (bert_wordnet, lra_image, lra_listops, lra_text, translate_kjv_rv,
+                     vit_fashion_mnist, xl_kjv)
 
 
 @pytest.mark.slow
@@ -59,22 +60,32 @@ def test_a_tfds_catalog_dataset_by_name(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel", ["linear", "sliding_window:local_window=16,sinks=1"])
-def test_lra_listops_trains_with_a_linear_cost_kernel(kernel, tmp_path_factory, tmp_path):
-  """ListOps token ids (the classification token in front, padding behind) through a BERT
-  whose attention is a linear-cost kernel: padding reaches it as key lengths."""
-  config = lra_listops.get_config("tiny")
-  config.dataset.data_dir = str(tmp_path_factory.getbasetemp() / "tfds_lra")
+@pytest.mark.parametrize("module,kernel", [
+    (lra_listops, "linear"), (lra_text, "sliding_window:local_window=16,sinks=1"),
+    (lra_image, "performer:num_features=16")], ids=lambda x: getattr(x, "__name__", x))
+def test_lra_configs_train_with_linear_cost_kernels(module, kernel, tmp_path_factory,
+                                                   tmp_path):
+  """ListOps ids, KJV bytes and Fashion-MNIST pixels (the classification token in front,
+  padding behind) through a BERT whose attention is a linear-cost kernel: padding reaches it
+  as key lengths."""
+  config = module.get_config("tiny")
+  config.dataset.data_dir = str(tmp_path_factory.getbasetemp() / "tfds_classification")
   config.model.kernel = kernel
   config.num_devices = 1
   results = train_and_evaluate(config, str(tmp_path / "run"))
   assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/loss"])
   _, task, model, _, _ = workdir_lib.load(str(tmp_path / "run"))
-  assert task.num_classes == 10 and model.config.kernel == kernel
+  assert task.num_classes == {lra_listops: 10, lra_text: 7, lra_image: 10}[module]
+  assert model.config.kernel == kernel
   example = task._encode(task.sources["train"][0])
   assert example["inputs"][0] == 1 and example["mask"].sum() > 20
-  config.dataset.vocab_size = 10  # smaller than ListOps' ids
+  if module is lra_image:
+    assert example["mask"].sum() == 785 and example["inputs"].max() <= 257
+  config.dataset.vocab_size = 10  # smaller than the ids
   small = tasks.get(config)
   small.prepare(None)
   with pytest.raises(ValueError, match="dataset.vocab_size is 10: raise it"):
     small._encode(small.sources["train"][0])
+  config.dataset.tokenizer = "wordpiece" if module is lra_image else "pixels"
+  with pytest.raises(ValueError, match="does not apply to the"):
+    tasks.get(config).prepare(None)
