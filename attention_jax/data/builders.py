@@ -193,4 +193,6 @@ BUILDERS = {"kjv_text": KjvText, "kjv_web_text": KjvWebText,
             "wordnet_supersenses": WordnetSupersenses,
             "fashion_mnist_debian": FashionMnistDebian,
             "lra_listops": lra.LraListops, "lra_listops_small": lra.LraListopsSmall,
-            "lra_listops_tiny": lra.LraListopsTiny, "kjv_chapter_genres": lra.KjvChapterGenres}
+            "lra_listops_tiny": lra.LraListopsTiny, "kjv_chapter_genres": lra.KjvChapterGenres,
+            "lra_pathfinder": lra.LraPathfinder, "lra_pathfinder_small": lra.LraPathfinderSmall,
+            "lra_pathfinder_tiny": lra.LraPathfinderTiny}

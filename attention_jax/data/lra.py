@@ -211,3 +211,118 @@ class KjvChapterGenres(tfds.core.GeneratorBasedBuilder):
     for i, (book, _, verses) in enumerate(chapters):
       if chapter_split(i) == split:
         yield i, {"text": " ".join(verses), "label": genre_of(book)}
+
+
+# --- Pathfinder (Linsley et al. 2018, LRA's "Pathfinder" at 32x32): two dots, each at the
+# end of a dashed curve; label 1 when one curve joins them, 0 when they end different curves.
+PATHFINDER_SIZE = 32
+PATHFINDER_PATHS = 3  # curves per image, in both classes
+PATH_STEPS = (14, 22)  # length of a curve, in unit steps
+CLEARANCE = 3  # Chebyshev distance kept between different curves (dots included)
+LINK = 2  # within a curve, lit pixels are at most this far apart (a dash's one-pixel gap)
+
+
+def _random_curve(rng: np.random.Generator, size: int) -> list[tuple[int, int]] | None:
+  """Pixels of a smooth random walk (unit steps, the heading turning a little each step), or
+  None when it leaves the image (with room for the end dots)."""
+  steps = rng.integers(*PATH_STEPS)
+  headings = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0.0, 0.35, steps))
+  start = rng.uniform(2, size - 3, 2)
+  path = start + np.concatenate([[[0.0, 0.0]], np.cumsum(
+      np.stack([np.sin(headings), np.cos(headings)], 1), 0)])
+  pixels = np.rint(path).astype(int)
+  if pixels.min() < 1 or pixels.max() >= size - 1:
+    return None
+  keep = np.concatenate([[True], np.any(pixels[1:] != pixels[:-1], axis=1)])
+  curve = [tuple(p) for p in pixels[keep].tolist()]
+  return curve if len(curve) > 6 else None
+
+
+def _footprint(curve) -> set[tuple[int, int]]:
+  """The curve's pixels and the 3x3 squares its end dots may take."""
+  cells = set(curve)
+  for y, x in (curve[0], curve[-1]):
+    cells |= {(y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+  return cells
+
+
+def _block(blocked: np.ndarray, cells, distance: int):
+  """Marks every pixel closer than `distance` (Chebyshev) to `cells` in `blocked`."""
+  r = distance - 1
+  for y, x in cells:
+    blocked[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1] = True
+
+
+def pathfinder_example(rng: np.random.Generator, connected: bool, size: int = PATHFINDER_SIZE):
+  """(image uint8 [size, size], label): PATHFINDER_PATHS dashed curves at least CLEARANCE
+  apart, two end dots on one curve (label 1) or on two (label 0)."""
+  while True:
+    curves, blocked = [], np.zeros((size, size), bool)
+    for _ in range(200):
+      curve = _random_curve(rng, size)
+      if curve is not None and not any(blocked[c] for c in _footprint(curve)):
+        curves.append(curve)
+        _block(blocked, _footprint(curve), CLEARANCE)
+        if len(curves) == PATHFINDER_PATHS:
+          break
+    if len(curves) == PATHFINDER_PATHS:
+      break
+  image = np.zeros((size, size), np.uint8)
+  for curve in curves:
+    for step, (y, x) in enumerate(curve):
+      if step % 3 != 2:  # dashes of two pixels, gaps of one
+        image[y, x] = 255
+  ends = (curves[0][0], curves[0][-1]) if connected else (curves[0][0], curves[1][-1])
+  for y, x in ends:
+    image[y - 1:y + 2, x - 1:x + 2] = 255
+  return image, int(connected)
+
+
+def generate_pathfinder(count: int, seed: int, size: int = PATHFINDER_SIZE):
+  """`count` examples, the two labels alternating, images distinct."""
+  rng = np.random.default_rng(seed)
+  seen, examples = set(), []
+  while len(examples) < count:
+    image, label = pathfinder_example(rng, connected=len(examples) % 2 == 0, size=size)
+    if image.tobytes() not in seen:
+      seen.add(image.tobytes())
+      examples.append((image, label))
+  return examples
+
+
+class LraPathfinder(tfds.core.GeneratorBasedBuilder):
+  """Pathfinder at 32x32 (1,024 pixels as a sequence), generated: 160,000 / 20,000 / 20,000
+  images, half of each label. Features: "image" uint8 [32, 32, 1], "label" (1 = joined)."""
+  VERSION = tfds.core.Version("1.0.0")
+  SIZES = {"train": 160_000, "validation": 20_000, "test": 20_000}
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(PATHFINDER_SIZE, PATHFINDER_SIZE, 1),
+                                          dtype=np.uint8),
+            "label": tfds.features.ClassLabel(names=("apart", "joined"))}),
+        description="Pathfinder: are the two dots ends of one dashed curve? Three curves per "
+                    f"image, at least {CLEARANCE} pixels apart.")
+
+  def _split_generators(self, dl_manager):
+    examples = generate_pathfinder(sum(self.SIZES.values()), seed=0)
+    splits, start = {}, 0
+    for split, size in self.SIZES.items():
+      splits[split] = self._generate_examples(examples[start:start + size])
+      start += size
+    return splits
+
+  def _generate_examples(self, examples):
+    for i, (image, label) in enumerate(examples):
+      yield i, {"image": image[:, :, None], "label": label}
+
+
+class LraPathfinderSmall(LraPathfinder):
+  """Pathfinder sized for a 2-core CPU: 20,000 / 1,000 / 1,000 images."""
+  SIZES = {"train": 20_000, "validation": 1_000, "test": 1_000}
+
+
+class LraPathfinderTiny(LraPathfinder):
+  """Pathfinder for tests: 512 / 64 / 64 images."""
+  SIZES = {"train": 512, "validation": 64, "test": 64}

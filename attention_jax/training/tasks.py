@@ -384,9 +384,11 @@ class ClassificationTask(ExampleTask):
       return {**self._pad_tokens(example["tokens"]), "label": label}
     if self.tokenize == "bytes":
       text = pipeline.as_text(example["text"]).encode("utf-8")
-      return {**self._pad_tokens(np.frombuffer(text, np.uint8) + BYTE_OFFSET), "label": label}
+      ids = np.frombuffer(text, np.uint8).astype(np.int32) + BYTE_OFFSET
+      return {**self._pad_tokens(ids), "label": label}
     if self.tokenize == "pixels":
-      return {**self._pad_tokens(example["image"].reshape(-1) + BYTE_OFFSET), "label": label}
+      ids = example["image"].reshape(-1).astype(np.int32) + BYTE_OFFSET
+      return {**self._pad_tokens(ids), "label": label}
     image = example["image"].astype(np.float32) / 255.0
     return {"inputs": (image - 0.5) / 0.5, "label": label}
 

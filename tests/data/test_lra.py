@@ -111,3 +111,37 @@ def test_kjv_chapters_and_their_genres(tmp_path):
   assert labels["law"] == 187 and labels["apocalyptic"] == 22 and len(labels) == 7
   texts = pipeline.texts("kjv_chapter_genres", "validation", str(tmp_path))
   assert any(t.startswith("In the beginning God created") for t in texts)  # Genesis 1
+
+
+def flood_fill_joined(image: np.ndarray, reach: int = lra.LINK) -> bool:
+  """Whether the two 3x3 dots of a rendered Pathfinder image are joined: a breadth-first fill
+  over lit pixels, stepping to any lit pixel within `reach` (a dash's gap)."""
+  lit = image > 0
+  size = lit.shape[0]
+  dots = [(y, x) for y in range(1, size - 1) for x in range(1, size - 1)
+          if lit[y - 1:y + 2, x - 1:x + 2].all()]
+  assert len(dots) == 2, dots  # exactly two dots, nothing else that looks like one
+  frontier, seen = [dots[0]], {dots[0]}
+  while frontier:
+    y, x = frontier.pop()
+    for ny in range(max(y - reach, 0), min(y + reach + 1, size)):
+      for nx in range(max(x - reach, 0), min(x + reach + 1, size)):
+        if lit[ny, nx] and (ny, nx) not in seen:
+          seen.add((ny, nx))
+          frontier.append((ny, nx))
+  return dots[1] in seen
+
+
+def test_pathfinder_labels_match_a_flood_fill_of_the_image(tmp_path):
+  examples = lra.generate_pathfinder(300, seed=3)
+  assert [label for _, label in examples[:4]] == [1, 0, 1, 0]  # balanced, alternating
+  for image, label in examples:
+    assert flood_fill_joined(image) == bool(label)
+  assert len({image.tobytes() for image, _ in examples}) == 300
+  lit = [int((image > 0).sum()) for image, _ in examples]  # no pixel count gives it away
+  by_label = [np.mean([n for n, (_, l) in zip(lit, examples) if l == k]) for k in (0, 1)]
+  assert abs(by_label[0] - by_label[1]) < 3
+  source = pipeline.data_source("lra_pathfinder_tiny", "validation", str(tmp_path))
+  example = source[0]
+  assert example["image"].shape == (32, 32, 1) and len(source) == 64
+  assert flood_fill_joined(example["image"][:, :, 0]) == bool(example["label"])

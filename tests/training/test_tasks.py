@@ -9,8 +9,8 @@ from attention_jax.data import pipeline
 from attention_jax.training import tasks, train, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
-from configs import (bert_wordnet, lra_image, lra_listops, lra_text, translate_kjv_rv,
-                     vit_fashion_mnist, xl_kjv)
+from configs import (bert_wordnet, lra_listops, lra_pathfinder, lra_text,
+                     translate_kjv_rv, vit_fashion_mnist, xl_kjv)
 
 
 @pytest.mark.slow
@@ -62,12 +62,13 @@ def test_a_tfds_catalog_dataset_by_name(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("module,kernel", [
     (lra_listops, "linear"), (lra_text, "sliding_window:local_window=16,sinks=1"),
-    (lra_image, "performer:num_features=16")], ids=lambda x: getattr(x, "__name__", x))
+    (lra_pathfinder, "performer:num_features=16")],
+    ids=lambda x: getattr(x, "__name__", x))
 def test_lra_configs_train_with_linear_cost_kernels(module, kernel, tmp_path_factory,
                                                    tmp_path):
-  """ListOps ids, KJV bytes and Fashion-MNIST pixels (the classification token in front,
+  """ListOps ids, KJV bytes and Pathfinder pixels (the classification token in front,
   padding behind) through a BERT whose attention is a linear-cost kernel: padding reaches it
-  as key lengths."""
+  as key lengths. (lra_image reads Fashion-MNIST's pixels the same way.)"""
   config = module.get_config("tiny")
   config.dataset.data_dir = str(tmp_path_factory.getbasetemp() / "tfds_classification")
   config.model.kernel = kernel
@@ -75,17 +76,23 @@ def test_lra_configs_train_with_linear_cost_kernels(module, kernel, tmp_path_fac
   results = train_and_evaluate(config, str(tmp_path / "run"))
   assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/loss"])
   _, task, model, _, _ = workdir_lib.load(str(tmp_path / "run"))
-  assert task.num_classes == {lra_listops: 10, lra_text: 7, lra_image: 10}[module]
+  assert task.num_classes == {lra_listops: 10, lra_text: 7, lra_pathfinder: 2}[module]
   assert model.config.kernel == kernel
   example = task._encode(task.sources["train"][0])
   assert example["inputs"][0] == 1 and example["mask"].sum() > 20
-  if module is lra_image:
-    assert example["mask"].sum() == 785 and example["inputs"].max() <= 257
+  if module is lra_pathfinder:  # every pixel, 0-255 as ids 2-257
+    assert example["mask"].sum() == task.config.dataset.seq_len
+    np.testing.assert_array_equal(example["inputs"][1:], task.sources["train"][0][
+        "image"].reshape(-1).astype(np.int32) + 2)
+  if module is lra_text:  # UTF-8 bytes 0-255 as ids 2-257
+    text = pipeline.as_text(task.sources["train"][0]["text"]).encode("utf-8")
+    want = np.frombuffer(text, np.uint8)[:task.config.dataset.seq_len - 1].astype(np.int32) + 2
+    np.testing.assert_array_equal(example["inputs"][1:len(want) + 1], want)
   config.dataset.vocab_size = 10  # smaller than the ids
   small = tasks.get(config)
   small.prepare(None)
   with pytest.raises(ValueError, match="dataset.vocab_size is 10: raise it"):
     small._encode(small.sources["train"][0])
-  config.dataset.tokenizer = "wordpiece" if module is lra_image else "pixels"
+  config.dataset.tokenizer = "wordpiece" if module is lra_pathfinder else "pixels"
   with pytest.raises(ValueError, match="does not apply to the"):
     tasks.get(config).prepare(None)
