@@ -82,3 +82,20 @@ def test_benchmark_takes_kernel_names_and_a_baseline(tmp_path):
   assert rows[("xla", False)]["of_baseline"] > 0
   assert max(results["max_abs_error"].values()) < 2e-6
   assert " of pallas_gpu:interpret=true |" in (tmp_path / "benchmark_attention.md").read_text()
+
+
+def test_lra_efficiency_benchmark_smoke(tmp_path):
+  """A subprocess (the benchmark's own flags): two lengths, the baseline and one linear
+  kernel, which alone runs at the long length."""
+  import subprocess
+  import sys
+  out = tmp_path / "lra.json"
+  run = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark_lra", "--lengths=64", "--long=128",
+       "--kernels=dot_product,linear", "--repeats=1", "--batch=1", "--width=32",
+       f"--output={out}"], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  results = json.loads(out.read_text())["results"]
+  assert set(results["64"]) == {"dot_product", "linear"} and set(results["128"]) == {"linear"}
+  assert all(c["steps_per_s"] > 0 and c["memory_gb"] > 0 for c in results["64"].values())
+  assert "| LRA: Performer |" in run.stdout and "| linear | " in run.stdout

@@ -12,6 +12,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from attention_jax import models, pretrained
+from attention_jax.data import pipeline
 from attention_jax.layers import lora
 from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import finetune, tasks
@@ -67,6 +68,19 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
         model, inputs, finetune.init_key(config.seed), a))(loaded)
     params = finetune.combine(params, finetune.split(initial, mask)[1])
   return config, task, model, params, step
+
+
+def evaluate(workdir: str, checkpoint: str = "latest", split: str = "validation"
+             ) -> tuple[int, dict]:
+  """(step, metrics) of a workdir's checkpoint on a split, by the trainer's own evaluation
+  (so a translation workdir reports BLEU too); metric names start with the split's."""
+  from attention_jax.training import train  # here: train imports this module
+  config, task, model, params, step = load(workdir, checkpoint, split)
+  _, data = task.datasets()
+  batches = pipeline.eval_batches(data, config.eval_batch_size or config.batch_size)
+  metrics = train.evaluate(task, jax.jit(train.make_eval_step(task, model)), params, batches,
+                           model, prefix=split)
+  return step, metrics
 
 
 def export(workdir: str, out: str, checkpoint: str = "latest") -> str:

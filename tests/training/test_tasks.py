@@ -1,6 +1,8 @@
 """The other configs' tiny variants (classification, translation, Transformer-XL) train end
 to end on real data and their workdirs load back."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -9,8 +11,8 @@ from attention_jax.data import pipeline
 from attention_jax.training import tasks, train, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
-from configs import (bert_wordnet, lra_listops, lra_pathfinder, lra_text,
-                     translate_kjv_rv, vit_fashion_mnist, xl_kjv)
+from configs import bert_wordnet, translate_kjv_rv, vit_fashion_mnist, xl_kjv
+from experiments import lra as lra_sweep_lib
 
 
 @pytest.mark.slow
@@ -60,39 +62,40 @@ def test_a_tfds_catalog_dataset_by_name(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module,kernel", [
-    (lra_listops, "linear"), (lra_text, "sliding_window:local_window=16,sinks=1"),
-    (lra_pathfinder, "performer:num_features=16")],
-    ids=lambda x: getattr(x, "__name__", x))
-def test_lra_configs_train_with_linear_cost_kernels(module, kernel, tmp_path_factory,
-                                                   tmp_path):
-  """ListOps ids, KJV bytes and Pathfinder pixels (the classification token in front,
-  padding behind) through a BERT whose attention is a linear-cost kernel: padding reaches it
-  as key lengths. (lra_image reads Fashion-MNIST's pixels the same way.)"""
-  config = module.get_config("tiny")
-  config.dataset.data_dir = str(tmp_path_factory.getbasetemp() / "tfds_classification")
-  config.model.kernel = kernel
-  config.num_devices = 1
-  results = train_and_evaluate(config, str(tmp_path / "run"))
-  assert 0.0 <= results["eval/accuracy"] <= 1.0 and np.isfinite(results["eval/loss"])
-  _, task, model, _, _ = workdir_lib.load(str(tmp_path / "run"))
-  assert task.num_classes == {lra_listops: 10, lra_text: 7, lra_pathfinder: 2}[module]
+@pytest.mark.parametrize("task,kernel", [
+    ("listops", "linear"), ("text", "sliding_window:local_window=16,sinks=1"),
+    ("pathfinder", "performer:num_features=16")])
+def test_lra_cells_train_with_linear_cost_kernels(task, kernel, tmp_path_factory, tmp_path):
+  """One cell of the LRA sweep each: ListOps ids, KJV bytes and Pathfinder pixels (the
+  classification token in front, padding behind) through a BERT whose attention is a
+  linear-cost kernel (padding reaches it as key lengths), scored on the test split. (lra_image
+  reads Fashion-MNIST's pixels as Pathfinder's.)"""
+  data_dir = str(tmp_path_factory.getbasetemp() / "tfds_classification")
+  result = lra_sweep_lib.run_cell(str(tmp_path), task, kernel, variant="tiny",
+                                  data_dir=data_dir)
+  assert 0.0 <= result["test_accuracy"] <= 100.0 and result["step"] == 10
+  assert lra_sweep_lib.run_cell(str(tmp_path), task, kernel) == result  # done: not re-run
+  table = lra_sweep_lib.format_table([result], [task], [kernel])
+  assert f"| {kernel} | {result['test_accuracy']:.1f}" in table and "LRA paper" in table
+  config, task_, model, _, _ = workdir_lib.load(os.path.join(
+      str(tmp_path), task, kernel.replace(":", "_").replace(",", "_")))
+  assert task_.num_classes == {"listops": 10, "text": 7, "pathfinder": 2}[task]
   assert model.config.kernel == kernel
-  example = task._encode(task.sources["train"][0])
+  example = task_._encode(task_.sources["train"][0])
   assert example["inputs"][0] == 1 and example["mask"].sum() > 20
-  if module is lra_pathfinder:  # every pixel, 0-255 as ids 2-257
-    assert example["mask"].sum() == task.config.dataset.seq_len
-    np.testing.assert_array_equal(example["inputs"][1:], task.sources["train"][0][
+  if task == "pathfinder":  # every pixel, 0-255 as ids 2-257
+    assert example["mask"].sum() == config.dataset.seq_len
+    np.testing.assert_array_equal(example["inputs"][1:], task_.sources["train"][0][
         "image"].reshape(-1).astype(np.int32) + 2)
-  if module is lra_text:  # UTF-8 bytes 0-255 as ids 2-257
-    text = pipeline.as_text(task.sources["train"][0]["text"]).encode("utf-8")
-    want = np.frombuffer(text, np.uint8)[:task.config.dataset.seq_len - 1].astype(np.int32) + 2
+  if task == "text":  # UTF-8 bytes 0-255 as ids 2-257
+    text = pipeline.as_text(task_.sources["train"][0]["text"]).encode("utf-8")
+    want = np.frombuffer(text, np.uint8)[:config.dataset.seq_len - 1].astype(np.int32) + 2
     np.testing.assert_array_equal(example["inputs"][1:len(want) + 1], want)
   config.dataset.vocab_size = 10  # smaller than the ids
   small = tasks.get(config)
   small.prepare(None)
   with pytest.raises(ValueError, match="dataset.vocab_size is 10: raise it"):
     small._encode(small.sources["train"][0])
-  config.dataset.tokenizer = "wordpiece" if module is lra_pathfinder else "pixels"
+  config.dataset.tokenizer = "wordpiece" if task == "pathfinder" else "pixels"
   with pytest.raises(ValueError, match="does not apply to the"):
     tasks.get(config).prepare(None)

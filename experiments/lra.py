@@ -1,0 +1,64 @@
+"""The Long Range Arena sweep's cells and table (no flags: `experiments.lra_sweep` is the
+entry point; tests call these directly)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+
+from attention_jax.training import train_and_evaluate
+from attention_jax.training import workdir as workdir_lib
+
+TASKS = ("listops", "text", "image", "pathfinder")
+KERNELS = ("dot_product", "flash", "linear", "retention", "performer", "sliding_window")
+# LRA (Tay et al. 2021), Table 1, ListOps test accuracy (their setting: 500-2,000 tokens).
+LRA_LISTOPS = {"Transformer": 36.37, "Linear Transformer": 16.13, "Performer": 18.01}
+
+
+def cell_config(task: str, kernel: str, variant: str = "", steps: int = 0, data_dir: str = ""):
+  """configs/lra_<task>.py[:variant] with the kernel (and optionally steps, data) set."""
+  if task not in TASKS:
+    raise ValueError(f"unknown LRA task {task!r}; valid: {', '.join(TASKS)}.")
+  config = importlib.import_module(f"configs.lra_{task}").get_config(variant or None)
+  config.model.kernel = kernel
+  if steps:
+    config.num_train_steps = steps
+    config.eval_every_steps = config.checkpoint_every_steps = max(steps // 2, 1)
+  if data_dir:
+    config.dataset.data_dir = data_dir
+  return config
+
+
+def run_cell(root: str, task: str, kernel: str, **options) -> dict:
+  """Trains and tests one cell (or reads its saved result)."""
+  workdir = os.path.join(root, task, kernel.replace(":", "_").replace(",", "_"))
+  result_path = os.path.join(workdir, "result.json")
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  start = time.time()
+  train_and_evaluate(cell_config(task, kernel, **options), workdir)
+  step, metrics = workdir_lib.evaluate(workdir, "best", "test")
+  result = {"task": task, "kernel": kernel, "step": step, "wall_s": time.time() - start,
+            "test_accuracy": 100.0 * metrics["test/accuracy"], "test_loss": metrics["test/loss"]}
+  with open(result_path, "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+def format_table(results: list[dict], tasks, kernels) -> str:
+  cells = {(r["task"], r["kernel"]): r for r in results}
+  lines = ["| kernel | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+  for kernel in kernels:
+    row = []
+    for task in tasks:
+      r = cells.get((task, kernel))
+      row.append("—" if r is None else
+                 f"{r['test_accuracy']:.1f} ({r['wall_s'] / 60:.0f} min)")
+    lines.append(f"| {kernel} | " + " | ".join(row) + " |")
+  for name, accuracy in LRA_LISTOPS.items():
+    row = [f"{accuracy:.2f}" if task == "listops" else "" for task in tasks]
+    lines.append(f"| LRA paper: {name} | " + " | ".join(row) + " |")
+  return "\n".join(lines)

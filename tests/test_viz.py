@@ -1,0 +1,46 @@
+"""attention_jax.viz and experiments.visualize: the model's own weights, drawn."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import jax
+
+from attention_jax import models, viz
+
+
+def test_attention_weights_are_the_models_own_and_draw(tmp_path):
+  model = models.create("gpt-tiny", kernel="flash")  # any kernel: weights come from dot_product
+  tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 128)
+  params = model.init(jax.random.key(1), tokens)["params"]
+  weights = viz.attention_weights(model, params, tokens)
+  assert len(weights) == model.config.depth
+  for w in weights:
+    assert w.shape == (2, model.config.num_heads, 9, 9)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(w[0, 0], 1) == 0.0)  # causal: nothing above the diagonal
+  # Sowing the weights (through dot_product) changes nothing the model computes.
+  logits = model.apply({"params": params}, tokens)
+  probe = models.with_options(model, sow_weights=True, kernel="dot_product")
+  np.testing.assert_allclose(probe.apply({"params": params}, tokens), logits, atol=1e-5)
+  path = viz.plot_attention(weights[0][0], [str(t) for t in np.asarray(tokens[0])],
+                            str(tmp_path / "layer0.png"), title="layer 0", heads=[0, 1])
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_curves_and_the_entry_point(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  records = [{"step": s, "train/loss": 5.0 / s} for s in range(1, 6)]
+  records.append({"step": 5, "eval/loss": 1.2, "eval/accuracy": 0.5})
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  assert os.path.getsize(viz.plot_training_curves(str(workdir), str(tmp_path / "c.png"))) > 0
+  run = subprocess.run([sys.executable, "-m", "experiments.visualize",
+                        "--pretrained=all-MiniLM-L6-v2", "--text=The cat sat.",
+                        f"--out_dir={tmp_path / 'pictures'}"], capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path / "pictures")) == [f"attention_layer_{i}.png"
+                                                       for i in range(6)]
