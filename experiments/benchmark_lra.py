@@ -9,8 +9,9 @@ The model is the byte-level text classifier of configs/lra_text.py at a CPU size
 for the compiled step (arguments + outputs + temporaries, from `memory_analysis()`: nothing is
 allocated to measure it). Steps are timed interleaved (kernel A, B, ..., A, B, ...) after a
 warm-up; each cell is the median of `--repeats`. A long-length cell runs only where the step
-needs under `--max_memory_gb` and its softmax cost is not the point (dot_product and flash
-stop at 4K). Prints a table with LRA's published relative figures beside ours and writes JSON.
+needs under `--max_memory_gb`, with `--long_batch` sequences, and not for the quadratic
+kernels (dot_product and flash stop at 4K). After every length it prints the table so far, with
+LRA's published relative figures beside ours, and writes the JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _KERNELS = flags.DEFINE_list(
 _QUADRATIC = flags.DEFINE_list("quadratic", ["dot_product", "flash"],
                                "Kernels not run at the long lengths (time grows as T^2).")
 _BATCH = flags.DEFINE_integer("batch", 4, "Sequences per step.")
+_LONG_BATCH = flags.DEFINE_integer("long_batch", 1, "Sequences per step at the long lengths.")
 _WIDTH = flags.DEFINE_integer("width", 128, "Model width (4 heads).")
 _DEPTH = flags.DEFINE_integer("depth", 2, "Blocks.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per kernel and length.")
@@ -50,15 +52,15 @@ LRA_PUBLISHED = {
 LRA_LENGTHS = (1024, 2048, 3072, 4096)
 
 
-def make_step(kernel: str, length: int):
+def make_step(kernel: str, length: int, batch: int):
   """(jitted AdamW step (params, opt_state, tokens, labels) -> (params, opt_state, loss),
   its arguments)."""
   model = models.create("bert-tiny", width=_WIDTH.value, depth=_DEPTH.value, num_heads=4,
                         mlp_dim=2 * _WIDTH.value, max_len=length, vocab_size=258,
                         num_classes=7, kernel=kernel, dropout_rate=0.0)
   rng = np.random.default_rng(0)
-  tokens = jnp.asarray(rng.integers(2, 258, (_BATCH.value, length)), jnp.int32)
-  labels = jnp.asarray(rng.integers(0, 7, (_BATCH.value,)), jnp.int32)
+  tokens = jnp.asarray(rng.integers(2, 258, (batch, length)), jnp.int32)
+  labels = jnp.asarray(rng.integers(0, 7, (batch,)), jnp.int32)
   params = model.init(jax.random.key(0), tokens[:1, :8])["params"]
   optimizer = optax.adamw(1e-3)
 
@@ -81,11 +83,11 @@ def step_bytes(step, args) -> int:
           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
 
 
-def measure(length: int, kernels: list[str]) -> dict[str, dict]:
+def measure(length: int, kernels: list[str], batch: int) -> dict[str, dict]:
   """{kernel: {"memory_gb", "steps_per_s" or "skipped"}} at one length, timed interleaved."""
   cells, runners = {}, {}
   for kernel in kernels:
-    step, args = make_step(kernel, length)
+    step, args = make_step(kernel, length, batch)
     gigabytes = step_bytes(step, args) / 2 ** 30
     cells[kernel] = {"memory_gb": gigabytes}
     if gigabytes > _MAX_MEMORY_GB.value:
@@ -141,23 +143,32 @@ def format_table(results: dict[int, dict], kernels: list[str]) -> str:
   return "\n".join(lines)
 
 
+def save(results: dict, kernels: list[str]):
+  """Prints the table so far and writes the JSON (after every length: nothing is lost if a
+  long length runs out of memory)."""
+  table = format_table(results, kernels)
+  print(f"\n{jax.devices()[0].device_kind}, batch {_BATCH.value} (long lengths: "
+        f"{_LONG_BATCH.value}), width {_WIDTH.value}, depth {_DEPTH.value}, AdamW steps\n"
+        f"{table}", flush=True)
+  os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
+  with open(_OUTPUT.value, "w") as f:
+    json.dump({"device": jax.devices()[0].device_kind, "batch": _BATCH.value,
+               "long_batch": _LONG_BATCH.value, "width": _WIDTH.value, "depth": _DEPTH.value,
+               "results": {str(n): cells for n, cells in results.items()},
+               "lra_published": LRA_PUBLISHED, "table": table}, f, indent=1)
+
+
 def main(argv):
   del argv
   kernels = list(_KERNELS.value)
   results = {}
   for length in map(int, _LENGTHS.value):
-    results[length] = measure(length, kernels)
+    results[length] = measure(length, kernels, _BATCH.value)
+    save(results, kernels)
   for length in map(int, _LONG.value):
-    results[length] = measure(length, [k for k in kernels if k not in _QUADRATIC.value])
-  table = format_table(results, kernels)
-  print(f"\n{jax.devices()[0].device_kind}, batch {_BATCH.value}, width {_WIDTH.value}, "
-        f"depth {_DEPTH.value}, AdamW steps\n{table}")
-  os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump({"device": jax.devices()[0].device_kind, "batch": _BATCH.value,
-               "width": _WIDTH.value, "depth": _DEPTH.value,
-               "results": {str(n): cells for n, cells in results.items()},
-               "lra_published": LRA_PUBLISHED}, f, indent=1)
+    results[length] = measure(length, [k for k in kernels if k not in _QUADRATIC.value],
+                              _LONG_BATCH.value)
+    save(results, kernels)
   print(f"wrote {_OUTPUT.value}")
 
 

@@ -16,7 +16,7 @@ import pytest
 from attention_jax.training.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-STEPS, HALF = 200, 100
+STEPS, HALF = 80, 40
 
 
 def command(workdir, data_dir, extra=()):
