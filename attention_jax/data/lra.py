@@ -128,6 +128,16 @@ def listops_text(ids) -> str:
   return " ".join(LISTOPS_SYMBOLS[i - 2] for i in np.asarray(ids).tolist() if i >= 2)
 
 
+def consecutive_splits(examples: list, sizes: dict[str, int]) -> dict[str, list]:
+  """The examples cut in order into splits of the given sizes (generated data is already
+  random, and de-duplicated across the whole, so no example is in two splits)."""
+  splits, start = {}, 0
+  for split, size in sizes.items():
+    splits[split] = examples[start:start + size]
+    start += size
+  return splits
+
+
 class LraListops(tfds.core.GeneratorBasedBuilder):
   """ListOps as Long Range Arena defines it: 96,000 / 2,000 / 2,000 distinct lists of 500 to
   2,000 tokens. Features: "tokens" (ids, `LISTOPS_IDS`), "label" (the value, 10 classes)."""
@@ -145,13 +155,9 @@ class LraListops(tfds.core.GeneratorBasedBuilder):
                     f"token ids: 0 pad, 1 CLS, then {' '.join(LISTOPS_SYMBOLS)}.")
 
   def _split_generators(self, dl_manager):
-    total = sum(self.SIZES.values())
-    examples = generate_listops(total, *self.LENGTHS, seed=0)
-    splits, start = {}, 0
-    for split, size in self.SIZES.items():
-      splits[split] = self._generate_examples(examples[start:start + size])
-      start += size
-    return splits
+    examples = generate_listops(sum(self.SIZES.values()), *self.LENGTHS, seed=0)
+    return {split: self._generate_examples(part)
+            for split, part in consecutive_splits(examples, self.SIZES).items()}
 
   def _generate_examples(self, examples):
     for i, (tokens, label) in enumerate(examples):
@@ -307,11 +313,8 @@ class LraPathfinder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     examples = generate_pathfinder(sum(self.SIZES.values()), seed=0)
-    splits, start = {}, 0
-    for split, size in self.SIZES.items():
-      splits[split] = self._generate_examples(examples[start:start + size])
-      start += size
-    return splits
+    return {split: self._generate_examples(part)
+            for split, part in consecutive_splits(examples, self.SIZES).items()}
 
   def _generate_examples(self, examples):
     for i, (image, label) in enumerate(examples):
