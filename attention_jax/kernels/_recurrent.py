@@ -192,10 +192,11 @@ def recurrent_attention(q_features, k_features, value, *, causal: bool, kv_lengt
   chunk = min(chunk_size, length)
   back = -length % chunk
   q_back = length + back - tq - q_front
+  k_back = length + back - tk - k_front
   q_p = _pad_front_back(q_features, q_front, q_back)
-  k_p, v_p, real_p = (_pad_front_back(x, k_front, back) for x in (k_features, value, real))
-  seg_p = _pad_front_back(seg, k_front, back, edge=True)
-  ld_p = _pad_front_back(log_decay, k_front, back)
+  k_p, v_p, real_p = (_pad_front_back(x, k_front, k_back) for x in (k_features, value, real))
+  seg_p = _pad_front_back(seg, k_front, k_back, edge=True)
+  ld_p = _pad_front_back(log_decay, k_front, k_back)
   if state is None:
     state = empty_state(b, h, q_features.shape[-1], dv)
     state = state._replace(segment=jnp.broadcast_to(seg_p[:, :1], (b, h)))

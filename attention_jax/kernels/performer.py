@@ -83,9 +83,10 @@ def performer_attention(query, key, value, *, causal=False, kv_lengths=None, seg
     real = jnp.arange(tk)[None] < _checks.check_lengths(kv_lengths, "kv_lengths", b)[:, None]
   k_max = jnp.where(real[..., None, None], k_exp, -jnp.inf).max(axis=(1, 2, 3))
   k_max = lax.stop_gradient(jnp.where(jnp.isfinite(k_max), k_max, 0.0))  # [batch]
-  if state is not None:
-    k_max = jnp.maximum(k_max, state.shift[:, 0])
-    rescale = jnp.exp(state.shift - k_max[:, None])
+  if state is not None:  # a state that holds no key yet (a zeroed cache) has no shift
+    empty = ~jnp.any(state.k_sum != 0, axis=(1, 2))
+    k_max = jnp.where(empty, k_max, jnp.maximum(k_max, state.shift[:, 0]))
+    rescale = jnp.where(empty[:, None], 0.0, jnp.exp(state.shift - k_max[:, None]))
     state = state._replace(kv=state.kv * rescale[..., None, None],
                            k_sum=state.k_sum * rescale[..., None],
                            shift=jnp.broadcast_to(k_max[:, None], (b, h)))

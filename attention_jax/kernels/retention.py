@@ -31,7 +31,7 @@ def retention_attention(query, key, value, *, causal=False, kv_lengths=None, seg
     query: [batch, q_len, heads, head_dim]; key: [batch, kv_len, kv_heads, head_dim];
       value: [batch, kv_len, kv_heads, value_dim].
     causal: query i sees keys j <= i + (kv_len - q_len) with weight γ^(i+offset-j); without
-      it every key, with weight γ^|i+offset-j|.
+      it every key, with weight γ^|i-j| (query i aligned with key i).
     kv_lengths, segment_ids: padding and packed sequences, as `linear_attention`.
     scale: score scale, default 1/sqrt(head_dim).
     decay: per-head γ in (0, 1], [heads]; default `retnet_decays(heads)`.

@@ -56,8 +56,11 @@ class GPT(nn.Module):
                            dropout_rate=c.dropout_rate, dtype=c.dtype,
                            param_dtype=c.param_dtype, name="embed")
     x = embed(tokens, positions, deterministic=deterministic)
+    # Rotary attention needs the positions; so does a decoding cache (a sliding window's
+    # sinks are the first real tokens of each left-padded row).
+    attend_positions = c.attention_position == "rotary" or c.decode
     x = block_stack(x, c, mask=mask, segment_ids=segment_ids,
-                    positions=positions if c.attention_position == "rotary" else None,
+                    positions=positions if attend_positions else None,
                     causal=not c.decode, deterministic=deterministic)
     x = norm_layer(c, "final_norm")(x)
     return embed.attend(x).astype(jnp.float32)

@@ -86,6 +86,20 @@ def test_forward_and_gradients_against_quadratic_form(kernel, case):
 
 
 @pytest.mark.parametrize("kernel", ["linear", "retention", "performer"])
+def test_not_causal_with_more_queries_than_keys(kernel):
+  """Cross-attention with q_len > kv_len (query i aligned with key i for the decay)."""
+  rng = np.random.default_rng(4)
+  q = jnp.asarray(rng.standard_normal((2, 11, 2, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((2, 5, 1, 8)), jnp.float32) for _ in range(2))
+  lengths = jnp.asarray([5, 3])
+  real = jnp.arange(5)[None] < lengths[:, None]
+  allowed = jnp.broadcast_to(real[:, None, None, :], (2, 1, 11, 5))
+  got = kernels.get(kernel)(q, k, v, kv_lengths=lengths, chunk_size=4)
+  want = quadratic_reference(kernel, q, k, v, allowed, causal=False, real=real)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "retention", "performer"])
 def test_bfloat16_inputs_accumulate_in_float32(kernel):
   case = next(c for c in CASES if c.name == "causal_segments_lengths")
   q, k, v, _, kwargs, allowed = linear_inputs(case, jnp.bfloat16)
@@ -114,6 +128,12 @@ def test_prefill_then_decoding_one_token_at_a_time_equals_the_full_pass(kernel):
     out, state = step(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], state)
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5, rtol=1e-4)
+  # From a zeroed state (a decoder's fresh cache), even with keys whose features would
+  # underflow without their own stabiliser.
+  big = k * 12.0
+  zero = jax.tree.map(jnp.zeros_like, state)
+  prefill, _ = fn(q, big, v, causal=True, state=zero, return_state=True)
+  np.testing.assert_allclose(prefill, fn(q, big, v, causal=True), atol=2e-5, rtol=1e-4)
 
 
 def test_retention_with_a_data_dependent_gate():
