@@ -18,7 +18,10 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.lra_config("fashion_mnist_debian", 785, lra.BYTE_OFFSET + 256)
   c.dataset.tokenizer = "pixels"
+  c.batch_size = 16  # ~1,000 tokens a row: sized to about 20 minutes on 2 cores
+  c.num_train_steps = 800
   if arg == "lra":
+    c.batch_size = 32
     c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 128, 4, 4, 256
     c.num_train_steps = 10000
     c.eval_every_steps = c.checkpoint_every_steps = 1000

@@ -19,7 +19,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.lra_config("lra_pathfinder_small", 1 + lra.PATHFINDER_SIZE ** 2,
                         lra.BYTE_OFFSET + 256)
   c.dataset.tokenizer = "pixels"
+  c.batch_size = 16  # ~1,000 tokens a row: sized to about 20 minutes on 2 cores
+  c.num_train_steps = 800
   if arg == "lra":
+    c.batch_size = 32
     c.dataset.name = "lra_pathfinder"
     c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 128, 4, 8, 256
     c.num_train_steps = 20000
