@@ -49,15 +49,14 @@ class RecurrentState(NamedTuple):
   shift: jax.Array
 
 
-def empty_state(batch: int, heads: int, features: int, value_dim: int,
-                shift: float = 0.0) -> RecurrentState:
+def empty_state(batch: int, heads: int, features: int, value_dim: int) -> RecurrentState:
   """The state before the first token (all zeros, segment 0)."""
   return RecurrentState(
       kv=jnp.zeros((batch, heads, features, value_dim), jnp.float32),
       k_sum=jnp.zeros((batch, heads, features), jnp.float32),
       count=jnp.zeros((batch, heads), jnp.float32),
       segment=jnp.zeros((batch, heads), jnp.int32),
-      shift=jnp.full((batch, heads), shift, jnp.float32))
+      shift=jnp.zeros((batch, heads), jnp.float32))
 
 
 def check_state(state, return_state: bool, causal: bool, batch: int, heads: int,
@@ -83,7 +82,7 @@ def _chunk_scan(q, k, v, w, seg, log_decay, state, chunk: int):
 
   Returns (num [T, dv], den [T], count [T], final state).
   """
-  t, f = q.shape
+  t = q.shape[0]
   n = t // chunk
   split = lambda x: None if x is None else x.reshape((n, chunk) + x.shape[1:])
   tril = jnp.tril(jnp.ones((chunk, chunk), bool))
@@ -133,12 +132,12 @@ def _global_sums(q_features, k_features, value, real):
   return num, den, count, None
 
 
-def _pad_front_back(x, front: int, back: int, value=0.0, edge: bool = False):
-  """Pads axis 1 of `x` [batch, T, ...]."""
+def _pad_front_back(x, front: int, back: int, edge: bool = False):
+  """Pads axis 1 of `x` [batch, T, ...] with zeros (or its edge values)."""
   if x is None or (front == 0 and back == 0):
     return x
   pad = [(0, 0), (front, back)] + [(0, 0)] * (x.ndim - 2)
-  return jnp.pad(x, pad, mode="edge") if edge else jnp.pad(x, pad, constant_values=value)
+  return jnp.pad(x, pad, mode="edge" if edge else "constant")
 
 
 def recurrent_attention(q_features, k_features, value, *, causal: bool, kv_lengths=None,

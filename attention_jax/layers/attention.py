@@ -161,6 +161,8 @@ class MultiHeadAttention(nn.Module):
                          "(e.g. 0 for padding, 1 for real tokens).")
       decode = (self._decode_with_state if kernel.decoding == "state"
                 else self._decode_with_window)
+      if isinstance(segment_ids, (tuple, list)):  # (new tokens' ids, cache ids): the first
+        segment_ids = segment_ids[0]
       out = decode(kernel, query, key, value, index, segment_ids, positions)
       return self._project_out(out, features)
     if self.decode:  # initialising sizes the cache to this input's length
@@ -212,8 +214,6 @@ class MultiHeadAttention(nn.Module):
     """A recurrent kernel's decoding: the 'cache' holds its fixed-size RecurrentState (no
     keys), continued by every call; O(1) memory per layer in the decoded length."""
     del positions  # rotary positions are already applied
-    if isinstance(segment_ids, (tuple, list)):  # (new tokens' ids, cache ids): keep the first
-      segment_ids = segment_ids[0]
     kwargs = {} if segment_ids is None else {"segment_ids": segment_ids}
     if self.is_initializing():
       out, state = kernel(query, key, value, causal=True, return_state=True, **kwargs)
@@ -245,8 +245,6 @@ class MultiHeadAttention(nn.Module):
       return kernel(query, key, value, causal=True, local_window=left)
     names = ("cached_key", "cached_value", "cached_position", "cached_segment")
     cache = {name: self.variable("cache", name, lambda: None) for name in names}
-    if isinstance(segment_ids, (tuple, list)):
-      segment_ids = segment_ids[0]
     q_seg = jnp.zeros((batch, n), jnp.int32) if segment_ids is None else segment_ids
     q_pos = index.value + jnp.arange(n)[None] if positions is None else positions
     q_pos = jnp.broadcast_to(q_pos, (batch, n)).astype(jnp.int32)
