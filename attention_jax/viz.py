@@ -7,6 +7,9 @@ model's own, not a re-computation:
     weights = viz.attention_weights(model, params, tokens)       # per layer [batch, h, q, k]
     viz.plot_attention(weights[0][0], labels, "layer0.png", title="layer 0")
     viz.plot_training_curves(workdir, "curves.png")
+
+Kernels that never form the weights (linear, retention, performer) show the weights they imply
+through `kernel_weights`.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from attention_jax import models
+from attention_jax import kernels, models
+from attention_jax.pretrained import PretrainedTokenizer
 from attention_jax.training import metrics as metrics_lib
 
 
@@ -29,6 +34,18 @@ def _pyplot():
   matplotlib.use("Agg")  # files, no display
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+def tokens_and_labels(tokenizer, text: str, limit: int) -> tuple[tuple, list[str]]:
+  """(the model's inputs for `text`, one label per token): a pretrained checkpoint's tokenizer
+  gives [CLS] wordpieces [SEP] with type ids and a mask; ours (bytes, BPE, WordPiece) ids."""
+  if isinstance(tokenizer, PretrainedTokenizer):
+    batch = tokenizer([text], max_length=limit)
+    ids = batch["input_ids"][0]
+    labels = [tokenizer.tokenizer.id_to_token(int(i)) for i in ids]
+    return (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]), labels
+  ids = list(tokenizer.encode(text))[:limit]
+  return (np.asarray([ids], np.int32),), [tokenizer.decode([i]) for i in ids]
 
 
 def attention_weights(model, params, *inputs, **kwargs) -> list[np.ndarray]:
@@ -57,19 +74,42 @@ def attention_weights(model, params, *inputs, **kwargs) -> list[np.ndarray]:
   return [weights for _, weights in found]
 
 
+def kernel_weights(kernel, query, key, **kwargs) -> np.ndarray:
+  """The weights a kernel gives each value: [batch, heads, q_len, kv_len] (float32).
+
+  Every kernel's output is linear in the values with weights that do not depend on them, so
+  running it on one-hot values (value s = e_s) returns its weight matrix, also for the kernels
+  that never form it (linear, retention, performer): what the kernel computes, not a
+  re-derivation. Retention's weights are signed (its scores are not exponentiated).
+
+  Args:
+    kernel: a registry name (options allowed: "sliding_window:local_window=4") or a callable.
+    query: [batch, q_len, heads, head_dim]; key: [batch, kv_len, kv_heads, head_dim].
+    **kwargs: what the kernel takes (causal=True, kv_lengths=..., ...).
+  """
+  b, kv_len, kv_heads = key.shape[:3]
+  one_hot = jnp.broadcast_to(jnp.eye(kv_len, dtype=query.dtype)[None, :, None, :],
+                             (b, kv_len, kv_heads, kv_len))
+  out = kernels.get(kernel)(query, key, one_hot, **kwargs)  # [batch, q_len, heads, kv_len]
+  return np.asarray(jnp.moveaxis(out, 2, 1), np.float32)
+
+
 def _layer_order(path: str) -> tuple:
   """Sort key: numbers in the path compared as numbers (block_2 before block_10)."""
   return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path))
 
 
 def plot_attention(weights, labels: list[str], path: str, *, title: str = "",
-                   heads: list[int] | None = None, max_columns: int = 4) -> str:
+                   heads: list[int] | None = None, max_columns: int = 4,
+                   panel_titles: list[str] | None = None) -> str:
   """Draws one layer's heads as heatmaps, tokens on both axes; writes `path` (PNG).
 
   Args:
-    weights: [heads, q_len, kv_len] (one example of `attention_weights`).
+    weights: [heads, q_len, kv_len] (one example of `attention_weights`, or any stack of
+      maps: `panel_titles` then names them). Signed weights get a colour scale centred on 0.
     labels: the tokens, as text (kv_len of them; the last q_len label the rows).
     heads: which heads (default all).
+    panel_titles: one per drawn head (default "head i").
   """
   plt = _pyplot()
   weights = np.asarray(weights)
@@ -82,10 +122,17 @@ def plot_attention(weights, labels: list[str], path: str, *, title: str = "",
   q_labels = labels[len(labels) - weights.shape[1]:]
   for ax in axes.flat:
     ax.axis("off")
-  for ax, head in zip(axes.flat, heads):
+  panel_titles = panel_titles or [f"head {head}" for head in heads]
+  if len(panel_titles) != len(heads):
+    raise ValueError(f"{len(panel_titles)} panel_titles for {len(heads)} heads.")
+  for ax, head, panel_title in zip(axes.flat, heads, panel_titles):
     ax.axis("on")
-    ax.imshow(weights[head], cmap="viridis", vmin=0.0)
-    ax.set_title(f"head {head}", fontsize=9)
+    if weights[head].min() < 0:
+      limit = float(np.abs(weights[head]).max())
+      ax.imshow(weights[head], cmap="RdBu_r", vmin=-limit, vmax=limit)
+    else:
+      ax.imshow(weights[head], cmap="viridis", vmin=0.0)
+    ax.set_title(panel_title, fontsize=9)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(q_labels)), q_labels, fontsize=7)
   if title:

@@ -15,7 +15,7 @@ from absl import app, flags, logging
 import jax.numpy as jnp
 
 from attention_jax import viz
-from attention_jax.pretrained import PretrainedTokenizer, hub
+from attention_jax.pretrained import hub
 from attention_jax.training import tasks as tasks_lib
 from attention_jax.training import workdir as workdir_lib
 
@@ -25,18 +25,6 @@ _TEXT = flags.DEFINE_string("text", "In the beginning God created the heaven and
                             "The text to attend over.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 48, "Tokens drawn, at most.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "", "Where the PNGs go.")
-
-
-def tokens_and_labels(tokenizer, text: str, limit: int):
-  """(inputs for model.apply, one text label per token)."""
-  if isinstance(tokenizer, PretrainedTokenizer):  # [CLS] wordpieces [SEP], with a mask
-    batch = tokenizer([text], max_length=limit)
-    ids = batch["input_ids"][0]
-    labels = [tokenizer.tokenizer.id_to_token(int(i)) for i in ids]
-    return (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]), labels
-  ids = list(tokenizer.encode(text))[:limit]
-  labels = [tokenizer.decode([i]) for i in ids]
-  return ([ids],), labels
 
 
 def main(argv):
@@ -56,7 +44,7 @@ def main(argv):
     name = _PRETRAINED.value
   out_dir = _OUT_DIR.value or os.path.join(_WORKDIR.value or "runs", "pictures")
   os.makedirs(out_dir, exist_ok=True)
-  inputs, labels = tokens_and_labels(tokenizer, _TEXT.value, _MAX_TOKENS.value)
+  inputs, labels = viz.tokens_and_labels(tokenizer, _TEXT.value, _MAX_TOKENS.value)
   weights = viz.attention_weights(model, params, *[jnp.asarray(x) for x in inputs])
   for layer, layer_weights in enumerate(weights):
     path = viz.plot_attention(layer_weights[0], labels,

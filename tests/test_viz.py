@@ -9,6 +9,7 @@ import numpy as np
 import jax
 
 from attention_jax import models, viz
+from tests.kernels import reference
 
 
 def test_attention_weights_are_the_models_own_and_draw(tmp_path):
@@ -28,6 +29,27 @@ def test_attention_weights_are_the_models_own_and_draw(tmp_path):
   path = viz.plot_attention(weights[0][0], [str(t) for t in np.asarray(tokens[0])],
                             str(tmp_path / "layer0.png"), title="layer 0", heads=[0, 1])
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_weights_are_the_matrices_each_kernel_applies(tmp_path):
+  q, k = (jax.random.normal(key, (2, 12, 2, 8)) for key in jax.random.split(jax.random.key(0)))
+  allowed = reference.mask_reference(2, 12, 12, causal=True)
+  want = reference.attention_reference(q, k, k, mask=allowed)[1]
+  np.testing.assert_allclose(viz.kernel_weights("dot_product", q, k, causal=True), want,
+                             atol=1e-5)
+  window = reference.mask_reference(2, 12, 12, causal=True, local_window=(3, 0), sinks=1)
+  np.testing.assert_allclose(
+      viz.kernel_weights("sliding_window:local_window=3,sinks=1", q, k, causal=True),
+      reference.attention_reference(q, k, k, mask=window)[1], atol=1e-5)
+  elu1 = lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0)))  # elu + 1
+  scores = np.einsum("bqhd,bkhd->bhqk", elu1(np.asarray(q)), elu1(np.asarray(k))) * allowed
+  linear = viz.kernel_weights("linear", q, k, causal=True)
+  np.testing.assert_allclose(linear, scores / scores.sum(-1, keepdims=True), rtol=1e-4)
+  retention = viz.kernel_weights("retention", q, k, causal=True)
+  assert np.all(np.triu(retention[0, 0], 1) == 0.0) and retention.min() < 0  # signed
+  path = viz.plot_attention(np.stack([linear[0, 0], retention[0, 0]]), list("abcdefghijkl"),
+                            str(tmp_path / "kernels.png"), panel_titles=["linear", "retention"])
+  assert os.path.getsize(path) > 0
 
 
 def test_training_curves_and_the_entry_point(tmp_path):

@@ -31,7 +31,8 @@ class Checkpointer:
     self.best_metric = best_metric
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
-        item_names=("state", "data", "base"))
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(), "base": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
