@@ -33,13 +33,25 @@ def cell_config(task: str, kernel: str, variant: str = "", steps: int = 0, data_
   return config
 
 
+def _result_path(root: str, task: str, kernel: str) -> str:
+  return os.path.join(root, task, kernel.replace(":", "_").replace(",", "_"), "result.json")
+
+
+def saved_result(root: str, task: str, kernel: str) -> dict | None:
+  """A finished cell's result, or None."""
+  path = _result_path(root, task, kernel)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def run_cell(root: str, task: str, kernel: str, **options) -> dict:
   """Trains and tests one cell (or reads its saved result)."""
-  workdir = os.path.join(root, task, kernel.replace(":", "_").replace(",", "_"))
-  result_path = os.path.join(workdir, "result.json")
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      return json.load(f)
+  result_path = _result_path(root, task, kernel)
+  workdir = os.path.dirname(result_path)
+  if (saved := saved_result(root, task, kernel)) is not None:
+    return saved
   start = time.time()
   train_and_evaluate(cell_config(task, kernel, **options), workdir)
   step, metrics = workdir_lib.evaluate(workdir, "best", "test")
@@ -48,6 +60,17 @@ def run_cell(root: str, task: str, kernel: str, **options) -> dict:
   with open(result_path, "w") as f:
     json.dump(result, f, indent=1)
   return result
+
+
+def write_tables(root: str, results: list[dict], tasks, kernels) -> str:
+  """Writes ROOT/results.json and ROOT/results.md (cells not run yet show "—"); returns the
+  table."""
+  table = format_table(results, tasks, kernels)
+  with open(os.path.join(root, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(root, "results.md"), "w") as f:
+    f.write(table + "\n")
+  return table
 
 
 def format_table(results: list[dict], tasks, kernels) -> str:

@@ -2,6 +2,8 @@
 to end on real data and their workdirs load back."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -75,8 +77,17 @@ def test_lra_cells_train_with_linear_cost_kernels(task, kernel, tmp_path_factory
                                   data_dir=data_dir)
   assert 0.0 <= result["test_accuracy"] <= 100.0 and result["step"] == 10
   assert lra_sweep_lib.run_cell(str(tmp_path), task, kernel) == result  # done: not re-run
-  table = lra_sweep_lib.format_table([result], [task], [kernel])
+  assert lra_sweep_lib.saved_result(str(tmp_path), task, "flash") is None
+  table = lra_sweep_lib.write_tables(str(tmp_path), [result], [task], [kernel, "flash"])
   assert f"| {kernel} | {result['test_accuracy']:.1f}" in table and "LRA paper" in table
+  assert "| flash (softmax) | — |" in table
+  assert (tmp_path / "results.md").read_text() == table + "\n"
+  if task == "listops":  # the entry point writes the finished cells' table, training none
+    run = subprocess.run([sys.executable, "-m", "experiments.lra_sweep", f"--root={tmp_path}",
+                          "--tasks=listops", f"--kernels={kernel},flash", "--table_only"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert table in run.stdout and (tmp_path / "results.md").read_text() == table + "\n"
   config, task_, model, _, _ = workdir_lib.load(os.path.join(
       str(tmp_path), task, kernel.replace(":", "_").replace(",", "_")))
   assert task_.num_classes == {"listops": 10, "text": 7, "pathfinder": 2}[task]
