@@ -5,9 +5,28 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Many tests (and the training subprocesses they start) compile the same tiny steps: JAX's
 # persistent compilation cache, shared by the xdist workers, compiles each once. Set
-# JAX_COMPILATION_CACHE_DIR to move it, or to "" to compile everything afresh.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+# ATTENTION_JAX_TEST_JIT_CACHE to move it, or to "" to compile everything afresh.
+os.environ.setdefault("ATTENTION_JAX_TEST_JIT_CACHE",
                       os.path.join(tempfile.gettempdir(), "attention_jax-test-jit-cache"))
-# Steps, not the many tiny eager-op compilations. No size limit: JAX's LRU eviction lists the
-# whole directory on every write, which costs more than it saves here.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+from jax._src import compiler  # noqa: E402
+
+
+def _single_device_programs_only(get_cache_key):
+  """XLA's CPU runtime can deadlock running a multi-device program loaded from the cache: its
+  devices reach the collectives in different orders until the 40 s rendezvous timeout aborts
+  the process (ring attention's ppermute beside an all-reduce, jax 0.10.2). So only
+  single-device programs are cached, and subprocesses get the cache only when they run on one
+  device (tests/training/test_resume.py)."""
+  def cache_key(*args, devices, **kwargs):
+    return get_cache_key(*args, devices=devices, **kwargs) if devices.size == 1 else None
+  return cache_key
+
+
+if os.environ["ATTENTION_JAX_TEST_JIT_CACHE"]:
+  compiler._get_cache_key = _single_device_programs_only(compiler._get_cache_key)
+  jax.config.update("jax_compilation_cache_dir", os.environ["ATTENTION_JAX_TEST_JIT_CACHE"])
+  # Steps, not the many tiny eager-op compilations. No size limit: JAX's LRU eviction lists
+  # the whole directory on every write, which costs more than it saves here.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

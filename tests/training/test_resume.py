@@ -30,12 +30,22 @@ def command(workdir, data_dir, extra=()):
 MESH_2D = ("--config.mesh.data=2", "--config.mesh.fsdp=2")
 
 
-def start(workdir, data_dir, devices=1, extra=()):
+def subprocess_env(devices=1):
+  """The environment of a training subprocess on `devices` fake CPU devices; on one device it
+  shares the tests' compilation cache (tests/conftest.py says why only there)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   if devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return subprocess.Popen(command(workdir, data_dir, extra), cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  elif os.environ.get("ATTENTION_JAX_TEST_JIT_CACHE"):
+    env["JAX_COMPILATION_CACHE_DIR"] = os.environ["ATTENTION_JAX_TEST_JIT_CACHE"]
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+  return env
+
+
+def start(workdir, data_dir, devices=1, extra=()):
+  return subprocess.Popen(command(workdir, data_dir, extra), cwd=REPO,
+                          env=subprocess_env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process, timeout=300):
@@ -110,9 +120,8 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path, data_dir
 
 
 def run_cli(*args):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
 
 
 def test_cli_rejects_config_typos(tmp_path):
