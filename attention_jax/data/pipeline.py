@@ -127,11 +127,29 @@ def train_iterator(dataset: grain.MapDataset, global_batch: int, seed: int):
 
 
 def eval_batches(dataset: grain.MapDataset, global_batch: int, max_batches: int | None = None):
-  """This host's share of every full evaluation batch, in order (a finite list)."""
+  """This host's share of the evaluation split in batches of `global_batch`, in order (a
+  finite list). Examples that are dicts each count once: every one gets a "weight" (1.0), and
+  the last batch is filled up with weight-0 copies of the split's first example (tasks weight
+  their sums by it). Array examples (a language model's windows of one text stream) drop the
+  last partial batch."""
   hosts, host = jax.process_count(), jax.process_index()
   per_host = global_batch // hosts
-  batches = dataset[host::hosts].batch(per_host, drop_remainder=True)
-  count = len(batches) if max_batches is None else min(max_batches, len(batches))
-  if count == 0:
-    raise ValueError(f"the evaluation split has fewer than one batch of {global_batch}.")
-  return [batches[i] for i in range(count)]
+  if not len(dataset):
+    raise ValueError("the evaluation split is empty.")
+  if not isinstance(dataset[0], dict):
+    batches = dataset[host::hosts].batch(per_host, drop_remainder=True)
+    count = len(batches) if max_batches is None else min(max_batches, len(batches))
+    if count == 0:
+      raise ValueError(f"the evaluation split has fewer than one batch of {global_batch}.")
+    return [batches[i] for i in range(count)]
+  count = -(-len(dataset) // global_batch)  # the same on every host
+  count = count if max_batches is None else min(max_batches, count)
+  share = dataset[host::hosts]
+  filler = {**dataset[0], "weight": np.float32(0.0)}
+  batches = []
+  for start in range(0, count * per_host, per_host):
+    examples = [{**share[i], "weight": np.float32(1.0)}
+                for i in range(start, min(start + per_host, len(share)))]
+    examples += [filler] * (per_host - len(examples))
+    batches.append(jax.tree.map(lambda *rows: np.stack(rows), *examples))
+  return batches

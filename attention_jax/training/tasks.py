@@ -30,6 +30,15 @@ def cross_entropy_sums(logits, labels, mask=None):
                                                    "correct": correct.sum(), "count": count}
 
 
+def weighted(mask, batch):
+  """`mask` [b, ...] (float) with each example's evaluation "weight" [b] applied: 0 on the
+  copies that fill the last evaluation batch (pipeline.eval_batches); training has none."""
+  mask = jnp.asarray(mask, jnp.float32)
+  if "weight" not in batch:
+    return mask
+  return mask * batch["weight"].reshape((-1,) + (1,) * (mask.ndim - 1))
+
+
 def packed_next_token_sums(model, params, batch, rng, deterministic: bool, scored=None):
   """(mean loss, sums) of next-token prediction on packed rows {"tokens", "segment_ids",
   "positions"} [b, length + 1]: attention stays inside each segment, and a target counts
@@ -42,7 +51,7 @@ def packed_next_token_sums(model, params, batch, rng, deterministic: bool, score
   mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
   if scored is not None:
     mask &= scored
-  return cross_entropy_sums(logits, tokens[:, 1:], mask)
+  return cross_entropy_sums(logits, tokens[:, 1:], weighted(mask, batch))
 
 
 def summarize_classification(sums: dict, prefix: str) -> dict:
@@ -423,7 +432,8 @@ class ClassificationTask(ExampleTask):
                            attention_mask=batch["mask"], **kwargs)["logits"]
     else:
       logits = model.apply({"params": params}, batch["inputs"], **kwargs)
-    return cross_entropy_sums(logits, batch["label"])
+    return cross_entropy_sums(logits, batch["label"], weighted(jnp.ones(batch["label"].shape),
+                                                               batch))
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:
@@ -468,7 +478,7 @@ class TranslationTask(ExampleTask):
     logits = model.apply({"params": params}, batch["source"], batch["target_in"],
                          batch["source_length"], deterministic=deterministic,
                          rngs={"dropout": rng})
-    return cross_entropy_sums(logits, batch["target_out"], batch["target_mask"])
+    return cross_entropy_sums(logits, batch["target_out"], weighted(batch["target_mask"], batch))
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from attention_jax.data import pipeline
 from attention_jax.training import tasks, train, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
-from configs import bert_wordnet, translate_kjv_rv, vit_fashion_mnist, xl_kjv
+from configs import bert_wordnet, gpt_kjv, translate_kjv_rv, vit_fashion_mnist, xl_kjv
 from experiments import lra as lra_sweep_lib
 
 
@@ -110,3 +111,55 @@ def test_lra_cells_train_with_linear_cost_kernels(task, kernel, tmp_path_factory
   config.dataset.tokenizer = "wordpiece" if task == "pathfinder" else "pixels"
   with pytest.raises(ValueError, match="does not apply to the"):
     tasks.get(config).prepare(None)
+
+
+def evaluation_split(module, tmp_path_factory, data_dir):
+  """(task, model, init params, evaluation split) of a config's tiny variant."""
+  config = module.get_config("tiny")
+  config.dataset.data_dir = (data_dir if module is gpt_kjv else
+                             str(tmp_path_factory.getbasetemp() / "tfds_classification"))
+  if module is gpt_kjv:
+    config.dataset.pack = True  # rows of documents: dict examples
+  task = tasks.get(config)
+  task.prepare(None)
+  task.decodes = False  # BLEU decodes the whole split; the sums are what is checked here
+  model = task.model(dropout_rate=0.0)
+  params = jax.jit(model.init)(jax.random.key(0), *task.init_inputs())["params"]
+  return task, model, params, task.datasets()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", [bert_wordnet, translate_kjv_rv, gpt_kjv],
+                         ids=lambda m: m.__name__.split(".")[-1])
+def test_evaluation_counts_every_example_once(module, tmp_path_factory, data_dir):
+  """A split that batches do not divide scores as one example at a time: the last batch is
+  filled with weight-0 copies that every task's sums leave out."""
+  task, model, params, data = evaluation_split(module, tmp_path_factory, data_dir)
+  data = data[:11]
+  step = jax.jit(train.make_eval_step(task, model))
+  by_4 = pipeline.eval_batches(data, 4)
+  assert len(by_4) == 3 and by_4[-1]["weight"].tolist() == [1, 1, 1, 0]
+  one_by_one = train.evaluate(task, step, params, pipeline.eval_batches(data, 1), model)
+  in_fours = train.evaluate(task, step, params, by_4, model)
+  assert in_fours == pytest.approx(one_by_one, rel=1e-5)
+  dropping_the_rest = train.evaluate(task, step, params, by_4[:2], model)
+  assert dropping_the_rest["eval/loss"] != pytest.approx(one_by_one["eval/loss"], rel=1e-5)
+
+
+def test_evaluation_batches_split_hosts_evenly(monkeypatch):
+  """Every host gets the same number of batches (its collectives would hang otherwise) and
+  every example is scored once, on one host."""
+  data = grain.MapDataset.source([{"x": np.int32(i)} for i in range(11)])
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  seen = []
+  for host in (0, 1):
+    monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+    batches = pipeline.eval_batches(data, 4)  # 2 per host
+    assert len(batches) == 3 and all(b["x"].shape == (2,) for b in batches)
+    seen += [x for b in batches for x, w in zip(b["x"], b["weight"]) if w == 1]
+  assert sorted(seen) == list(range(11))
+  assert len(pipeline.eval_batches(data, 4, max_batches=2)) == 2
+  windows = grain.MapDataset.source([np.arange(3) + i for i in range(11)])  # a text stream
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  assert len(pipeline.eval_batches(windows, 4)) == 2  # drops its last partial batch
