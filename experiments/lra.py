@@ -46,20 +46,39 @@ def saved_result(root: str, task: str, kernel: str) -> dict | None:
     return json.load(f)
 
 
-def run_cell(root: str, task: str, kernel: str, **options) -> dict:
-  """Trains and tests one cell (or reads its saved result)."""
+def run_cell(root: str, task: str, kernel: str, **options) -> dict | None:
+  """Trains and tests one cell (or reads its saved result). Returns None when a SIGTERM
+  stopped the training: its checkpoint resumes it next time. The cell's wall time adds up
+  over the sessions that trained it (one killed with SIGKILL is not counted)."""
   result_path = _result_path(root, task, kernel)
   workdir = os.path.dirname(result_path)
   if (saved := saved_result(root, task, kernel)) is not None:
     return saved
+  os.makedirs(workdir, exist_ok=True)
   start = time.time()
-  train_and_evaluate(cell_config(task, kernel, **options), workdir)
-  step, metrics = workdir_lib.evaluate(workdir, "best", "test")
-  result = {"task": task, "kernel": kernel, "step": step, "wall_s": time.time() - start,
+  try:
+    if "preempted_at_step" in train_and_evaluate(cell_config(task, kernel, **options),
+                                                 workdir):
+      return None
+    step, metrics = workdir_lib.evaluate(workdir, "best", "test")
+  finally:
+    wall_s = _add_wall_time(workdir, time.time() - start)
+  result = {"task": task, "kernel": kernel, "step": step, "wall_s": wall_s,
             "test_accuracy": 100.0 * metrics["test/accuracy"], "test_loss": metrics["test/loss"]}
   with open(result_path, "w") as f:
     json.dump(result, f, indent=1)
   return result
+
+
+def _add_wall_time(workdir: str, seconds: float) -> float:
+  """Adds a session's seconds to WORKDIR/wall_s.json; returns the cell's total."""
+  path = os.path.join(workdir, "wall_s.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      seconds += json.load(f)
+  with open(path, "w") as f:
+    json.dump(seconds, f)
+  return seconds
 
 
 def write_tables(root: str, results: list[dict], tasks, kernels) -> str:

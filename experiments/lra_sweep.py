@@ -7,7 +7,7 @@ Each cell trains configs/lra_<task>.py[:variant] with `model.kernel` set to the 
 `ROOT/<task>/<kernel>`, then scores the best checkpoint (by validation loss) on the test
 split. A cell that already has its result (`ROOT/<task>/<kernel>/result.json`) is skipped, so
 an interrupted sweep resumes where it stopped (and an interrupted cell resumes from its last
-checkpoint). After every cell it writes ROOT/results.json and ROOT/results.md: test accuracy
+checkpoint: SIGTERM saves one and stops the sweep). After every cell it writes ROOT/results.json and ROOT/results.md: test accuracy
 per task and kernel, wall time per cell, and LRA's published ListOps figures beside ours.
 `--table_only` writes them from the cells finished so far without training any.
 """
@@ -42,8 +42,14 @@ def main(argv):
       if lra.saved_result(_ROOT.value, task, kernel) is not None:
         continue
       print(f"=== {task} x {kernel}", flush=True)
-      results.append(lra.run_cell(_ROOT.value, task, kernel, variant=_VARIANT.value,
-                                  steps=_STEPS.value, data_dir=_DATA_DIR.value))
+      result = lra.run_cell(_ROOT.value, task, kernel, variant=_VARIANT.value,
+                            steps=_STEPS.value, data_dir=_DATA_DIR.value)
+      if result is None:
+        print(f"SIGTERM: {task} x {kernel} stopped at its last checkpoint; run the same "
+              "command to resume.", flush=True)
+        lra.write_tables(_ROOT.value, results, tasks, kernels)
+        return
+      results.append(result)
       print(f"    test accuracy {results[-1]['test_accuracy']:.2f}%", flush=True)
       lra.write_tables(_ROOT.value, results, tasks, kernels)
   print(lra.write_tables(_ROOT.value, results, tasks, kernels))

@@ -1,9 +1,11 @@
 """The other configs' tiny variants (classification, translation, Transformer-XL) train end
 to end on real data and their workdirs load back."""
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import grain
 import jax
@@ -89,8 +91,10 @@ def test_lra_cells_train_with_linear_cost_kernels(task, kernel, tmp_path_factory
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert table in run.stdout and (tmp_path / "results.md").read_text() == table + "\n"
-  config, task_, model, _, _ = workdir_lib.load(os.path.join(
-      str(tmp_path), task, kernel.replace(":", "_").replace(",", "_")))
+  workdir = os.path.join(str(tmp_path), task, kernel.replace(":", "_").replace(",", "_"))
+  with open(os.path.join(workdir, "wall_s.json")) as f:
+    assert json.load(f) == result["wall_s"] > 0
+  config, task_, model, _, _ = workdir_lib.load(workdir)
   assert task_.num_classes == {"listops": 10, "text": 7, "pathfinder": 2}[task]
   assert model.config.kernel == kernel
   example = task_._encode(task_.sources["train"][0])
@@ -111,6 +115,23 @@ def test_lra_cells_train_with_linear_cost_kernels(task, kernel, tmp_path_factory
   config.dataset.tokenizer = "wordpiece" if task == "pathfinder" else "pixels"
   with pytest.raises(ValueError, match="does not apply to the"):
     tasks.get(config).prepare(None)
+
+
+def test_an_lra_cell_stopped_by_sigterm_records_no_result(tmp_path, monkeypatch):
+  """A SIGTERM'd cell is not finished: no result (the sweep stops; the next run resumes the
+  cell from its checkpoint), and its wall time carries over to the session that finishes it."""
+  sessions = []
+  def preempted(config, workdir):
+    sessions.append(workdir)
+    time.sleep(0.2)
+    return {"preempted_at_step": 3}
+  monkeypatch.setattr(lra_sweep_lib, "train_and_evaluate", preempted)
+  for _ in range(2):
+    assert lra_sweep_lib.run_cell(str(tmp_path), "listops", "linear", variant="tiny") is None
+  assert len(sessions) == 2 and lra_sweep_lib.saved_result(str(tmp_path), "listops",
+                                                           "linear") is None
+  with open(os.path.join(sessions[0], "wall_s.json")) as f:
+    assert json.load(f) >= 0.4
 
 
 def evaluation_split(module, tmp_path_factory, data_dir):
