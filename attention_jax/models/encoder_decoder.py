@@ -46,8 +46,8 @@ class EncoderDecoder(nn.Module):
   def setup(self):
     c = self.config
     if c.scan_layers:
-      raise ValueError("scan_layers is available for GPT, Llama, Bert and ViT; EncoderDecoder "
-                       "keeps its blocks unrolled (set model.scan_layers=False).")
+      raise ValueError("scan_layers is available for GPT, Llama, Bert, ViT and Transformer-XL; "
+                       "EncoderDecoder keeps its blocks unrolled (set model.scan_layers=False).")
     self.embed = TextEmbeddings(c.vocab_size, c.width, c.max_len, position="sinusoidal",
                                 scale_tokens=True, dropout_rate=c.dropout_rate, dtype=c.dtype,
                                 param_dtype=c.param_dtype)

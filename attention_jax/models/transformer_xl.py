@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from attention_jax.layers import TextEmbeddings, TransformerBlock
 from attention_jax.layers.attention import relative_bias_params
 from attention_jax.layers.config import TransformerConfig
+from attention_jax.layers.partitioning import STACKED
 from attention_jax.models.layouts import LayerGroups
 
 
@@ -64,6 +65,19 @@ class TransformerXLConfig(TransformerConfig):
   dropout_rate: float = 0.1
 
 
+class _RecurrentLayer(TransformerBlock):
+  """One Transformer-XL layer: (x [batch, length, width], its memory [batch, mem, width] or
+  None, ...) -> (x, the latest `mem_len` positions of [memory; x] for the next segment), both
+  memories under stop_gradient. Unrolled as `block_<i>` or the body of nn.scan."""
+
+  def __call__(self, x, memory, mask, relative_biases, mem_len: int, deterministic: bool):
+    memory = None if memory is None else jax.lax.stop_gradient(memory)
+    context = x if memory is None else jnp.concatenate([memory, x], axis=1)
+    kept = jax.lax.stop_gradient(context[:, max(context.shape[1] - mem_len, 0):])
+    return super().__call__(x, mask=mask, memory=memory, relative_biases=relative_biases,
+                            deterministic=deterministic), kept
+
+
 class TransformerXL(nn.Module):
   """(tokens [batch, length], memory) -> (log_probs [batch, length, vocab], new memory).
 
@@ -79,9 +93,6 @@ class TransformerXL(nn.Module):
     """`mask` (boolean, broadcast to [batch, heads, length, mem + length]) further limits
     attention; causality over [memory; segment] is always applied."""
     c = self.config
-    if c.scan_layers:
-      raise ValueError("scan_layers is available for GPT, Llama, Bert and ViT; TransformerXL "
-                       "keeps its blocks unrolled (set model.scan_layers=False).")
     if c.cutoffs and (list(c.cutoffs) != sorted(set(c.cutoffs))
                       or not 0 < c.cutoffs[0] or c.cutoffs[-1] >= c.vocab_size):
       raise ValueError(f"cutoffs must be increasing and inside (0, vocab_size="
@@ -96,14 +107,20 @@ class TransformerXL(nn.Module):
     head_dim = c.head_dim or c.width // c.num_heads
     biases = relative_bias_params(self, c.num_heads, head_dim, c.param_dtype)
     x = embed(tokens, deterministic=deterministic)
-    new_memory = []
-    for i in range(c.depth):
-      layer_memory = None if memory is None else jax.lax.stop_gradient(memory[i])
-      context = x if layer_memory is None else jnp.concatenate([layer_memory, x], axis=1)
-      new_memory.append(jax.lax.stop_gradient(context[:, max(context.shape[1] - mem_len, 0):]))
-      x = TransformerBlock(c, name=f"block_{i}")(
-          x, mask=mask, memory=layer_memory, relative_biases=biases,
-          deterministic=deterministic)
+    shared = (mask, biases, mem_len, deterministic)
+    if c.scan_layers:  # one layer traced; parameters and memories on a leading `layers` axis
+      layers = nn.scan(_RecurrentLayer, variable_axes={"params": 0, "intermediates": 0},
+                       split_rngs={"params": True, "dropout": True},
+                       in_axes=(nn.broadcast if memory is None else 0,) + (nn.broadcast,) * 4,
+                       length=c.depth)(c, name=STACKED)
+      x, new_memory = layers(x, memory, *shared)
+    else:
+      kept = []
+      for i in range(c.depth):
+        x, layer_kept = _RecurrentLayer(c, name=f"block_{i}")(
+            x, None if memory is None else memory[i], *shared)
+        kept.append(layer_kept)
+      new_memory = jnp.stack(kept)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     logits = embed.attend(x).astype(jnp.float32)
     logits = logits + self.param("out_bias", nn.initializers.zeros, (c.vocab_size,),
@@ -114,7 +131,7 @@ class TransformerXL(nn.Module):
       log_probs = adaptive_log_probs(logits, cluster, tuple(c.cutoffs))
     else:
       log_probs = jax.nn.log_softmax(logits)
-    return log_probs, jnp.stack(new_memory)
+    return log_probs, new_memory
 
   def example_inputs(self):
     return (jnp.zeros((1, 8), jnp.int32),)

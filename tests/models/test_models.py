@@ -244,7 +244,7 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients(name):
     models.with_options(model, remat="some").apply(params, *inputs)
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny"])
+@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny", "transformer-xl-tiny"])
 def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
   model = models.create(name)
   inputs = model.example_inputs()
@@ -260,6 +260,29 @@ def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
   jax.tree.map(np.testing.assert_array_equal, layouts.to_layout(stacked, params), params)
 
 
+def test_scanned_transformer_xl_carries_the_same_memory_and_gradients():
+  model = models.create("transformer-xl-tiny", dropout_rate=0.0)
+  scanned = models.with_options(model, scan_layers=True)
+  tokens = jax.random.randint(jax.random.key(1), (2, 3, 6), 0, model.config.vocab_size)
+  params = model.init(jax.random.key(0), tokens[0])["params"]
+
+  def loss(m, p):  # three segments, each attending over the memory the last one left
+    memory, total = None, 0.0
+    for segment in tokens:
+      log_probs, memory = m.apply({"params": p}, segment, memory, mem_len=4)
+      total += log_probs.mean()
+    return total, memory
+
+  (want, want_memory), want_grads = jax.value_and_grad(loss, 1, has_aux=True)(model, params)
+  (got, got_memory), got_grads = jax.value_and_grad(loss, 1, has_aux=True)(
+      scanned, layouts.stack(params))
+  assert got_memory.shape == (model.config.depth, 3, 4, model.config.width)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(got_memory, want_memory, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               layouts.unstack(got_grads, "block_"), want_grads)
+
+
 def test_scan_layers_generates_with_a_stacked_kv_cache():
   model = models.create("gpt-tiny", dropout_rate=0.0)
   params = model.init(jax.random.key(0), *model.example_inputs())["params"]
@@ -269,7 +292,7 @@ def test_scan_layers_generates_with_a_stacked_kv_cache():
   np.testing.assert_array_equal(greedy(model, params),
                                 greedy(models.with_options(model, scan_layers=True),
                                        layouts.stack(params)))
-  with pytest.raises(ValueError, match="scan_layers is available for GPT, Llama, Bert and ViT"):
+  with pytest.raises(ValueError, match="scan_layers is available for GPT, Llama, Bert, ViT and Transformer-XL"):
     bad = models.create("transformer-tiny", scan_layers=True)
     bad.init(jax.random.key(0), *bad.example_inputs())
 

@@ -18,6 +18,7 @@ from attention_jax.training import lock as lock_lib
 from attention_jax.training import parallel, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
+from configs import xl_kjv
 from tests.training.test_train import tiny_config, train_losses
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -27,9 +28,10 @@ STEPS = 5
 def run_layout(tmp_path, data_dir, name, **overrides):
   """Trains STEPS steps (no final sample, one evaluation batch); returns the losses."""
   overrides = {"num_devices": 0, "num_train_steps": STEPS, "eval_every_steps": STEPS,
-               "checkpoint_every_steps": STEPS, "eval_max_batches": 1,
-               "sample.max_new_tokens": 0, **overrides}
+               "checkpoint_every_steps": STEPS, "eval_max_batches": 1, **overrides}
   config = tiny_config(data_dir, **overrides)
+  if "sample" in config:
+    config.sample.max_new_tokens = 0
   train_and_evaluate(config, str(tmp_path / name))
   return np.array(list(train_losses(str(tmp_path / name)).values()))
 
@@ -94,6 +96,17 @@ def test_a_llama_trains_on_every_mesh_axis_like_one_device(tmp_path, data_dir):
       "mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 2, "mesh.sequence": 2,
       "model.scan_layers": True, "model.remat": "full"})
   np.testing.assert_allclose(every_axis, one, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_stacked_transformer_xl_trains_on_a_2d_mesh_like_one_device(tmp_path, data_dir):
+  """Its segment memory rides through nn.scan beside the stacked parameters, and its
+  relative-position projections split by heads over `tensor`."""
+  one = run_layout(tmp_path, data_dir, "one", num_devices=1, config_module=xl_kjv)
+  split = run_layout(tmp_path, data_dir, "split", config_module=xl_kjv, **{
+      "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "model.scan_layers": True,
+      "model.remat": "full"})
+  np.testing.assert_allclose(split, one, rtol=1e-5)
 
 
 def mesh_config(parallelism="mesh", **sizes):

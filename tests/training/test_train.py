@@ -15,8 +15,8 @@ from attention_jax.training.metrics import read_metrics
 from configs import gpt_kjv
 
 
-def tiny_config(data_dir, **overrides):
-  config = gpt_kjv.get_config("tiny")
+def tiny_config(data_dir, config_module=gpt_kjv, **overrides):
+  config = config_module.get_config("tiny")
   config.dataset.data_dir = data_dir
   config.num_devices = 1
   for key, value in overrides.items():
