@@ -51,6 +51,18 @@ DIRECT = {
 }
 LAYERS = "layers"  # the leading axis of blocks stacked by `scan_layers`
 STACKED = "blocks"  # the module name of such a stack (layers.transformer.scanned_blocks)
+
+
+def is_stack(name: str) -> bool:
+  """Whether a module named `name` holds stacked blocks: "blocks", or "<group>_blocks" in a
+  model with several stacks (the encoder-decoder's "encoder_blocks", "decoder_blocks")."""
+  return name == STACKED or name.endswith("_" + STACKED)
+
+
+def in_stack(path) -> bool:
+  """Whether the leaf at pytree `path` (of a parameter or cache tree) lies in stacked blocks,
+  so its leading axis is `layers`."""
+  return any(is_stack(str(getattr(key, "key", ""))) for key in path)
 _INDEX = re.compile(r"_\d+$")
 LORA_SUFFIX = "_lora"
 
@@ -93,8 +105,8 @@ def logical_axes(tree):
   dimension with no meaning to split), as Flax's `nn.get_partition_spec` gives.
 
   `tree` is a parameter tree or anything that nests parameter trees (a train state, an
-  optimizer state); scalars get (). Parameters inside a module named STACKED ("blocks")
-  have a leading `layers` axis. Raises ValueError naming any parameter without an entry.
+  optimizer state); scalars get (). Parameters inside stacked blocks (`is_stack`) have a
+  leading `layers` axis. Raises ValueError naming any parameter without an entry.
   """
   def axes(path, leaf):
     shape = getattr(leaf, "shape", ())
@@ -102,7 +114,7 @@ def logical_axes(tree):
       return PartitionSpec()
     names = _dict_keys(path)
     found = _axes_of(names)
-    extra = (LAYERS,) if STACKED in names else ()
+    extra = (LAYERS,) if any(is_stack(name) for name in names) else ()
     if found is None or len(extra + found) != len(shape):
       raise ValueError(
           f"no logical axes for parameter {'/'.join(names) or jax.tree_util.keystr(path)} "

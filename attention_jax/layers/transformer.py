@@ -113,21 +113,25 @@ def norm_layer(config: TransformerConfig, name: str | None = None) -> nn.Module:
 class _ScanStep(TransformerBlock):
   """One TransformerBlock as nn.scan's body: (x, broadcast arguments) -> (x, None)."""
 
-  def __call__(self, x, mask, kv_lengths, segment_ids, positions, causal, deterministic):
+  def __call__(self, x, mask, kv_lengths, segment_ids, positions, encoded, encoded_lengths,
+               causal, deterministic):
     return super().__call__(x, mask=mask, kv_lengths=kv_lengths, segment_ids=segment_ids,
-                            positions=positions, causal=causal,
+                            positions=positions, encoded=encoded,
+                            encoded_lengths=encoded_lengths, causal=causal,
                             deterministic=deterministic), None
 
 
 def scanned_blocks(config: TransformerConfig, **module_options) -> nn.Module:
   """`config.depth` identical TransformerBlocks under `nn.scan`: one block is traced and
   compiled, so compile time does not grow with depth; every parameter (and KV-cache entry)
-  gains a leading `layers` axis of size `depth`. Call the result as
-  `(x, mask, kv_lengths, segment_ids, positions, causal, deterministic) -> (x, None)`; name
-  it `partitioning.STACKED` ("blocks"): sharding and the layout conversions look for it."""
+  gains a leading `layers` axis of size `depth`. Call the result as `(x, mask, kv_lengths,
+  segment_ids, positions, encoded, encoded_lengths, causal, deterministic) -> (x, None)`
+  (`encoded`: what cross-attention reads, with module_options cross_attention=True). Name it
+  "blocks" (`partitioning.STACKED`) or "<group>_blocks" in a model with several stacks:
+  sharding and the layout conversions look for these names."""
   return nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                  split_rngs={"params": True, "dropout": True},
-                 in_axes=(nn.broadcast,) * 6, length=config.depth)(config, **module_options)
+                 in_axes=(nn.broadcast,) * 8, length=config.depth)(config, **module_options)
 
 
 def block_stack(x, config: TransformerConfig, *, prefix: str = "block_", mask=None,
@@ -138,7 +142,7 @@ def block_stack(x, config: TransformerConfig, *, prefix: str = "block_", mask=No
   compact method."""
   if config.scan_layers:
     x, _ = scanned_blocks(config, name=STACKED)(x, mask, kv_lengths, segment_ids, positions,
-                                                causal, deterministic)
+                                                None, None, causal, deterministic)
     return x
   for i in range(config.depth):
     x = TransformerBlock(config, name=f"{prefix}{i}")(

@@ -106,7 +106,7 @@ class Bert(nn.Module):
     elif attention_mask is not None:  # e.g. the linear-cost kernels: right padding as lengths
       lengths = jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
     if self.config.scan_layers:
-      x, _ = self.blocks(x, mask, lengths, None, None, False, deterministic)
+      x, _ = self.blocks(x, mask, lengths, None, None, None, None, False, deterministic)
     else:
       for block in self.blocks:
         x = block(x, mask=mask, kv_lengths=lengths, deterministic=deterministic)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from attention_jax.layers import TextEmbeddings, TransformerBlock
 from attention_jax.layers.config import TransformerConfig
+from attention_jax.layers.transformer import scanned_blocks
 from attention_jax.models.layouts import LayerGroups
 
 
@@ -45,16 +46,18 @@ class EncoderDecoder(nn.Module):
 
   def setup(self):
     c = self.config
-    if c.scan_layers:
-      raise ValueError("scan_layers is available for GPT, Llama, Bert, ViT and Transformer-XL; "
-                       "EncoderDecoder keeps its blocks unrolled (set model.scan_layers=False).")
     self.embed = TextEmbeddings(c.vocab_size, c.width, c.max_len, position="sinusoidal",
                                 scale_tokens=True, dropout_rate=c.dropout_rate, dtype=c.dtype,
                                 param_dtype=c.param_dtype)
     encoder = c.replace(decode=False)
-    self.encoder_blocks = [TransformerBlock(encoder) for _ in range(c.depth)]
-    self.decoder_blocks = [TransformerBlock(c, cross_attention=True)
-                           for _ in range(c.decoder_depth or c.depth)]
+    decoder = c.replace(depth=c.decoder_depth or c.depth)
+    if c.scan_layers:  # "encoder_blocks", "decoder_blocks", stacked
+      self.encoder_blocks = scanned_blocks(encoder)
+      self.decoder_blocks = scanned_blocks(decoder, cross_attention=True)
+    else:  # "encoder_blocks_0", ..., "decoder_blocks_0", ...
+      self.encoder_blocks = [TransformerBlock(encoder) for _ in range(encoder.depth)]
+      self.decoder_blocks = [TransformerBlock(decoder, cross_attention=True)
+                             for _ in range(decoder.depth)]
     if c.decode:
       self.position_index = self.variable("cache", "position_index",
                                           lambda: jnp.array(0, jnp.int32))
@@ -62,6 +65,9 @@ class EncoderDecoder(nn.Module):
   def encode(self, source, source_lengths=None, *, deterministic=True):
     """[batch, src_len] -> [batch, src_len, width]."""
     x = self.embed(source, deterministic=deterministic)
+    if self.config.scan_layers:
+      return self.encoder_blocks(x, None, source_lengths, None, None, None, None, False,
+                                 deterministic)[0]
     for block in self.encoder_blocks:
       x = block(x, kv_lengths=source_lengths, deterministic=deterministic)
     return x
@@ -74,9 +80,13 @@ class EncoderDecoder(nn.Module):
       positions = self.position_index.value + jnp.arange(target_in.shape[1])[None]
       self.position_index.value = self.position_index.value + target_in.shape[1]
     y = self.embed(target_in, positions, deterministic=deterministic)
-    for block in self.decoder_blocks:
-      y = block(y, causal=not decode, encoded=encoded, encoded_lengths=source_lengths,
-                deterministic=deterministic)
+    if self.config.scan_layers:
+      y, _ = self.decoder_blocks(y, None, None, None, None, encoded, source_lengths,
+                                 not decode, deterministic)
+    else:
+      for block in self.decoder_blocks:
+        y = block(y, causal=not decode, encoded=encoded, encoded_lengths=source_lengths,
+                  deterministic=deterministic)
     return self.embed.attend(y).astype(jnp.float32)
 
   def __call__(self, source, target_in, source_lengths=None, *, deterministic=True):

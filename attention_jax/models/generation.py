@@ -11,6 +11,7 @@ import numpy as np
 from jax import lax
 
 from attention_jax.layers.config import with_options
+from attention_jax.layers.partitioning import in_stack
 
 NEG_INF = -1e9
 
@@ -257,12 +258,15 @@ def _beam_search(decoder, params, source, source_lengths, beam_size, max_len, bo
   scores = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1))
   finished = jnp.zeros((batch, k), bool)
 
-  def reorder(x, parent):  # cache leaves [batch * k, ...] follow their parent beam
-    if x.ndim == 0:
+  def reorder(path, x, parent):  # cache leaves [batch * k, ...] follow their parent beam
+    axis = int(in_stack(path))  # stacked blocks' caches are [layers, batch * k, ...]
+    if x.ndim <= axis:  # cache indices
       return x
+    x = jnp.moveaxis(x, axis, 0)
     x = x.reshape((batch, k) + x.shape[1:])
     index = parent.reshape((batch, k) + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, index, axis=1).reshape((batch * k,) + x.shape[2:])
+    x = jnp.take_along_axis(x, index, axis=1).reshape((batch * k,) + x.shape[2:])
+    return jnp.moveaxis(x, 0, axis)
 
   def step(state, t):
     tokens, scores, finished, cache = state
@@ -278,7 +282,7 @@ def _beam_search(decoder, params, source, source_lengths, beam_size, max_len, bo
     parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
     tokens = jnp.take_along_axis(tokens, parent[:, :, None], axis=1).at[:, :, t + 1].set(token)
     finished = jnp.take_along_axis(finished, parent, axis=1) | (token == eos_id)
-    cache = jax.tree.map(lambda x: reorder(x, parent), new["cache"])
+    cache = jax.tree_util.tree_map_with_path(lambda p, x: reorder(p, x, parent), new["cache"])
     return (tokens, scores, finished, cache), None
 
   (tokens, scores, _, _), _ = lax.scan(step, (tokens, scores, finished, cache),

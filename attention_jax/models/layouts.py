@@ -2,8 +2,9 @@
 groups each model declares (what fine-tuning freezes, decays and adapts).
 
 Unrolled (`scan_layers=False`): one subtree per block, named `<prefix><i>` (`block_0`, ...;
-BERT's `blocks_0`, ...). Stacked (`scan_layers=True`): one subtree named "blocks" whose
-arrays have a leading `layers` axis (nn.scan). Checkpoints, Hugging Face conversion and
+BERT's `blocks_0`, ...; the encoder-decoder's `encoder_blocks_0`, `decoder_blocks_0`, ...).
+Stacked (`scan_layers=True`): one subtree per stack, "blocks" (or `encoder_blocks`,
+`decoder_blocks`), whose arrays have a leading `layers` axis (nn.scan). Checkpoints, Hugging Face conversion and
 fine-tuning read either: `to_layout` converts a parameter tree to the layout of a target.
 """
 
@@ -14,11 +15,13 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attention_jax.layers.config import with_options
-from attention_jax.layers.partitioning import STACKED
+from attention_jax.layers.partitioning import STACKED, is_stack
 
 _INDEXED = re.compile(r"^(.*?)(\d+)$")
+_SINGLE_PREFIXES = ("block_", "blocks_")  # the unrolled names of a model's only stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +29,14 @@ class LayerGroups:
   """A model's layers by top-level parameter name, as the model declares them.
 
   below: under every block (embeddings); blocks: the unrolled blocks, bottom to top (empty
-  when stacked); stacked: the stacked blocks' name (None when unrolled); depth: number of
-  blocks; above: on top of the blocks and trained with them (final norm, untied LM head);
-  projections: the LoRA-targetable projections inside the blocks.
+  when stacked); stacks: the stacked blocks as (name, number of layers), bottom to top
+  (empty when unrolled); depth: number of blocks; above: on top of the blocks and trained
+  with them (final norm, untied LM head); projections: the LoRA-targetable projections
+  inside the blocks.
   """
   below: tuple[str, ...]
   blocks: tuple[str, ...]
-  stacked: str | None
+  stacks: tuple[tuple[str, int], ...]
   depth: int
   above: tuple[str, ...]
   projections: frozenset[str]
@@ -46,51 +50,70 @@ class LayerGroups:
     depth = sum(count for _, count in prefixes)
     blocks = () if config.scan_layers else tuple(
         f"{prefix}{i}" for prefix, count in prefixes for i in range(count))
+    stacks = tuple((stack_name(prefix), count) for prefix, count in prefixes
+                   ) if config.scan_layers else ()
     projections = {"query", "key", "value", "out", "fc1", "fc2"} | (
         {"gate"} if config.gated_mlp else set())
-    return cls(tuple(below), blocks, STACKED if config.scan_layers else None, depth,
-               tuple(above), frozenset(projections))
+    return cls(tuple(below), blocks, stacks, depth, tuple(above), frozenset(projections))
 
   def block_index(self, name: str) -> int | None:
     """Index (from the bottom) of the unrolled block named `name`, else None."""
     return self.blocks.index(name) if name in self.blocks else None
 
+  def stack_layers(self, name: str) -> np.ndarray | None:
+    """Indices (from the bottom, over all blocks) of the layers of the stack `name`."""
+    offset = 0
+    for stack, count in self.stacks:
+      if stack == name:
+        return np.arange(offset, offset + count)
+      offset += count
+    return None
+
+
+def stack_name(prefix: str) -> str:
+  """The stacked module of the blocks named `<prefix><i>`: "blocks" for a model's only stack
+  (GPT's `block_<i>`, BERT's `blocks_<i>`), else the prefix without its "_"
+  (`encoder_blocks_<i>` -> "encoder_blocks")."""
+  return STACKED if prefix in _SINGLE_PREFIXES else prefix[:-1]
+
 
 def is_stacked(params: dict) -> bool:
-  return isinstance(params, dict) and STACKED in params
+  return isinstance(params, dict) and any(is_stack(name) for name in params)
 
 
-def block_prefix(params: dict) -> str | None:
-  """The unrolled blocks' name prefix ("block_" or "blocks_") in `params`, if any."""
+def block_prefixes(params: dict) -> list[str]:
+  """The unrolled blocks' name prefixes in `params` ("block_", "encoder_blocks_", ...)."""
+  found = []
   for name in params:
     match = _INDEXED.match(name)
-    if match and match.group(1) in ("block_", "blocks_"):
-      return match.group(1)
-  return None
+    if match and match.group(1).endswith(("block_", "blocks_")) and match.group(1) not in found:
+      found.append(match.group(1))
+  return found
 
 
 def stack(params: dict) -> dict:
-  """Unrolled -> stacked: `<prefix>0 .. <prefix>{L-1}` become "blocks" with a leading axis."""
-  prefix = block_prefix(params)
-  if prefix is None:
-    return params
-  names = sorted((n for n in params if n.startswith(prefix) and n[len(prefix):].isdigit()),
-                 key=lambda n: int(n[len(prefix):]))
-  blocks = [params[n] for n in names]
-  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
-  rest = {k: v for k, v in params.items() if k not in names}
-  return {**rest, STACKED: stacked}
+  """Unrolled -> stacked: each `<prefix>0 .. <prefix>{L-1}` becomes one module (`stack_name`)
+  whose arrays have a leading axis."""
+  for prefix in block_prefixes(params):
+    names = sorted((n for n in params if n.startswith(prefix) and n[len(prefix):].isdigit()),
+                   key=lambda n: int(n[len(prefix):]))
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in names])
+    params = {**{k: v for k, v in params.items() if k not in names},
+              stack_name(prefix): stacked}
+  return params
 
 
 def unstack(params: dict, prefix: str) -> dict:
-  """Stacked -> unrolled blocks named `<prefix><i>`."""
-  if not is_stacked(params):
-    return params
-  stacked = params[STACKED]
-  depth = jax.tree.leaves(stacked)[0].shape[0]
-  rest = {k: v for k, v in params.items() if k != STACKED}
-  return {**rest, **{f"{prefix}{i}": jax.tree.map(lambda x, i=i: x[i], stacked)
-                     for i in range(depth)}}
+  """Stacked -> unrolled: "blocks" becomes `<prefix><i>`, "<group>_blocks" becomes
+  `<group>_blocks_<i>`."""
+  for name in [n for n in params if is_stack(n)]:
+    stacked = params[name]
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    unrolled_prefix = prefix if name == STACKED else name + "_"
+    params = {**{k: v for k, v in params.items() if k != name},
+              **{f"{unrolled_prefix}{i}": jax.tree.map(lambda x, i=i: x[i], stacked)
+                 for i in range(depth)}}
+  return params
 
 
 def to_layout(params: dict, like: dict, prefix: str = "block_") -> dict:
@@ -99,7 +122,8 @@ def to_layout(params: dict, like: dict, prefix: str = "block_") -> dict:
   if is_stacked(like) and not is_stacked(params):
     return stack(params)
   if is_stacked(params) and not is_stacked(like):
-    return unstack(params, block_prefix(like) or prefix)
+    single = [p for p in block_prefixes(like) if p in _SINGLE_PREFIXES]
+    return unstack(params, single[0] if single else prefix)
   return params
 
 

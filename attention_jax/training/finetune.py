@@ -117,7 +117,7 @@ def trainable(params, config, groups: LayerGroups) -> dict:
       return lora_lib.is_adapter(path)
     if cfg.mode == "top_k_layers":
       # Stacked blocks train as one array; layer_scale zeroes the lower layers' updates.
-      return path[0] == groups.stacked or path[0] in top
+      return groups.stack_layers(path[0]) is not None or path[0] in top
     return False
 
   if cfg.mode == "top_k_layers" and groups.depth == 0:
@@ -234,17 +234,17 @@ def layer_scale(params, config, groups: LayerGroups) -> optax.GradientTransforma
   there is nothing to scale."""
   decay, flat, depth = config.finetune.layer_decay, _flat(params), groups.depth
   top_k = config.finetune.top_k if config.finetune.mode == "top_k_layers" else None
-  stacked = groups.stacked is not None and any(p[0] == groups.stacked for p in flat)
+  stacked = any(groups.stack_layers(p[0]) is not None for p in flat)
   if decay == 1.0 and not (top_k and stacked):
     return None
   if depth == 0:
     raise ValueError("layer-wise lr decay needs a model with blocks.")
 
   def scale(path, leaf):
-    if path[0] == groups.stacked:
-      layer = np.arange(depth)
+    layer = groups.stack_layers(path[0])
+    if layer is not None:
       factor = decay ** (depth - layer) * (layer >= depth - top_k if top_k else 1.0)
-      return factor.reshape((depth,) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)
+      return factor.reshape((len(layer),) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)
     index = groups.block_index(path[0])
     if index is not None:
       return np.float32(decay ** (depth - index))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from attention_jax.layers.partitioning import STACKED
+from attention_jax.layers.partitioning import in_stack
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -33,8 +33,7 @@ def decay_mask(params):
   """Weight decay on matrices (kernels, embeddings), not on biases or LayerNorm scales (on
   stacked blocks, not counting their leading `layers` axis)."""
   def is_matrix(path, x):
-    stacked = any(getattr(key, "key", None) == STACKED for key in path)
-    return x.ndim - stacked >= 2
+    return x.ndim - in_stack(path) >= 2
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 

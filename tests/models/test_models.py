@@ -244,7 +244,8 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients(name):
     models.with_options(model, remat="some").apply(params, *inputs)
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny", "transformer-xl-tiny"])
+@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny", "transformer-xl-tiny",
+                                  "transformer-tiny"])
 def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
   model = models.create(name)
   inputs = model.example_inputs()
@@ -252,8 +253,11 @@ def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
   scanned = models.with_options(model, scan_layers=True)
   stacked = layouts.to_layout(params, jax.eval_shape(
       lambda: scanned.init(jax.random.key(0), *inputs))["params"])
-  assert stacked["blocks"]["attention"]["query"]["kernel"].shape[0] == model.config.depth
-  assert not any(k.startswith("block") and k != "blocks" for k in stacked)
+  stacks = {k for k in stacked if "blocks" in k}
+  assert stacks == ({"encoder_blocks", "decoder_blocks"} if name == "transformer-tiny"
+                    else {"blocks"})
+  for stack in stacks:
+    assert stacked[stack]["attention"]["query"]["kernel"].shape[0] == model.config.depth
   for want, got in zip(jax.tree.leaves(model.apply({"params": params}, *inputs)),
                        jax.tree.leaves(scanned.apply({"params": stacked}, *inputs))):
     np.testing.assert_allclose(want, got, atol=1e-5)
@@ -292,9 +296,21 @@ def test_scan_layers_generates_with_a_stacked_kv_cache():
   np.testing.assert_array_equal(greedy(model, params),
                                 greedy(models.with_options(model, scan_layers=True),
                                        layouts.stack(params)))
-  with pytest.raises(ValueError, match="scan_layers is available for GPT, Llama, Bert, ViT and Transformer-XL"):
-    bad = models.create("transformer-tiny", scan_layers=True)
-    bad.init(jax.random.key(0), *bad.example_inputs())
+
+
+def test_stacked_encoder_decoder_beam_searches_with_a_stacked_cache():
+  """The decoder's KV cache is [layers, batch * beams, ...]: beams reorder along axis 1."""
+  model = models.create("transformer-tiny", decoder_depth=3, dropout_rate=0.0)
+  src = jax.random.randint(jax.random.key(3), (2, 7), 3, model.config.vocab_size)
+  params = model.init(jax.random.key(0), src, src[:, :4])["params"]
+  stacked = layouts.stack(params)
+  assert stacked["decoder_blocks"]["mlp"]["fc1"]["kernel"].shape[0] == 3
+  search = lambda m, p: models.beam_search(m, p, src, beam_size=3, max_len=6, bos_id=1,
+                                           eos_id=2, source_lengths=jnp.array([7, 5]))
+  want, got = search(model, params), search(models.with_options(model, scan_layers=True),
+                                            stacked)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_allclose(got[1], want[1], atol=1e-5)
 
 
 def test_batched_prompts_of_different_lengths_generate_as_each_alone():

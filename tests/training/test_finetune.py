@@ -15,6 +15,7 @@ from flax import traverse_util
 from attention_jax import models, pretrained
 from attention_jax.data import pipeline
 from attention_jax.layers import lora
+from attention_jax.models import layouts
 from attention_jax.training import finetune, optim, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
@@ -184,6 +185,32 @@ def test_layer_decay_scales_updates_by_depth_in_both_layouts(scan_layers):
   assert block(1) == pytest.approx(0.5)
   assert block(0) == pytest.approx(0.25)
   assert ratio["embed"]["token"]["embedding"] == pytest.approx(0.125)
+
+
+def test_layer_decay_puts_the_encoder_below_the_decoder_in_both_layouts():
+  """Two stacks: the encoder's layers are the bottom ones, the decoder's the top ones, and
+  top_k_layers zeroes the stacked layers it freezes."""
+  config = finetune_minilm_wordnet.get_config()
+  config.finetune.layer_decay, config.finetune.mode, config.finetune.top_k = 0.5, "full", 0
+  scales = {}
+  for scan_layers in (False, True):
+    model = models.create("transformer-tiny", decoder_depth=3, scan_layers=scan_layers)
+    params = finetune.initial_params(model, model.example_inputs(), jax.random.key(0), {})
+    scale = finetune.layer_scale(params, config, model.layer_groups())
+    scales[scan_layers] = scale.update(jax.tree.map(jnp.ones_like, params), None)[0]
+  unrolled, stacked = scales[False], scales[True]
+  assert unrolled["encoder_blocks_0"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.5 ** 5)
+  assert unrolled["decoder_blocks_2"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.5)
+  assert unrolled["embed"]["token"]["embedding"] == pytest.approx(0.5 ** 6)
+  jax.tree.map(np.testing.assert_allclose, layouts.stack(unrolled), stacked)
+  config.finetune.layer_decay, config.finetune.mode, config.finetune.top_k = 1.0, \
+      "top_k_layers", 2
+  scale = finetune.layer_scale(stacked, config, models.with_options(
+      model, scan_layers=True).layer_groups())
+  fc1 = lambda stack: np.asarray(scale.update(jax.tree.map(jnp.ones_like, stacked), None)[0][
+      stack]["mlp"]["fc1"]["kernel"][:, 0, 0])
+  np.testing.assert_array_equal(fc1("encoder_blocks"), [0, 0])
+  np.testing.assert_array_equal(fc1("decoder_blocks"), [0, 1, 1])
 
 
 def test_top_k_layers_of_stacked_blocks_freezes_the_lower_layers(tmp_path_factory, tmp_path,

@@ -18,7 +18,7 @@ from attention_jax.training import lock as lock_lib
 from attention_jax.training import parallel, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
-from configs import xl_kjv
+from configs import translate_kjv_rv, xl_kjv
 from tests.training.test_train import tiny_config, train_losses
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -99,11 +99,15 @@ def test_a_llama_trains_on_every_mesh_axis_like_one_device(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_a_stacked_transformer_xl_trains_on_a_2d_mesh_like_one_device(tmp_path, data_dir):
-  """Its segment memory rides through nn.scan beside the stacked parameters, and its
-  relative-position projections split by heads over `tensor`."""
-  one = run_layout(tmp_path, data_dir, "one", num_devices=1, config_module=xl_kjv)
-  split = run_layout(tmp_path, data_dir, "split", config_module=xl_kjv, **{
+@pytest.mark.parametrize("module", [xl_kjv, translate_kjv_rv],
+                         ids=lambda m: m.__name__.split(".")[-1])
+def test_stacked_blocks_of_the_other_families_train_on_a_3d_mesh_like_one_device(
+    module, tmp_path, data_dir):
+  """Transformer-XL's segment memory rides through nn.scan beside the stacked parameters
+  (its relative-position projections split by heads); the encoder-decoder stacks its encoder
+  and its decoder separately."""
+  one = run_layout(tmp_path, data_dir, "one", num_devices=1, config_module=module)
+  split = run_layout(tmp_path, data_dir, "split", config_module=module, **{
       "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "model.scan_layers": True,
       "model.remat": "full"})
   np.testing.assert_allclose(split, one, rtol=1e-5)
