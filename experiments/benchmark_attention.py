@@ -16,8 +16,9 @@ Ring attention (`config.ring_devices`, `config.ring_seq_lens`): for each device 
 benchmark re-runs itself in a subprocess with N fake CPU devices (`--ring_worker=N`) and
 times causal forward+backward of `ring` on a sequence=N mesh against single-device `flash`,
 with the compiled program's memory per device (arguments, outputs and temporaries: the ring's
-inputs and gradients are split over the devices, flash's are whole). Fake devices share this machine's cores, so the time
-ratio shows the ring's overhead, not a speed-up; the memory column is the point.
+inputs and gradients are split over the devices, flash's are whole). Fake devices share this
+machine's cores, so the time ratio shows the ring's overhead, not a speed-up; the memory
+column is the point.
 """
 
 from __future__ import annotations

@@ -111,7 +111,8 @@ def main(argv):
     count = sum(x.size for x in jax.tree.leaves(runs["float32"]["state"].frozen))
     trained = sum(x.size for x in jax.tree.leaves(runs["float32"]["state"].params))
     print(f"LoRA SFT, Llama width {_WIDTH.value} depth {_DEPTH.value}"
-          f"{' (scan_layers)' if _SCAN.value else ''}, remat={_REMAT.value}, {_PRECISION.value} compute: {count:,} frozen and {trained:,} trained "
+          f"{' (scan_layers)' if _SCAN.value else ''}, remat={_REMAT.value}, "
+          f"{_PRECISION.value} compute: {count:,} frozen and {trained:,} trained "
           f"parameters; batch {_BATCH.value} x {_SEQ_LEN.value} tokens; "
           f"{jax.devices()[0].device_kind}")
     print("| frozen base | arguments (MiB) | temporaries (MiB) | steps/s |")

@@ -76,8 +76,9 @@ def _add_wall_time(workdir: str, seconds: float) -> float:
   if os.path.exists(path):
     with open(path) as f:
       seconds += json.load(f)
-  with open(path, "w") as f:
+  with open(path + ".tmp", "w") as f:
     json.dump(seconds, f)
+  os.replace(path + ".tmp", path)  # a kill mid-write leaves the old total, not half a file
   return seconds
 
 

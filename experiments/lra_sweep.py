@@ -4,12 +4,13 @@ r"""Runs every (task, kernel) cell of the Long Range Arena suite and writes the 
     python -m experiments.lra_sweep --root=runs/lra_tpu --variant=lra   # LRA's sizes
 
 Each cell trains configs/lra_<task>.py[:variant] with `model.kernel` set to the kernel, in
-`ROOT/<task>/<kernel>`, then scores the best checkpoint (by validation loss) on the test
-split. A cell that already has its result (`ROOT/<task>/<kernel>/result.json`) is skipped, so
-an interrupted sweep resumes where it stopped (and an interrupted cell resumes from its last
-checkpoint: SIGTERM saves one and stops the sweep). After every cell it writes ROOT/results.json and ROOT/results.md: test accuracy
-per task and kernel, wall time per cell, and LRA's published ListOps figures beside ours.
-`--table_only` writes them from the cells finished so far without training any.
+`ROOT/<task>/<kernel>`, then scores the best checkpoint (by validation loss) on the test split.
+A cell that already has its result (`ROOT/<task>/<kernel>/result.json`) is skipped, so an
+interrupted sweep resumes where it stopped (and an interrupted cell resumes from its last
+checkpoint: SIGTERM saves one and stops the sweep). After every cell it writes ROOT/results.json
+and ROOT/results.md: test accuracy per task and kernel, wall time per cell, and LRA's published
+ListOps figures beside ours. `--table_only` writes them from the cells finished so far without
+training any.
 """
 
 from __future__ import annotations

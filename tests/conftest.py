@@ -8,6 +8,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # ATTENTION_JAX_TEST_JIT_CACHE to move it, or to "" to compile everything afresh.
 os.environ.setdefault("ATTENTION_JAX_TEST_JIT_CACHE",
                       os.path.join(tempfile.gettempdir(), "attention_jax-test-jit-cache"))
+# JAX's own variable would cache multi-device programs too, here and in subprocesses.
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 from jax._src import compiler  # noqa: E402
@@ -24,7 +26,8 @@ def _single_device_programs_only(get_cache_key):
   return cache_key
 
 
-if os.environ["ATTENTION_JAX_TEST_JIT_CACHE"]:
+# (A private function of the pinned jax; without it the tests compile everything afresh.)
+if os.environ["ATTENTION_JAX_TEST_JIT_CACHE"] and hasattr(compiler, "_get_cache_key"):
   compiler._get_cache_key = _single_device_programs_only(compiler._get_cache_key)
   jax.config.update("jax_compilation_cache_dir", os.environ["ATTENTION_JAX_TEST_JIT_CACHE"])
   # Steps, not the many tiny eager-op compilations. No size limit: JAX's LRU eviction lists

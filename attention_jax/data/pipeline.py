@@ -133,18 +133,22 @@ def eval_batches(dataset: grain.MapDataset, global_batch: int, max_batches: int 
   their sums by it). Array examples (a language model's windows of one text stream) drop the
   last partial batch."""
   hosts, host = jax.process_count(), jax.process_index()
+  if global_batch <= 0 or global_batch % hosts:
+    raise ValueError(f"the evaluation batch {global_batch} must be a positive multiple of the "
+                     f"{hosts} hosts.")
   per_host = global_batch // hosts
   if not len(dataset):
     raise ValueError("the evaluation split is empty.")
-  if not isinstance(dataset[0], dict):
-    batches = dataset[host::hosts].batch(per_host, drop_remainder=True)
-    count = len(batches) if max_batches is None else min(max_batches, len(batches))
+  share = dataset[host::hosts]
+  weighted = isinstance(dataset[0], dict)
+  # From the whole split, so that every host runs the same number of batches.
+  count = -(-len(dataset) // global_batch) if weighted else len(dataset) // global_batch
+  count = count if max_batches is None else min(max_batches, count)
+  if not weighted:
     if count == 0:
       raise ValueError(f"the evaluation split has fewer than one batch of {global_batch}.")
+    batches = share.batch(per_host, drop_remainder=True)
     return [batches[i] for i in range(count)]
-  count = -(-len(dataset) // global_batch)  # the same on every host
-  count = count if max_batches is None else min(max_batches, count)
-  share = dataset[host::hosts]
   filler = {**dataset[0], "weight": np.float32(0.0)}
   batches = []
   for start in range(0, count * per_host, per_host):

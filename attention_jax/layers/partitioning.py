@@ -51,6 +51,8 @@ DIRECT = {
 }
 LAYERS = "layers"  # the leading axis of blocks stacked by `scan_layers`
 STACKED = "blocks"  # the module name of such a stack (layers.transformer.scanned_blocks)
+_INDEX = re.compile(r"_\d+$")
+LORA_SUFFIX = "_lora"
 
 
 def is_stack(name: str) -> bool:
@@ -63,8 +65,6 @@ def in_stack(path) -> bool:
   """Whether the leaf at pytree `path` (of a parameter or cache tree) lies in stacked blocks,
   so its leading axis is `layers`."""
   return any(is_stack(str(getattr(key, "key", ""))) for key in path)
-_INDEX = re.compile(r"_\d+$")
-LORA_SUFFIX = "_lora"
 
 
 def _axes_of(names: tuple[str, ...]) -> tuple | None:

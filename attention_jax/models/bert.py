@@ -68,10 +68,11 @@ class Bert(nn.Module):
   `attention_mask` [batch, length] (1 = real token, 0 = padding) keeps padding out of every
   attention (as a mask; for a kernel that takes no mask, as key lengths, which assumes the
   padding is at the end of each row). "pooled" is BERT's pooler output,
-  tanh(Dense(hidden[:, 0])). The classifier reads it (`classifier_pooling="cls"`, BERT) or the mean of the real tokens' hidden states
-  ("mean", sentence-transformers). `mlm_logits(hidden)` gives masked-LM logits through the
-  tied token embedding; the MLM head's parameters exist only once it is used (BertModel's
-  parameter count otherwise). `config.lora` adds LoRA adapters to the encoder's projections.
+  tanh(Dense(hidden[:, 0])). The classifier reads it (`classifier_pooling="cls"`, BERT) or
+  the mean of the real tokens' hidden states ("mean", sentence-transformers).
+  `mlm_logits(hidden)` gives masked-LM logits through the tied token embedding; the MLM
+  head's parameters exist only once it is used (BertModel's parameter count otherwise).
+  `config.lora` adds LoRA adapters to the encoder's projections.
   """
   config: BertConfig
 

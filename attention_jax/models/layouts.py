@@ -4,8 +4,9 @@ groups each model declares (what fine-tuning freezes, decays and adapts).
 Unrolled (`scan_layers=False`): one subtree per block, named `<prefix><i>` (`block_0`, ...;
 BERT's `blocks_0`, ...; the encoder-decoder's `encoder_blocks_0`, `decoder_blocks_0`, ...).
 Stacked (`scan_layers=True`): one subtree per stack, "blocks" (or `encoder_blocks`,
-`decoder_blocks`), whose arrays have a leading `layers` axis (nn.scan). Checkpoints, Hugging Face conversion and
-fine-tuning read either: `to_layout` converts a parameter tree to the layout of a target.
+`decoder_blocks`), whose arrays have a leading `layers` axis (nn.scan). Checkpoints, Hugging
+Face conversion and fine-tuning read either: `to_layout` converts a parameter tree to the layout
+of a target.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class LayerGroups:
     depth = sum(count for _, count in prefixes)
     blocks = () if config.scan_layers else tuple(
         f"{prefix}{i}" for prefix, count in prefixes for i in range(count))
-    stacks = tuple((stack_name(prefix), count) for prefix, count in prefixes
-                   ) if config.scan_layers else ()
+    stacks = (tuple((stack_name(prefix), count) for prefix, count in prefixes)
+              if config.scan_layers else ())
     projections = {"query", "key", "value", "out", "fc1", "fc2"} | (
         {"gate"} if config.gated_mlp else set())
     return cls(tuple(below), blocks, stacks, depth, tuple(above), frozenset(projections))

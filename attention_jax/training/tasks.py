@@ -149,7 +149,9 @@ class Task:
     return 1
 
   def loss(self, model, params, batch, rng, deterministic: bool):
-    """(mean loss, sums) of a batch; the sums add up over batches for `summarize`."""
+    """(mean loss, sums) of a batch; the sums add up over batches for `summarize`. Evaluation
+    batches of dict examples carry a "weight" [b] (pipeline.eval_batches: 0 on the copies
+    that fill the last batch): the sums must leave those out (`weighted`)."""
     raise NotImplementedError
 
   def summarize(self, sums: dict, prefix: str) -> dict:

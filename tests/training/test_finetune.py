@@ -191,7 +191,7 @@ def test_layer_decay_puts_the_encoder_below_the_decoder_in_both_layouts():
   """Two stacks: the encoder's layers are the bottom ones, the decoder's the top ones, and
   top_k_layers zeroes the stacked layers it freezes."""
   config = finetune_minilm_wordnet.get_config()
-  config.finetune.layer_decay, config.finetune.mode, config.finetune.top_k = 0.5, "full", 0
+  config.finetune.update(layer_decay=0.5, mode="full")
   scales = {}
   for scan_layers in (False, True):
     model = models.create("transformer-tiny", decoder_depth=3, scan_layers=scan_layers)
@@ -203,8 +203,7 @@ def test_layer_decay_puts_the_encoder_below_the_decoder_in_both_layouts():
   assert unrolled["decoder_blocks_2"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.5)
   assert unrolled["embed"]["token"]["embedding"] == pytest.approx(0.5 ** 6)
   jax.tree.map(np.testing.assert_allclose, layouts.stack(unrolled), stacked)
-  config.finetune.layer_decay, config.finetune.mode, config.finetune.top_k = 1.0, \
-      "top_k_layers", 2
+  config.finetune.update(layer_decay=1.0, mode="top_k_layers", top_k=2)
   scale = finetune.layer_scale(stacked, config, models.with_options(
       model, scan_layers=True).layer_groups())
   fc1 = lambda stack: np.asarray(scale.update(jax.tree.map(jnp.ones_like, stacked), None)[0][

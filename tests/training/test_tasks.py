@@ -180,7 +180,9 @@ def test_evaluation_batches_split_hosts_evenly(monkeypatch):
     seen += [x for b in batches for x, w in zip(b["x"], b["weight"]) if w == 1]
   assert sorted(seen) == list(range(11))
   assert len(pipeline.eval_batches(data, 4, max_batches=2)) == 2
-  windows = grain.MapDataset.source([np.arange(3) + i for i in range(11)])  # a text stream
-  monkeypatch.setattr(jax, "process_count", lambda: 1)
-  monkeypatch.setattr(jax, "process_index", lambda: 0)
-  assert len(pipeline.eval_batches(windows, 4)) == 2  # drops its last partial batch
+  with pytest.raises(ValueError, match="batch 3 must be a positive multiple of the 2 hosts"):
+    pipeline.eval_batches(data, 3)
+  windows = grain.MapDataset.source([np.arange(3) + i for i in range(7)])  # a text stream
+  for host in (0, 1):  # 7 windows: one full batch of 4 (host 0's slice holds 4, host 1's 3)
+    monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+    assert [b.shape for b in pipeline.eval_batches(windows, 4)] == [(2, 3)]
