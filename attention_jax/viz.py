@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import kernels, models
+from attention_jax.layers.partitioning import in_stack, is_stack
 from attention_jax.pretrained import PretrainedTokenizer
 from attention_jax.training import metrics as metrics_lib
 
@@ -64,8 +65,15 @@ def attention_weights(model, params, *inputs, **kwargs) -> list[np.ndarray]:
   found = []
 
   def collect(path, leaf):
-    if any(getattr(k, "key", None) == "attention_weights" for k in path):
-      found.append((jax.tree_util.keystr(path), np.asarray(leaf, np.float32)))
+    keys = [str(getattr(k, "key", getattr(k, "idx", ""))) for k in path]
+    if "attention_weights" not in keys:
+      return
+    leaf = np.asarray(leaf, np.float32)
+    if in_stack(path):  # scan_layers: [layers, ...], each named as its unrolled block
+      found.extend(("/".join(f"{k}_{i}" if is_stack(k) else k for k in keys), layer)
+                   for i, layer in enumerate(leaf))
+    else:
+      found.append(("/".join(keys), leaf))
 
   jax.tree_util.tree_map_with_path(collect, state["intermediates"])
   if not found:
@@ -95,8 +103,10 @@ def kernel_weights(kernel, query, key, **kwargs) -> np.ndarray:
 
 
 def _layer_order(path: str) -> tuple:
-  """Sort key: numbers in the path compared as numbers (block_2 before block_10)."""
-  return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path))
+  """Sort key: the encoder's layers before the decoder's, then numbers in the path compared
+  as numbers (block_2 before block_10)."""
+  return ("decoder" in path,) + tuple(int(p) if p.isdigit() else p
+                                      for p in re.split(r"(\d+)", path))
 
 
 def plot_attention(weights, labels: list[str], path: str, *, title: str = "",

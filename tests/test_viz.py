@@ -9,6 +9,7 @@ import numpy as np
 import jax
 
 from attention_jax import models, viz
+from attention_jax.models import layouts
 from tests.kernels import reference
 
 
@@ -29,6 +30,21 @@ def test_attention_weights_are_the_models_own_and_draw(tmp_path):
   path = viz.plot_attention(weights[0][0], [str(t) for t in np.asarray(tokens[0])],
                             str(tmp_path / "layer0.png"), title="layer 0", heads=[0, 1])
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_weights_run_encoder_first_and_unstack_scanned_layers():
+  model = models.create("transformer-tiny", decoder_depth=3)
+  src = jax.random.randint(jax.random.key(0), (2, 7), 3, model.config.vocab_size)
+  tgt = src[:, :5]
+  params = model.init(jax.random.key(1), src, tgt)["params"]
+  weights = viz.attention_weights(model, params, src, tgt)
+  # 2 encoder self-attentions (7 x 7), then per decoder block self (5 x 5) and cross (5 x 7).
+  assert [w.shape[-2:] for w in weights] == [(7, 7)] * 2 + [(5, 5), (5, 7)] * 3
+  scanned = viz.attention_weights(models.with_options(model, scan_layers=True),
+                                  layouts.stack(params), src, tgt)
+  assert len(scanned) == len(weights)
+  for want, got in zip(weights, scanned):
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_kernel_weights_are_the_matrices_each_kernel_applies(tmp_path):
