@@ -9,9 +9,12 @@ The model is configs/default.py (byte-level GPT, width 192, depth 4, 4 heads, ML
 AdamW chain, jitted with `donate_argnums=(0,)` (the trainer's default pmap runner wraps the same
 step); `jax_default_malloc` is the same with glibc's malloc as it comes
 (ATTENTION_JAX_MALLOC=default: without attention_jax.allocator's tuning, the before/after of
-that change); `torch_eager` and `torch_compile` are an equivalent plain torch.nn GPT (pre-LN,
-learned positions, tied embeddings, tanh GELU, SDPA causal attention) with AdamW (decay on
-matrices only) and global-norm clipping. Needs `pip install torch==2.13.0` for the PyTorch rows.
+that change); `jax_plain` is the same GPT written as a few plain jax.numpy functions (one fused
+query/key/value matrix, attention as two einsums, optax AdamW and clipping, no Flax), which
+separates what our layers and trainer cost from what XLA:CPU makes of the model itself;
+`torch_eager` and `torch_compile` are an equivalent plain torch.nn GPT (pre-LN, learned
+positions, tied embeddings, tanh GELU, SDPA causal attention) with AdamW (decay on matrices
+only) and global-norm clipping. Needs `pip install torch==2.13.0` for the PyTorch rows.
 
 Per ../shared/PERF.md, every measurement is a fresh subprocess (allocator settings are
 process-wide, so neither framework's tuning touches the other), started in interleaved rounds
@@ -43,7 +46,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # jax_default_malloc: our step with glibc malloc as it comes (ATTENTION_JAX_MALLOC=default),
 # i.e. without attention_jax.allocator's tuning: the before/after of that change, side by side.
-IMPLS = ("jax", "jax_default_malloc", "torch_eager", "torch_compile")
+IMPLS = ("jax", "jax_default_malloc", "jax_plain", "torch_eager", "torch_compile")
 MALLOC_OPT_OUT = {"jax_default_malloc": "default"}
 TORCH_INSTALL = "pip install torch==2.13.0"
 RESULT_PREFIX = "BENCHMARK_RESULT "
@@ -159,6 +162,99 @@ def jax_worker(spec: dict) -> dict:
               malloc=allocator.describe())
 
 
+# --- JAX without our layers: the same GPT as plain functions ---------------------------------
+
+
+def plain_gpt(shape: dict):
+  """(init(key) -> params, forward(params, tokens [b, t]) -> logits) in plain jax.numpy, the
+  torch twin's layout (fused qkv, pre-LN, learned positions, tied output embedding)."""
+  import jax
+  import jax.numpy as jnp
+
+  width, heads, mlp_dim, eps = shape["width"], shape["heads"], shape["mlp_dim"], shape["ln_eps"]
+
+  def init(key):
+    keys = iter(jax.random.split(key, 2 + 4 * shape["depth"]))
+    normal = lambda *s: 0.02 * jax.random.normal(next(keys), s)
+    norm = lambda: (jnp.ones(width), jnp.zeros(width))
+    dense = lambda n_in, n_out: (normal(n_in, n_out), jnp.zeros(n_out))
+    blocks = [dict(attention_norm=norm(), qkv=dense(width, 3 * width), out=dense(width, width),
+                   mlp_norm=norm(), fc1=dense(width, mlp_dim), fc2=dense(mlp_dim, width))
+              for _ in range(shape["depth"])]
+    return dict(token=normal(shape["vocab_size"], width), position=normal(shape["seq_len"], width),
+                blocks=blocks, final_norm=norm())
+
+  def layer_norm(x, scale_bias):
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale_bias[0] + scale_bias[1]
+
+  def dense(x, kernel_bias):
+    return x @ kernel_bias[0] + kernel_bias[1]
+
+  def attention(q, k, v):  # [b, t, heads, head_dim] each
+    t = q.shape[1]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -1e30)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+
+  def forward(params, tokens):
+    b, t = tokens.shape
+    x = params["token"][tokens] + params["position"][:t]
+    for block in params["blocks"]:
+      qkv = dense(layer_norm(x, block["attention_norm"]), block["qkv"])
+      q, k, v = jnp.split(qkv.reshape(b, t, 3 * heads, -1), 3, axis=2)
+      x = x + dense(attention(q, k, v).reshape(b, t, width), block["out"])
+      hidden = jax.nn.gelu(dense(layer_norm(x, block["mlp_norm"]), block["fc1"]), approximate=True)
+      x = x + dense(hidden, block["fc2"])
+    return layer_norm(x, params["final_norm"]) @ params["token"].T
+
+  return init, forward
+
+
+def jax_plain_worker(spec: dict) -> dict:
+  """Times the plain-function GPT's step: jit, donated state, the same AdamW and clipping."""
+  import attention_jax  # noqa: F401  (as in the trainer: importing it tunes malloc first)
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  shape, opt = spec["shape"], spec["optimizer"]
+  init, forward = plain_gpt(shape)
+  params = init(jax.random.key(spec["seed"]))
+  param_count = sum(x.size for x in jax.tree.leaves(params))
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, opt["lr"], opt["warmup_steps"], opt["num_train_steps"],
+      end_value=opt["lr"] * opt["final_lr_fraction"])
+  optimizer = optax.chain(
+      *([optax.clip_by_global_norm(opt["clip_norm"])] if opt["clip_norm"] else []),
+      optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
+                  weight_decay=opt["weight_decay"],
+                  mask=lambda tree: jax.tree.map(lambda p: p.ndim >= 2, tree)))
+
+  def loss_fn(params, batch):
+    logits = forward(params, batch[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+  def train_step(state, batch):
+    params, opt_state = state
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  train_step = jax.jit(train_step, donate_argnums=(0,))
+  batch = jnp.asarray(random_batch(shape, spec["seed"]))
+  out = {"state": (params, optimizer.init(params))}
+
+  def step():
+    out["state"], out["loss"] = train_step(out["state"], batch)
+
+  timing = time_steps(step, spec["steps"], spec["warmup"],
+                      lambda: jax.block_until_ready(out["state"]))
+  return dict(timing, param_count=param_count, loss=float(out["loss"]),
+              version=f"jax {jax.__version__}", threads=None, kernel="einsum")
+
+
 # --- PyTorch: the same GPT in plain torch.nn -----------------------------------------------
 
 
@@ -268,6 +364,8 @@ def run_worker(impl: str, spec: dict) -> dict:
   """One implementation's measurement in this process: timings, parameter count, last loss."""
   if impl in ("jax", "jax_default_malloc"):
     result = jax_worker(spec)
+  elif impl == "jax_plain":
+    result = jax_plain_worker(spec)
   elif impl in ("torch_eager", "torch_compile"):
     result = torch_worker(spec, compile_model=impl == "torch_compile")
   else:

@@ -64,6 +64,49 @@ def test_train_step_benchmark_torch_twin_has_our_parameters(train_step_jax):
   assert abs(torch_result["loss"] - math.log(256)) < 0.5
 
 
+def test_plain_jax_twin_is_our_gpt(train_step_jax):
+  """The plain-function GPT computes our GPT's logits from the same weights (q, k and v fused
+  into one matrix), has its parameter count, and its benchmark worker runs."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from attention_jax.training import tasks
+  from experiments import benchmark_train_step as bench
+  spec, jax_result = train_step_jax
+  task = tasks.get(ml_collections.ConfigDict(spec["config"]))
+  task.prepare(None)
+  model = task.model()
+  tokens = jnp.asarray(bench.random_batch(spec["shape"], 1)[:, :-1])
+  ours = model.init(jax.random.key(3), tokens)["params"]
+  leaves, treedef = jax.tree.flatten(ours)  # every weight O(1): activations off the linear part
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  ours = treedef.unflatten([0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+  flat = lambda a: a.reshape(a.shape[0], -1)
+  blocks = []
+  for i in range(spec["shape"]["depth"]):
+    block = ours[f"block_{i}"]
+    attention = {n: block["attention"][n] for n in ("query", "key", "value")}
+    blocks.append(dict(
+        attention_norm=(block["attention_norm"]["scale"], block["attention_norm"]["bias"]),
+        qkv=(jnp.concatenate([flat(p["kernel"]) for p in attention.values()], axis=1),
+             jnp.concatenate([p["bias"].reshape(-1) for p in attention.values()])),
+        out=(block["attention"]["out"]["kernel"].reshape(-1, spec["shape"]["width"]),
+             block["attention"]["out"]["bias"]),
+        mlp_norm=(block["mlp_norm"]["scale"], block["mlp_norm"]["bias"]),
+        fc1=(block["mlp"]["fc1"]["kernel"], block["mlp"]["fc1"]["bias"]),
+        fc2=(block["mlp"]["fc2"]["kernel"], block["mlp"]["fc2"]["bias"])))
+  plain = dict(token=ours["embed"]["token"]["embedding"],
+               position=ours["embed"]["position"]["embedding"], blocks=blocks,
+               final_norm=(ours["final_norm"]["scale"], ours["final_norm"]["bias"]))
+  init, forward = bench.plain_gpt(spec["shape"])
+  assert jax.tree.structure(init(jax.random.key(0))) == jax.tree.structure(plain)
+  expected = model.apply({"params": ours}, tokens)
+  assert jnp.abs(forward(plain, tokens) - expected).max() < 1e-6 * jnp.abs(expected).max()
+  result = bench.run_worker("jax_plain", spec)
+  assert result["param_count"] == jax_result["param_count"]
+  assert abs(result["loss"] - math.log(256)) < 0.5
+
+
 def test_benchmark_takes_kernel_names_and_a_baseline(tmp_path):
   """The accelerator variants name registry kernels and compare each row with a baseline; a
   Pallas kernel in interpret mode stands in for the GPU here."""
