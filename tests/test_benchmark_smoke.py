@@ -77,8 +77,8 @@ def test_plain_jax_twin_is_our_gpt(train_step_jax):
   task.prepare(None)
   model = task.model()
   tokens = jnp.asarray(bench.random_batch(spec["shape"], 1)[:, :-1])
-  ours = model.init(jax.random.key(3), tokens)["params"]
-  leaves, treedef = jax.tree.flatten(ours)  # every weight O(1): activations off the linear part
+  shapes = jax.eval_shape(model.init, jax.random.key(3), tokens)["params"]
+  leaves, treedef = jax.tree.flatten(shapes)  # every weight O(1): activations off the linear part
   keys = jax.random.split(jax.random.key(4), len(leaves))
   ours = treedef.unflatten([0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
   flat = lambda a: a.reshape(a.shape[0], -1)
