@@ -8,7 +8,7 @@ r"""Train (or resume) a model: flags only, then `attention_jax.training.train_an
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from attention_jax.training import distributed, train_and_evaluate
+from attention_jax.training import RUN_ERRORS, distributed, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                           lock_config=True)
@@ -27,7 +27,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except RUN_ERRORS as e:  # the message says what to do; the traceback would bury it
+    raise SystemExit(f"error: {e}") from None
   if "sample" in results:
     print("\n--- sample ---\n" + results.pop("sample") + "\n--------------")
   for name, value in results.items():

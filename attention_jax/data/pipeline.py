@@ -7,6 +7,9 @@ resumed run continues with exactly the next batch.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
 import os
 import sys
 
@@ -14,22 +17,66 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from attention_jax.data import builders
 
-DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+# Where datasets are prepared when a config leaves dataset.data_dir empty: $TFDS_DATA_DIR (as
+# TFDS reads it), else ~/tensorflow_datasets.
+DATA_DIR_VARIABLE = "TFDS_DATA_DIR"
+
+
+def default_data_dir() -> str:
+  return os.environ.get(DATA_DIR_VARIABLE) or os.path.join(os.path.expanduser("~"),
+                                                           "tensorflow_datasets")
+
+
+def _shown(data_dir: str) -> str:
+  """`data_dir` as the progress line names it: by its variable or relative to home, so that
+  logs and notebook outputs do not carry this machine's absolute paths."""
+  if data_dir == os.environ.get(DATA_DIR_VARIABLE):
+    return f"${DATA_DIR_VARIABLE}"
+  home = os.path.expanduser("~")
+  return "~" + data_dir[len(home):] if data_dir.startswith(home + os.sep) else data_dir
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's own chatter while it prepares (its stdout lines and absl warnings name absolute
+  paths and vary with what an earlier run left behind); errors still show."""
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+def _prepared(name: str, data_dir: str):
+  """Our builder `name` in `data_dir`, prepared once: concurrent processes (test workers, the
+  hosts of one job) take a file lock, and the first prepares while the others wait."""
+  builder = builders.BUILDERS[name](data_dir=data_dir, file_format="array_record")
+  if builder.is_prepared():
+    return builder
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = builders.BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      print(f"preparing dataset {name} in {_shown(data_dir)} (once)", file=sys.stderr,
+            flush=True)
+      tfds.disable_progress_bar()
+      builder.download_and_prepare()
+  return builder
 
 
 def data_source(name: str, split: str, data_dir: str | None = None):
   """A random-access split: our builders (prepared on first use) or any TFDS catalog name."""
-  data_dir = data_dir or DEFAULT_DATA_DIR
+  data_dir = data_dir or default_data_dir()
   if name in builders.BUILDERS:
-    builder = builders.BUILDERS[name](data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      print(f"preparing dataset {name} in {data_dir} (once)", file=sys.stderr)
-      tfds.disable_progress_bar()
-      builder.download_and_prepare()
-    return builder.as_data_source()[split]
+    with _quiet_tfds():
+      return _prepared(name, data_dir).as_data_source()[split]
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:

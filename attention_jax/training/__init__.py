@@ -1,5 +1,10 @@
 """The trainer: `train_and_evaluate(config, workdir)`."""
 
-from attention_jax.training.train import NonFiniteError, train_and_evaluate
+from attention_jax.training.checkpoint import CheckpointSaveError
+from attention_jax.training.train import NonFiniteError, ResumeError, train_and_evaluate
 
-__all__ = ["NonFiniteError", "train_and_evaluate"]
+# What stops a run for a reason its user can fix: the entry points print the message alone.
+RUN_ERRORS = (CheckpointSaveError, NonFiniteError, ResumeError)
+
+__all__ = ["CheckpointSaveError", "NonFiniteError", "ResumeError", "RUN_ERRORS",
+           "train_and_evaluate"]

@@ -81,16 +81,40 @@ def check_config(config):
   finetune.check_config(config)
 
 
+class ResumeError(ValueError):
+  """A workdir's checkpoints do not fit the config they are resumed with."""
+
+
 def check_layout(config, saved_base: dict | None, workdir: str, step: int | None):
   """A checkpoint resumes only in the block layout it was written in."""
   saved = bool((saved_base or {}).get("scan_layers", False))
   wanted = bool(config.model.get("scan_layers", False))
   if saved_base is not None and saved != wanted:
-    raise ValueError(
+    raise ResumeError(
         f"the checkpoint at step {step} in {workdir} holds "
         f"{'stacked' if saved else 'unrolled'} blocks but config.model.scan_layers={wanted}. "
         f"Resume with scan_layers={saved}, or start a new workdir with "
         f"--config.init_from={workdir} (it converts the layout).")
+
+
+def check_architecture(recorded: dict | None, model, workdir: str, step: int):
+  """Refuses to resume checkpoints written by a model of another architecture, naming the
+  fields that differ (checkpoints from before the record existed are not checked)."""
+  if recorded is None:
+    return
+  changes = checkpoint_lib.architecture_changes(recorded["architecture"], model)
+  if changes:
+    raise ResumeError(
+        f"the checkpoint at step {step} in {workdir} was trained with another model; "
+        f"(recorded -> now) {'; '.join(changes)}. Resume with the recorded values "
+        "(--config.model.<field>=...), or start a new workdir (--config.init_from="
+        f"{workdir} fine-tunes from these checkpoints).")
+
+
+def model_record(config, model) -> dict:
+  """The "model" record of a run's checkpoints: the architecture and config.model."""
+  return {"architecture": checkpoint_lib.architecture(model),
+          "config": json.loads(json.dumps(config.model.to_dict(), default=str))}
 
 
 def record_run(config, workdir: str):
@@ -278,35 +302,38 @@ class Run:
   step_rng: jax.Array
   preempted: PreemptionFlag
   base_info: dict
+  model_info: dict  # the checkpoints' "model" record
 
 
 def _train_and_evaluate(config, workdir: str) -> dict:
   task = tasks.get(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints,
                                              "eval/loss")
-  start = checkpointer.latest_step()
-  # A resumed run rebuilds its frozen parameters from the very base it started from.
-  saved_base = checkpointer.base_info(start) if start is not None else None
   try:
+    start = checkpointer.latest_intact_step()  # damaged newer ones are set aside
+    # A resumed run rebuilds its frozen parameters from the very base it started from.
+    saved_base = checkpointer.base_info(start) if start is not None else None
     check_layout(config, saved_base, workdir, start)
     base = workdir_lib.load_base(config.init_from, saved_base) if config.init_from else None
+    task.prepare(workdir, base)
+    built = build(config, task, base)
+    del base
+    if start is not None:
+      check_architecture(checkpointer.model_info(start), built.model, workdir, start)
+    state = built.runner.init()
+    if start is not None:  # the checkpoint has the trained part; the frozen one is rebuilt
+      saved, data_state = checkpointer.restore(start, checkpoint_lib.abstract_like(
+          checkpointed(state)))
+      state = state.replace(**saved)
   except BaseException:
     checkpointer.close()
     raise
-  record_run(config, workdir)  # once the config is known to fit the workdir's checkpoints
-  task.prepare(workdir, base)
-
-  built = build(config, task, base)
-  del base
+  record_run(config, workdir)  # once the checkpoints are known to belong to this config
   model, runner, train_data, eval_data = (built.model, built.runner, built.train_data,
                                           built.eval_data)
   step_rng, sample_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
   train_iter = pipeline.train_iterator(train_data, config.batch_size, config.seed)
-  state = runner.init()
-  if start is not None:  # the checkpoint has the trained part; the frozen one is rebuilt
-    saved, data_state = checkpointer.restore(start, checkpoint_lib.abstract_like(
-        checkpointed(state)))
-    state = state.replace(**saved)
+  if start is not None:
     train_iter.set_state(data_state)
     print(f"resumed from {workdir} at step {start}", file=sys.stderr)
   start = start or 0
@@ -325,10 +352,10 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     with PreemptionFlag() as preempted:
       run = Run(config, task, model, runner, train_step,
                 DevicePrefetch(train_iter, runner.shard_batch), eval_batches, checkpointer,
-                writer, bar, step_rng, preempted, built.base_info)
+                writer, bar, step_rng, preempted, built.base_info,
+                model_record(config, model))
       state, last_eval, stopped_at = train_loop(run, state, start)
-  finally:  # also on errors (a non-finite loss): finish in-flight saves, flush the logs
-    checkpointer.wait()
+  finally:  # also on errors (a non-finite loss): flush the logs, finish the save in flight
     writer.close()
     checkpointer.close()
   if stopped_at is not None:
@@ -385,6 +412,7 @@ def train_loop(run: Run, state, start: int):
       fetched = run.runner.fetch([m for _, m in pending])
       for (pending_step, _), values in zip(pending, fetched):
         check_finite(pending_step, values, run.checkpointer)  # names the first bad step
+      run.checkpointer.raise_if_save_failed()  # a background save that failed stops here
       pending, metrics = [], {k: float(v) for k, v in fetched[-1].items()}
       loss = metrics["train/loss"]
       if logged:
@@ -400,7 +428,7 @@ def train_loop(run: Run, state, start: int):
             file=sys.stderr)
     if saved:
       run.checkpointer.save(step, checkpointed(state), data_state, run.base_info,
-                            last_eval if evaluated else None, force=True)
+                            run.model_info, last_eval if evaluated else None, force=True)
     if stop:
       return state, last_eval, step
   return state, last_eval, None

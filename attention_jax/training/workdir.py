@@ -39,27 +39,40 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
     config.dataset.eval_split = eval_split
   finetune.add_defaults(config)  # workdirs from before fine-tuning existed
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, "eval/loss")
-  steps = checkpointer.manager.all_steps()
-  if checkpoint == "latest":
-    step = checkpointer.latest_step()
-  elif checkpoint == "best":
-    step = checkpointer.best_step() or checkpointer.latest_step()
-  elif str(checkpoint).isdigit() and int(checkpoint) in steps:
-    step = int(checkpoint)
-  else:
-    raise ValueError(f"checkpoint must be 'latest', 'best' or one of the saved steps "
-                     f"{sorted(steps)}, got {checkpoint!r}.")
-  if step is None:
+  try:
+    steps = checkpointer.all_steps()
+    if checkpoint == "latest":
+      step = checkpointer.latest_step()
+    elif checkpoint == "best":
+      step = checkpointer.best_step() or checkpointer.latest_step()
+    elif str(checkpoint).isdigit() and int(checkpoint) in steps:
+      step = int(checkpoint)
+    else:
+      raise ValueError(f"checkpoint must be 'latest', 'best' or one of the saved steps "
+                       f"{steps}, got {checkpoint!r}.")
+    if step is None:
+      raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
+    problem = checkpointer.damage(step)
+    if problem:
+      raise ValueError(f"checkpoint {step} in {workdir} is damaged: {problem}. Choose another "
+                       f"with --checkpoint (saved steps: {steps}).")
+    saved_base = checkpointer.base_info(step)
+    recorded = checkpointer.model_info(step)
+  finally:
     checkpointer.close()
-    raise FileNotFoundError(f"{workdir} has no checkpoint yet.")
-  saved_base = checkpointer.base_info(step)
-  checkpointer.close()
   state = ocp.StandardCheckpointer().restore(
       os.path.abspath(os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR, str(step), "state")))
+  if recorded is not None:
+    use_recorded_model(config, recorded, config_path)
   base = load_base(config.init_from, saved_base) if config.init_from else None
   task = tasks.get(config)
   task.prepare(workdir, base)
   model = task.model(dropout_rate=0.0)
+  changes = recorded and checkpoint_lib.architecture_changes(recorded["architecture"], model)
+  if changes:
+    raise ValueError(f"{workdir}'s config.json no longer builds the model that checkpoint "
+                     f"{step} was trained with: (recorded -> now) {'; '.join(changes)}. "
+                     "Restore the run's dataset settings and tokenizer.")
   inputs = task.init_inputs()
   _, mask, loaded = finetune.starting_point(model, inputs, config, base)
   params = state["params"]
@@ -68,6 +81,18 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
         model, inputs, finetune.init_key(config.seed), a))(loaded)
     params = finetune.combine(params, finetune.split(initial, mask)[1])
   return config, task, model, params, step
+
+
+def use_recorded_model(config, recorded: dict, config_path: str):
+  """Sets config.model to the checkpoint's own record, saying which edits of config.json's
+  model section that overrides."""
+  edited = config.model.to_dict()
+  edits = sorted(k for k in set(edited) | set(recorded["config"])
+                 if edited.get(k) != recorded["config"].get(k))
+  if edits:
+    print(f"{config_path}: the model section differs from what the checkpoint was trained "
+          f"with ({', '.join(edits)}); using the checkpoint's record", file=sys.stderr)
+  config.model = ml_collections.ConfigDict(recorded["config"])
 
 
 def evaluate(workdir: str, checkpoint: str = "latest", split: str = "validation"
