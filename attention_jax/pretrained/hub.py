@@ -24,15 +24,18 @@ from attention_jax.pretrained import convert, formats, safetensors_io
 from attention_jax.pretrained.chat import ChatTokenizer
 from attention_jax.pretrained.tokenizer import PretrainedTokenizer
 
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# A checkpoint's files besides its weights, that `file_digests` records.
+CHECKPOINT_FILES = (CONFIG_FILE, "generation_config.json", "tokenizer.json",
+                    "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "chat_template.jinja", "sentence_bert_config.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class KnownCheckpoint:
   package: str  # the importable module holding the files
   subdirectory: str
-  sha256: str  # of WEIGHTS_FILE
+  sha256: str  # `weights_sha256`: of model.safetensors
   install: str
 
 
@@ -61,25 +64,38 @@ def resolve(path_or_name: str) -> tuple[str, str | None]:
                           f"({', '.join(sorted(KNOWN))}) nor a directory.")
 
 
-def sha256_of(path: str) -> str:
+def _sha256(path: str):
+  """The running SHA-256 of a regular file's bytes."""
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with safetensors_io.open_regular(path) as f:
     for chunk in iter(lambda: f.read(1 << 22), b""):
       digest.update(chunk)
-  return digest.hexdigest()
+  return digest
+
+
+def sha256_of(path: str) -> str:
+  """SHA-256 of a regular file (a FIFO or device is refused unopened)."""
+  return _sha256(path).hexdigest()
 
 
 def weights_sha256(directory: str) -> str:
-  """SHA-256 of a checkpoint's weights: of model.safetensors, or, for a sharded checkpoint,
-  of its index followed by each shard's digest."""
-  single = os.path.join(directory, WEIGHTS_FILE)
-  if os.path.exists(single):
-    return sha256_of(single)
-  tensors = safetensors_io.Tensors(directory)  # names a missing index or shard
-  digest = hashlib.sha256(open(os.path.join(directory, safetensors_io.INDEX_FILE), "rb").read())
-  for path in tensors.files:
+  """SHA-256 of exactly the files `safetensors_io.Tensors` reads (`weight_files`): of
+  model.safetensors, or, for a sharded checkpoint, of its index followed by each shard's
+  digest."""
+  first, *shards = safetensors_io.weight_files(directory)
+  digest = _sha256(first)
+  for path in shards:
     digest.update(sha256_of(path).encode())
   return digest.hexdigest()
+
+
+def file_digests(directory: str) -> dict[str, str]:
+  """{file name: SHA-256} of the CHECKPOINT_FILES a checkpoint directory has, and
+  "weights": its `weights_sha256`; a change to any of them changes this."""
+  present = [name for name in CHECKPOINT_FILES
+             if os.path.lexists(os.path.join(directory, name))]
+  return {**{name: sha256_of(os.path.join(directory, name)) for name in present},
+          "weights": weights_sha256(directory)}
 
 
 def read_checkpoint(path_or_name: str, sha256: str | None = None
