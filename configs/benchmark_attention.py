@@ -3,6 +3,7 @@
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:smoke
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:gpu
+    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:gpu_check
     python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:ring
     ... --config.seq_lens='(1024, 4096)' --config.repeats=9
 """
@@ -51,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ring_devices = ()
   elif arg == "ring":  # ring attention only
     c.seq_lens, c.long_seq_lens = (), ()
-  elif arg in ("gpu", "tpu"):  # the published H100 setting: bf16, B=2, H=32, D=128, to 32k
+  elif arg in ("gpu", "tpu", "gpu_check"):  # the published H100 setting: bf16, B=2, H=32,
+    # D=128, to 32k; "gpu_check" is "gpu" cut to about 2 minutes (what .ci/gpu_check runs)
     c.batch, c.heads, c.head_dim, c.dtype = 2, 32, 128, "bfloat16"
     c.seq_lens = (1024, 2048, 4096, 8192, 16384, 32768)
     c.long_seq_lens = ()
@@ -63,7 +65,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.error_len = 1024
     c.ring_devices = ()  # one accelerator: no ring
     c.output_dir = f"benchmark_results/{arg}"
+    if arg == "gpu_check":
+      c.implementations = ("cudnn", "pallas_gpu", "flash", "xla")
+      c.baseline = "cudnn"
+      c.seq_lens = (1024, 4096, 16384)
+      c.repeats = c.repeats_above_4096 = 5
+      c.memory_limit_gb = 80.0  # of the H200's 141 GB (XLA gets 90% in .ci/gpu_check)
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}; valid: smoke, quick, ring, gpu, tpu (or "
-                     "none).")
+    raise ValueError(f"unknown variant {arg!r}; valid: smoke, quick, ring, gpu, gpu_check, "
+                     "tpu (or none).")
   return c

@@ -338,9 +338,16 @@ def run(config, log=print) -> dict:
   gemm = gemm_rate()
   log(f"same-process float32 GEMM ({GEMM_SIZE}^3): {gemm / 1e9:.0f} GFLOP/s")
   rows = []
+  json_path = os.path.join(config.output_dir, "benchmark_attention.json")
   for seq_len in config.seq_lens:
     rows += measure(config, seq_len, config.heads, config.implementations, config.passes,
                     config.causal, gemm, log)
+    if config.baseline:
+      add_baseline_ratios(rows, config.baseline)
+    with open(json_path, "w") as f:  # the lengths so far, should a time limit stop the run
+      json.dump(dict(config=config.to_dict(), jax_version=jax.__version__,
+                     device=jax.devices()[0].device_kind, gemm_gflops=gemm / 1e9, rows=rows,
+                     partial=True), f, indent=1)
   for seq_len in config.long_seq_lens:
     rows += measure(config, seq_len, config.long_heads, ("flash",), ("forward_backward",),
                     (False,), gemm, log)
@@ -366,7 +373,7 @@ def run(config, log=print) -> dict:
     log(f"\nratios at T={seq_len}: {shown}")
   log(f"\nmax abs error vs float64 numpy at T={config.error_len}: "
       + ", ".join(f"{k}={v:.1e}" for k, v in results["max_abs_error"].items()))
-  with open(os.path.join(config.output_dir, "benchmark_attention.json"), "w") as f:
+  with open(json_path, "w") as f:
     json.dump(results, f, indent=1)
   with open(os.path.join(config.output_dir, "benchmark_attention.md"), "w") as f:
     f.write(table + "\n")
