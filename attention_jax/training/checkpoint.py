@@ -16,7 +16,6 @@ which the trainer calls whenever it fetches metrics.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from attention_jax.pretrained import hub
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
@@ -42,14 +43,6 @@ class CheckpointSaveError(RuntimeError):
   """A checkpoint's asynchronous save failed (a full disk, a lost mount, ...)."""
 
 
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def directory_digest(directory: str) -> dict[str, str]:
   """{path relative to `directory`: SHA-256} of every file below it (but _UNRECORDED)."""
   digest = {}
@@ -58,7 +51,7 @@ def directory_digest(directory: str) -> dict[str, str]:
       path = os.path.join(root, name)
       relative = os.path.relpath(path, directory)
       if relative not in _UNRECORDED:
-        digest[relative] = file_sha256(path)
+        digest[relative] = hub.sha256_of(path)
   return dict(sorted(digest.items()))
 
 
@@ -79,7 +72,7 @@ def damage(directory: str) -> str | None:
     file = os.path.join(directory, relative)
     if not os.path.isfile(file):
       return f"{relative} is missing"
-    if file_sha256(file) != expected:
+    if hub.sha256_of(file) != expected:
       return f"{relative} has changed since it was written (SHA-256 differs)"
   return None
 
