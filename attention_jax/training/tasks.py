@@ -534,8 +534,7 @@ class SftTask(Task):
         raise FileNotFoundError(f"sft data file {path!r} does not exist (config.dataset."
                                 "train_file / eval_file: JSONL with 'messages', or 'prompt' "
                                 "and 'response').")
-      encoded = [self.tokenizer.encode_chat_with_mask(c)
-                 for c in chat_data.read_conversations(path)]
+      encoded = chat_data.encode_conversations(path, self.tokenizer, self.seq_len + 1)
       packed = chat_data.pack_conversations(encoded, self.seq_len)
       out.append(grain.MapDataset.range(len(packed["tokens"])).map(
           lambda i, p=packed: {k: v[i] for k, v in p.items()}))

@@ -445,6 +445,7 @@ def describe_training(config, base, shapes, trained_shapes) -> dict:
   count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
   total, trained = count(shapes), count(trained_shapes)
   info = {"init_from": config.init_from, "sha256": base.sha256 if base else None,
+          "files": base.files if base else None,
           "base": base.reference if base else None,
           "base_step": base.step if base else None, "mode": config.finetune.mode,
           "parameters": total, "trained_parameters": trained,

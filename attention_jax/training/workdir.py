@@ -163,14 +163,22 @@ def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:
         f"config.init_from={init_from!r} is not a training workdir (config.json and "
         f"{checkpoint_lib.CHECKPOINT_DIR}/), a known pretrained checkpoint "
         f"({', '.join(sorted(pretrained.KNOWN))}) or a Hugging Face checkpoint directory.")
-  directory, sha256 = pretrained.resolve(init_from)
-  # Known names are checked against their pinned hash inside `load`; a directory is hashed
-  # once here to record (and, on resume, compare) what the run started from.
-  sha256 = sha256 or pretrained.hub.weights_sha256(directory)
-  if saved and saved.get("sha256") not in (None, sha256):
+  directory, _ = pretrained.resolve(init_from)
+  # Known names are checked against their pinned hash inside `load`; every file is hashed
+  # here to record (and, on resume, compare) what the run started from.
+  files = pretrained.hub.file_digests(directory)
+  if saved and saved.get("sha256") not in (None, files["weights"]):
     raise ValueError(f"the weights of init_from {init_from!r} changed since this run started "
-                     f"(SHA-256 {sha256}, the checkpoints were trained on {saved['sha256']}); "
-                     "restore the original file or use a new workdir.")
+                     f"(SHA-256 {files['weights']}, the checkpoints were trained on "
+                     f"{saved['sha256']}); restore the original files or use a new workdir.")
+  recorded = (saved or {}).get("files") or files  # workdirs before file digests: weights only
+  changed = sorted(name for name in set(files) | set(recorded)
+                   if files.get(name) != recorded.get(name))
+  if changed:
+    raise ValueError(f"init_from {init_from!r} changed since this run started: "
+                     f"{', '.join(changed)} differ from the files the checkpoints were trained "
+                     "with (tokenizer, chat template or config); restore them or use a new "
+                     "workdir.")
   model, params, tokenizer = pretrained.load(init_from)
   return finetune.Base(init_from, jax.device_get(params), tokenizer,
-                       finetune.architecture(model), sha256)
+                       finetune.architecture(model), files["weights"], files=files)

@@ -216,3 +216,24 @@ def test_pretrain_with_bpe_export_instruction_tune_and_score(tmp_path, data_dir)
   assert 0.0 <= results["tasks"]["define"]["chrf"] <= 100.0
   assert "define (4): chrf" in out.getvalue()
   assert json.loads((tmp_path / "scores.json").read_text())["tokens"] == results["tokens"]
+
+
+def test_a_base_whose_files_changed_is_refused_on_resume(tmp_path, checkpoint):
+  import shutil
+  directory = tmp_path / "base"
+  shutil.copytree(checkpoint, directory)
+  base = workdir_lib.load_base(str(directory))
+  assert set(base.files) >= {"config.json", "tokenizer.json", "tokenizer_config.json",
+                             "weights"} and base.files["weights"] == base.sha256
+  saved = {"init_from": str(directory), "sha256": base.sha256, "files": base.files}
+  workdir_lib.load_base(str(directory), saved)  # unchanged: resumes
+  config_path = directory / "tokenizer_config.json"
+  config = json.loads(config_path.read_text())
+  config["chat_template"] = config["chat_template"].replace("<|end|>", "<|end|>\n")
+  config_path.write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="changed since this run started: tokenizer_config.json "
+                                       "differ"):
+    workdir_lib.load_base(str(directory), saved)
+  (directory / "chat_template.jinja").write_text(TEMPLATE)
+  with pytest.raises(ValueError, match="chat_template.jinja, tokenizer_config.json differ"):
+    workdir_lib.load_base(str(directory), saved)
