@@ -13,6 +13,7 @@ and whatever goes wrong is a `ChatTemplateError` naming the template's file.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import datetime
 import functools
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import threading
+import time
 
 import jinja2
 import numpy as np
@@ -48,6 +50,7 @@ MAX_RENDERED_CHARS = 16 * 2 ** 20
 RENDER_SECONDS = 10.0
 MAX_TEMPLATE_BYTES = 1 << 20
 _MARK = "\ue000"  # a private-use character: marks a message's content in a render
+_LINEAR_FROM_TURNS = 4  # assistant turns from which the linear assistant mask pays
 
 
 class ChatTemplateError(ValueError):
@@ -134,22 +137,57 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     return _bounded(super().call(__context, __obj, *args, **kwargs))
 
 
+class _Watchdog:
+  """One daemon thread that stops renders past their deadline: it raises _OutOfTime in the
+  rendering thread (at its next bytecode). Registering a render costs a dict entry, not a
+  thread; firing and the render's end both hold the lock, so a render that ended is never
+  interrupted afterwards."""
+
+  def __init__(self):
+    self._condition = threading.Condition()
+    self._deadlines: dict[object, tuple[float, int]] = {}  # token -> (deadline, thread)
+    self._thread = None
+
+  def _run(self):
+    with self._condition:
+      while True:
+        now = time.monotonic()
+        for token, (deadline, thread) in list(self._deadlines.items()):
+          if deadline <= now:
+            del self._deadlines[token]
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread),
+                                                       ctypes.py_object(_OutOfTime))
+        waits = [deadline - now for deadline, _ in self._deadlines.values()]
+        self._condition.wait(max(min(waits), 0.0) if waits else None)
+
+  @contextlib.contextmanager
+  def limit(self, seconds: float):
+    """Raises _OutOfTime inside the block once it has run `seconds`."""
+    token, thread = object(), threading.get_ident()
+    with self._condition:
+      if self._thread is None:
+        self._thread = threading.Thread(target=self._run, name="chat-template-watchdog",
+                                        daemon=True)
+        self._thread.start()
+      self._deadlines[token] = (time.monotonic() + seconds, thread)
+      self._condition.notify()
+    try:
+      yield
+    finally:
+      with self._condition:
+        if self._deadlines.pop(token, None) is None:  # it fired: clear what may be pending
+          ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)
+          raise _OutOfTime()
+
+
+_WATCHDOG = _Watchdog()
+
+
 def _render_bounded(template, source: str, variables: dict) -> str:
   """`template` rendered with `variables`, streamed and stopped past MAX_RENDERED_CHARS or
   RENDER_SECONDS; any failure is a ChatTemplateError naming `source`."""
-  thread, lock, done = threading.get_ident(), threading.Lock(), []
-
-  def out_of_time():  # raises _OutOfTime in the rendering thread at its next bytecode
-    with lock:
-      if not done:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread),
-                                                   ctypes.py_object(_OutOfTime))
-
-  watchdog = threading.Timer(RENDER_SECONDS, out_of_time)
-  watchdog.daemon = True
   try:
-    try:
-      watchdog.start()
+    with _WATCHDOG.limit(RENDER_SECONDS):
       chunks, length = [], 0
       for chunk in template.generate(**variables):
         length += len(chunk)
@@ -157,10 +195,6 @@ def _render_bounded(template, source: str, variables: dict) -> str:
           raise _TooLarge(f"its output passed {MAX_RENDERED_CHARS:,} characters")
         chunks.append(chunk)
       return "".join(chunks)
-    finally:
-      with lock:
-        done.append(True)
-      watchdog.cancel()
   except ChatTemplateError as e:
     raise ChatTemplateError(f"{source}: {e}") from None
   except jinja2.UndefinedError as e:
@@ -340,7 +374,9 @@ class ChatTokenizer:
     message in place falls back to rendering every prefix (quadratic in the turns)."""
     ids = self.encode_chat(messages)
     mask = [0] * len(ids)
-    spans = self._assistant_spans(messages, ids)
+    turns = sum(m["role"] == "assistant" for m in messages)
+    # With few turns rendering every prefix is the cheaper way.
+    spans = self._assistant_spans(messages, ids) if turns >= _LINEAR_FROM_TURNS else None
     if spans is None:
       spans = [(len(self.encode_chat(messages[:i], add_generation_prompt=True)),
                 len(self.encode_chat(messages[:i + 1])))
@@ -402,7 +438,7 @@ class ChatTokenizer:
       if any(t < len(starts) and starts[t] != at for t, at in zip(span, (a, b))):
         return None  # a token straddles the turn's edge
       spans.append(span)
-    for k, span in ((turns[0], spans[0]), (turns[-1], spans[-1])):
+    for k, span in {turns[0]: spans[0], turns[-1]: spans[-1]}.items():
       if span != (len(self.encode_chat(messages[:k], add_generation_prompt=True)),
                   len(self.encode_chat(messages[:k + 1]))):
         return None

@@ -47,8 +47,15 @@ class MetricWriter:
         self.tensorboard.add_scalar(name, value, step)
 
   def close(self):
+    """Flushes the TensorBoard log; a failure (a full disk) is reported on stderr, never
+    raised over the error that may be stopping the run (metrics.jsonl has each record)."""
     if self.tensorboard is not None:
-      self.tensorboard.close()
+      try:
+        self.tensorboard.close()
+      except OSError as e:
+        print(f"the TensorBoard log in {os.path.dirname(self.path)}/tensorboard could not be "
+              f"written to the end ({e}); metrics.jsonl holds every logged record",
+              file=sys.stderr)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -65,7 +65,7 @@ def test_the_linear_mask_equals_rendering_every_prefix(bpe, template):
   rng = random.Random(0)
   fast = 0
   for _ in range(40):
-    messages = _conversation(rng, rng.randint(1, 6))
+    messages = _conversation(rng, rng.randint(1, 8))
     ids, mask = tokenizer.encode_chat_with_mask(messages)
     assert (ids, mask) == _prefix_method(tokenizer, messages)
     fast += tokenizer._assistant_spans(messages, ids) is not None
