@@ -23,7 +23,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from attention_jax.data import pipeline
-from attention_jax.training import plan, tasks, train
+from attention_jax.training import plan, train
+from attention_jax.training.setup import setup
 from configs import gpt_kjv
 
 _WHAT = flags.DEFINE_list("what", ["compile", "sync"], "Which measurements: compile, sync, "
@@ -33,23 +34,12 @@ _STEPS = flags.DEFINE_integer("steps", 30, "Training steps per round (sync).")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice for the remat measurement.")
 
 
-def built_step(config):
-  task = tasks.get(config)
-  task.prepare(None)
-  built = train.build(config, task)
-  return task, built
-
-
 def compile_seconds(scan_layers: bool) -> float:
   config = gpt_kjv.get_config("small")
   config.num_devices = 1
   config.model.depth = 24
   config.model.scan_layers = scan_layers
-  _, built = built_step(config)
-  example = train.next_example_batch(built.train_data, config)
-  start = time.perf_counter()
-  built.runner.compile_train(built.step, example, jax.random.key(0))
-  return time.perf_counter() - start
+  return setup(config).compile_seconds
 
 
 def measure_compile(rounds: int):
@@ -65,10 +55,8 @@ def measure_compile(rounds: int):
 def measure_sync(rounds: int, steps: int):
   config = gpt_kjv.get_config("small")
   config.num_devices = 1
-  task, built = built_step(config)
-  runner = built.runner
-  step = runner.compile_train(built.step, train.next_example_batch(built.train_data, config),
-                              jax.random.key(0))
+  built = setup(config)
+  runner, step = built.runner, built.train_step
   state = runner.init()
   batches = train.DevicePrefetch(pipeline.train_iterator(built.train_data, config.batch_size,
                                                          config.seed), runner.shard_batch)

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 
 from attention_jax import models, pretrained
 from attention_jax.data import chat, instructions, pipeline
-from attention_jax.training import tasks, train, workdir
+from attention_jax.training.setup import setup
 from configs import sft_chat
 
 _WIDTH = flags.DEFINE_integer("width", 512, "Model width.")
@@ -73,12 +73,8 @@ def build(root: str, frozen_dtype: str):
   config.model.scan_layers = _SCAN.value
   config.model.remat = _REMAT.value
   config.precision = _PRECISION.value
-  base = workdir.load_base(config.init_from)
-  task = tasks.get(config)
-  task.prepare(None, base)
-  built = train.build(config, task, base)
-  example = train.next_example_batch(built.train_data, config)
-  step = built.runner.compile_train(built.step, example, jax.random.key(0))
+  built = setup(config)
+  step = built.train_step
   memory = step.memory_analysis() if hasattr(step, "memory_analysis") else None
   batches = pipeline.train_iterator(built.train_data, config.batch_size, config.seed)
   return built, step, memory, batches

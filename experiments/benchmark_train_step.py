@@ -5,9 +5,8 @@ r"""Benchmark one training step of the quickstart GPT: our JAX trainer step vs P
     python -m experiments.benchmark_train_step --tiny --steps=2 --rounds=1   # smoke run
 
 The model is configs/default.py (byte-level GPT, width 192, depth 4, 4 heads, MLP 768, seq_len
-128, batch 32, no dropout). `jax` is the trainer's own `make_train_step` with its TrainState and
-AdamW chain, jitted with `donate_argnums=(0,)` (the trainer's default pmap runner wraps the same
-step); `jax_default_malloc` is the same with glibc's malloc as it comes
+128, batch 32, no dropout). `jax` is the trainer's own compiled step (`training.setup`: its
+TrainState, optimizer, mesh runner and donated state); `jax_default_malloc` is the same with glibc's malloc as it comes
 (ATTENTION_JAX_MALLOC=default: without attention_jax.allocator's tuning, the before/after of
 that change); `jax_plain` is the same GPT written as a few plain jax.numpy functions (one fused
 query/key/value matrix, attention as two einsums, optax AdamW and clipping, no Flax), which
@@ -127,28 +126,19 @@ def time_steps(step, steps: int, warmup: int, sync) -> dict:
 
 
 def jax_worker(spec: dict) -> dict:
-  """Times the trainer's `make_train_step` (jit, donated state) on one random batch."""
+  """Times the trainer's own compiled step (`training.setup`: its optimizer, state layout
+  and mesh runner, donated state) on one random batch."""
   import jax
-  import jax.numpy as jnp
   import ml_collections
-  from attention_jax.training import finetune, optim, tasks
-  from attention_jax.training.train import TrainState, make_train_step
+  from attention_jax.training.setup import setup
 
   config = ml_collections.ConfigDict(spec["config"])
-  task = tasks.get(config)
-  task.prepare(None)
-  model = task.model()
-  inputs = task.init_inputs()
-  _, mask, loaded = finetune.starting_point(model, inputs, config, None)
-  optimizer = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  params = finetune.initial_params(model, inputs, finetune.init_key(config.seed), loaded)
-  param_count = sum(x.size for x in jax.tree.leaves(params))
-  trained, frozen = finetune.split(params, mask)
-  state = TrainState(jnp.zeros((), jnp.int32), trained, optimizer.init(trained), frozen)
-  step_rng, _ = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-  batch = jnp.asarray(random_batch(spec["shape"], spec["seed"]))
-  train_step = jax.jit(make_train_step(task, model, optimizer, config.grad_accum_steps),
-                       donate_argnums=(0,))
+  config.num_devices = 1  # one device's step, as the PyTorch twin's
+  built = setup(config)
+  state = built.runner.init()
+  param_count = sum(x.size for x in jax.tree.leaves((state.params, state.frozen)))
+  step_rng, train_step = built.step_rng, built.train_step
+  batch = built.runner.shard_batch(random_batch(spec["shape"], spec["seed"]))
   out = {}
 
   def step():

@@ -6,7 +6,7 @@ own evaluation (so a translation workdir reports BLEU here too).
 
 from absl import app, flags, logging
 
-from attention_jax.training import workdir as workdir_lib
+from attention_jax.training import evaluation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step.")
@@ -16,7 +16,7 @@ _SPLIT = flags.DEFINE_string("split", "validation", "Dataset split to evaluate."
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  step, metrics = workdir_lib.evaluate(_WORKDIR.value, _CHECKPOINT.value, _SPLIT.value)
+  step, metrics = evaluation.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _SPLIT.value)
   print(f"checkpoint {step}, split {_SPLIT.value}:")
   for name, value in metrics.items():
     print(f"  {name}: {value:.4f}")

@@ -9,7 +9,7 @@ import os
 import time
 
 from attention_jax.training import train_and_evaluate
-from attention_jax.training import workdir as workdir_lib
+from attention_jax.training import evaluation
 
 TASKS = ("listops", "text", "image", "pathfinder")
 # Softmax attention is one column: `flash` computes what `dot_product` does (tested equal) in
@@ -60,7 +60,7 @@ def run_cell(root: str, task: str, kernel: str, **options) -> dict | None:
     if "preempted_at_step" in train_and_evaluate(cell_config(task, kernel, **options),
                                                  workdir):
       return None
-    step, metrics = workdir_lib.evaluate(workdir, "best", "test")
+    step, metrics = evaluation.evaluate_workdir(workdir, "best", "test")
   finally:
     wall_s = _add_wall_time(workdir, time.time() - start)
   result = {"task": task, "kernel": kernel, "step": step, "wall_s": wall_s,

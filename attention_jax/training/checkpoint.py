@@ -43,6 +43,10 @@ class CheckpointSaveError(RuntimeError):
   """A checkpoint's asynchronous save failed (a full disk, a lost mount, ...)."""
 
 
+class ResumeError(ValueError):
+  """A workdir's checkpoints do not fit the config they are resumed with."""
+
+
 def directory_digest(directory: str) -> dict[str, str]:
   """{path relative to `directory`: SHA-256} of every file below it (but _UNRECORDED)."""
   digest = {}
@@ -233,6 +237,11 @@ class Checkpointer:
     """The "model" record of checkpoint `step`: {"architecture", "config"} (None for
     checkpoints from before it existed)."""
     return self._json_item(step, "model")
+
+  def records(self, step: int) -> dict:
+    """What `training.setup(resume=...)` checks a resumed run against: {"step", "base",
+    "model"} of checkpoint `step`."""
+    return {"step": step, "base": self.base_info(step), "model": self.model_info(step)}
 
   def restore(self, step: int, abstract_state):
     """(state, data_state) of checkpoint `step`; `abstract_state` gives shapes/shardings."""

@@ -15,9 +15,8 @@ import jax
 import numpy as np
 
 from attention_jax.training import metrics as metrics_lib
-from attention_jax.training import parallel, tasks
-from attention_jax.training import workdir as workdir_lib
-from attention_jax.training.train import build, check_config, next_example_batch
+from attention_jax.training import parallel
+from attention_jax.training.setup import setup
 
 
 def _bytes_per_device(shapes, shardings) -> int:
@@ -42,15 +41,9 @@ def topology_devices(name: str) -> list:
 def plan(config, topology: str | None = None) -> dict:
   """Compiles `config`'s train step for its mesh; returns what one device needs. With a
   TPU `topology` the step is compiled by the TPU compiler for that slice."""
-  check_config(config)
-  task = tasks.get(config)
-  base = workdir_lib.load_base(config.init_from, None) if config.init_from else None
-  task.prepare(None, base)
-  built = build(config, task, base, topology_devices(topology) if topology else None)
-  runner = built.runner
+  built = setup(config, devices=topology_devices(topology) if topology else None)
+  runner, task, compiled = built.runner, built.task, built.train_step
   shapes, shardings = runner.shapes, runner.state_sharding
-  compiled = runner.compile_train(built.step, next_example_batch(built.train_data, config),
-                                  jax.random.key(0))
   memory = parallel.memory_analysis(compiled) or {}
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}

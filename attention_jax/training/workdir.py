@@ -12,10 +12,10 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from attention_jax import models, pretrained
-from attention_jax.data import pipeline
 from attention_jax.layers import lora
 from attention_jax.training import checkpoint as checkpoint_lib
 from attention_jax.training import finetune, tasks
+from attention_jax.training import init_from as init_from_lib
 
 
 def is_workdir(path: str) -> bool:
@@ -95,19 +95,6 @@ def use_recorded_model(config, recorded: dict, config_path: str):
   config.model = ml_collections.ConfigDict(recorded["config"])
 
 
-def evaluate(workdir: str, checkpoint: str = "latest", split: str = "validation"
-             ) -> tuple[int, dict]:
-  """(step, metrics) of a workdir's checkpoint on a split, by the trainer's own evaluation
-  (so a translation workdir reports BLEU too); metric names start with the split's."""
-  from attention_jax.training import train  # here: train imports this module
-  config, task, model, params, step = load(workdir, checkpoint, split)
-  _, data = task.datasets()
-  batches = pipeline.eval_batches(data, config.eval_batch_size or config.batch_size)
-  metrics = train.evaluate(task, jax.jit(train.make_eval_step(task, model)), params, batches,
-                           model, prefix=split)
-  return step, metrics
-
-
 def export(workdir: str, out: str, checkpoint: str = "latest") -> str:
   """Writes a workdir's model as a Hugging Face checkpoint in `out` (LoRA adapters merged
   into the weights; a BPE tokenizer and its chat template with it); returns `out`."""
@@ -147,9 +134,7 @@ def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:
   `saved` is the "base" record of a checkpoint being resumed or loaded: the same workdir step
   is loaded again, and a changed init_from or pretrained file is refused.
   """
-  if saved and saved.get("init_from") not in (None, init_from):
-    raise ValueError(f"config.init_from is {init_from!r} but the checkpoints were trained from "
-                     f"{saved['init_from']!r}; restore that value or use a new workdir.")
+  init_from_lib.check_same_init_from(init_from, saved)
   if is_workdir(init_from):
     step = saved.get("base_step") if saved else None
     _, task, model, params, step = load(init_from, "latest" if step is None else str(step))
@@ -158,27 +143,4 @@ def load_base(init_from: str, saved: dict | None = None) -> finetune.Base:
       model = models.with_options(model, lora=None)
     return finetune.Base(f"{init_from} (step {step})", jax.device_get(params), task.tokenizer,
                          finetune.architecture(model), step=step)
-  if init_from not in pretrained.KNOWN and not os.path.isdir(init_from):
-    raise FileNotFoundError(
-        f"config.init_from={init_from!r} is not a training workdir (config.json and "
-        f"{checkpoint_lib.CHECKPOINT_DIR}/), a known pretrained checkpoint "
-        f"({', '.join(sorted(pretrained.KNOWN))}) or a Hugging Face checkpoint directory.")
-  directory, _ = pretrained.resolve(init_from)
-  # Known names are checked against their pinned hash inside `load`; every file is hashed
-  # here to record (and, on resume, compare) what the run started from.
-  files = pretrained.hub.file_digests(directory)
-  if saved and saved.get("sha256") not in (None, files["weights"]):
-    raise ValueError(f"the weights of init_from {init_from!r} changed since this run started "
-                     f"(SHA-256 {files['weights']}, the checkpoints were trained on "
-                     f"{saved['sha256']}); restore the original files or use a new workdir.")
-  recorded = (saved or {}).get("files") or files  # workdirs before file digests: weights only
-  changed = sorted(name for name in set(files) | set(recorded)
-                   if files.get(name) != recorded.get(name))
-  if changed:
-    raise ValueError(f"init_from {init_from!r} changed since this run started: "
-                     f"{', '.join(changed)} differ from the files the checkpoints were trained "
-                     "with (tokenizer, chat template or config); restore them or use a new "
-                     "workdir.")
-  model, params, tokenizer = pretrained.load(init_from)
-  return finetune.Base(init_from, jax.device_get(params), tokenizer,
-                       finetune.architecture(model), files["weights"], files=files)
+  return init_from_lib.pretrained_base(init_from, saved)

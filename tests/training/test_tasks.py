@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from attention_jax.data import pipeline
-from attention_jax.training import tasks, train, train_and_evaluate
+from attention_jax.training import evaluation, tasks, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
 from configs import bert_wordnet, gpt_kjv, translate_kjv_rv, vit_fashion_mnist, xl_kjv
@@ -48,7 +48,7 @@ def test_tiny_classification_config_trains(module, tmp_path_factory, tmp_path):
     # experiments.eval runs the trainer's evaluation: BLEU too, under the split's name.
     _, task, model, params, _ = workdir_lib.load(workdir, eval_split="validation")
     _, data = task.datasets()
-    metrics = train.evaluate(task, jax.jit(train.make_eval_step(task, model)), params,
+    metrics = evaluation.evaluate(task, jax.jit(evaluation.make_eval_step(task, model)), params,
                              pipeline.eval_batches(data, 8, 2), model, prefix="validation")
     assert set(metrics) >= {"validation/loss", "validation/bleu"}
 
@@ -157,13 +157,13 @@ def test_evaluation_counts_every_example_once(module, tmp_path_factory, data_dir
   filled with weight-0 copies that every task's sums leave out."""
   task, model, params, data = evaluation_split(module, tmp_path_factory, data_dir)
   data = data[:11]
-  step = jax.jit(train.make_eval_step(task, model))
+  step = jax.jit(evaluation.make_eval_step(task, model))
   by_4 = pipeline.eval_batches(data, 4)
   assert len(by_4) == 3 and by_4[-1]["weight"].tolist() == [1, 1, 1, 0]
-  one_by_one = train.evaluate(task, step, params, pipeline.eval_batches(data, 1), model)
-  in_fours = train.evaluate(task, step, params, by_4, model)
+  one_by_one = evaluation.evaluate(task, step, params, pipeline.eval_batches(data, 1), model)
+  in_fours = evaluation.evaluate(task, step, params, by_4, model)
   assert in_fours == pytest.approx(one_by_one, rel=1e-5)
-  dropping_the_rest = train.evaluate(task, step, params, by_4[:2], model)
+  dropping_the_rest = evaluation.evaluate(task, step, params, by_4[:2], model)
   assert dropping_the_rest["eval/loss"] != pytest.approx(one_by_one["eval/loss"], rel=1e-5)
 
 
