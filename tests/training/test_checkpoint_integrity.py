@@ -148,4 +148,4 @@ def test_a_failed_background_save_stops_the_run_at_the_next_fetch(
       checkpointer.close()
   finally:
     if how == "tmpfs":
-      subprocess.run(["umount", root], check=False)
+      subprocess.run(["umount", "--lazy", root], check=False)  # even with files open
