@@ -73,8 +73,7 @@ def test_plain_jax_twin_is_our_gpt(train_step_jax):
   from attention_jax.training import tasks
   from experiments import benchmark_train_step as bench
   spec, jax_result = train_step_jax
-  task = tasks.get(ml_collections.ConfigDict(spec["config"]))
-  task.prepare(None)
+  task = tasks.create(ml_collections.ConfigDict(spec["config"]))
   model = task.model()
   tokens = jnp.asarray(bench.random_batch(spec["shape"], 1)[:, :-1])
   shapes = jax.eval_shape(model.init, jax.random.key(3), tokens)["params"]

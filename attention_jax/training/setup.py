@@ -63,8 +63,7 @@ def setup(config, *, workdir: str | None = None, devices=None,
   if resume:
     init_from.check_layout(config, saved_base, workdir, resume["step"])
   base = workdir_lib.load_base(config.init_from, saved_base) if config.init_from else None
-  task = tasks.get(config)
-  task.prepare(workdir, base)
+  task = tasks.create(config, workdir, base)
   train_data, eval_data = task.datasets()
   model = task.model(**({"dtype": jnp.bfloat16} if config.precision == "bfloat16" else {}))
   if resume:

@@ -1,5 +1,6 @@
 """Tasks: what a config trains. Each task builds its tokenizer, data, model, loss and
-evaluation sums; `config.task` picks one, and adding one is a class plus a registry entry."""
+evaluation sums; `config.task` picks one (`create` returns it ready), and adding one is a
+class plus a registry entry."""
 
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ class Task:
     self.base = None
 
   def prepare(self, workdir: str | None, base: finetune.Base | None = None):
-    """Builds (or reloads from `workdir`) the tokenizer; `base` is config.init_from's."""
+    """Builds (or reloads from `workdir`) the tokenizer; `base` is config.init_from's.
+    Called once, by `create`: a task is never used before it."""
     raise NotImplementedError
 
   def datasets(self):
@@ -583,7 +585,11 @@ TASKS = {"lm": LanguageModelTask, "xl_lm": TransformerXLTask,
          "classification": ClassificationTask, "translation": TranslationTask, "sft": SftTask}
 
 
-def get(config):
+def create(config, workdir: str | None = None, base: finetune.Base | None = None) -> Task:
+  """The task `config.task` names, ready to use: its tokenizer built (or reloaded from
+  `workdir`, or taken from `base`, config.init_from's) and its data sources open."""
   if config.task not in TASKS:
     raise ValueError(f"unknown task {config.task!r}; valid tasks: {', '.join(sorted(TASKS))}.")
-  return TASKS[config.task](config)
+  task = TASKS[config.task](config)
+  task.prepare(workdir, base)
+  return task

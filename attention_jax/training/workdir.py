@@ -65,8 +65,7 @@ def load(workdir: str, checkpoint: str = "latest", eval_split: str | None = None
   if recorded is not None:
     use_recorded_model(config, recorded, config_path)
   base = load_base(config.init_from, saved_base) if config.init_from else None
-  task = tasks.get(config)
-  task.prepare(workdir, base)
+  task = tasks.create(config, workdir, base)
   model = task.model(dropout_rate=0.0)
   changes = recorded and checkpoint_lib.architecture_changes(recorded["architecture"], model)
   if changes:

@@ -180,14 +180,13 @@ def test_pretrain_with_bpe_export_instruction_tune_and_score(tmp_path, data_dir)
   config.dataset.name = "kjv_text"  # prepared for the session (KJV + WEB: tests/data)
   config.dataset.data_dir = data_dir
   results = train_and_evaluate(config, str(tmp_path / "pretrain"))
-  task = tasks.LanguageModelTask(config)
-  task.prepare(str(tmp_path / "pretrain"))  # the saved tokenizer, not a new one
+  task = tasks.create(config, str(tmp_path / "pretrain"))  # the saved tokenizer, not a new one
   assert results["eval/bits_per_char"] == pytest.approx(
       results["eval/bits_per_token"] / task.chars_per_token())
   assert 1.2 < task.chars_per_token() < 4.0  # 300 tokens: a few merges of frequent pairs
   config.dataset.tokenizer = "bytes"
   with pytest.raises(ValueError, match="trained with a BPE tokenizer; set config.dataset"):
-    tasks.LanguageModelTask(config).prepare(str(tmp_path / "pretrain"))
+    tasks.create(config, str(tmp_path / "pretrain"))
   workdir_lib.export(str(tmp_path / "pretrain"), str(tmp_path / "base"))
   model, params, tokenizer = pretrained.load(str(tmp_path / "base"))
   assert isinstance(model, models.Llama) and model.config.tie_embeddings
@@ -203,7 +202,7 @@ def test_pretrain_with_bpe_export_instruction_tune_and_score(tmp_path, data_dir)
                                 ["define"] * len(WORDS) * 6)
   config.dataset.tokenizer = "bpe"
   with pytest.raises(ValueError, match="has no BPE chat tokenizer"):  # a byte-level base
-    tasks.LanguageModelTask(config).prepare(None, finetune.Base("bytes", {}, None, {}))
+    tasks.create(config, None, finetune.Base("bytes", {}, None, {}))
   sft = _config(tmp_path / "base")
   sft.dataset.train_file = sft.dataset.eval_file = str(data)
   sft.dataset.seq_len = 32  # the base's max_len

@@ -108,13 +108,12 @@ def test_lra_cells_train_with_linear_cost_kernels(task, kernel, tmp_path_factory
     want = np.frombuffer(text, np.uint8)[:config.dataset.seq_len - 1].astype(np.int32) + 2
     np.testing.assert_array_equal(example["inputs"][1:len(want) + 1], want)
   config.dataset.vocab_size = 10  # smaller than the ids
-  small = tasks.get(config)
-  small.prepare(None)
+  small = tasks.create(config)
   with pytest.raises(ValueError, match="dataset.vocab_size is 10: raise it"):
     small._encode(small.sources["train"][0])
   config.dataset.tokenizer = "wordpiece" if task == "pathfinder" else "pixels"
   with pytest.raises(ValueError, match="does not apply to the"):
-    tasks.get(config).prepare(None)
+    tasks.create(config)
 
 
 def test_an_lra_cell_stopped_by_sigterm_records_no_result(tmp_path, monkeypatch):
@@ -141,8 +140,7 @@ def evaluation_split(module, tmp_path_factory, data_dir):
                              str(tmp_path_factory.getbasetemp() / "tfds_classification"))
   if module is gpt_kjv:
     config.dataset.pack = True  # rows of documents: dict examples
-  task = tasks.get(config)
-  task.prepare(None)
+  task = tasks.create(config)
   task.decodes = False  # BLEU decodes the whole split; the sums are what is checked here
   model = task.model(dropout_rate=0.0)
   params = jax.jit(model.init)(jax.random.key(0), *task.init_inputs())["params"]
