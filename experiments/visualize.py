@@ -34,8 +34,8 @@ def main(argv):
     raise app.UsageError("pass exactly one of --workdir and --pretrained.")
   if _WORKDIR.value:
     _, task, model, params, step = workdir_lib.load(_WORKDIR.value)
-    tokenizer = task.tokenizer if isinstance(task, tasks_lib.LanguageModelTask) or (
-        isinstance(task, tasks_lib.ClassificationTask) and task.tokenize == "wordpiece") else None
+    tokenizer = task.tokenizer if isinstance(
+        task, (tasks_lib.LanguageModelTask, tasks_lib.TextClassificationTask)) else None
     if tokenizer is None:
       raise app.UsageError(f"{_WORKDIR.value} reads no text (its task has no tokenizer).")
     name = f"{os.path.basename(os.path.normpath(_WORKDIR.value))}, step {step}"

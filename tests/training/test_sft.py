@@ -63,7 +63,7 @@ def test_assistant_mask_and_packing_equal_each_conversation_alone():
     start += len(ids)
   # The task's loss scores exactly the assistant tokens (after the first one's context).
   config = sft_chat.get_config("tiny")
-  task = tasks.SftTask(config)
+  task = tasks.create(config, None, finetune.Base("test", params, tokenizer))
   _, sums = task.loss(model, params, row, jax.random.key(0), deterministic=True)
   expected = sum(sum(mask[1:]) for _, mask in encoded)
   assert int(sums["count"]) == expected
