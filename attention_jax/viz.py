@@ -22,7 +22,6 @@ import numpy as np
 
 from attention_jax import kernels, models
 from attention_jax.layers.partitioning import in_stack, is_stack
-from attention_jax.pretrained import PretrainedTokenizer
 from attention_jax.training import metrics as metrics_lib
 
 
@@ -38,15 +37,14 @@ def _pyplot():
 
 
 def tokens_and_labels(tokenizer, text: str, limit: int) -> tuple[tuple, list[str]]:
-  """(the model's inputs for `text`, one label per token): a pretrained checkpoint's tokenizer
-  gives [CLS] wordpieces [SEP] with type ids and a mask; ours (bytes, BPE, WordPiece) ids."""
-  if isinstance(tokenizer, PretrainedTokenizer):
-    batch = tokenizer([text], max_length=limit)
-    ids = batch["input_ids"][0]
-    labels = [tokenizer.tokenizer.id_to_token(int(i)) for i in ids]
-    return (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]), labels
-  ids = list(tokenizer.encode(text))[:limit]
-  return (np.asarray([ids], np.int32),), [tokenizer.decode([i]) for i in ids]
+  """(the model's inputs for `text`: its ids [1, n], one label per token) with any tokenizer
+  (data.tokenizers.Tokenizer): at most `limit` tokens, a special token labelled by its
+  vocabulary entry ([CLS])."""
+  ids = [int(i) for i in tokenizer.encode(text)][:limit]
+  vocabulary = tokenizer.to_hf()
+  labels = [tokenizer.decode([i]) or (vocabulary.id_to_token(i) if vocabulary else str(i))
+            for i in ids]
+  return (np.asarray([ids], np.int32),), labels
 
 
 def attention_weights(model, params, *inputs, **kwargs) -> list[np.ndarray]:

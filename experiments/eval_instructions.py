@@ -53,7 +53,7 @@ def run(init_from: str, data: str, *, max_per_task: int = 200, max_new_tokens: i
   """Scores `init_from` on `data`; prints the metrics and two replies per task to `stream`
   (progress to stderr), writes them to `out` (JSON) if given, and returns them."""
   model, params, tokenizer = workdir_lib.load_decoder(init_from, checkpoint)
-  if getattr(tokenizer, "chat_template", None) is None:
+  if tokenizer.chat_template is None:
     raise ValueError(f"{init_from} has no chat template to render prompts with.")
   lines, task_names = first_per_task(chat_data.conversation_lines(data),
                                      chat_data.read_tasks(data), max_per_task)

@@ -18,7 +18,7 @@ import time
 import jax
 from absl import app, flags, logging
 
-from attention_jax import models, pretrained
+from attention_jax import models
 from attention_jax.training import workdir as workdir_lib
 
 _INIT_FROM = flags.DEFINE_string("init_from", None, "A training workdir or a Hugging Face "
@@ -77,10 +77,10 @@ def main(argv):
   rng = jax.random.key(_SEED.value)
   if not _CHAT.value:
     print(_PROMPT.value, end="")
-    stop = [tokenizer.eos_id] if getattr(tokenizer, "eos_id", None) is not None else []
-    stream(model, params, tokenizer, list(tokenizer.encode(_PROMPT.value)), stop, rng)
+    stream(model, params, tokenizer, list(tokenizer.encode(_PROMPT.value)), tokenizer.stop_ids,
+           rng)
     return
-  if not isinstance(tokenizer, pretrained.ChatTokenizer) or tokenizer.chat_template is None:
+  if tokenizer.chat_template is None:
     raise app.UsageError(f"{_INIT_FROM.value} has no chat template; use --prompt.")
   messages = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
   for turn in itertools.count():

@@ -282,19 +282,21 @@ class ChatTokenizer:
                stop_ids: tuple[int, ...] = (), template_source: str = "the chat template"):
     tokenizer.no_padding()
     tokenizer.no_truncation()
-    self.tokenizer = tokenizer  # the `tokenizers.Tokenizer`
+    self._tokenizer = tokenizer  # the `tokenizers.Tokenizer`
     if not isinstance(config, JsonObject):
       config = JsonObject(config or {}, "the tokenizer config")
     self.vocab_size = tokenizer.get_vocab_size()
-    self.special = {name: config.token(name) for name in SPECIAL_TOKENS}
+    self.special = {name: config.token(name) for name in SPECIAL_TOKENS}  # their texts
     self.chat_template = template
     self.template_source = template_source  # named in template errors
     self._compiled = _compile(template, template_source) if template else None
     ids = {name: tokenizer.token_to_id(text) for name, text in self.special.items() if text}
+    self.special_tokens = {name: i for name, i in ids.items() if i is not None}
     self.bos_id, self.eos_id = ids.get("bos_token"), ids.get("eos_token")
     self.pad_id = ids.get("pad_token", self.eos_id)
     # Where a reply ends: EOS and generation_config.json's eos_token_id (Llama 3: <|eot_id|>).
-    self.stop_ids = sorted({i for i in [self.eos_id, *(stop_ids or ())] if i is not None})
+    self.stop_ids = tuple(sorted({i for i in [self.eos_id, *(stop_ids or ())]
+                                  if i is not None}))
 
   @classmethod
   def from_directory(cls, directory: str) -> "ChatTokenizer | None":
@@ -324,7 +326,7 @@ class ChatTokenizer:
     """Writes tokenizer.json and tokenizer_config.json (and generation_config.json with
     stop ids) to `directory`: what `from_directory` reads back."""
     os.makedirs(directory, exist_ok=True)
-    self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    self._tokenizer.save(os.path.join(directory, "tokenizer.json"))
     self.save_config(directory)
 
   def save_config(self, directory: str):
@@ -336,13 +338,18 @@ class ChatTokenizer:
       json.dump(config, f, indent=2)
     if self.stop_ids:
       with open(os.path.join(directory, "generation_config.json"), "w") as f:
-        json.dump({"eos_token_id": self.stop_ids, "bos_token_id": self.bos_id}, f, indent=2)
+        json.dump({"eos_token_id": list(self.stop_ids), "bos_token_id": self.bos_id}, f,
+                  indent=2)
+
+  def to_hf(self):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_str(self._tokenizer.to_str())
 
   def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-    return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
   def decode(self, ids, skip_special_tokens: bool = True) -> str:
-    return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+    return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                  skip_special_tokens=skip_special_tokens)
 
   def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -430,7 +437,7 @@ class ChatTokenizer:
           or (k and rendered[ends[k - 1]:begin] != after[messages[k - 1]["role"]])):
         return None
       spans_in_text.append((begin + len(prompt) + shift[k], end + shift[k + 1]))
-    starts = [offset[0] for offset in self.tokenizer.encode(
+    starts = [offset[0] for offset in self._tokenizer.encode(
         text, add_special_tokens=False).offsets]
     spans = []
     for a, b in spans_in_text:

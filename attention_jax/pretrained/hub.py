@@ -233,12 +233,13 @@ def export(model, params, directory: str, tokenizer=None, *, dtype=None,
            max_shard_bytes: int = 5 * 2 ** 30):
   """Writes `model` and `params` (a Bert, GPT or Llama) as a Hugging Face checkpoint:
   config.json and model.safetensors (or, past `max_shard_bytes`, sharded files and
-  model.safetensors.index.json), plus tokenizer.json if a tokenizer is given (anything
-  holding a `tokenizers.Tokenizer` as `.tokenizer`; a BERT's gets the [CLS] ... [SEP]
-  post-processor if it lacks one). Tensors are converted and written one at a time, in
-  their dtype or `dtype`. A Llama is written as LlamaForCausalLM, MistralForCausalLM (with
-  a local_window) or Qwen2ForCausalLM (Q/K/V biases only). Returns the directory."""
-  from tokenizers import Tokenizer, processors
+  model.safetensors.index.json), plus tokenizer.json if a tokenizer (data.tokenizers.Tokenizer)
+  with a Hugging Face one is given (a BERT's gets the [CLS] ... [SEP] post-processor if it
+  lacks one; a ChatTokenizer adds tokenizer_config.json). Tensors are converted and written
+  one at a time, in their dtype or `dtype`. A Llama is written as LlamaForCausalLM,
+  MistralForCausalLM (with a local_window) or Qwen2ForCausalLM (Q/K/V biases
+  only). Returns the directory."""
+  from tokenizers import processors
   model, params = layouts.unrolled(model, params)
   fmt = formats.for_model(model)
   hf_config = fmt.config(model)
@@ -250,13 +251,13 @@ def export(model, params, directory: str, tokenizer=None, *, dtype=None,
   safetensors_io.write(directory, entries, max_shard_bytes)
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
     json.dump(hf_config, f, indent=2)
-  if tokenizer is not None:
-    hf_tokenizer = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+  hf_tokenizer = tokenizer.to_hf() if tokenizer is not None else None
+  if hf_tokenizer is not None:
     if fmt is formats.BertFormat and hf_tokenizer.post_processor is None:
       special = [(t, hf_tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")]
       hf_tokenizer.post_processor = processors.TemplateProcessing(
           single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=special)
     hf_tokenizer.save(os.path.join(directory, "tokenizer.json"))
-    if isinstance(tokenizer, ChatTokenizer):
+    if isinstance(tokenizer, ChatTokenizer):  # its special tokens and template
       tokenizer.save_config(directory)
   return directory

@@ -37,19 +37,25 @@ class PretrainedTokenizer:
 
   Each text becomes [CLS] wordpieces [SEP] (the checkpoint's post-processor), truncated to
   `max_length` tokens including the special ones, and the batch is padded with [PAD] to its
-  longest row.
+  longest row. `encode` and `decode` are one text's (data.tokenizers.Tokenizer).
   """
+  stop_ids = ()  # an encoder: nothing is generated
+  chat_template = None
 
   def __init__(self, tokenizer, max_length: int):
     tokenizer.no_padding()
     tokenizer.no_truncation()
-    self.tokenizer = tokenizer  # the `tokenizers.Tokenizer`
+    self._tokenizer = tokenizer  # the `tokenizers.Tokenizer`
     self.max_length = max_length
     self.vocab_size = tokenizer.get_vocab_size()
     self.pad_id = tokenizer.token_to_id("[PAD]")
     if self.pad_id is None:
       raise ValueError("the tokenizer has no [PAD] token; only BERT-style WordPiece "
                        "tokenizers are supported.")
+    roles = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+             "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    self.special_tokens = {role: tokenizer.token_to_id(text) for role, text in roles.items()
+                           if tokenizer.token_to_id(text) is not None}
 
   @classmethod
   def from_directory(cls, directory: str, max_length: int) -> "PretrainedTokenizer | None":
@@ -76,11 +82,11 @@ class PretrainedTokenizer:
     limit = max_length or self.max_length
     if limit < 2:
       raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {limit}.")
-    self.tokenizer.enable_truncation(limit)
+    self._tokenizer.enable_truncation(limit)
     try:
-      encodings = self.tokenizer.encode_batch(list(texts))
+      encodings = self._tokenizer.encode_batch(list(texts))
     finally:
-      self.tokenizer.no_truncation()
+      self._tokenizer.no_truncation()
     length = max([len(e.ids) for e in encodings] + [1])
     out = {name: np.zeros((len(encodings), length), np.int32)
            for name in ("input_ids", "attention_mask", "token_type_ids")}
@@ -92,5 +98,13 @@ class PretrainedTokenizer:
       out["token_type_ids"][row, :n] = e.type_ids
     return out
 
+  def encode(self, text: str) -> list[int]:
+    """[CLS] wordpieces [SEP] of one text, untruncated."""
+    return self._tokenizer.encode(text).ids
+
   def decode(self, ids) -> str:
-    return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+    return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+
+  def to_hf(self):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_str(self._tokenizer.to_str())

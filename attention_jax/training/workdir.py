@@ -102,8 +102,7 @@ def export(workdir: str, out: str, checkpoint: str = "latest") -> str:
   if model.config.lora is not None:
     params = lora.merge(params, model.config.lora)
     model = models.with_options(model, lora=None)
-  tokenizer = task.tokenizer if hasattr(task.tokenizer, "tokenizer") else None  # not bytes
-  pretrained.export(model, params, out, tokenizer)
+  pretrained.export(model, params, out, task.tokenizer)  # bytes: no tokenizer.json
   print(f"exported step {step} of {workdir} to {out}", file=sys.stderr)
   return out
 

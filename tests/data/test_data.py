@@ -106,7 +106,7 @@ def test_byte_level_bpe_reserves_the_chat_tokens(tmp_path):
   ids, mask = chat.encode_chat_with_mask(messages)
   assert chat.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False) == (
       "a stringed instrument<|im_end|>\n")
-  assert chat.stop_ids == [0, 2] and chat.pad_id == 0
+  assert chat.stop_ids == (0, 2) and chat.pad_id == 0
   chat.save(str(tmp_path))
   loaded = pretrained.ChatTokenizer.from_directory(str(tmp_path))
   assert loaded.encode_chat(messages) == ids and loaded.stop_ids == chat.stop_ids

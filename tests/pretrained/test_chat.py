@@ -99,7 +99,7 @@ def test_a_chat_session_streams_replies_from_an_exported_llama(tmp_path):
   pretrained.export(model, params, str(tmp_path), tokenizer)
   loaded, _, again = pretrained.load(str(tmp_path))
   assert again.render_chat(MESSAGES) == tokenizer.render_chat(MESSAGES)
-  assert again.stop_ids == [tokenizer.eos_id]
+  assert again.stop_ids == (tokenizer.eos_id,)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   result = subprocess.run(
       [sys.executable, "-m", "experiments.generate", f"--init_from={tmp_path}", "--chat",

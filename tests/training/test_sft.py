@@ -192,7 +192,7 @@ def test_pretrain_with_bpe_export_instruction_tune_and_score(tmp_path, data_dir)
   assert isinstance(model, models.Llama) and model.config.tie_embeddings
   assert tokenizer.chat_template == pretrained.chat.CHATML_TEMPLATE
   assert tokenizer.vocab_size == model.config.vocab_size == 300
-  assert tokenizer.stop_ids == [0, 2]  # <|endoftext|>, <|im_end|>
+  assert tokenizer.stop_ids == (0, 2)  # <|endoftext|>, <|im_end|>
   _, _, saved, resumed, _ = workdir_lib.load(str(tmp_path / "pretrain"))
   prompt = jnp.asarray([tokenizer.encode("In the beginning")])
   np.testing.assert_allclose(model.apply({"params": params}, prompt),

@@ -1,18 +1,15 @@
-"""What every task shares: the `Task` interface, the loss and summary helpers, config.model's
-merging with a base's architecture, and the workdir's tokenizer (reloaded on resume)."""
+"""What every task shares: the `Task` interface, the loss and summary helpers, and
+config.model's merging with a base's architecture."""
 
 from __future__ import annotations
 
 import math
-import os
 
 import grain
-import jax
 import jax.numpy as jnp
 import optax
 
-from attention_jax.data import pipeline, tokenizers
-from attention_jax.pretrained import ChatTokenizer, PretrainedTokenizer
+from attention_jax.data import pipeline
 from attention_jax.training import finetune
 
 
@@ -73,47 +70,6 @@ def model_options(config, base: finetune.Base | None = None) -> dict:
   return options
 
 
-def load_or_make_tokenizer(workdir: str | None, make, base: finetune.Base | None = None):
-  """The workdir's saved tokenizer (a resumed run must not re-train it), else the base's
-  (its parameters were trained with it), else `make()`."""
-  path = workdir and os.path.join(workdir, tokenizers.TOKENIZER_FILE)
-  if path and os.path.exists(path):
-    return tokenizers.load(workdir)
-  if base is not None and base.tokenizer is not None:
-    tokenizer = base.tokenizer
-    if isinstance(tokenizer, PretrainedTokenizer):
-      tokenizer = tokenizers.SubwordTokenizer(tokenizer.tokenizer, "wordpiece")
-  else:
-    tokenizer = make()  # deterministic: every host builds the same one
-  if workdir and jax.process_index() == 0:
-    tokenizers.save(tokenizer, workdir)
-  return tokenizer
-
-
-CHAT_TOKENIZER_DIR = "chat_tokenizer"  # in a workdir: a BPE tokenizer and its chat template
-
-
-def load_or_make_chat_tokenizer(workdir: str | None, base: finetune.Base | None = None,
-                                make=None) -> ChatTokenizer:
-  """The workdir's saved chat tokenizer (a resumed run's), else the base's, else `make()`;
-  saved in workdir/chat_tokenizer/ (tokenizer.json, tokenizer_config.json) when new."""
-  saved = os.path.join(workdir, CHAT_TOKENIZER_DIR) if workdir else None
-  if saved and os.path.exists(os.path.join(saved, "tokenizer.json")):
-    return ChatTokenizer.from_directory(saved)
-  if base is not None and isinstance(base.tokenizer, ChatTokenizer):
-    tokenizer = base.tokenizer
-  elif make is not None:
-    tokenizer = make()  # deterministic: every host builds the same one
-  else:
-    raise ValueError("this task needs a tokenizer with a chat template: set "
-                     "config.init_from to a Hugging Face checkpoint directory with "
-                     "tokenizer.json and a chat template (tokenizer_config.json or "
-                     "chat_template.jinja), or to a workdir that has one.")
-  if saved and jax.process_index() == 0:
-    tokenizer.save(saved)
-  return tokenizer
-
-
 class Task:
   """What a config trains: the interface the trainer, experiments.eval and experiments.plan
   call. A task is ready once constructed: a subclass's constructor builds its tokenizer (or
@@ -126,7 +82,9 @@ class Task:
     del workdir  # a subclass's tokenizer lives there
     self.config = config
     self.base = base
-    self.tokenizer = None  # what turns text into the model's ids, where the task reads text
+    # What turns text into the model's ids (data.tokenizers.Tokenizer), where the task reads
+    # text; reloaded from the workdir on resume (tokenizers.load_or_make).
+    self.tokenizer = None
 
   def datasets(self):
     """(train, eval) grain MapDatasets of examples."""

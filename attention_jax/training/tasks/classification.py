@@ -11,8 +11,7 @@ from attention_jax import models
 from attention_jax.data import pipeline, tokenizers
 from attention_jax.data.lra import BYTE_OFFSET, CLS_ID
 from attention_jax.training import finetune
-from attention_jax.training.tasks.base import (ExampleTask, cross_entropy_sums,
-                                               load_or_make_tokenizer, model_options,
+from attention_jax.training.tasks.base import (ExampleTask, cross_entropy_sums, model_options,
                                                open_sources, summarize_classification,
                                                weighted)
 
@@ -95,8 +94,16 @@ class TextClassificationTask(ClassificationTask):
     super().__init__(config, workdir, base, sources)
     cfg = config.dataset
     if self.encoding == "wordpiece":
-      self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.SubwordTokenizer.train(
-          pipeline.texts(cfg.name, "train", cfg.data_dir), cfg.vocab_size), base)
+      base_tokenizer = base.tokenizer if base else None
+      if base_tokenizer is not None:  # a pretrained BERT's or a workdir's, as ours
+        if base_tokenizer.to_hf() is None:
+          raise ValueError(f"init_from {base.reference} reads bytes; dataset.tokenizer="
+                           "'wordpiece' needs a WordPiece base (or set dataset.tokenizer="
+                           "'bytes').")
+        base_tokenizer = tokenizers.SubwordTokenizer(base_tokenizer.to_hf(), "wordpiece")
+      self.tokenizer = tokenizers.load_or_make(
+          workdir, lambda: tokenizers.SubwordTokenizer.train(
+              pipeline.texts(cfg.name, "train", cfg.data_dir), cfg.vocab_size), base_tokenizer)
 
   def _encode(self, example):
     label = np.int32(example["label"])

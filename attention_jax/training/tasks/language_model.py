@@ -4,7 +4,6 @@ segment recurrence."""
 from __future__ import annotations
 
 import math
-import os
 
 import grain
 import jax
@@ -15,9 +14,7 @@ from attention_jax import models
 from attention_jax.data import pipeline, tokenizers
 from attention_jax.pretrained import ChatTokenizer
 from attention_jax.training import finetune
-from attention_jax.training.tasks.base import (CHAT_TOKENIZER_DIR, Task, cross_entropy_sums,
-                                               load_or_make_chat_tokenizer,
-                                               load_or_make_tokenizer, model_options,
+from attention_jax.training.tasks.base import (Task, cross_entropy_sums, model_options,
                                                packed_next_token_sums, summarize_tokens)
 
 
@@ -35,21 +32,23 @@ class LanguageModelTask(Task):
     kind = self.config.dataset.get("tokenizer", "bytes")
     source = f"init_from {base.reference}" if base else f"the workdir {workdir}"
     if kind == "bytes":
-      if workdir and os.path.isdir(os.path.join(workdir, CHAT_TOKENIZER_DIR)):
+      if tokenizers.saved_in(workdir) == "chat":
         raise ValueError(f"the workdir {workdir} was trained with a BPE tokenizer; set "
                          "config.dataset.tokenizer='bpe' to resume it, or use a new workdir.")
-      self.tokenizer = load_or_make_tokenizer(workdir, tokenizers.ByteTokenizer, base)
+      self.tokenizer = tokenizers.load_or_make(workdir, tokenizers.ByteTokenizer,
+                                               base.tokenizer if base else None)
       if not isinstance(self.tokenizer, tokenizers.ByteTokenizer):
         raise ValueError(f"the {self.config.task!r} task reads UTF-8 bytes, but {source} has "
                          "another tokenizer; set config.dataset.tokenizer='bpe', or start from "
                          "a byte-level model or a new workdir.")
     elif kind == "bpe":
-      saved_other = workdir and os.path.exists(os.path.join(workdir, tokenizers.TOKENIZER_FILE))
+      saved_other = tokenizers.saved_in(workdir) == "ours"
       base_other = base is not None and not isinstance(base.tokenizer, ChatTokenizer)
       if saved_other or base_other:
         raise ValueError(f"{source} has no BPE chat tokenizer; config.dataset.tokenizer='bpe' "
                          "needs a new workdir, or an init_from that has one.")
-      self.tokenizer = load_or_make_chat_tokenizer(workdir, base, self._train_bpe)
+      self.tokenizer = tokenizers.load_or_make(workdir, self._train_bpe,
+                                               base.tokenizer if base else None)
     else:
       raise ValueError(f"config.dataset.tokenizer must be 'bytes' or 'bpe', got {kind!r}.")
 

@@ -10,9 +10,18 @@ import numpy as np
 
 from attention_jax import models, pretrained
 from attention_jax.data import chat as chat_data
+from attention_jax.data import tokenizers
+from attention_jax.pretrained import ChatTokenizer
 from attention_jax.training import finetune
-from attention_jax.training.tasks.base import (Task, load_or_make_chat_tokenizer, model_options,
-                                               packed_next_token_sums, summarize_tokens)
+from attention_jax.training.tasks.base import (Task, model_options, packed_next_token_sums,
+                                               summarize_tokens)
+
+
+def _no_chat_tokenizer():
+  raise ValueError("this task needs a tokenizer with a chat template: set config.init_from to "
+                   "a Hugging Face checkpoint directory with tokenizer.json and a chat template "
+                   "(tokenizer_config.json or chat_template.jinja), or to a workdir that has "
+                   "one.")
 
 
 class SftTask(Task):
@@ -25,7 +34,10 @@ class SftTask(Task):
   def __init__(self, config, workdir: str | None = None, base: finetune.Base | None = None):
     super().__init__(config, workdir, base)
     self.seq_len = config.dataset.seq_len
-    self.tokenizer = load_or_make_chat_tokenizer(workdir, base)
+    base_tokenizer = base.tokenizer if base else None
+    self.tokenizer = tokenizers.load_or_make(
+        workdir, _no_chat_tokenizer,
+        base_tokenizer if isinstance(base_tokenizer, ChatTokenizer) else None)
     if self.tokenizer.chat_template is None:
       raise ValueError(f"the tokenizer of {base.reference if base else workdir} has no chat "
                        "template; add one to its tokenizer_config.json ('chat_template').")
@@ -80,6 +92,6 @@ class SftTask(Task):
                                         add_generation_prompt=True)
     tokens = models.generate(model, params, [prompt], max_new_tokens=cfg.max_new_tokens,
                              rng=rng, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                             stop_tokens=tuple(self.tokenizer.stop_ids))
+                             stop_tokens=self.tokenizer.stop_ids)
     reply = [int(t) for t in np.asarray(tokens[0]) if t not in self.tokenizer.stop_ids]
     return f"user: {cfg.prompt}\nassistant: {self.tokenizer.decode(reply)}"

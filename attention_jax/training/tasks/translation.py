@@ -8,8 +8,7 @@ import numpy as np
 from attention_jax import models
 from attention_jax.data import pipeline, tokenizers
 from attention_jax.training import bleu, finetune
-from attention_jax.training.tasks.base import (ExampleTask, cross_entropy_sums,
-                                               load_or_make_tokenizer, model_options,
+from attention_jax.training.tasks.base import (ExampleTask, cross_entropy_sums, model_options,
                                                summarize_tokens, weighted)
 
 
@@ -21,9 +20,9 @@ class TranslationTask(ExampleTask):
   def __init__(self, config, workdir: str | None = None, base: finetune.Base | None = None):
     super().__init__(config, workdir, base)
     cfg = config.dataset
-    self.tokenizer = load_or_make_tokenizer(workdir, lambda: tokenizers.SubwordTokenizer.train(
+    self.tokenizer = tokenizers.load_or_make(workdir, lambda: tokenizers.SubwordTokenizer.train(
         pipeline.texts(cfg.name, "train", cfg.data_dir, (cfg.source, cfg.target)),
-        cfg.vocab_size, "bpe"), base)
+        cfg.vocab_size, "bpe"), base.tokenizer if base else None)
 
   def _encode(self, example):
     cfg, tok = self.config.dataset, self.tokenizer
