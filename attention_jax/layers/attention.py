@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax import lax
 
 from attention_jax import kernels
 from attention_jax.kernels import positional
 from attention_jax.layers import caches
 from attention_jax.layers import lora as lora_lib
+from attention_jax.layers.inputs import AttentionInputs
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
 POSITIONS = ("none", "rotary", "alibi", "relative")
@@ -76,8 +74,9 @@ class MultiHeadAttention(nn.Module):
       needs a bias-capable kernel) or "relative" (Transformer-XL; needs kernel="relative").
     local_window: each query sees keys within this distance of its diagonal (Mistral's
       sliding window is local_window = sliding_window - 1), in training and in decoding.
-    decode: autoregressive decoding with a KV cache in the 'cache' collection. Initialise
-      with a full-length input to size the cache; then each call appends its tokens.
+    decode: autoregressive decoding with the cache the kernel's `decoding` names
+      (`layers.caches`) in the 'cache' collection. Initialise with a full-length input to
+      size a KV cache; then each call appends its tokens.
     sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
     lora: LoRA adapters on the projections `lora.targets` names (query, key, value, out).
   """
@@ -101,19 +100,15 @@ class MultiHeadAttention(nn.Module):
   lora: lora_lib.LoraSpec | None = None
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None, causal=False,
-               kv_lengths=None, segment_ids=None, positions=None, relative_biases=None,
-               deterministic=True):
-    """inputs_q [batch, q_len, width]; inputs_kv [batch, kv_len, width_kv] (default inputs_q).
-
-    mask/bias broadcast to [batch, heads, q_len, kv_len]; see `kernels.dot_product_attention`
-    for causal, kv_lengths and segment_ids. `positions` [batch|1, q_len] are the tokens'
-    rotary positions (packed or left-padded rows; self-attention), by default counted from
-    the bottom-right alignment (or the KV-cache index). `relative_biases` = (u, v), each
-    [heads, head_dim], shares Transformer-XL's global biases across layers (default: this
-    layer's own).
+  def __call__(self, inputs_q, inputs_kv=None, inputs: AttentionInputs | None = None, *,
+               relative_biases=None, deterministic=True):
+    """inputs_q [batch, q_len, width]; inputs_kv [batch, kv_len, width_kv] (default inputs_q);
+    `inputs` the masks, lengths, segments and positions (`AttentionInputs`; rotary positions
+    are for self-attention). `relative_biases` = (u, v), each [heads, head_dim], shares
+    Transformer-XL's global biases across layers (default: this layer's own).
     Returns [batch, q_len, out_features].
     """
+    inputs = AttentionInputs() if inputs is None else inputs
     if self.position not in POSITIONS:
       raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}.")
     kernel = kernels.get(self.kernel)
@@ -134,8 +129,7 @@ class MultiHeadAttention(nn.Module):
     query = project(inputs_q, self.num_heads, "query")
     key = project(inputs_kv, kv_heads, "key")
     value = project(inputs_kv, kv_heads, "value")
-
-    q_len = query.shape[1]
+    index = None
     if self.decode:
       if kernel.decoding is None:
         raise ValueError(f"attention kernel {kernel.name!r} cannot decode one token at a time; "
@@ -143,44 +137,42 @@ class MultiHeadAttention(nn.Module):
       index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     decoding = self.decode and not self.is_initializing()
     # Position of the first query: the cache index, else bottom-right among the keys.
-    q_offset = index.value if decoding else key.shape[1] - q_len
-    if self.position == "rotary":  # keys are rotated before they enter the cache
-      rotate = functools.partial(positional.apply_rotary, base=self.rotary_base,
-                                 scaling=self.rope_scaling)
-      if positions is not None and key.shape[1] != q_len:
-        raise ValueError("rotary `positions` are for self-attention over the same tokens; "
-                         f"got {q_len} queries and {key.shape[1]} keys.")
-      key_start = q_offset if decoding else 0
-      query = rotate(query, q_offset + jnp.arange(q_len) if positions is None else positions)
-      key = rotate(key, key_start + jnp.arange(key.shape[1]) if positions is None
-                   else positions)
-    if self.decode and kernel.decoding in ("state", "window"):
-      if mask is not None or kv_lengths is not None:
-        raise ValueError(f"kernel {kernel.name!r} decodes with a {kernel.decoding} cache, which "
-                         "takes segment ids, not a dense mask or lengths: pass `segment_ids` "
-                         "(e.g. 0 for padding, 1 for real tokens).")
-      decode = (self._decode_with_state if kernel.decoding == "state"
-                else self._decode_with_window)
-      if isinstance(segment_ids, (tuple, list)):  # (new tokens' ids, cache ids): the first
-        segment_ids = segment_ids[0]
-      out = decode(kernel, query, key, value, index, segment_ids, positions)
-      return self._project_out(out, features)
-    if self.decode:  # initialising sizes the cache to this input's length
-      cache = self._cache(key.shape, value.shape, key.dtype)
-    if decoding:
-      key, value, cache_mask = self._append_to_cache(key, value, *cache, index)
-      mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
-      causal = False  # the cache mask is causal already
-    kv_len = key.shape[1]
-    if self.position == "alibi":
-      alibi = positional.alibi_bias(self.num_heads, q_len, kv_len, q_offset)
-      bias = alibi if bias is None else bias + alibi
+    q_offset = index.value if decoding else key.shape[1] - query.shape[1]
+    if self.position == "rotary":  # keys are rotated before they enter a cache
+      query, key = self._rotate(query, key, inputs.positions, q_offset, decoding)
+    attend = functools.partial(self._attend, kernel, q_offset=q_offset, features=features,
+                               relative_biases=relative_biases, deterministic=deterministic)
+    if self.decode:
+      out = caches.for_kernel(kernel, self, index)(query, key, value, inputs, attend)
+    else:
+      out = attend(query, key, value, inputs, self.local_window)
+    return self._project_out(out, features)
 
-    window = None if decoding else self.local_window  # the cache mask holds it when decoding
-    kwargs = dict(mask=mask, bias=bias, kv_lengths=kv_lengths, segment_ids=segment_ids,
-                  local_window=window)
+  def _rotate(self, query, key, positions, q_offset, decoding):
+    """Rotary embeddings of the queries and keys at `positions` (default: counted from
+    q_offset for the queries, from the cache index or 0 for the keys)."""
+    q_len, kv_len = query.shape[1], key.shape[1]
+    if positions is not None and kv_len != q_len:
+      raise ValueError("rotary `positions` are for self-attention over the same tokens; "
+                       f"got {q_len} queries and {kv_len} keys.")
+    rotate = functools.partial(positional.apply_rotary, base=self.rotary_base,
+                               scaling=self.rope_scaling)
+    key_start = q_offset if decoding else 0
+    return (rotate(query, q_offset + jnp.arange(q_len) if positions is None else positions),
+            rotate(key, key_start + jnp.arange(kv_len) if positions is None else positions))
+
+  def _attend(self, kernel, query, key, value, inputs: AttentionInputs, local_window, *,
+              q_offset, features, relative_biases, deterministic):
+    """The kernel over [batch, len, heads, head_dim] queries, keys and values with `inputs`,
+    ALiBi or Transformer-XL's positions, dropout and sown weights as configured."""
+    bias = inputs.bias
+    if self.position == "alibi":
+      alibi = positional.alibi_bias(self.num_heads, query.shape[1], key.shape[1], q_offset)
+      bias = alibi if bias is None else bias + alibi
+    kwargs = dict(mask=inputs.mask, bias=bias, kv_lengths=inputs.kv_lengths,
+                  segment_ids=inputs.segment_ids, local_window=local_window)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if causal:
+    if inputs.causal:
       kwargs["causal"] = True
     if self.dropout_rate > 0.0 and not deterministic:
       kwargs.update(dropout_rate=self.dropout_rate, dropout_rng=self.make_rng("dropout"))
@@ -189,12 +181,13 @@ class MultiHeadAttention(nn.Module):
     _check_kernel_takes(kernel, kwargs)
     extra = ()
     if self.position == "relative":
-      extra = self._relative_position_args(features, kv_len, head_dim, relative_biases)
+      head_dim = query.shape[-1]
+      extra = self._relative_position_args(features, key.shape[1], head_dim, relative_biases)
     out = kernel(query, key, value, *extra, **kwargs)
     if self.sow_weights:
       out, weights = out
       self.sow("intermediates", "attention_weights", weights)
-    return self._project_out(out, features)
+    return out
 
   def _project_out(self, out, features):
     """[batch, q_len, heads, head_dim] -> [batch, q_len, out_features]."""
@@ -204,81 +197,6 @@ class MultiHeadAttention(nn.Module):
                            dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=self.kernel_init, name="out")(out) + lora_lib.adapter_for(
                                self, self.lora, "out", out, 2, (out_features,))
-
-  def _cache(self, key_shape, value_shape, dtype):
-    """The KV cache variables: keys, values [batch, max_len, kv_heads, head_dim]."""
-    return (self.variable("cache", "cached_key", jnp.zeros, key_shape, dtype),
-            self.variable("cache", "cached_value", jnp.zeros, value_shape, dtype))
-
-  def _decode_with_state(self, kernel, query, key, value, index, segment_ids, positions):
-    """A recurrent kernel's decoding: the 'cache' holds its fixed-size RecurrentState (no
-    keys), continued by every call; O(1) memory per layer in the decoded length."""
-    del positions  # rotary positions are already applied
-    kwargs = {} if segment_ids is None else {"segment_ids": segment_ids}
-    if self.is_initializing():
-      out, state = kernel(query, key, value, causal=True, return_state=True, **kwargs)
-      self.variable("cache", "recurrent_state", lambda: jax.tree.map(jnp.zeros_like, state))
-      return out
-    state = self.variable("cache", "recurrent_state", lambda: None)
-    out, state.value = kernel(query, key, value, causal=True, state=state.value,
-                              return_state=True, **kwargs)
-    index.value = index.value + query.shape[1]
-    return out
-
-  def _decode_with_window(self, kernel, query, key, value, index, segment_ids, positions):
-    """A sliding-window kernel's decoding: a bounded cache of sinks + the last w + 1 keys
-    (`caches.window_cache_size`), whatever the length decoded."""
-    options = inspect.signature(kernel.fn).parameters
-    window = self.local_window if self.local_window is not None else (
-        options["local_window"].default)
-    left = window if isinstance(window, int) else int(window[0])
-    sinks = int(options["sinks"].default)
-    batch, n = query.shape[:2]
-    if self.is_initializing():
-      size = caches.window_cache_size(left, sinks)
-      self.variable("cache", "cached_key", jnp.zeros, (batch, size) + key.shape[2:], key.dtype)
-      self.variable("cache", "cached_value", jnp.zeros, (batch, size) + value.shape[2:],
-                    value.dtype)
-      # Positions are stored + 1 so that a zeroed cache (`generation.init_cache`) is empty.
-      self.variable("cache", "cached_position", jnp.zeros, (batch, size), jnp.int32)
-      self.variable("cache", "cached_segment", jnp.zeros, (batch, size), jnp.int32)
-      return kernel(query, key, value, causal=True, local_window=left)
-    names = ("cached_key", "cached_value", "cached_position", "cached_segment")
-    cache = {name: self.variable("cache", name, lambda: None) for name in names}
-    q_seg = jnp.zeros((batch, n), jnp.int32) if segment_ids is None else segment_ids
-    q_pos = index.value + jnp.arange(n)[None] if positions is None else positions
-    q_pos = jnp.broadcast_to(q_pos, (batch, n)).astype(jnp.int32)
-    new = dict(cached_key=key, cached_value=value, cached_position=q_pos + 1,
-               cached_segment=q_seg)
-    joined = {name: jnp.concatenate([cache[name].value, new[name]], axis=1) for name in names}
-    mask = caches.window_mask(q_pos, q_seg, joined["cached_position"] - 1,
-                              joined["cached_segment"], left=left, sinks=sinks)
-    out = kernels.flash_attention(query, joined["cached_key"], joined["cached_value"],
-                                  mask=mask)
-    written = caches.write_window({name: cache[name].value for name in names}, new, q_pos,
-                                  left=left, sinks=sinks)
-    for name in names:
-      cache[name].value = written[name]
-    index.value = index.value + n
-    return out
-
-  def _append_to_cache(self, key, value, cached_key, cached_value, cache_index):
-    """Writes the new keys/values at the cache index; returns the whole cache and its mask.
-
-    The cache has the length of the input the module was initialised with; writing past its
-    end is the caller's error (`generate` checks lengths before it starts).
-    """
-    start, new = cache_index.value, key.shape[1]
-    cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-    cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
-    cache_index.value = start + new
-    q_positions = start + jnp.arange(new)
-    max_len = cached_key.value.shape[1]
-    distance = q_positions[:, None] - jnp.arange(max_len)[None, :]
-    cache_mask = distance >= 0
-    if self.local_window is not None:
-      cache_mask &= distance <= self.local_window
-    return cached_key.value, cached_value.value, cache_mask[None, None]
 
   def _relative_position_args(self, features, kv_len, head_dim, relative_biases):
     """Transformer-XL's projected sinusoids of distances kv_len-1..0 and biases u, v."""

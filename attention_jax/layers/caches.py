@@ -1,14 +1,27 @@
-"""The bounded cache of a sliding-window decoder: attention sinks plus the last w + 1 keys.
+"""Decoding caches: what an attention layer keeps in its 'cache' collection from one call to
+the next, one class per kernel `decoding` (`for_kernel` picks it):
+  "kv_cache": `KVCache`, every key and value so far, attended through the layer's kernel;
+  "window": `WindowCache`, attention sinks plus the last w + 1 keys of a sliding window;
+  "state": `StateCache`, a recurrent kernel's fixed-size state.
+Each is called as `cache(query, key, value, inputs, attend) -> out [batch, q, heads, dim]`
+inside the layer (its variables are the layer's), and advances the layer's 'cache_index'.
 
-Pure functions on the cache arrays; `MultiHeadAttention` keeps them in its 'cache'
-collection. Slots 0..sinks-1 hold the first `sinks` positions, the other w + 1 slots are a
-ring: position p (p >= sinks) lives in slot sinks + (p - sinks) % (w + 1). The cache's size
-is fixed by the window, not by the length decoded.
+The window cache's slots 0..sinks-1 hold the first `sinks` positions, the other w + 1 slots
+are a ring: position p (p >= sinks) lives in slot sinks + (p - sinks) % (w + 1). Its size is
+fixed by the window, not by the length decoded (the pure functions below).
 """
 
 from __future__ import annotations
 
+import inspect
+
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
+
+from attention_jax import kernels
+from attention_jax.layers.inputs import AttentionInputs
 
 
 def window_cache_size(left: int, sinks: int) -> int:
@@ -46,3 +59,128 @@ def write_window(cache: dict, new: dict, positions, *, left: int, sinks: int) ->
     return jnp.where(written.reshape(written.shape + (1,) * (old.ndim - 2)), taken, old)
 
   return {name: write(cache[name], new[name]) for name in cache}
+
+
+class KVCache:
+  """Keys and values of every position so far, [batch, max_len, kv_heads, head_dim], sized by
+  the input the layer is initialised with; each call writes its tokens at the cache index
+  and attends over the whole cache as in training, through the layer's kernel, with a mask
+  that holds causality and the local window. Writing past the end is the caller's error
+  (`generate` checks lengths before it starts)."""
+
+  def __init__(self, module: nn.Module, kernel, index):
+    self.module, self.kernel, self.index = module, kernel, index
+
+  def __call__(self, query, key, value, inputs: AttentionInputs, attend):
+    """`attend(query, key, value, inputs, local_window)` is the layer's kernel call."""
+    cached_key = self.module.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.module.variable("cache", "cached_value", jnp.zeros, value.shape,
+                                        value.dtype)
+    if self.module.is_initializing():
+      return attend(query, key, value, inputs, self.module.local_window)
+    start, new = self.index.value, key.shape[1]
+    cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+    cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
+    self.index.value = start + new
+    distance = (start + jnp.arange(new))[:, None] - jnp.arange(cached_key.value.shape[1])[None]
+    visible = distance >= 0
+    if self.module.local_window is not None:
+      visible &= distance <= self.module.local_window
+    visible = visible[None, None]
+    mask = visible if inputs.mask is None else jnp.logical_and(inputs.mask, visible)
+    # The mask is causal and windowed already.
+    return attend(query, cached_key.value, cached_value.value,
+                  inputs.replace(mask=mask, causal=False), None)
+
+
+class _SegmentCache:
+  """A cache that takes padding and packing as segment ids only (no dense mask, no lengths)."""
+
+  def __init__(self, module: nn.Module, kernel, index):
+    self.module, self.kernel, self.index = module, kernel, index
+
+  def _segments(self, inputs: AttentionInputs):
+    """The new tokens' segment ids [batch, n] (or None)."""
+    if inputs.mask is not None or inputs.kv_lengths is not None:
+      raise ValueError(f"kernel {self.kernel.name!r} decodes with a {self.kernel.decoding} "
+                       "cache, which takes segment ids, not a dense mask or lengths: pass "
+                       "`segment_ids` (e.g. 0 for padding, 1 for real tokens).")
+    segment_ids = inputs.segment_ids
+    if isinstance(segment_ids, (tuple, list)):  # (new tokens' ids, cache ids): the first
+      segment_ids = segment_ids[0]
+    return segment_ids
+
+
+class StateCache(_SegmentCache):
+  """A recurrent kernel's fixed-size RecurrentState (no keys), continued by every call: O(1)
+  memory per layer in the length decoded."""
+
+  def __call__(self, query, key, value, inputs: AttentionInputs, attend):
+    del attend  # the kernel runs as a recurrence
+    segment_ids = self._segments(inputs)
+    kwargs = {} if segment_ids is None else {"segment_ids": segment_ids}
+    if self.module.is_initializing():
+      out, state = self.kernel(query, key, value, causal=True, return_state=True, **kwargs)
+      self.module.variable("cache", "recurrent_state",
+                           lambda: jax.tree.map(jnp.zeros_like, state))
+      return out
+    state = self.module.variable("cache", "recurrent_state", lambda: None)
+    out, state.value = self.kernel(query, key, value, causal=True, state=state.value,
+                                   return_state=True, **kwargs)
+    self.index.value = self.index.value + query.shape[1]
+    return out
+
+
+class WindowCache(_SegmentCache):
+  """A sliding-window kernel's bounded cache: the sinks plus the last w + 1 keys
+  (`window_cache_size`), whatever the length decoded; attended with flash attention and
+  `window_mask`."""
+  NAMES = ("cached_key", "cached_value", "cached_position", "cached_segment")
+
+  def __call__(self, query, key, value, inputs: AttentionInputs, attend):
+    del attend  # the bounded cache has its own mask
+    segment_ids = self._segments(inputs)
+    options = inspect.signature(self.kernel.fn).parameters
+    window = self.module.local_window
+    window = options["local_window"].default if window is None else window
+    left = window if isinstance(window, int) else int(window[0])
+    sinks = int(options["sinks"].default)
+    batch, n = query.shape[:2]
+    variable = self.module.variable
+    if self.module.is_initializing():
+      size = window_cache_size(left, sinks)
+      variable("cache", "cached_key", jnp.zeros, (batch, size) + key.shape[2:], key.dtype)
+      variable("cache", "cached_value", jnp.zeros, (batch, size) + value.shape[2:],
+               value.dtype)
+      # Positions are stored + 1 so that a zeroed cache (`generation.init_cache`) is empty.
+      variable("cache", "cached_position", jnp.zeros, (batch, size), jnp.int32)
+      variable("cache", "cached_segment", jnp.zeros, (batch, size), jnp.int32)
+      return self.kernel(query, key, value, causal=True, local_window=left)
+    cache = {name: variable("cache", name, lambda: None) for name in self.NAMES}
+    q_seg = jnp.zeros((batch, n), jnp.int32) if segment_ids is None else segment_ids
+    q_pos = self.index.value + jnp.arange(n)[None] if inputs.positions is None else (
+        inputs.positions)
+    q_pos = jnp.broadcast_to(q_pos, (batch, n)).astype(jnp.int32)
+    new = dict(cached_key=key, cached_value=value, cached_position=q_pos + 1,
+               cached_segment=q_seg)
+    joined = {name: jnp.concatenate([cache[name].value, new[name]], axis=1)
+              for name in self.NAMES}
+    mask = window_mask(q_pos, q_seg, joined["cached_position"] - 1, joined["cached_segment"],
+                       left=left, sinks=sinks)
+    out = kernels.flash_attention(query, joined["cached_key"], joined["cached_value"],
+                                  mask=mask)
+    written = write_window({name: cache[name].value for name in self.NAMES}, new, q_pos,
+                           left=left, sinks=sinks)
+    for name in self.NAMES:
+      cache[name].value = written[name]
+    self.index.value = self.index.value + n
+    return out
+
+
+CACHES = {"kv_cache": KVCache, "state": StateCache, "window": WindowCache}
+
+
+def for_kernel(kernel, module: nn.Module, index):
+  """The cache of `kernel.decoding` for attention layer `module`, whose 'cache_index'
+  variable is `index`."""
+  return CACHES[kernel.decoding](module, kernel, index)

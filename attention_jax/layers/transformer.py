@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from attention_jax.layers.attention import MultiHeadAttention
 from attention_jax.layers.config import TransformerConfig
+from attention_jax.layers.inputs import AttentionInputs
 from attention_jax.layers.mlp import Mlp
 from attention_jax.layers.partitioning import STACKED
 
@@ -52,24 +53,24 @@ class TransformerBlock(nn.Module):
   def _norm(self, name):
     return norm_layer(self.config, name)
 
-  def __call__(self, x, *, mask=None, causal=False, kv_lengths=None, segment_ids=None,
-               positions=None, memory=None, relative_biases=None, encoded=None,
-               encoded_mask=None, encoded_lengths=None, deterministic=True):
-    """Masks and `positions` as `MultiHeadAttention`; `memory` [batch, mem_len, width] is
-    prepended to the keys/values of self-attention (Transformer-XL); `encoded` is attended
-    by cross-attention with `encoded_mask` / `encoded_lengths`."""
+  def __call__(self, x, inputs: AttentionInputs | None = None, *, encoded=None,
+               encoded_inputs: AttentionInputs | None = None, memory=None,
+               relative_biases=None, deterministic=True):
+    """`inputs` are self-attention's (AttentionInputs); `memory` [batch, mem_len, width] is
+    prepended to its keys/values (Transformer-XL), which share `relative_biases`; `encoded`
+    [batch, src_len, width] is what cross-attention reads, with `encoded_inputs`."""
     check_remat(self.config.remat)
-    args = (x, mask, kv_lengths, segment_ids, positions, memory, relative_biases, encoded,
-            encoded_mask, encoded_lengths, causal, deterministic)
+    args = (x, inputs or AttentionInputs(), encoded, encoded_inputs or AttentionInputs(),
+            memory, relative_biases, deterministic)
     if self.config.remat == "none" or self.config.decode:
       return self._block(*args)
     # A method transform keeps the parameters in this module's scope (same names).
-    return nn.remat(TransformerBlock._block, static_argnums=(11, 12),
+    return nn.remat(TransformerBlock._block, static_argnums=(len(args),),  # deterministic
                     policy=_POLICIES[self.config.remat])(self, *args)
 
   @nn.compact
-  def _block(self, x, mask, kv_lengths, segment_ids, positions, memory, relative_biases,
-             encoded, encoded_mask, encoded_lengths, causal, deterministic):
+  def _block(self, x, inputs, encoded, encoded_inputs, memory, relative_biases,
+             deterministic):
     c = self.config
     dropout = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
 
@@ -77,9 +78,7 @@ class TransformerBlock(nn.Module):
     attention = self._attention("attention", c.decode, c.attention_position)
     norm = self._norm("attention_norm")
     context = x if memory is None else jnp.concatenate([memory.astype(x.dtype), x], axis=1)
-    attend = lambda q, kv: attention(q, kv, mask=mask, causal=causal, kv_lengths=kv_lengths,
-                                     segment_ids=segment_ids, positions=positions,
-                                     relative_biases=relative_biases,
+    attend = lambda q, kv: attention(q, kv, inputs, relative_biases=relative_biases,
                                      deterministic=deterministic)
     if c.pre_ln:
       normed = norm(context)
@@ -93,8 +92,7 @@ class TransformerBlock(nn.Module):
                          "output).")
       cross = self._attention("cross_attention")
       norm = self._norm("cross_attention_norm")
-      attend = lambda q: cross(q, encoded, mask=encoded_mask, kv_lengths=encoded_lengths,
-                               deterministic=deterministic)
+      attend = lambda q: cross(q, encoded, encoded_inputs, deterministic=deterministic)
       x = x + dropout(attend(norm(x))) if c.pre_ln else norm(x + dropout(attend(x)))
 
     mlp = Mlp(c.mlp_dim, activation=c.activation, gated=c.gated_mlp, use_bias=c.mlp_bias,
@@ -111,41 +109,45 @@ def norm_layer(config: TransformerConfig, name: str | None = None) -> nn.Module:
 
 
 class _ScanStep(TransformerBlock):
-  """One TransformerBlock as nn.scan's body: (x, broadcast arguments) -> (x, None)."""
+  """One TransformerBlock as nn.scan's body: (x, inputs, encoded, encoded_inputs,
+  deterministic) -> (x, None), everything but x the same at every layer."""
 
-  def __call__(self, x, mask, kv_lengths, segment_ids, positions, encoded, encoded_lengths,
-               causal, deterministic):
-    return super().__call__(x, mask=mask, kv_lengths=kv_lengths, segment_ids=segment_ids,
-                            positions=positions, encoded=encoded,
-                            encoded_lengths=encoded_lengths, causal=causal,
+  def __call__(self, x, inputs, encoded, encoded_inputs, deterministic):
+    return super().__call__(x, inputs, encoded=encoded, encoded_inputs=encoded_inputs,
                             deterministic=deterministic), None
 
 
 def scanned_blocks(config: TransformerConfig, **module_options) -> nn.Module:
   """`config.depth` identical TransformerBlocks under `nn.scan`: one block is traced and
   compiled, so compile time does not grow with depth; every parameter (and KV-cache entry)
-  gains a leading `layers` axis of size `depth`. Call the result as `(x, mask, kv_lengths,
-  segment_ids, positions, encoded, encoded_lengths, causal, deterministic) -> (x, None)`
-  (`encoded`: what cross-attention reads, with module_options cross_attention=True). Name it
-  "blocks" (`partitioning.STACKED`) or "<group>_blocks" in a model with several stacks:
-  sharding and the layout conversions look for these names."""
+  gains a leading `layers` axis of size `depth`. Run it with `run_blocks`. Name it "blocks"
+  (`partitioning.STACKED`) or "<group>_blocks" in a model with several stacks: sharding and
+  the layout conversions look for these names."""
   return nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
-                 split_rngs={"params": True, "dropout": True},
-                 in_axes=(nn.broadcast,) * 8, length=config.depth)(config, **module_options)
+                 split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                 length=config.depth)(config, **module_options)
 
 
-def block_stack(x, config: TransformerConfig, *, prefix: str = "block_", mask=None,
-                kv_lengths=None, segment_ids=None, positions=None, causal=False,
-                deterministic=True):
+def run_blocks(blocks, x, inputs: AttentionInputs | None = None, *, encoded=None,
+               encoded_inputs: AttentionInputs | None = None, deterministic=True):
+  """x [batch, length, width] through a stack: a sequence of TransformerBlocks, or
+  `scanned_blocks`' module; `encoded` and `encoded_inputs` for cross-attention."""
+  if isinstance(blocks, (list, tuple)):
+    for block in blocks:
+      x = block(x, inputs, encoded=encoded, encoded_inputs=encoded_inputs,
+                deterministic=deterministic)
+    return x
+  return blocks(x, inputs or AttentionInputs(), encoded, encoded_inputs or AttentionInputs(),
+                deterministic)[0]
+
+
+def block_stack(x, config: TransformerConfig, inputs: AttentionInputs | None = None, *,
+                prefix: str = "block_", deterministic=True):
   """`config.depth` TransformerBlocks over x, unrolled (named `<prefix><i>`) or, with
   `config.scan_layers`, under nn.scan (named "blocks", parameters stacked). Call from a
   compact method."""
   if config.scan_layers:
-    x, _ = scanned_blocks(config, name=STACKED)(x, mask, kv_lengths, segment_ids, positions,
-                                                None, None, causal, deterministic)
-    return x
-  for i in range(config.depth):
-    x = TransformerBlock(config, name=f"{prefix}{i}")(
-        x, mask=mask, kv_lengths=kv_lengths, segment_ids=segment_ids, positions=positions,
-        causal=causal, deterministic=deterministic)
-  return x
+    blocks = scanned_blocks(config, name=STACKED)
+  else:
+    blocks = [TransformerBlock(config, name=f"{prefix}{i}") for i in range(config.depth)]
+  return run_blocks(blocks, x, inputs, deterministic=deterministic)

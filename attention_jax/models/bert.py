@@ -9,10 +9,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attention_jax import kernels
-from attention_jax.layers import TextEmbeddings, TransformerBlock, default_kernel_init
+from attention_jax.layers import (AttentionInputs, TextEmbeddings, TransformerBlock,
+                                  default_kernel_init)
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.mlp import activation_fn
-from attention_jax.layers.transformer import scanned_blocks
+from attention_jax.layers.transformer import run_blocks, scanned_blocks
 from attention_jax.models.layouts import LayerGroups
 
 POOLINGS = ("cls", "mean")
@@ -106,11 +107,8 @@ class Bert(nn.Module):
       mask = attention_mask.astype(bool)[:, None, None, :]
     elif attention_mask is not None:  # e.g. the linear-cost kernels: right padding as lengths
       lengths = jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
-    if self.config.scan_layers:
-      x, _ = self.blocks(x, mask, lengths, None, None, None, None, False, deterministic)
-    else:
-      for block in self.blocks:
-        x = block(x, mask=mask, kv_lengths=lengths, deterministic=deterministic)
+    x = run_blocks(self.blocks, x, AttentionInputs(mask=mask, kv_lengths=lengths),
+                   deterministic=deterministic)
     out = {"hidden": x, "pooled": jnp.tanh(self.pooler(x[:, 0]))}
     if self.config.num_classes:
       features = (out["pooled"] if self.config.classifier_pooling == "cls"

@@ -11,9 +11,9 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attention_jax.layers import TextEmbeddings, TransformerBlock
+from attention_jax.layers import AttentionInputs, TextEmbeddings, TransformerBlock
 from attention_jax.layers.config import TransformerConfig
-from attention_jax.layers.transformer import scanned_blocks
+from attention_jax.layers.transformer import run_blocks, scanned_blocks
 from attention_jax.models.layouts import LayerGroups
 
 
@@ -65,12 +65,8 @@ class EncoderDecoder(nn.Module):
   def encode(self, source, source_lengths=None, *, deterministic=True):
     """[batch, src_len] -> [batch, src_len, width]."""
     x = self.embed(source, deterministic=deterministic)
-    if self.config.scan_layers:
-      return self.encoder_blocks(x, None, source_lengths, None, None, None, None, False,
-                                 deterministic)[0]
-    for block in self.encoder_blocks:
-      x = block(x, kv_lengths=source_lengths, deterministic=deterministic)
-    return x
+    return run_blocks(self.encoder_blocks, x, AttentionInputs(kv_lengths=source_lengths),
+                      deterministic=deterministic)
 
   def decode_logits(self, target_in, encoded, source_lengths=None, *, deterministic=True):
     """Teacher-forced (or, with decode=True, cached incremental) decoder logits."""
@@ -80,13 +76,9 @@ class EncoderDecoder(nn.Module):
       positions = self.position_index.value + jnp.arange(target_in.shape[1])[None]
       self.position_index.value = self.position_index.value + target_in.shape[1]
     y = self.embed(target_in, positions, deterministic=deterministic)
-    if self.config.scan_layers:
-      y, _ = self.decoder_blocks(y, None, None, None, None, encoded, source_lengths,
-                                 not decode, deterministic)
-    else:
-      for block in self.decoder_blocks:
-        y = block(y, causal=not decode, encoded=encoded, encoded_lengths=source_lengths,
-                  deterministic=deterministic)
+    y = run_blocks(self.decoder_blocks, y, AttentionInputs(causal=not decode),
+                   encoded=encoded, encoded_inputs=AttentionInputs(kv_lengths=source_lengths),
+                   deterministic=deterministic)
     return self.embed.attend(y).astype(jnp.float32)
 
   def __call__(self, source, target_in, source_lengths=None, *, deterministic=True):

@@ -7,7 +7,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attention_jax.layers import TextEmbeddings
+from attention_jax.layers import AttentionInputs, TextEmbeddings
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.transformer import block_stack, norm_layer
 from attention_jax.models.layouts import LayerGroups
@@ -59,9 +59,10 @@ class GPT(nn.Module):
     # Rotary attention needs the positions; so does a decoding cache (a sliding window's
     # sinks are the first real tokens of each left-padded row).
     attend_positions = c.attention_position == "rotary" or c.decode
-    x = block_stack(x, c, mask=mask, segment_ids=segment_ids,
-                    positions=positions if attend_positions else None,
-                    causal=not c.decode, deterministic=deterministic)
+    inputs = AttentionInputs(mask=mask, segment_ids=segment_ids,
+                             positions=positions if attend_positions else None,
+                             causal=not c.decode)
+    x = block_stack(x, c, inputs, deterministic=deterministic)
     x = norm_layer(c, "final_norm")(x)
     return embed.attend(x).astype(jnp.float32)
 

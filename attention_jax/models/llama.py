@@ -9,7 +9,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attention_jax.layers import TextEmbeddings, default_kernel_init
+from attention_jax.layers import AttentionInputs, TextEmbeddings, default_kernel_init
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.transformer import block_stack, norm_layer
 from attention_jax.models.layouts import LayerGroups
@@ -55,8 +55,9 @@ class Llama(nn.Module):
                            dropout_rate=c.dropout_rate, dtype=c.dtype,
                            param_dtype=c.param_dtype, name="embed")
     x = embed(tokens, positions, deterministic=deterministic)
-    x = block_stack(x, c, mask=mask, segment_ids=segment_ids, positions=positions,
-                    causal=not c.decode, deterministic=deterministic)
+    inputs = AttentionInputs(mask=mask, segment_ids=segment_ids, positions=positions,
+                             causal=not c.decode)
+    x = block_stack(x, c, inputs, deterministic=deterministic)
     x = norm_layer(c, "final_norm")(x)
     if c.tie_embeddings:
       return embed.attend(x).astype(jnp.float32)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attention_jax.layers import TextEmbeddings, TransformerBlock
+from attention_jax.layers import AttentionInputs, TextEmbeddings, TransformerBlock
 from attention_jax.layers.attention import relative_bias_params
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.partitioning import STACKED
@@ -70,11 +70,11 @@ class _RecurrentLayer(TransformerBlock):
   None, ...) -> (x, the latest `mem_len` positions of [memory; x] for the next segment), both
   memories under stop_gradient. Unrolled as `block_<i>` or the body of nn.scan."""
 
-  def __call__(self, x, memory, mask, relative_biases, mem_len: int, deterministic: bool):
+  def __call__(self, x, memory, inputs, relative_biases, mem_len: int, deterministic: bool):
     memory = None if memory is None else jax.lax.stop_gradient(memory)
     context = x if memory is None else jnp.concatenate([memory, x], axis=1)
     kept = jax.lax.stop_gradient(context[:, max(context.shape[1] - mem_len, 0):])
-    return super().__call__(x, mask=mask, memory=memory, relative_biases=relative_biases,
+    return super().__call__(x, inputs, memory=memory, relative_biases=relative_biases,
                             deterministic=deterministic), kept
 
 
@@ -107,7 +107,7 @@ class TransformerXL(nn.Module):
     head_dim = c.head_dim or c.width // c.num_heads
     biases = relative_bias_params(self, c.num_heads, head_dim, c.param_dtype)
     x = embed(tokens, deterministic=deterministic)
-    shared = (mask, biases, mem_len, deterministic)
+    shared = (AttentionInputs(mask=mask), biases, mem_len, deterministic)
     if c.scan_layers:  # one layer traced; parameters and memories on a leading `layers` axis
       layers = nn.scan(_RecurrentLayer, variable_axes={"params": 0, "intermediates": 0},
                        split_rngs={"params": True, "dropout": True},

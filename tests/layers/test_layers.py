@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import kernels
-from attention_jax.layers import (LoraSpec, Mlp, MultiHeadAttention, PatchEmbedding,
-                                  TextEmbeddings, TransformerBlock)
+from attention_jax.layers import (AttentionInputs, LoraSpec, Mlp, MultiHeadAttention,
+                                  PatchEmbedding, TextEmbeddings, TransformerBlock)
 from attention_jax.layers.config import TransformerConfig, with_options
 
 
@@ -47,10 +47,11 @@ def test_attention_kernels_are_interchangeable(num_kv_heads):
   params = mha.init(jax.random.key(1), x)
   assert params["params"]["key"]["kernel"].shape == (32, num_kv_heads or 4, 8)
   lengths = jnp.array([40, 23])
-  want = mha.apply(params, x, causal=True, kv_lengths=lengths)
+  inputs = AttentionInputs(causal=True, kv_lengths=lengths)
+  want = mha.apply(params, x, None, inputs)
   for name in ("flash", "xla", "auto", functools.partial(kernels.flash_attention, block_q=8,
                                                          block_k=16)):
-    got = mha.clone(kernel=name).apply(params, x, causal=True, kv_lengths=lengths)
+    got = mha.clone(kernel=name).apply(params, x, None, inputs)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -58,7 +59,7 @@ def test_cross_attention_and_sown_weights():
   x, memory = jnp.ones((2, 5, 16)), jax.random.normal(jax.random.key(0), (2, 7, 24))
   mha = MultiHeadAttention(num_heads=2, sow_weights=True)
   params = mha.init(jax.random.key(1), x, memory)
-  out, state = mha.apply(params, x, memory, kv_lengths=jnp.array([7, 3]),
+  out, state = mha.apply(params, x, memory, AttentionInputs(kv_lengths=jnp.array([7, 3])),
                          mutable=["intermediates"])
   assert out.shape == (2, 5, 16)
   (weights,) = state["intermediates"]["attention_weights"]
@@ -154,3 +155,12 @@ def test_lora_adapters_start_at_the_base_model_and_merge_exactly():
 def test_lora_spec_rejects_bad_settings(kwargs, message):
   with pytest.raises(ValueError, match=message):
     LoraSpec(**kwargs)
+
+
+def test_every_decoding_kernel_has_a_cache_class():
+  """`caches.for_kernel` picks the cache of each kernel's `decoding`: none is left without one."""
+  from attention_jax.layers import caches
+  kinds = {"kv_cache": caches.KVCache, "window": caches.WindowCache, "state": caches.StateCache}
+  for name in kernels.decoders():  # the vendor kernels too, off their platform
+    kernel = kernels.registry._KERNELS[name]
+    assert type(caches.for_kernel(kernel, None, None)) is kinds[kernel.decoding]
