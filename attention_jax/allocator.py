@@ -12,7 +12,7 @@ third of the CPU time spent in the kernel. `tune()` sets, with glibc's `mallopt`
 the same as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... in the
 environment, but from inside the process: `import attention_jax` does it, so the README's
 commands, the tests and the notebooks all get it with no wrapper or LD_PRELOAD. The cost is
-resident memory: the step's peak stays allocated between steps (README: CPU training step).
+resident memory: the step's peak stays allocated between steps (docs/training.md: the CPU training step).
 `release()` hands the free part back (malloc_trim), which the trainer does around
 evaluations, so training and evaluation temporaries are not both kept.
 

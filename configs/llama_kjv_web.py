@@ -1,6 +1,6 @@
 """A small Llama pretrained from scratch on English Bible text (KJV + World English Bible),
 with a byte-level BPE whose ChatML tokens are reserved, so that it can then be exported and
-instruction-tuned (configs/sft_chat.py; the README's "Instruction tuning, end to end").
+instruction-tuned (configs/sft_chat.py; docs/finetuning.md, "Instruction tuning, end to end").
 
     python -m experiments.train --config=configs/llama_kjv_web.py --workdir=runs/llama_bible
     python -m experiments.export --workdir=runs/llama_bible --out=checkpoints/llama_bible

@@ -8,9 +8,9 @@
 template (or an sft workdir); its architecture replaces the preset's. The data are JSONL lines
 {"messages": [...]} or {"prompt": ..., "response": ...}; the loss is on assistant tokens only.
 Variants: (none) LoRA on every projection; "full" full fine-tuning; "tiny" for tests;
-"bible" and "bible_full" the README's end-to-end demonstration: LoRA or full fine-tuning of
-the small Llama of configs/llama_kjv_web.py (exported to checkpoints/llama_bible) on
-`experiments.make_instructions --out=data/instructions --max_per_task=15000`.
+"bible" and "bible_full" the end-to-end demonstration of docs/finetuning.md: LoRA or full
+fine-tuning of the small Llama of configs/llama_kjv_web.py (exported to
+checkpoints/llama_bible) on `experiments.make_instructions --out=data/instructions --max_per_task=15000`.
 """
 
 import ml_collections

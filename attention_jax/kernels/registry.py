@@ -26,7 +26,7 @@ from attention_jax.kernels.xla import cudnn_attention, xla_attention
 
 # `auto` uses the blockwise kernel once the score matrix has at least this many entries per
 # head: on a 2-core CPU the dense kernel is faster at T=512 and the blockwise one from
-# T=1024 (README's benchmark table).
+# T=1024 (docs/results/2026-11-25-attention-kernels-cpu.md).
 AUTO_FLASH_MIN_SCORES = 1024 * 1024
 SPLASH_MIN_Q_LEN = 128
 RING_AXIS = "sequence"  # the mesh axis that, when larger than 1, sends `auto` to `ring`
@@ -189,7 +189,7 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
   precision, Ampere on), else `pallas_gpu` (self-attention without lengths, windows or a
   dense mask; also first for packed segments, which cuDNN takes only as a dense mask), else
   `xla`; CPU: `flash` from AUTO_FLASH_MIN_SCORES scores per head, else `dot_product`.
-  Bias, attention dropout and returned weights always take `dot_product`. The README's
+  Bias, attention dropout and returned weights always take `dot_product`. docs/kernels.md's
   table states the same rule.
   """
   value = key if value is None else value

@@ -174,7 +174,7 @@ def test_reply_scores_by_task():
 
 @pytest.mark.slow
 def test_pretrain_with_bpe_export_instruction_tune_and_score(tmp_path, data_dir):
-  """The README's end-to-end demonstration at test size: a Llama pretrained with a byte-level
+  """The end-to-end demonstration of docs/finetuning.md at test size: a Llama pretrained with a byte-level
   BPE exports a ChatML checkpoint that the sft task fine-tunes and eval_instructions scores."""
   config = llama_kjv_web.get_config("tiny")
   config.dataset.name = "kjv_text"  # prepared for the session (KJV + WEB: tests/data)
