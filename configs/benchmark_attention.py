@@ -1,10 +1,10 @@
-"""Attention kernel benchmark (experiments/benchmark_attention.py).
+"""Attention kernel benchmark (experiments/benchmarks/attention.py).
 
-    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py
-    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:smoke
-    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:gpu
-    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:gpu_check
-    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py:ring
+    python -m experiments.benchmarks.attention --config=configs/benchmark_attention.py
+    python -m experiments.benchmarks.attention --config=configs/benchmark_attention.py:smoke
+    python -m experiments.benchmarks.attention --config=configs/benchmark_attention.py:gpu
+    python -m experiments.benchmarks.attention --config=configs/benchmark_attention.py:gpu_check
+    python -m experiments.benchmarks.attention --config=configs/benchmark_attention.py:ring
     ... --config.seq_lens='(1024, 4096)' --config.repeats=9
 """
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from configs import benchmark_attention as benchmark_config
-from experiments import benchmark_attention
+from experiments.benchmarks import attention as benchmark_attention
 
 
 def test_benchmark_smoke_writes_results(tmp_path):
@@ -34,13 +34,13 @@ def test_benchmark_smoke_writes_results(tmp_path):
 @pytest.fixture(scope="module")
 def train_step_jax():
   """The JAX worker of the training-step benchmark at the tiny shape: (spec, result)."""
-  from experiments import benchmark_train_step as bench
+  from experiments.benchmarks import train_step as bench
   spec = bench.make_spec(bench.load_config(tiny=True), steps=2, warmup=1)
   return spec, bench.run_worker("jax", spec)
 
 
 def test_train_step_benchmark_worker_smoke(train_step_jax):
-  from experiments import benchmark_train_step as bench
+  from experiments.benchmarks import train_step as bench
   _, result = train_step_jax
   assert result["impl"] == "jax" and result["kernel"] == "auto"
   assert result["param_count"] == 26_368  # width 32, depth 2, MLP 64, 256 bytes, 32 positions
@@ -54,7 +54,7 @@ def test_train_step_benchmark_worker_smoke(train_step_jax):
 
 def test_train_step_benchmark_torch_twin_has_our_parameters(train_step_jax):
   pytest.importorskip("torch")
-  from experiments import benchmark_train_step as bench
+  from experiments.benchmarks import train_step as bench
   spec, jax_result = train_step_jax
   torch_result = bench.run_worker("torch_eager", spec)
   summary = bench.summarize([jax_result, torch_result], ["jax", "torch_eager"])
@@ -71,7 +71,8 @@ def test_plain_jax_twin_is_our_gpt(train_step_jax):
   import jax.numpy as jnp
   import ml_collections
   from attention_jax.training import tasks
-  from experiments import benchmark_train_step as bench
+  from experiments.benchmarks import plain_gpt
+  from experiments.benchmarks import train_step as bench
   spec, jax_result = train_step_jax
   task = tasks.create(ml_collections.ConfigDict(spec["config"]))
   model = task.model()
@@ -97,13 +98,48 @@ def test_plain_jax_twin_is_our_gpt(train_step_jax):
   plain = dict(token=ours["embed"]["token"]["embedding"],
                position=ours["embed"]["position"]["embedding"], blocks=blocks,
                final_norm=(ours["final_norm"]["scale"], ours["final_norm"]["bias"]))
-  init, forward = bench.plain_gpt(spec["shape"])
+  init, forward = plain_gpt.plain_gpt(spec["shape"])
   assert jax.tree.structure(init(jax.random.key(0))) == jax.tree.structure(plain)
   expected = model.apply({"params": ours}, tokens)
   assert jnp.abs(forward(plain, tokens) - expected).max() < 1e-6 * jnp.abs(expected).max()
   result = bench.run_worker("jax_plain", spec)
   assert result["param_count"] == jax_result["param_count"]
   assert abs(result["loss"] - math.log(256)) < 0.5
+
+
+def test_the_twins_take_the_trainers_learning_rate_at_every_step(train_step_jax):
+  """No second copy of the schedule: the twins read the trainer's learning rate per step
+  (optim.make_optimizer's, as its optimizer state reports it) from the spec."""
+  import jax.numpy as jnp
+  import ml_collections
+  from attention_jax.training import optim
+  from experiments.benchmarks import train_step as bench
+  spec, _ = train_step_jax
+  config = ml_collections.ConfigDict(spec["config"])
+  config.optimizer.warmup_steps = 2  # a warm-up and a decay inside the steps the twins take
+  config.num_train_steps = 5
+  spec = bench.make_spec(config, steps=4, warmup=1)
+  optimizer = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  params = {"w": jnp.ones((2, 2))}
+  state, trainer = optimizer.init(params), []
+  for _ in range(len(spec["optimizer"]["lr_values"])):
+    _, state = optimizer.update({"w": jnp.ones((2, 2))}, state, params)
+    trainer.append(float(optim.current_learning_rate(state)))
+  factor = bench.lr_factor(spec["optimizer"])
+  twin = [factor(step) * spec["optimizer"]["lr"] for step in range(len(trainer))]
+  assert twin == pytest.approx(trainer, rel=1e-6) and len(set(trainer)) > 3
+
+
+def test_interleaving_alternates_the_candidates_after_a_warm_up():
+  from experiments.benchmarks import harness
+  calls, rounds = [], []
+  samples = harness.interleaved({"a": lambda: calls.append("a") or len(calls),
+                                 "b": lambda: calls.append("b") or len(calls)}, 2,
+                                after_round=rounds.append)
+  assert calls == ["a", "b"] * 3 and samples == {"a": [3, 5], "b": [4, 6]} and rounds == [0, 1]
+  assert harness.timed(lambda: None) >= 0.0
+  with pytest.raises(RuntimeError, match="before jax is imported"):
+    harness.fake_cpu_devices(2)  # this process has jax already
 
 
 def test_benchmark_takes_kernel_names_and_a_baseline(tmp_path):
@@ -133,7 +169,7 @@ def test_lra_efficiency_benchmark_smoke(tmp_path):
   import sys
   out = tmp_path / "lra.json"
   run = subprocess.run(
-      [sys.executable, "-m", "experiments.benchmark_lra", "--lengths=64", "--long=128",
+      [sys.executable, "-m", "experiments.benchmarks.lra", "--lengths=64", "--long=128",
        "--kernels=dot_product,linear", "--repeats=1", "--batch=1", "--width=32",
        f"--output={out}"], capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]

@@ -2,7 +2,7 @@ r"""Long Range Arena's efficiency table, measured here: training steps/s and pea
 kernel relative to softmax attention (`dot_product`), at lengths 1K-4K, and where a kernel can
 go, 16K and 64K.
 
-    python -m experiments.benchmark_lra [--lengths=1024,2048,3072,4096] [--long=16384,65536]
+    python -m experiments.benchmarks.lra [--lengths=1024,2048,3072,4096] [--long=16384,65536]
 
 The model is the byte-level text classifier of configs/lra_text.py at a CPU size (a BERT of
 `--depth` blocks of width `--width`, batch `--batch`), one AdamW step per call. Memory is XLA's
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from absl import app, flags
 import numpy as np
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from attention_jax import models
+from experiments.benchmarks import harness
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "3072", "4096"], "LRA's lengths.")
 _LONG = flags.DEFINE_list("long", ["16384", "65536"], "Longer lengths, linear kernels only.")
@@ -94,19 +94,16 @@ def measure(length: int, kernels: list[str], batch: int) -> dict[str, dict]:
       cells[kernel]["skipped"] = f"needs {gigabytes:.1f} GB"
       continue
     state = list(args)
-    state[:2] = step(*state)[:2]  # warm-up (compiles)
-    jax.block_until_ready(state[0])
-    runners[kernel] = state, step
-    print(f"  T={length} {kernel}: compiled, {gigabytes:.2f} GB", flush=True)
-  times = {kernel: [] for kernel in runners}
-  for _ in range(_REPEATS.value):
-    for kernel, (state, step) in runners.items():
-      start = time.perf_counter()
+
+    def run(state=state, step=step):
       state[:2] = step(*state)[:2]
       jax.block_until_ready(state[0])
-      times[kernel].append(time.perf_counter() - start)
+
+    runners[kernel] = lambda run=run: harness.timed(run)
+    print(f"  T={length} {kernel}: compiled, {gigabytes:.2f} GB", flush=True)
+  times = harness.interleaved(runners, _REPEATS.value)  # the warm-up compiles
   for kernel, samples in times.items():
-    cells[kernel]["steps_per_s"] = 1.0 / float(np.median(samples))
+    cells[kernel]["steps_per_s"] = 1.0 / harness.median(samples)
   return cells
 
 

@@ -1,8 +1,8 @@
 r"""Benchmark one training step of the quickstart GPT: our JAX trainer step vs PyTorch.
 
-    python -m experiments.benchmark_train_step                       # 3 rounds of 50 steps
-    python -m experiments.benchmark_train_step --steps=200 --rounds=7 --json_out=/tmp/step.json
-    python -m experiments.benchmark_train_step --tiny --steps=2 --rounds=1   # smoke run
+    python -m experiments.benchmarks.train_step                       # 3 rounds of 50 steps
+    python -m experiments.benchmarks.train_step --steps=200 --rounds=7 --json_out=/tmp/step.json
+    python -m experiments.benchmarks.train_step --tiny --steps=2 --rounds=1   # smoke run
 
 The model is configs/default.py (byte-level GPT, width 192, depth 4, 4 heads, MLP 768, seq_len
 128, batch 32, no dropout). `jax` is the trainer's own compiled step (`training.setup`: its
@@ -27,21 +27,20 @@ of it. It never asserts a time.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
-import time
 
 from absl import app, flags
+
+from experiments.benchmarks import harness, plain_gpt, torch_gpt
 
 # The environment before anything (attention_jax's import-time allocator tuning included) can
 # change it: every worker starts from it, and sets up its own framework.
 _CLEAN_ENV = dict(os.environ)
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # jax_default_malloc: our step with glibc malloc as it comes (ATTENTION_JAX_MALLOC=default),
 # i.e. without attention_jax.allocator's tuning: the before/after of that change, side by side.
@@ -76,22 +75,24 @@ def load_config(tiny: bool = False):
 
 def make_spec(config, steps: int, warmup: int) -> dict:
   """What a worker needs: the JAX config, and the same shape and optimizer as plain numbers
-  (a PyTorch worker must not import attention_jax)."""
+  (a PyTorch worker must not import attention_jax), with the trainer's learning rate at every
+  step the twins take (`lr_values`, from `optim.learning_rate_schedule`: no second copy)."""
   from attention_jax.data import tokenizers
+  from attention_jax.training import optim
   if (config.task != "lm" or config.model.get("position", "learned") != "learned"
       or config.model.get("dropout_rate", 0.0) or config.precision != "float32"):
     raise ValueError("the PyTorch twin is a float32 GPT with learned positions and no dropout "
                      "(task 'lm').")
   m, o = config.model, config.optimizer
+  schedule = optim.learning_rate_schedule(o, config.num_train_steps)
   return dict(
       config=config.to_dict(), steps=steps, warmup=warmup, seed=config.seed,
       shape=dict(vocab_size=tokenizers.ByteTokenizer.vocab_size, seq_len=config.dataset.seq_len,
                  batch=config.batch_size, width=m.width, depth=m.depth, heads=m.num_heads,
                  mlp_dim=m.mlp_dim, ln_eps=m.get("ln_eps", 1e-5)),
       optimizer=dict(lr=o.lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                     clip_norm=o.clip_norm, warmup_steps=o.warmup_steps,
-                     final_lr_fraction=o.final_lr_fraction,
-                     num_train_steps=config.num_train_steps))
+                     clip_norm=o.clip_norm,
+                     lr_values=[float(schedule(i)) for i in range(max(warmup, 3) + steps + 1)]))
 
 
 def random_batch(shape: dict, seed: int):
@@ -103,17 +104,14 @@ def random_batch(shape: dict, seed: int):
 
 def time_steps(step, steps: int, warmup: int, sync) -> dict:
   """Runs `step()` warmup + steps times; times the last `steps` (one `sync()` at the end)."""
-  start = time.perf_counter()
-  for _ in range(warmup):
-    step()
-  sync()
-  warmup_s = time.perf_counter() - start
+  def run(count):
+    for _ in range(count):
+      step()
+    sync()
+
+  warmup_s = harness.timed(lambda: run(warmup))
   before = resource.getrusage(resource.RUSAGE_SELF)
-  start = time.perf_counter()
-  for _ in range(steps):
-    step()
-  sync()
-  elapsed = time.perf_counter() - start
+  elapsed = harness.timed(lambda: run(steps))
   after = resource.getrusage(resource.RUSAGE_SELF)
   return dict(warmup_s=warmup_s, time_s=elapsed, steps_per_s=steps / elapsed,
               user_s_per_step=(after.ru_utime - before.ru_utime) / steps,
@@ -155,53 +153,6 @@ def jax_worker(spec: dict) -> dict:
 # --- JAX without our layers: the same GPT as plain functions ---------------------------------
 
 
-def plain_gpt(shape: dict):
-  """(init(key) -> params, forward(params, tokens [b, t]) -> logits) in plain jax.numpy, the
-  torch twin's layout (fused qkv, pre-LN, learned positions, tied output embedding)."""
-  import jax
-  import jax.numpy as jnp
-
-  width, heads, mlp_dim, eps = shape["width"], shape["heads"], shape["mlp_dim"], shape["ln_eps"]
-
-  def init(key):
-    keys = iter(jax.random.split(key, 2 + 4 * shape["depth"]))
-    normal = lambda *s: 0.02 * jax.random.normal(next(keys), s)
-    norm = lambda: (jnp.ones(width), jnp.zeros(width))
-    dense = lambda n_in, n_out: (normal(n_in, n_out), jnp.zeros(n_out))
-    blocks = [dict(attention_norm=norm(), qkv=dense(width, 3 * width), out=dense(width, width),
-                   mlp_norm=norm(), fc1=dense(width, mlp_dim), fc2=dense(mlp_dim, width))
-              for _ in range(shape["depth"])]
-    return dict(token=normal(shape["vocab_size"], width), position=normal(shape["seq_len"], width),
-                blocks=blocks, final_norm=norm())
-
-  def layer_norm(x, scale_bias):
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * scale_bias[0] + scale_bias[1]
-
-  def dense(x, kernel_bias):
-    return x @ kernel_bias[0] + kernel_bias[1]
-
-  def attention(q, k, v):  # [b, t, heads, head_dim] each
-    t = q.shape[1]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
-    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -1e30)
-    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-
-  def forward(params, tokens):
-    b, t = tokens.shape
-    x = params["token"][tokens] + params["position"][:t]
-    for block in params["blocks"]:
-      qkv = dense(layer_norm(x, block["attention_norm"]), block["qkv"])
-      q, k, v = jnp.split(qkv.reshape(b, t, 3 * heads, -1), 3, axis=2)
-      x = x + dense(attention(q, k, v).reshape(b, t, width), block["out"])
-      hidden = jax.nn.gelu(dense(layer_norm(x, block["mlp_norm"]), block["fc1"]), approximate=True)
-      x = x + dense(hidden, block["fc2"])
-    return layer_norm(x, params["final_norm"]) @ params["token"].T
-
-  return init, forward
-
-
 def jax_plain_worker(spec: dict) -> dict:
   """Times the plain-function GPT's step: jit, donated state, the same AdamW and clipping."""
   import attention_jax  # noqa: F401  (as in the trainer: importing it tunes malloc first)
@@ -210,12 +161,11 @@ def jax_plain_worker(spec: dict) -> dict:
   import optax
 
   shape, opt = spec["shape"], spec["optimizer"]
-  init, forward = plain_gpt(shape)
+  init, forward = plain_gpt.plain_gpt(shape)
   params = init(jax.random.key(spec["seed"]))
   param_count = sum(x.size for x in jax.tree.leaves(params))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, opt["lr"], opt["warmup_steps"], opt["num_train_steps"],
-      end_value=opt["lr"] * opt["final_lr_fraction"])
+  lr_values = jnp.asarray(opt["lr_values"], jnp.float32)
+  schedule = lambda count: lr_values[jnp.minimum(count, len(lr_values) - 1)]
   optimizer = optax.chain(
       *([optax.clip_by_global_norm(opt["clip_norm"])] if opt["clip_norm"] else []),
       optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
@@ -248,65 +198,11 @@ def jax_plain_worker(spec: dict) -> dict:
 # --- PyTorch: the same GPT in plain torch.nn -----------------------------------------------
 
 
-def torch_gpt(shape: dict):
-  """A GPT-2-style torch.nn.Module with our GPT's parameters: tokens [b, t] -> logits."""
-  import torch
-  from torch import nn
-  from torch.nn import functional as F
-
-  width, heads, eps = shape["width"], shape["heads"], shape["ln_eps"]
-
-  class Block(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.attention_norm = nn.LayerNorm(width, eps=eps)
-      self.qkv = nn.Linear(width, 3 * width)  # our query, key and value projections, fused
-      self.out = nn.Linear(width, width)
-      self.mlp_norm = nn.LayerNorm(width, eps=eps)
-      self.fc1 = nn.Linear(width, shape["mlp_dim"])
-      self.fc2 = nn.Linear(shape["mlp_dim"], width)
-
-    def forward(self, x):
-      b, t, _ = x.shape
-      q, k, v = self.qkv(self.attention_norm(x)).view(b, t, 3, heads, -1).permute(2, 0, 3, 1, 4)
-      y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-      x = x + self.out(y.transpose(1, 2).reshape(b, t, width))
-      return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x)), approximate="tanh"))
-
-  class GPT(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.token = nn.Embedding(shape["vocab_size"], width)
-      self.position = nn.Embedding(shape["seq_len"], width)
-      self.blocks = nn.ModuleList(Block() for _ in range(shape["depth"]))
-      self.final_norm = nn.LayerNorm(width, eps=eps)
-      for name, p in self.named_parameters():  # as ours: normal(0.02) weights, zero biases
-        if p.ndim >= 2:
-          nn.init.normal_(p, std=0.02)
-        elif name.endswith("bias"):
-          nn.init.zeros_(p)
-
-    def forward(self, tokens):
-      x = self.token(tokens) + self.position(torch.arange(tokens.shape[1]))
-      for block in self.blocks:
-        x = block(x)
-      return self.final_norm(x) @ self.token.weight.T  # tied output embedding
-
-  return GPT()
-
-
 def lr_factor(opt: dict):
-  """The trainer's schedule as a multiple of lr: linear warmup, then cosine decay."""
-  warmup = min(opt["warmup_steps"], opt["num_train_steps"])
-  decay_steps, alpha = max(opt["num_train_steps"] - warmup, 1), opt["final_lr_fraction"]
-
-  def factor(step):
-    if step < warmup:
-      return step / warmup
-    progress = min(step - warmup, decay_steps) / decay_steps
-    return alpha + (1 - alpha) * 0.5 * (1 + math.cos(math.pi * progress))
-
-  return factor
+  """step -> the trainer's learning rate at that step as a multiple of lr (LambdaLR's form),
+  read from the spec's `lr_values`."""
+  values = opt["lr_values"]
+  return lambda step: values[min(step, len(values) - 1)] / opt["lr"]
 
 
 def torch_worker(spec: dict, compile_model: bool) -> dict:
@@ -320,7 +216,7 @@ def torch_worker(spec: dict, compile_model: bool) -> dict:
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(spec["seed"])
   shape, opt = spec["shape"], spec["optimizer"]
-  model = torch_gpt(shape)
+  model = torch_gpt.torch_gpt(shape)
   params = list(model.parameters())
   optimizer = torch.optim.AdamW(
       [{"params": [p for p in params if p.ndim >= 2], "weight_decay": opt["weight_decay"]},
@@ -385,12 +281,12 @@ def worker_main(impl: str, spec_json: str):
 
 def spawn(impl: str, spec: dict) -> dict:
   """Runs one worker in a fresh process with the clean environment; returns its result."""
-  cmd = [sys.executable, "-m", "experiments.benchmark_train_step", f"--worker={impl}",
+  cmd = [sys.executable, "-m", "experiments.benchmarks.train_step", f"--worker={impl}",
          f"--spec={json.dumps(spec)}"]
   env = dict(_CLEAN_ENV)
   if impl in MALLOC_OPT_OUT:
     env["ATTENTION_JAX_MALLOC"] = MALLOC_OPT_OUT[impl]
-  proc = subprocess.run(cmd, env=env, cwd=_REPO, capture_output=True, text=True)
+  proc = subprocess.run(cmd, env=env, cwd=harness.REPO, capture_output=True, text=True)
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith(RESULT_PREFIX):
       return json.loads(line[len(RESULT_PREFIX):])
@@ -464,20 +360,26 @@ def run(spec: dict, impls, rounds: int, log=print) -> dict:
       f"seq_len {s['seq_len']}, batch {s['batch']}; {spec['steps']} timed steps after "
       f"{spec['warmup']} warm-up, {rounds} rounds; {os.cpu_count()} cores, "
       f"{platform.processor() or platform.machine()}")
-  results, failed = [], set()
-  for r in range(rounds):
-    for impl in impls:
-      if impl in failed:
-        continue
-      result = spawn(impl, spec)
-      results.append(dict(result, round=r))
-      if "error" in result:
-        failed.add(impl)
-        log(f"  round {r + 1}/{rounds} {impl}: failed: {result['error']}")
-      else:
-        log(f"  round {r + 1}/{rounds} {impl}: {result['tokens_per_s']:,.0f} tokens/s "
-            f"({1e3 / result['steps_per_s']:.1f} ms/step, sys "
-            f"{result['sys_s_per_step'] * 1e3:.1f} ms/step), loss {result['loss']:.3f}")
+  results, failed, round_ = [], set(), [0]
+
+  def measure(impl):  # one subprocess; an implementation that failed once is not rerun
+    if impl in failed:
+      return None
+    result = dict(spawn(impl, spec), round=round_[0])
+    results.append(result)
+    r = f"  round {round_[0] + 1}/{rounds} {impl}"
+    if "error" in result:
+      failed.add(impl)
+      log(f"{r}: failed: {result['error']}")
+    else:
+      log(f"{r}: {result['tokens_per_s']:,.0f} tokens/s ({1e3 / result['steps_per_s']:.1f} "
+          f"ms/step, sys {result['sys_s_per_step'] * 1e3:.1f} ms/step), loss "
+          f"{result['loss']:.3f}")
+    return result
+
+  harness.interleaved({impl: lambda impl=impl: measure(impl) for impl in impls}, rounds,
+                      warmup=0,  # each worker warms up itself
+                      after_round=lambda r: round_.__setitem__(0, r + 1))
   summary = summarize(results, impls)
   for impl, si in summary["impls"].items():
     if "param_count" in si:

@@ -1,7 +1,7 @@
 r"""Peak host memory of loading and exporting a Hugging Face checkpoint, against its size.
 
-    python -m experiments.benchmark_checkpoint                    # llama-3.2-1b in bfloat16
-    python -m experiments.benchmark_checkpoint --preset=llama-tiny --dtype=float32  # smoke
+    python -m experiments.benchmarks.checkpoint                    # llama-3.2-1b in bfloat16
+    python -m experiments.benchmarks.checkpoint --preset=llama-tiny --dtype=float32  # smoke
 
 Writes random weights of the preset's shape with our exporter (sharded at 2 GiB), then, each
 in a fresh process so that peaks do not mix: our streaming `pretrained.load`, and the naive
@@ -70,7 +70,7 @@ def work(what: str, directory: str):
 
 
 def measure(what: str, directory: str) -> int:
-  result = subprocess.run([sys.executable, "-m", "experiments.benchmark_checkpoint",
+  result = subprocess.run([sys.executable, "-m", "experiments.benchmarks.checkpoint",
                            f"--worker={what}", f"--dir={directory}",
                            f"--preset={_PRESET.value}", f"--dtype={_DTYPE.value}"],
                           capture_output=True, text=True, check=False)

@@ -1,7 +1,7 @@
 r"""What the scale features buy, measured side by side in one process (no timed tests).
 
-    python -m experiments.benchmark_scale --what=compile,sync
-    python -m experiments.benchmark_scale --what=remat --topology=v5p:2x2x2   # needs libtpu
+    python -m experiments.benchmarks.scale --what=compile,sync
+    python -m experiments.benchmarks.scale --what=remat --topology=v5p:2x2x2   # needs libtpu
 
 - compile: the compile time of the training step of a 24-layer GPT (configs/gpt_kjv.py with
   depth 24), blocks unrolled vs under `scan_layers`, alternated `--rounds` times.
@@ -16,16 +16,16 @@ r"""What the scale features buy, measured side by side in one process (no timed 
 
 from __future__ import annotations
 
-import time
+import functools
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 
 from attention_jax.data import pipeline
 from attention_jax.training import plan, train
 from attention_jax.training.setup import setup
 from configs import gpt_kjv
+from experiments.benchmarks import harness
 
 _WHAT = flags.DEFINE_list("what", ["compile", "sync"], "Which measurements: compile, sync, "
                           "remat.")
@@ -43,11 +43,9 @@ def compile_seconds(scan_layers: bool) -> float:
 
 
 def measure_compile(rounds: int):
-  times = {False: [], True: []}
-  for _ in range(rounds):
-    for scan in (False, True):
-      times[scan].append(compile_seconds(scan))
-  unrolled, scanned = np.median(times[False]), np.median(times[True])
+  times = harness.interleaved({scan: functools.partial(compile_seconds, scan)
+                               for scan in (False, True)}, rounds, warmup=0)
+  unrolled, scanned = harness.median(times[False]), harness.median(times[True])
   print(f"compile, 24-layer GPT (quickstart width): unrolled {unrolled:.1f} s, scan_layers "
         f"{scanned:.1f} s -> {unrolled / scanned:.1f}x faster (medians of {rounds})")
 
@@ -62,25 +60,25 @@ def measure_sync(rounds: int, steps: int):
                                                          config.seed), runner.shard_batch)
   rng = jax.random.key(1)
 
-  def loop(state, fetch_every: int):
-    pending = []
-    start = time.perf_counter()
-    for i in range(1, steps + 1):
-      state, metrics = step(state, next(batches)[0], rng)
-      pending.append(metrics)
-      if i % fetch_every == 0 or i == steps:
-        runner.fetch(pending)
-        pending = []
-    return state, steps / (time.perf_counter() - start)
+  carried = {"state": state}
 
-  state, _ = loop(state, 1)  # warm-up
-  rates = {"every step": [], "log steps": []}
-  for _ in range(rounds):
-    state, rate = loop(state, 1)
-    rates["every step"].append(rate)
-    state, rate = loop(state, config.log_every_steps)
-    rates["log steps"].append(rate)
-  before, after = np.median(rates["every step"]), np.median(rates["log steps"])
+  def loop(fetch_every: int) -> float:
+    """Steps/s of `steps` trainer steps, fetching the metrics every `fetch_every`."""
+    pending = []
+
+    def run():
+      for i in range(1, steps + 1):
+        carried["state"], metrics = step(carried["state"], next(batches)[0], rng)
+        pending.append(metrics)
+        if i % fetch_every == 0 or i == steps:
+          runner.fetch(pending)
+          pending.clear()
+
+    return steps / harness.timed(run)
+
+  rates = harness.interleaved({"every step": lambda: loop(1),
+                               "log steps": lambda: loop(config.log_every_steps)}, rounds)
+  before, after = harness.median(rates["every step"]), harness.median(rates["log steps"])
   print(f"trainer steps/s on {jax.devices()[0].device_kind} (quickstart, {steps} steps x "
         f"{rounds} rounds, interleaved): metrics fetched every step {before:.2f}, every "
         f"{config.log_every_steps} steps {after:.2f} -> {after / before:.3f}x")

@@ -1,7 +1,7 @@
 r"""LoRA instruction fine-tuning over a float32 or a bfloat16 frozen base, side by side.
 
-    python -m experiments.benchmark_sft                 # a 30M-parameter Llama, 2 CPU cores
-    python -m experiments.benchmark_sft --width=64 --depth=2 --steps=2 --rounds=1   # smoke
+    python -m experiments.benchmarks.sft                 # a 30M-parameter Llama, 2 CPU cores
+    python -m experiments.benchmarks.sft --width=64 --depth=2 --steps=2 --rounds=1   # smoke
 
 Builds a random Llama of the given shape with a byte-level BPE tokenizer trained on WordNet
 definitions and a chat template, exports it, writes WordNet definition conversations
@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 
 from attention_jax import models, pretrained
 from attention_jax.data import chat, instructions, pipeline
 from attention_jax.training.setup import setup
 from configs import sft_chat
+from experiments.benchmarks import harness
 
 _WIDTH = flags.DEFINE_integer("width", 512, "Model width.")
 _DEPTH = flags.DEFINE_integer("depth", 8, "Blocks.")
@@ -93,17 +92,18 @@ def main(argv):
     for dtype in ("", "bfloat16"):
       built, step, memory, batches = build(root, dtype)
       runs[dtype or "float32"] = dict(built=built, step=step, memory=memory, batches=batches,
-                                      state=built.runner.init(), rates=[])
+                                      state=built.runner.init())
     rng = jax.random.key(1)
-    for round_ in range(_ROUNDS.value + 1):  # round 0 warms up
-      for run in runs.values():
-        start = time.perf_counter()
-        for _ in range(_STEPS.value):
-          batch = run["built"].runner.shard_batch(next(run["batches"]))
-          run["state"], metrics = run["step"](run["state"], batch, rng)
-        jax.block_until_ready(metrics)
-        if round_:
-          run["rates"].append(_STEPS.value / (time.perf_counter() - start))
+
+    def steps(run):
+      for _ in range(_STEPS.value):
+        batch = run["built"].runner.shard_batch(next(run["batches"]))
+        run["state"], metrics = run["step"](run["state"], batch, rng)
+      jax.block_until_ready(metrics)
+
+    rates = harness.interleaved(  # the warm-up round compiles
+        {name: lambda run=run: _STEPS.value / harness.timed(lambda: steps(run))
+         for name, run in runs.items()}, _ROUNDS.value)
     count = sum(x.size for x in jax.tree.leaves(runs["float32"]["state"].frozen))
     trained = sum(x.size for x in jax.tree.leaves(runs["float32"]["state"].params))
     print(f"LoRA SFT, Llama width {_WIDTH.value} depth {_DEPTH.value}"
@@ -116,7 +116,7 @@ def main(argv):
     for name, run in runs.items():
       memory = run["memory"]
       print(f"| {name} | {memory.argument_size_in_bytes / 2 ** 20:.1f} | "
-            f"{memory.temp_size_in_bytes / 2 ** 20:.1f} | {np.median(run['rates']):.3f} |")
+            f"{memory.temp_size_in_bytes / 2 ** 20:.1f} | {harness.median(rates[name]):.3f} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 r"""Benchmark attention kernels side by side in one process (see ../shared/PERF.md protocol).
 
-    python -m experiments.benchmark_attention --config=configs/benchmark_attention.py[:smoke]
+    python -m experiments.benchmarks.attention --config=configs/benchmark_attention.py[:smoke]
 
 Compares registry kernels (`flash`, `dot_product`, and on accelerators `cudnn`, `pallas_gpu`,
 `splash`; any name `kernels.get` takes) with `jax.nn.dot_product_attention` (XLA) and, when
@@ -24,18 +24,18 @@ column is the point.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
 import subprocess
 import sys
-import time
+
+from experiments.benchmarks import harness
 
 for _arg in sys.argv:  # a ring worker's fake devices must exist before jax is imported
   if _arg.startswith("--ring_worker=") and int(_arg.split("=", 1)[1]) > 0:
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
-                               f"device_count={int(_arg.split('=', 1)[1])}")
+    harness.fake_cpu_devices(int(_arg.split("=", 1)[1]))
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -99,19 +99,14 @@ def flops(batch, heads, seq_len, head_dim, pass_, causal) -> float:
   return forward * (3.5 if pass_ == "forward_backward" else 1.0)
 
 
-def timed(run) -> float:
-  start = time.perf_counter()
-  run()
-  return time.perf_counter() - start
-
-
 def gemm_rate() -> float:
   """Same-process float32 GEMM rate (FLOP/s) on a 2048x2048 matmul, median of 7."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((GEMM_SIZE,) * 2), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
   jax.block_until_ready(matmul(a))
-  times = [timed(lambda: jax.block_until_ready(matmul(a))) for _ in range(7)]
-  return 2.0 * GEMM_SIZE ** 3 / float(np.median(times))
+  times = harness.interleaved({"gemm": lambda: harness.timed(
+      lambda: jax.block_until_ready(matmul(a)))}, 7, warmup=0)["gemm"]
+  return 2.0 * GEMM_SIZE ** 3 / harness.median(times)
 
 
 def random_inputs(batch, seq_len, heads, head_dim, dtype, seed=0):
@@ -147,15 +142,11 @@ def measure(config, seq_len: int, heads: int, impls, passes, causals, gemm: floa
         rows.append(row)
         runners.append((row, run))
   repeats = config.repeats if seq_len <= 4096 else config.repeats_above_4096
-  for row, run in runners:  # warm-up: compile and first run, excluded
-    run()
-  times = {id(row): [] for row, _ in runners}
-  for r in range(repeats):
-    for row, run in runners:
-      times[id(row)].append(timed(run))
-    log(f"  T={seq_len} H={heads}: round {r + 1}/{repeats} done")
+  times = harness.interleaved(  # the warm-up (compilation, first run) is excluded
+      {id(row): lambda run=run: harness.timed(run) for row, run in runners}, repeats,
+      after_round=lambda r: log(f"  T={seq_len} H={heads}: round {r + 1}/{repeats} done"))
   for row, _ in runners:
-    row["median_s"] = float(np.median(times[id(row)]))
+    row["median_s"] = harness.median(times[id(row)])
     work = flops(config.batch, heads, seq_len, config.head_dim, row["pass_"], row["causal"])
     row["gflops"] = work / row["median_s"] / 1e9
     row["gemm_fraction"] = work / row["median_s"] / gemm
@@ -280,18 +271,18 @@ def measure_ring_here(config, devices: int) -> list[dict]:
       with jax.set_mesh(mesh) if impl == "ring" else contextlib.nullcontext():
         compiled = step.lower(*(ring_shapes if impl == "ring" else shapes)).compile()
         memory = parallel.memory_analysis(compiled)["total"] / 2 ** 20
-        if timed_here:
-          step(*(ring_arrays if impl == "ring" else arrays))  # warm-up
-      row = dict(devices=devices, seq_len=seq_len, impl=impl, memory_mb=memory, times=[])
+      row = dict(devices=devices, seq_len=seq_len, impl=impl, memory_mb=memory)
       runs.append((row, step))
-    for _ in range(config.ring_repeats if timed_here else 0):
-      for row, step in runs:
-        inputs = ring_arrays if row["impl"] == "ring" else arrays
-        with jax.set_mesh(mesh) if row["impl"] == "ring" else contextlib.nullcontext():
-          row["times"].append(timed(lambda: jax.block_until_ready(step(*inputs))))
+
+    def run(row, step):
+      inputs = ring_arrays if row["impl"] == "ring" else arrays
+      with jax.set_mesh(mesh) if row["impl"] == "ring" else contextlib.nullcontext():
+        return harness.timed(lambda: jax.block_until_ready(step(*inputs)))
+
+    times = harness.interleaved({row["impl"]: functools.partial(run, row, step)
+                                 for row, step in runs}, config.ring_repeats) if timed_here else {}
     for row, _ in runs:
-      times = row.pop("times")
-      row["median_s"] = float(np.median(times)) if times else None
+      row["median_s"] = harness.median(times[row["impl"]]) if timed_here else None
       rows.append(row)
   return rows
 
@@ -305,9 +296,9 @@ def measure_ring(config, log) -> list[dict]:
             ("ring_heads", "ring_repeats", "ring_time_max_len", "head_dim", "dtype"))]
   for devices in config.ring_devices:
     log(f"  ring attention on {devices} fake devices (a subprocess)...")
-    done = subprocess.run([sys.executable, "-m", "experiments.benchmark_attention", *argv,
+    done = subprocess.run([sys.executable, "-m", "experiments.benchmarks.attention", *argv,
                            f"--ring_worker={devices}"], capture_output=True, text=True,
-                          check=False, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+                          check=False, cwd=harness.REPO)
     if done.returncode != 0:
       raise RuntimeError(f"the ring worker on {devices} devices failed:\n{done.stderr[-3000:]}")
     rows += json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 r"""Generation throughput: ours vs Hugging Face transformers' `generate`, in one process.
 
-    python -m experiments.benchmark_generate                      # llama-3.2-1b shape, CPU
-    python -m experiments.benchmark_generate --preset=llama-tiny --new_tokens=8   # smoke
+    python -m experiments.benchmarks.generate                      # llama-3.2-1b shape, CPU
+    python -m experiments.benchmarks.generate --preset=llama-tiny --new_tokens=8   # smoke
 
 Random weights of the preset's shape, exported by us and loaded by transformers, so both
 run the same model (and must produce the same greedy tokens: checked). For each dtype:
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from absl import app, flags, logging
 
 from attention_jax import models, pretrained
 from attention_jax.models import generation
+from experiments.benchmarks import harness
 
 _PRESET = flags.DEFINE_string("preset", "llama-3.2-1b", "A Llama-family preset.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Weight and compute dtypes.")
@@ -34,9 +34,9 @@ _KERNEL = flags.DEFINE_string("kernel", "auto", "Our attention kernel.")
 
 
 def _timed(fn):
-  start = time.perf_counter()
-  out = fn()
-  return time.perf_counter() - start, out
+  """(seconds, what `fn()` returned)."""
+  out = []
+  return harness.timed(lambda: out.append(fn())), out[0]
 
 
 def ours(model, params, prompt, new_tokens):
@@ -88,19 +88,16 @@ def main(argv):
       pretrained.export(model, params, directory)
       hf_model = transformers.AutoModelForCausalLM.from_pretrained(
           directory, dtype=getattr(torch, dtype)).eval()
-    ours(model, params, prompt, new)  # compiles
-    theirs(hf_model, prompt, new)  # warms up
-    runs = {"ours": [], "transformers": []}
-    for _ in range(_REPEATS.value):
-      runs["ours"].append(ours(model, params, prompt, new))
-      runs["transformers"].append(theirs(hf_model, prompt, new))
+    runs = harness.interleaved(  # the warm-up compiles ours and warms theirs
+        {"ours": lambda: ours(model, params, prompt, new),
+         "transformers": lambda: theirs(hf_model, prompt, new)}, _REPEATS.value)
     if not np.array_equal(runs["ours"][-1][2], runs["transformers"][-1][2]):
       print(f"note: greedy tokens differ in {dtype} (rounding): ours "
             f"{runs['ours'][-1][2][:8]}..., theirs {runs['transformers'][-1][2][:8]}...")
     rates = {}
     for name, results in runs.items():
-      prefill = float(np.median([r[0] for r in results]))
-      decode = float(np.median([r[1] - r[0] for r in results]))
+      prefill = harness.median([r[0] for r in results])
+      decode = harness.median([r[1] - r[0] for r in results])
       rates[name] = (_PROMPT_LEN.value / prefill, (new - 1) / decode)
     for name, (prefill_rate, decode_rate) in rates.items():
       ratio = (f"{rates['ours'][1] / rates['transformers'][1]:.2f}x" if name == "ours"
