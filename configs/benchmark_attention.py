@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ring_repeats = 3
   c.ring_time_max_len = 16384  # longer: memory only (a CPU call would take minutes)
   c.output_dir = "benchmark_results"
+  c.results_dir = ""  # set (e.g. docs/results) to file the table with its date, machine, commit
 
   if arg == "smoke":  # seconds; what CI runs
     c.seq_lens = (128, 256)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 
@@ -13,6 +14,7 @@ def test_benchmark_smoke_writes_results(tmp_path):
   config = benchmark_config.get_config("smoke")
   config.output_dir = str(tmp_path)
   config.implementations = ("flash", "xla")
+  config.results_dir = str(tmp_path / "results")
   results = benchmark_attention.run(config, log=lambda *_: None)
   timed = [r for r in results["rows"] if r["median_s"]]
   assert {(r["impl"], r["pass_"], r["causal"]) for r in timed if r["seq_len"] == 256} == {
@@ -28,6 +30,10 @@ def test_benchmark_smoke_writes_results(tmp_path):
   assert set(ring) == {"ring", "flash"} and ring["ring"]["devices"] == 2
   assert ring["flash"]["of_flash"] == 1.0 and ring["ring"]["memory_mb"] > 0
   assert "| 2 | 256 | ring |" in (tmp_path / "benchmark_attention.md").read_text()
+  (filed,) = (tmp_path / "results").glob("*-attention-kernels-cpu.md")  # docs/results' form
+  head, body = filed.read_text().split("\n\n", 2)[1:]
+  assert re.search(r"- Measured: 20\d\d-\d\d-\d\d\n- Machine: .+ cores.+\n- Commit: `[0-9a-f]{7}",
+                   head) and body.startswith("| T |")
 
 
 

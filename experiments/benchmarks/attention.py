@@ -368,6 +368,10 @@ def run(config, log=print) -> dict:
     json.dump(results, f, indent=1)
   with open(os.path.join(config.output_dir, "benchmark_attention.md"), "w") as f:
     f.write(table + "\n")
+  if config.results_dir:
+    log("wrote " + harness.write_result(
+        config.results_dir, "attention-kernels-" + jax.default_backend(),
+        f"Attention kernels on {jax.devices()[0].device_kind}", table))
   png = os.path.join(config.output_dir, "benchmark_attention.png")
   log(f"\nwrote {config.output_dir}/benchmark_attention.{{json,md}}"
       + (f" and {png}" if plot(rows, png) else " (install matplotlib for the plot)"))

@@ -1,11 +1,16 @@
 """What every benchmark shares (../shared/PERF.md): one timer, one interleaving protocol (A B C
 A B C ..., so a noisy machine's drift hits every candidate alike; report medians and ratios),
-and the one preamble that gives a process fake CPU devices before jax is imported."""
+the one preamble that gives a process fake CPU devices before jax is imported, and
+`write_result`, which files a measured table in docs/results/ with its date, machine and
+commit."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable
@@ -49,3 +54,43 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, *, war
 
 def median(samples) -> float:
   return float(statistics.median(samples))
+
+
+def machine() -> str:
+  """This machine in one line: CPU model and cores, memory, and jax's device if jax is up."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+  out = f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB"
+  if "jax" in sys.modules:
+    import jax
+    device = jax.devices()[0]
+    out += f"; jax {jax.__version__} on {device.platform} ({device.device_kind})"
+  return out
+
+
+def commit() -> str:
+  """The repository's commit (short), marked "+ uncommitted changes" when the tree is dirty."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+  head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+  return head + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no")
+                 .strip() else "")
+
+
+def write_result(directory: str, name: str, title: str, body: str) -> str:
+  """Writes `body` (markdown) as `directory/<date>-<name>.md` under a stamp (date, machine,
+  commit, the command that ran); returns the path. docs/results/ is where they are kept."""
+  date = datetime.date.today().isoformat()
+  command = " ".join(["python -m", sys.modules["__main__"].__spec__.name, *sys.argv[1:]]
+                     if getattr(sys.modules["__main__"], "__spec__", None) else sys.argv)
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{date}-{name}.md")
+  with open(path, "w") as f:
+    f.write(f"# {title}\n\n- Measured: {date}\n- Machine: {machine()}\n"
+            f"- Commit: `{commit()}`\n- Command: `{command}`\n\n{body.rstrip()}\n")
+  return path

@@ -42,6 +42,8 @@ _DEPTH = flags.DEFINE_integer("depth", 2, "Blocks.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per kernel and length.")
 _MAX_MEMORY_GB = flags.DEFINE_float("max_memory_gb", 8.0, "Skip steps needing more.")
 _OUTPUT = flags.DEFINE_string("output", "runs/benchmark_lra.json", "JSON results.")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", "", "File the table here (docs/results) with "
+                                   "its date, machine and commit.")
 
 # LRA (Tay et al. 2021), Table 3: byte-level text, TPU v3, relative to the Transformer, at
 # lengths 1K, 2K, 3K and 4K.
@@ -167,6 +169,10 @@ def main(argv):
                               _LONG_BATCH.value)
     save(results, kernels)
   print(f"wrote {_OUTPUT.value}")
+  if _RESULTS_DIR.value:
+    print("wrote " + harness.write_result(_RESULTS_DIR.value, "lra-efficiency",
+                                          "Long Range Arena efficiency (LRA's Table 3 format)",
+                                          format_table(results, kernels)))
 
 
 if __name__ == "__main__":

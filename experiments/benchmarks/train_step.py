@@ -56,6 +56,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (compilation in
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the table shows medians.")
 _IMPLS = flags.DEFINE_list("impls", list(IMPLS), f"Implementations, from {', '.join(IMPLS)}.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the results here as JSON.")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", "", "File the table here (docs/results) with "
+                                   "its date, machine and commit.")
 _TINY = flags.DEFINE_boolean("tiny", False, "A tiny model and batch (smoke runs, tests).")
 _WORKER = flags.DEFINE_enum("worker", None, IMPLS, "Internal: run one worker and print its "
                             "result (the parent passes --spec).")
@@ -404,6 +406,10 @@ def main(argv):
     with open(_JSON_OUT.value, "w") as f:
       json.dump(results, f, indent=1)
     print(f"\nwrote {_JSON_OUT.value}")
+  if _RESULTS_DIR.value:
+    print("wrote " + harness.write_result(_RESULTS_DIR.value, "train-step",
+                                          "The training step against PyTorch",
+                                          format_table(results["summary"])))
 
 
 if __name__ == "__main__":
