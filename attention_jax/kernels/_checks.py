@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import jax.numpy as jnp
 
@@ -99,3 +101,13 @@ def default_scale(scale, head_dim: int) -> float:
 def accum_dtype(*xs):
   """Dtype to accumulate scores in: float32, or float64 when inputs are float64."""
   return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
+
+
+def check_soft_cap(cap) -> float | None:
+  """`logits_soft_cap` as a positive float, or None (no cap)."""
+  if cap is None:
+    return None
+  if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not cap > 0:
+    raise ValueError(f"`logits_soft_cap` must be a positive number (Gemma 2 uses 50.0) or None, "
+                     f"got {cap!r}.")
+  return float(cap)

@@ -81,8 +81,8 @@ def prepare_common(query, key, value, *, bias, mask, causal, kv_lengths, segment
 
 def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=False,
                           kv_lengths=None, segment_ids=None, local_window=None, scale=None,
-                          dropout_rate=0.0, dropout_rng=None, deterministic=False,
-                          return_weights=False):
+                          logits_soft_cap=None, dropout_rate=0.0, dropout_rng=None,
+                          deterministic=False, return_weights=False):
   """Scaled dot-product attention: softmax(q·kᵀ · scale + bias) · v, one head vmapped.
 
   Args:
@@ -99,6 +99,8 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=Fal
       kv_ids [batch, kv_len]); tokens attend only within their own segment.
     local_window: int w or (left, right): keys within that distance of the aligned diagonal.
     scale: score scale; default 1/sqrt(head_dim). `scale=1.0` is the plain dot product.
+    logits_soft_cap: c > 0 caps the scaled scores at ±c, c·tanh(scores / c), before the bias
+      and the mask (Gemma 2); None: no cap.
     dropout_rate: dropout on the attention weights; needs `dropout_rng` unless deterministic.
     deterministic: disables dropout.
     return_weights: also return the softmax weights [batch, heads, q_len, kv_len] (before
@@ -113,10 +115,13 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=Fal
       segment_ids=segment_ids, local_window=local_window, dropout_rate=dropout_rate,
       dropout_rng=dropout_rng, deterministic=deterministic)
   scale = _checks.default_scale(scale, query.shape[-1])
+  cap = _checks.check_soft_cap(logits_soft_cap)
   acc = _checks.accum_dtype(query, key)
 
   def one_head(q, k, v, bias, allowed, dropout_key):
     scores = jnp.einsum("qd,kd->qk", q, k, preferred_element_type=acc) * scale
+    if cap is not None:
+      scores = cap * jnp.tanh(scores / cap)
     if bias is not None:
       scores = scores + bias.astype(acc)
     return attend_with_scores(scores, v, allowed, dropout_key, dropout_rate)

@@ -54,6 +54,7 @@ class _Plan:
   has_segments: bool
   has_lengths: bool
   sinks: int = 0  # the first `sinks` keys escape the left reach (attention sinks)
+  soft_cap: float | None = None  # scores become soft_cap * tanh(scores / soft_cap)
 
   @property
   def num_sink_blocks(self) -> int:
@@ -142,8 +143,11 @@ def _block_allowed(plan: _Plan, i, j, mask, q_seg, kv_seg, kv_length):
 
 
 def _scores(plan: _Plan, q_blk, k_blk, i, j, masking):
-  """Scaled scores of block (i, j), masked where needed. q_blk is pre-scaled."""
+  """Scaled (and soft-capped) scores of block (i, j), masked where needed. q_blk is
+  pre-scaled."""
   s = jnp.einsum("qd,kd->qk", q_blk, k_blk, preferred_element_type=jnp.float32)
+  if plan.soft_cap is not None:
+    s = plan.soft_cap * jnp.tanh(s / plan.soft_cap)
   if not plan.may_mask:
     return s
   apply_mask = lambda s: jnp.where(_block_allowed(plan, i, j, *masking), s, MASK_VALUE)
@@ -235,6 +239,8 @@ def _backward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length, out, lse, d_
                          preferred_element_type=jnp.float32)
       dp = jnp.einsum("qd,kd->qk", g_i, v_j, preferred_element_type=jnp.float32)
       ds = p * (dp - lax.dynamic_slice_in_dim(delta, i * bq, bq)[:, None])
+      if plan.soft_cap is not None:  # through the cap: 1 - tanh^2 (clipped: masked entries)
+        ds *= 1.0 - jnp.square(jnp.clip(s / plan.soft_cap, -1.0, 1.0))
       dk_j += jnp.einsum("qk,qd->kd", ds.astype(q_i.dtype), q_i,
                          preferred_element_type=jnp.float32)
       dq_i = jnp.einsum("qk,kd->qd", ds.astype(k_j.dtype), k_j,
@@ -283,8 +289,8 @@ def _block_size(requested: int, length: int, name: str) -> int:
 
 
 def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=None,
-                    segment_ids=None, local_window=None, sinks=0, scale=None, block_q=256,
-                    block_k=512):
+                    segment_ids=None, local_window=None, sinks=0, scale=None,
+                    logits_soft_cap=None, block_q=256, block_k=512):
   """Blockwise (FlashAttention-2) attention with linear memory in forward and backward.
 
   Args:
@@ -300,6 +306,8 @@ def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=No
     sinks: with a local window, the first `sinks` keys stay visible to every query that
       causality allows (attention sinks; their blocks are visited besides the window's).
     scale: score scale, default 1/sqrt(head_dim).
+    logits_soft_cap: c caps the scaled scores, c·tanh(scores / c), inside the blockwise loop
+      and its backward (Gemma 2); None: no cap.
     block_q, block_k: block sizes (any lengths work; they need not divide them).
 
   Returns:
@@ -317,7 +325,8 @@ def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=No
                block_k=_block_size(block_k, tk, "block_k"),
                scale=_checks.default_scale(scale, d), left=left, right=right,
                has_dense_mask=mask is not None, has_segments=q_seg is not None,
-               has_lengths=kv_lengths is not None, sinks=int(sinks) if left is not None else 0)
+               has_lengths=kv_lengths is not None, sinks=int(sinks) if left is not None else 0,
+               soft_cap=_checks.check_soft_cap(logits_soft_cap))
   per_batch = lambda x: None if x is None else x[:, None]  # add the heads axis
   out = vmap_heads(functools.partial(_flash_head, plan), query, key, value, mask4,
                    per_batch(q_seg), per_batch(kv_seg), per_batch(kv_lengths))

@@ -45,13 +45,14 @@ class _Ring:
   block_q: int
   block_k: int
   has_segments: bool
+  soft_cap: float | None = None
 
   def plan(self, length: int, visible: int) -> flash._Plan:
     right = {FULL: None, DIAGONAL: 0, STRICT: -1}[visible]
     return flash._Plan(q_len=length, kv_len=length, block_q=min(self.block_q, length),
                        block_k=min(self.block_k, length), scale=self.scale, left=None,
                        right=right, has_dense_mask=False, has_segments=self.has_segments,
-                       has_lengths=False)
+                       has_lengths=False, soft_cap=self.soft_cap)
 
 
 def _visibility(ring: _Ring, source, me):
@@ -208,7 +209,7 @@ def _mesh_axes(mesh, names, *sizes) -> tuple[str, ...] | None:
 
 
 def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=None,
-                   axis_name="sequence", striped=False, batch_axes=("data", "fsdp"),
+                   logits_soft_cap=None, axis_name="sequence", striped=False, batch_axes=("data", "fsdp"),
                    head_axes=("tensor",), block_q=512, block_k=512):
   """Exact attention with the sequence split over the mesh axis `axis_name`.
 
@@ -228,6 +229,7 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
     causal: query i sees key j iff j <= i (global positions).
     segment_ids: int [batch, length] of packed sequences (attention stays inside a segment).
     scale: score scale, default 1/sqrt(head_dim).
+    logits_soft_cap: caps the scaled scores, c·tanh(scores / c), in every block (Gemma 2).
     block_q, block_k: the flash kernel's block sizes within a device's block.
 
   Returns:
@@ -239,14 +241,16 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
                      f"({tk}).")
   q_seg, kv_seg = masks_lib.split_segment_ids(segment_ids, b, tq, tk)
   scale = _checks.default_scale(scale, d)
+  cap = _checks.check_soft_cap(logits_soft_cap)
   if _axis_bound(axis_name):
-    ring = _Ring(axis_name, causal, striped, scale, block_q, block_k, q_seg is not None)
+    ring = _Ring(axis_name, causal, striped, scale, block_q, block_k, q_seg is not None, cap)
     return _ring_local(ring, query, key, value, q_seg, kv_seg)
 
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.shape.get(axis_name, 1) == 1:  # no ring: one device holds the whole sequence
     return flash.flash_attention(query, key, value, causal=causal, segment_ids=segment_ids,
-                                 scale=scale, block_q=block_q, block_k=block_k)
+                                 scale=scale, logits_soft_cap=cap, block_q=block_q,
+                                 block_k=block_k)
   n = mesh.shape[axis_name]
   padded = -(-tq // n) * n
   if padded != tq or q_seg is not None:  # padding is masked out with segment ids
@@ -265,7 +269,7 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
   batch = _mesh_axes(mesh, batch_axes, b)
   heads = _mesh_axes(mesh, head_axes, h, key.shape[2])
   tokens, segments = P(batch, axis_name, heads, None), P(batch, axis_name)
-  ring = _Ring(axis_name, causal, causal, scale, block_q, block_k, q_seg is not None)
+  ring = _Ring(axis_name, causal, causal, scale, block_q, block_k, q_seg is not None, cap)
   if q_seg is None:
     local = lambda q, k, v: _ring_local(ring, q, k, v, None, None)
     out = jax.shard_map(local, in_specs=(tokens,) * 3, out_specs=tokens)(q, k, v)

@@ -29,7 +29,7 @@ DEFAULT_BLOCK = 512  # MaxText's default for v5e/v5p; override with block_q / bl
 
 @functools.lru_cache(maxsize=64)
 def _make_kernel(heads: int, q_len: int, kv_len: int, offset: int, left, right,
-                 block_q: int, block_kv: int, interpret: bool):
+                 block_q: int, block_kv: int, soft_cap: float | None, interpret: bool):
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   shape = (q_len, kv_len)
   if left is None and right is None:
@@ -44,18 +44,20 @@ def _make_kernel(heads: int, q_len: int, kv_len: int, offset: int, left, right,
       block_kv_dq=block_kv)
   with jax.ensure_compile_time_eval():  # concrete mask tables, even when called under jit
     return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads), head_shards=1,
-                                  q_seq_shards=1, block_sizes=blocks, interpret=interpret)
+                                  q_seq_shards=1, block_sizes=blocks,
+                                  attn_logits_soft_cap=soft_cap, interpret=interpret)
 
 
 def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segment_ids=None,
-                     local_window=None, scale=None, block_q=None, block_kv=None,
-                     interpret=False):
+                     local_window=None, scale=None, logits_soft_cap=None, block_q=None,
+                     block_kv=None, interpret=False):
   """Splash attention on TPU; forward and backward are Pallas kernels.
 
   Args:
     query: [batch, q_len, heads, head_dim].
     key, value: [batch, kv_len, kv_heads, head_dim]; heads % kv_heads == 0.
-    causal, kv_lengths, segment_ids, local_window, scale: as `dot_product_attention`.
+    causal, kv_lengths, segment_ids, local_window, scale, logits_soft_cap: as
+      `dot_product_attention` (the cap is splash's `attn_logits_soft_cap`).
     block_q, block_kv: query / key block sizes (multiples of 128); default: 512, or the
       whole sequence rounded up to 128 when shorter. Used for the backward pass too.
     interpret: run in Pallas interpret mode (any platform, slow): for tests on CPU.
@@ -75,7 +77,8 @@ def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segmen
   bkv = block_kv or _pallas.block_size(tk, DEFAULT_BLOCK, LANES)
   tq_pad, tk_pad = _pallas.round_up(tq, bq), _pallas.round_up(tk, bkv)
 
-  kernel = _make_kernel(h, tq_pad, tk_pad, tk - tq, left, right, bq, bkv, bool(interpret))
+  kernel = _make_kernel(h, tq_pad, tk_pad, tk - tq, left, right, bq, bkv,
+                        _checks.check_soft_cap(logits_soft_cap), bool(interpret))
   scale = _checks.default_scale(scale, d)
   heads_first = lambda x, length: _pallas.pad_axis(x.transpose(0, 2, 1, 3), 2, length)
   q = heads_first(query * jnp.asarray(scale, query.dtype), tq_pad)

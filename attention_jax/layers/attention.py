@@ -39,6 +39,7 @@ _WHY = {
     "mask": "a boolean mask", "kv_lengths": "padding lengths",
     "segment_ids": "packed-sequence segment ids", "causal": "causal masking",
     "local_window": "a local (sliding) window",
+    "logits_soft_cap": "soft-capped attention logits (attn_logits_soft_cap, Gemma 2)",
 }
 
 
@@ -78,6 +79,7 @@ class MultiHeadAttention(nn.Module):
       (`layers.caches`) in the 'cache' collection. Initialise with a full-length input to
       size a KV cache; then each call appends its tokens.
     sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
+    logits_soft_cap: c caps the scores, c·tanh(score / c), in the kernel (Gemma 2).
     lora: LoRA adapters on the projections `lora.targets` names (query, key, value, out).
   """
   num_heads: int
@@ -94,6 +96,7 @@ class MultiHeadAttention(nn.Module):
   local_window: int | None = None
   decode: bool = False
   sow_weights: bool = False
+  logits_soft_cap: float | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
@@ -116,6 +119,8 @@ class MultiHeadAttention(nn.Module):
       raise ValueError("Transformer-XL relative positions need position='relative' together "
                        f"with kernel='relative' (got position={self.position!r}, "
                        f"kernel={kernel.name!r}).")
+    if self.logits_soft_cap is not None:  # every path (the decoding caches too) needs it
+      _check_kernel_takes(kernel, {"logits_soft_cap": self.logits_soft_cap})
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     features = inputs_q.shape[-1]
     kv_heads, head_dim = head_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
@@ -170,7 +175,8 @@ class MultiHeadAttention(nn.Module):
       alibi = positional.alibi_bias(self.num_heads, query.shape[1], key.shape[1], q_offset)
       bias = alibi if bias is None else bias + alibi
     kwargs = dict(mask=inputs.mask, bias=bias, kv_lengths=inputs.kv_lengths,
-                  segment_ids=inputs.segment_ids, local_window=local_window)
+                  segment_ids=inputs.segment_ids, local_window=local_window,
+                  logits_soft_cap=self.logits_soft_cap)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if inputs.causal:
       kwargs["causal"] = True

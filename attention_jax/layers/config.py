@@ -35,6 +35,8 @@ class TransformerConfig:
     position: "learned", "sinusoidal", "none" (embeddings) or "rotary", "alibi", "relative"
       (inside attention); rotary_base and rope_scaling for "rotary".
     tie_embeddings: logits through the token table rather than their own projection.
+    attn_logits_soft_cap: c caps every attention score at ±c, c·tanh(score / c) (Gemma 2);
+      None: no cap. Needs a kernel that takes `logits_soft_cap`.
   Runtime (free to change on a trained model):
     kernel (registry name or callable), local_window (keys within that distance of the
     diagonal; Mistral's sliding window), dropout_rate, attention_dropout_rate, remat,
@@ -60,6 +62,7 @@ class TransformerConfig:
   rotary_base: float = 10000.0
   rope_scaling: RopeScaling | None = None
   tie_embeddings: bool = True
+  attn_logits_soft_cap: float | None = None
   kernel: str | Callable = "dot_product"
   local_window: int | None = None
   dropout_rate: float = 0.0

@@ -47,7 +47,7 @@ class TransformerBlock(nn.Module):
         out_bias=c.out_bias, position=position, rotary_base=c.rotary_base,
         rope_scaling=c.rope_scaling,
         local_window=c.local_window if name == "attention" else None,  # self-attention only
-        decode=decode, sow_weights=c.sow_weights,
+        decode=decode, sow_weights=c.sow_weights, logits_soft_cap=c.attn_logits_soft_cap,
         dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name=name)
 
   def _norm(self, name):

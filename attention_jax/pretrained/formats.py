@@ -382,6 +382,11 @@ def for_model_type(model_type: str):
 
 
 def for_model(model):
+  if model.config.attn_logits_soft_cap is not None:  # no field for it in these formats
+    raise ValueError(f"the model soft-caps its attention logits (attn_logits_soft_cap="
+                     f"{model.config.attn_logits_soft_cap}), which BERT, GPT-2 and Llama "
+                     "checkpoints cannot express; export it without the cap, or as a family "
+                     "whose format has one.")
   for fmt in (BertFormat, Gpt2Format, LlamaFormat):
     if isinstance(model, fmt.family):
       return fmt

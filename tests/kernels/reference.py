@@ -30,7 +30,8 @@ def mask_reference(batch, q_len, kv_len, *, causal=False, kv_lengths=None, segme
   return allowed
 
 
-def _expand(q, k, v, bias, mask, scale):
+def _expand(q, k, v, bias, mask, scale, soft_cap=None):
+  """Scores cap * tanh(q·k · scale / cap) (with `soft_cap`) + bias, and their mask."""
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   b, tq, h, d = q.shape
   kh = k.shape[2]
@@ -38,6 +39,8 @@ def _expand(q, k, v, bias, mask, scale):
   v = np.repeat(v, h // kh, axis=2)
   scale = 1 / np.sqrt(d) if scale is None else scale
   s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+  if soft_cap is not None:
+    s = soft_cap * np.tanh(s / soft_cap)
   if bias is not None:
     s = s + np.broadcast_to(np.asarray(bias, np.float64), s.shape)
   allowed = np.ones(s.shape, bool) if mask is None else np.broadcast_to(mask, s.shape)
@@ -53,23 +56,29 @@ def _softmax(s, allowed):
   return np.where(den > 0, e / np.where(den > 0, den, 1.0), 0.0)
 
 
-def attention_reference(q, k, v, *, bias=None, mask=None, scale=None):
-  """Softmax attention; returns (out [b, q_len, h, dv], weights [b, h, q_len, kv_len])."""
-  q, k, v, s, allowed, scale = _expand(q, k, v, bias, mask, scale)
+def attention_reference(q, k, v, *, bias=None, mask=None, scale=None, soft_cap=None):
+  """Softmax attention (Gemma 2's logit soft-capping with `soft_cap`); returns (out [b, q_len,
+  h, dv], weights [b, h, q_len, kv_len])."""
+  q, k, v, s, allowed, scale = _expand(q, k, v, bias, mask, scale, soft_cap)
   w = _softmax(s, allowed)
   return np.einsum("bhqk,bkhd->bqhd", w, v), w
 
 
-def attention_reference_grads(q, k, v, d_out, *, bias=None, mask=None, scale=None):
+def attention_reference_grads(q, k, v, d_out, *, bias=None, mask=None, scale=None,
+                              soft_cap=None):
   """Analytic gradients of sum(out * d_out): (dq, dk, dv, dbias-as-[b, h, q, k])."""
   kh = np.shape(k)[2]
-  q64, k64, v64, s, allowed, scale = _expand(q, k, v, bias, mask, scale)
+  q64, k64, v64, s, allowed, scale = _expand(q, k, v, bias, mask, scale, soft_cap)
   w = _softmax(s, allowed)
   g = np.asarray(d_out, np.float64)
   dw = np.einsum("bqhd,bkhd->bhqk", g, v64)
   ds = w * (dw - np.sum(dw * w, axis=-1, keepdims=True))
-  dq = np.einsum("bhqk,bkhd->bqhd", ds, k64) * scale
-  dk = np.einsum("bhqk,bqhd->bkhd", ds, q64) * scale
+  ds_raw = ds  # through the cap: d/dx cap * tanh(x / cap) = 1 - tanh(x / cap)^2
+  if soft_cap is not None:
+    capped = s if bias is None else s - np.broadcast_to(np.asarray(bias, np.float64), s.shape)
+    ds_raw = ds * (1.0 - np.square(capped / soft_cap))
+  dq = np.einsum("bhqk,bkhd->bqhd", ds_raw, k64) * scale
+  dk = np.einsum("bhqk,bqhd->bkhd", ds_raw, q64) * scale
   dv = np.einsum("bhqk,bqhd->bkhd", w, g)
 
   def fold_groups(x):  # sum the query heads that share one kv head

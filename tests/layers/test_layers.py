@@ -164,3 +164,24 @@ def test_every_decoding_kernel_has_a_cache_class():
   for name in kernels.decoders():  # the vendor kernels too, off their platform
     kernel = kernels.registry._KERNELS[name]
     assert type(caches.for_kernel(kernel, None, None)) is kinds[kernel.decoding]
+
+
+def test_attention_logits_soft_cap_reaches_the_kernel():
+  """config.attn_logits_soft_cap caps every layer's scores: the same with dot_product and
+  flash, not the uncapped model, and refused (naming it) by a kernel without a cap."""
+  from attention_jax import models
+  model = models.create("gpt-tiny", attn_logits_soft_cap=0.5)
+  tokens = jnp.arange(12)[None] % 7
+  params = model.init(jax.random.key(0), tokens)["params"]
+  params = jax.tree.map(lambda p: p * 4.0, params)  # large scores: the cap bends them
+  capped = model.apply({"params": params}, tokens)
+  flash = models.with_options(model, kernel="flash").apply({"params": params}, tokens)
+  np.testing.assert_allclose(flash, capped, atol=1e-4, rtol=1e-5)
+  plain = models.with_options(model, attn_logits_soft_cap=None).apply({"params": params}, tokens)
+  assert np.abs(plain - capped).max() > 1e-2
+  with pytest.raises(ValueError, match="soft-capped attention logits.*Kernels that support it: "
+                     ".*dot_product"):
+    models.with_options(model, kernel="xla").apply({"params": params}, tokens)
+  from attention_jax import pretrained
+  with pytest.raises(ValueError, match="soft-caps its attention logits"):
+    pretrained.export(model, params, "/nonexistent")  # refused before anything is written
