@@ -20,7 +20,6 @@ from tests.kernels.test_vendor_kernels import fake_backend
 CAP = 2.0  # scores of these inputs reach about ±6 (inputs scaled by 2): the cap bends them
 
 
-
 def _check(fn, case, kwargs, atol=2e-6, grad_atol=2e-5, scale_inputs=2.0):
   q, k, v, d_out, _ = make_inputs(case)
   q, k = q * scale_inputs, k * scale_inputs
