@@ -36,6 +36,16 @@ def test_benchmark_smoke_writes_results(tmp_path):
                    head) and body.startswith("| T |")
 
 
+def test_benchmark_reference_follows_the_kernel_options():
+  """The error check's float64 reference soft-caps and adds the sink where a spec says so
+  (a sink of 2.0 moves the output by about 7% at 64 keys, so ignoring it would fail)."""
+  config = benchmark_config.get_config("smoke")
+  config.implementations = ("flash:logits_soft_cap=1.0", "flash:sinks=2.0",
+                            "dot_product:sinks=2.0,logits_soft_cap=1.0")
+  config.error_len = 64
+  errors = benchmark_attention.max_abs_errors(config)
+  assert len(errors) == 6 and max(errors.values()) < 2e-6, errors
+
 
 @pytest.fixture(scope="module")
 def train_step_jax():

@@ -53,9 +53,9 @@ def test_kernel_weights_are_the_matrices_each_kernel_applies(tmp_path):
   want = reference.attention_reference(q, k, k, mask=allowed)[1]
   np.testing.assert_allclose(viz.kernel_weights("dot_product", q, k, causal=True), want,
                              atol=1e-5)
-  window = reference.mask_reference(2, 12, 12, causal=True, local_window=(3, 0), sinks=1)
+  window = reference.mask_reference(2, 12, 12, causal=True, local_window=(3, 0), sink_tokens=1)
   np.testing.assert_allclose(
-      viz.kernel_weights("sliding_window:local_window=3,sinks=1", q, k, causal=True),
+      viz.kernel_weights("sliding_window:local_window=3,sink_tokens=1", q, k, causal=True),
       reference.attention_reference(q, k, k, mask=window)[1], atol=1e-5)
   elu1 = lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0)))  # elu + 1
   scores = np.einsum("bqhd,bkhd->bhqk", elu1(np.asarray(q)), elu1(np.asarray(k))) * allowed

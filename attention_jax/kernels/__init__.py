@@ -8,8 +8,8 @@ biases broadcastable to [batch, heads, q_len, kv_len]. Causal masks are aligned 
     out = kernels.get("flash")(q, k, v, causal=True)
 
 Softmax kernels (exact): dot_product, flash, xla, cudnn, splash, pallas_gpu, ring,
-sliding_window (a window plus sinks), auto. Linear in length: linear, retention, performer
-(an estimate of softmax). Others: additive (Bahdanau), relative (Transformer-XL).
+sliding_window (a window plus first-token sinks), auto. Linear in length: linear, retention,
+performer (an estimate of softmax). Others: additive (Bahdanau), relative (Transformer-XL).
 """
 
 from attention_jax.kernels import masks

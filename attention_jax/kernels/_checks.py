@@ -111,3 +111,22 @@ def check_soft_cap(cap) -> float | None:
     raise ValueError(f"`logits_soft_cap` must be a positive number (Gemma 2 uses 50.0) or None, "
                      f"got {cap!r}.")
   return float(cap)
+
+
+def check_sinks(sinks, heads: int):
+  """Learned sink logits as a [heads] array (a scalar is every head's), or None (no sinks)."""
+  if sinks is None:
+    return None
+  if shape_of(sinks) not in ((heads,), ()):
+    raise ValueError(f"`sinks` must hold one learned logit per query head, shape [heads] = "
+                     f"({heads},) (or one scalar for all), got {shape_of(sinks)}. (First-token "
+                     "sinks beside a window are `sink_tokens`, an integer.)")
+  if not jnp.issubdtype(jnp.result_type(sinks), jnp.floating):
+    raise ValueError(f"`sinks` must be floating-point logits, got dtype "
+                     f"{jnp.result_type(sinks)}.")
+  return jnp.broadcast_to(jnp.asarray(sinks), (heads,))
+
+
+def sinks_per_head(sinks):
+  """[heads] sinks as the [1, heads] extra `vmap_heads` slices per head (None stays None)."""
+  return None if sinks is None else sinks[None]

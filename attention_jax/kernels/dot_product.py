@@ -14,7 +14,7 @@ from attention_jax.kernels._lift import heads_last, vmap_heads
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float):
+def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float, sink=None):
   """Softmax over keys, optional dropout, weighted sum of values. One head.
 
   Args:
@@ -24,13 +24,21 @@ def attend_with_scores(scores, value, allowed, dropout_key, dropout_rate: float)
       give zeros.
     dropout_key: PRNG key, or None for no dropout.
     dropout_rate: probability of dropping an attention weight.
+    sink: None or a scalar logit that joins every row's softmax denominator and adds nothing
+      to the output (a learned sink: the row's weights then sum to less than 1).
 
   Returns:
     (output [q_len, dv] in value's dtype, weights [q_len, kv_len] before dropout).
   """
   if allowed is not None:
     scores = jnp.where(allowed, scores, MASK_VALUE)
-  weights = jax.nn.softmax(scores, axis=-1)
+  if sink is None:
+    weights = jax.nn.softmax(scores, axis=-1)
+  else:
+    sink = sink.astype(scores.dtype)
+    top = jax.lax.stop_gradient(jnp.maximum(scores.max(axis=-1, keepdims=True), sink))
+    exp = jnp.exp(scores - top)
+    weights = exp / (exp.sum(axis=-1, keepdims=True) + jnp.exp(sink - top))
   if allowed is not None:
     weights = jnp.where(allowed, weights, 0.0)  # fully masked rows: zeros, not uniform
   dropped = weights
@@ -81,8 +89,8 @@ def prepare_common(query, key, value, *, bias, mask, causal, kv_lengths, segment
 
 def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=False,
                           kv_lengths=None, segment_ids=None, local_window=None, scale=None,
-                          logits_soft_cap=None, dropout_rate=0.0, dropout_rng=None,
-                          deterministic=False, return_weights=False):
+                          logits_soft_cap=None, sinks=None, dropout_rate=0.0,
+                          dropout_rng=None, deterministic=False, return_weights=False):
   """Scaled dot-product attention: softmax(q·kᵀ · scale + bias) · v, one head vmapped.
 
   Args:
@@ -101,6 +109,9 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=Fal
     scale: score scale; default 1/sqrt(head_dim). `scale=1.0` is the plain dot product.
     logits_soft_cap: c > 0 caps the scaled scores at ±c, c·tanh(scores / c), before the bias
       and the mask (Gemma 2); None: no cap.
+    sinks: [heads] learned sink logits (GPT-OSS; a scalar is every head's): each joins its
+      head's softmax denominator as a key whose value is zero, so a row may put its
+      attention mass nowhere.
     dropout_rate: dropout on the attention weights; needs `dropout_rng` unless deterministic.
     deterministic: disables dropout.
     return_weights: also return the softmax weights [batch, heads, q_len, kv_len] (before
@@ -110,6 +121,7 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=Fal
     [batch, q_len, heads, value_dim] in query's dtype (and the weights if asked). Rows whose
     every key is masked give zeros.
   """
+  sinks = _checks.check_sinks(sinks, query.shape[2])
   bias4, allowed4, keys = prepare_common(
       query, key, value, bias=bias, mask=mask, causal=causal, kv_lengths=kv_lengths,
       segment_ids=segment_ids, local_window=local_window, dropout_rate=dropout_rate,
@@ -118,14 +130,15 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, causal=Fal
   cap = _checks.check_soft_cap(logits_soft_cap)
   acc = _checks.accum_dtype(query, key)
 
-  def one_head(q, k, v, bias, allowed, dropout_key):
+  def one_head(q, k, v, bias, allowed, dropout_key, sink):
     scores = jnp.einsum("qd,kd->qk", q, k, preferred_element_type=acc) * scale
     if cap is not None:
       scores = cap * jnp.tanh(scores / cap)
     if bias is not None:
       scores = scores + bias.astype(acc)
-    return attend_with_scores(scores, v, allowed, dropout_key, dropout_rate)
+    return attend_with_scores(scores, v, allowed, dropout_key, dropout_rate, sink)
 
-  out, weights = vmap_heads(one_head, query, key, value, bias4, allowed4, keys)
+  out, weights = vmap_heads(one_head, query, key, value, bias4, allowed4, keys,
+                            _checks.sinks_per_head(sinks))
   out = heads_last(out).astype(query.dtype)
   return (out, weights) if return_weights else out

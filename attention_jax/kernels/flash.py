@@ -32,12 +32,41 @@ def _cdiv(a: int, b: int) -> int:
   return -(-a // b)
 
 
+def _varying_axes(x) -> frozenset:
+  """The mesh axes `x` varies over inside a `shard_map` that checks it (else none)."""
+  manual = getattr(jax.typeof(x), "manual_axis_type", None)
+  return manual.varying if manual is not None else frozenset()
+
+
 def varying_like(x, ref):
   """`x` marked as varying over the mesh axes `ref` varies over (inside a `shard_map` that
   checks it), so loop carries built from constants match the values computed from `ref`."""
-  manual = getattr(jax.typeof(ref), "manual_axis_type", None)
-  axes = tuple(sorted(manual.varying)) if manual is not None else ()
-  return lax.pcast(x, axes, to="varying") if axes else x
+  axes = tuple(sorted(_varying_axes(ref)))
+  return jax.tree.map(lambda leaf: lax.pcast(leaf, axes, to="varying"), x) if axes else x
+
+
+def summed_like(x, ref):
+  """`x` summed over the mesh axes it varies over and `ref` does not: the cotangent of `ref`,
+  an input shared by those devices (a learned sink), from each device's share."""
+  axes = tuple(sorted(_varying_axes(x) - _varying_axes(ref)))
+  return lax.psum(x, axes) if axes else x
+
+
+def sink_gradient(sink, lse, out, d_out):
+  """The gradient of a learned sink logit from attention's output and residuals: the sink's
+  weight in a row is exp(sink - lse) and d out / d sink = -weight · out, so it is
+  -Σ_rows weight · (d_out · out).
+
+  Args:
+    sink: broadcastable against lse[..., 0]; lse: [..., q_len] (the sink included);
+    out, d_out: [..., q_len, dv].
+
+  Returns:
+    float32 of shape lse.shape[:-1] (summed over the rows).
+  """
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  weight = jnp.exp(jnp.asarray(sink, jnp.float32)[..., None] - lse)
+  return -jnp.sum(weight * delta, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +82,12 @@ class _Plan:
   has_dense_mask: bool
   has_segments: bool
   has_lengths: bool
-  sinks: int = 0  # the first `sinks` keys escape the left reach (attention sinks)
+  sink_tokens: int = 0  # the first `sink_tokens` keys escape the left reach (first-token sinks)
   soft_cap: float | None = None  # scores become soft_cap * tanh(scores / soft_cap)
 
   @property
-  def num_sink_blocks(self) -> int:
-    return _cdiv(self.sinks, self.block_k)
+  def num_sink_token_blocks(self) -> int:
+    return _cdiv(self.sink_tokens, self.block_k)
 
   @property
   def num_q_blocks(self) -> int:
@@ -105,8 +134,8 @@ def _q_block_range(plan: _Plan, j, kv_length):
     lo = jnp.maximum(lo, (ks - plan.offset - plan.right) // plan.block_q)
   if plan.left is not None:
     hi = jnp.minimum(hi, (ke - 1 - plan.offset + plan.left) // plan.block_q + 1)
-  if plan.sinks:
-    hi = jnp.where(ks < plan.sinks, plan.num_q_blocks, hi)
+  if plan.sink_tokens:
+    hi = jnp.where(ks < plan.sink_tokens, plan.num_q_blocks, hi)
   if kv_length is not None:
     hi = jnp.where(ks >= kv_length, lo, hi)
   return lo, jnp.maximum(hi, lo)
@@ -118,7 +147,7 @@ def _block_is_partial(plan: _Plan, i, j):
   qe = jnp.minimum(qs + plan.block_q, plan.q_len)
   partial = ks + plan.block_k > plan.kv_len
   if plan.left is not None:  # a key left of the window for the block's last query (not a sink)
-    first = jnp.maximum(ks, plan.sinks)
+    first = jnp.maximum(ks, plan.sink_tokens)
     partial |= (first < ks + plan.block_k) & (first < qe - 1 + plan.offset - plan.left)
   if plan.right is not None:
     partial |= ks + plan.block_k - 1 > qs + plan.offset + plan.right
@@ -131,7 +160,7 @@ def _block_allowed(plan: _Plan, i, j, mask, q_seg, kv_seg, kv_length):
   q_pos = i * bq + jnp.arange(bq)[:, None]
   kv_pos = j * bk + jnp.arange(bk)[None, :]
   allowed = masks_lib.position_allowed(q_pos, kv_pos, offset=plan.offset, left=plan.left,
-                                       right=plan.right, sinks=plan.sinks)
+                                       right=plan.right, sink_tokens=plan.sink_tokens)
   allowed &= kv_pos < (plan.kv_len if kv_length is None else kv_length)
   if q_seg is not None:
     allowed &= (lax.dynamic_slice_in_dim(q_seg, i * bq, bq)[:, None]
@@ -176,8 +205,10 @@ def _padded(plan: _Plan, q, k, v, mask, q_seg, kv_seg):
   return q, k, v, mask, q_seg, kv_seg
 
 
-def _forward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length):
-  """One head. Returns (out [q_len, dv], lse [q_len]); fully masked rows: 0 and +inf."""
+def _forward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length, sink=None):
+  """One head. Returns (out [q_len, dv], lse [q_len]); fully masked rows: 0 and +inf, or
+  with a learned `sink` (a scalar logit, a key of value zero that starts the running
+  softmax) 0 and the sink."""
   q, k, v, mask, q_seg, kv_seg = _padded(plan, q, k, v, mask, q_seg, kv_seg)
   masking = (mask, q_seg, kv_seg, kv_length)
   bq, bk, dv = plan.block_q, plan.block_k, v.shape[-1]
@@ -195,12 +226,15 @@ def _forward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length):
                       preferred_element_type=jnp.float32)
       return m_new, alpha * l + p.sum(axis=-1), alpha[:, None] * acc + pv
 
-    init = (jnp.full((bq,), MASK_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32),
-            jnp.zeros((bq, dv), jnp.float32))
+    if sink is None:
+      m0, l0 = jnp.full((bq,), MASK_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32)
+    else:  # the sink seen first: running max = sink, denominator exp(0)
+      m0, l0 = jnp.full((bq,), sink, jnp.float32), jnp.ones((bq,), jnp.float32)
+    init = (m0, l0, jnp.zeros((bq, dv), jnp.float32))
     init = varying_like(init, q_i)
     lo, hi = _kv_block_range(plan, i, kv_length)
-    if plan.sinks:  # the sink blocks left of the window, then the window
-      init = lax.fori_loop(0, jnp.minimum(jnp.minimum(plan.num_sink_blocks, hi), lo), kv_step,
+    if plan.sink_tokens:  # the sink blocks left of the window, then the window
+      init = lax.fori_loop(0, jnp.minimum(jnp.minimum(plan.num_sink_token_blocks, hi), lo), kv_step,
                            init)
     m, l, acc = lax.fori_loop(lo, hi, kv_step, init)
     seen = m > _EMPTY_ROW_THRESHOLD
@@ -264,19 +298,22 @@ def _backward(plan: _Plan, q, k, v, mask, q_seg, kv_seg, kv_length, out, lse, d_
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash_head(plan, q, k, v, mask, q_seg, kv_seg, kv_length):
-  return _forward(plan, q, k, v, mask, q_seg, kv_seg, kv_length)[0]
+def _flash_head(plan, q, k, v, mask, q_seg, kv_seg, kv_length, sink):
+  return _forward(plan, q, k, v, mask, q_seg, kv_seg, kv_length, sink)[0]
 
 
-def _flash_head_fwd(plan, q, k, v, mask, q_seg, kv_seg, kv_length):
-  out, lse = _forward(plan, q, k, v, mask, q_seg, kv_seg, kv_length)
-  return out, (q, k, v, mask, q_seg, kv_seg, kv_length, out, lse)
+def _flash_head_fwd(plan, q, k, v, mask, q_seg, kv_seg, kv_length, sink):
+  out, lse = _forward(plan, q, k, v, mask, q_seg, kv_seg, kv_length, sink)
+  return out, (q, k, v, mask, q_seg, kv_seg, kv_length, sink, out, lse)
 
 
 def _flash_head_bwd(plan, residuals, d_out):
-  q, k, v, mask, q_seg, kv_seg, kv_length, out, lse = residuals
+  q, k, v, mask, q_seg, kv_seg, kv_length, sink, out, lse = residuals
   dq, dk, dv = _backward(plan, q, k, v, mask, q_seg, kv_seg, kv_length, out, lse, d_out)
-  return dq, dk, dv, None, None, None, None
+  d_sink = None
+  if sink is not None:
+    d_sink = sink_gradient(sink, lse, out, d_out).astype(sink.dtype)
+  return dq, dk, dv, None, None, None, None, d_sink
 
 
 _flash_head.defvjp(_flash_head_fwd, _flash_head_bwd)
@@ -289,8 +326,8 @@ def _block_size(requested: int, length: int, name: str) -> int:
 
 
 def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=None,
-                    segment_ids=None, local_window=None, sinks=0, scale=None,
-                    logits_soft_cap=None, block_q=256, block_k=512):
+                    segment_ids=None, local_window=None, sink_tokens=0, scale=None,
+                    logits_soft_cap=None, sinks=None, block_q=256, block_k=512):
   """Blockwise (FlashAttention-2) attention with linear memory in forward and backward.
 
   Args:
@@ -303,11 +340,15 @@ def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=No
     kv_lengths: int [batch]; keys at positions >= kv_lengths[b] are padding.
     segment_ids: int [batch, length], or a pair (q_ids, kv_ids), for packed sequences.
     local_window: int w or (left, right) reach around the aligned diagonal.
-    sinks: with a local window, the first `sinks` keys stay visible to every query that
-      causality allows (attention sinks; their blocks are visited besides the window's).
+    sink_tokens: with a local window, the first `sink_tokens` keys stay visible to every query
+      that causality allows (first-token sinks; their blocks are visited besides the
+      window's). Not the learned `sinks`.
     scale: score scale, default 1/sqrt(head_dim).
     logits_soft_cap: c caps the scaled scores, c·tanh(scores / c), inside the blockwise loop
       and its backward (Gemma 2); None: no cap.
+    sinks: [heads] learned sink logits (GPT-OSS; a scalar is every head's): each starts its
+      head's running softmax as a key of value zero, so it joins the denominator; its
+      gradient comes from the output and log-sum-exp in the backward pass.
     block_q, block_k: block sizes (any lengths work; they need not divide them).
 
   Returns:
@@ -319,15 +360,18 @@ def flash_attention(query, key, value, *, mask=None, causal=False, kv_lengths=No
   kv_lengths = _checks.check_lengths(kv_lengths, "kv_lengths", b)
   q_seg, kv_seg = masks_lib.split_segment_ids(segment_ids, b, tq, tk)
   left, right = masks_lib.window_bounds(local_window, causal)
-  if sinks < 0:
-    raise ValueError(f"`sinks` must be >= 0, got {sinks}.")
+  if sink_tokens < 0:
+    raise ValueError(f"`sink_tokens` must be >= 0, got {sink_tokens}.")
+  sinks = _checks.check_sinks(sinks, h)
   plan = _Plan(q_len=tq, kv_len=tk, block_q=_block_size(block_q, tq, "block_q"),
                block_k=_block_size(block_k, tk, "block_k"),
                scale=_checks.default_scale(scale, d), left=left, right=right,
                has_dense_mask=mask is not None, has_segments=q_seg is not None,
-               has_lengths=kv_lengths is not None, sinks=int(sinks) if left is not None else 0,
+               has_lengths=kv_lengths is not None,
+               sink_tokens=int(sink_tokens) if left is not None else 0,
                soft_cap=_checks.check_soft_cap(logits_soft_cap))
   per_batch = lambda x: None if x is None else x[:, None]  # add the heads axis
   out = vmap_heads(functools.partial(_flash_head, plan), query, key, value, mask4,
-                   per_batch(q_seg), per_batch(kv_seg), per_batch(kv_lengths))
+                   per_batch(q_seg), per_batch(kv_seg), per_batch(kv_lengths),
+                   _checks.sinks_per_head(sinks))
   return heads_last(out).astype(query.dtype)

@@ -39,7 +39,7 @@ def window_bounds(local_window: Window, causal: bool) -> tuple[int | None, int |
 
 
 def position_allowed(q_pos, kv_pos, *, offset, left: int | None, right: int | None,
-                     sinks: int = 0):
+                     sink_tokens: int = 0):
   """The structural mask predicate, shared by the dense masks and the blockwise kernel.
 
   Args:
@@ -47,13 +47,13 @@ def position_allowed(q_pos, kv_pos, *, offset, left: int | None, right: int | No
     kv_pos: integer key positions.
     offset: kv_len - q_len (bottom-right alignment).
     left, right: window reach from `window_bounds` (None = unbounded).
-    sinks: the first `sinks` keys are exempt from the left reach (attention sinks); the right
-      reach (causality) still applies to them.
+    sink_tokens: the first `sink_tokens` keys are exempt from the left reach (first-token
+      sinks); the right reach (causality) still applies to them.
   """
   diag = q_pos + offset
   allowed = jnp.ones(jnp.broadcast_shapes(jnp.shape(q_pos), jnp.shape(kv_pos)), jnp.bool_)
   if left is not None:
-    allowed &= (kv_pos >= diag - left) | (kv_pos < sinks)
+    allowed &= (kv_pos >= diag - left) | (kv_pos < sink_tokens)
   if right is not None:
     allowed &= kv_pos <= diag + right
   return allowed
@@ -65,13 +65,13 @@ def causal_mask(q_len: int, kv_len: int | None = None):
 
 
 def local_window_mask(q_len: int, kv_len: int | None, local_window: Window, *, causal=False,
-                      sinks: int = 0):
+                      sink_tokens: int = 0):
   """[q_len, kv_len] mask of keys within `local_window` of each query's aligned diagonal (and
-  the first `sinks` keys)."""
+  the first `sink_tokens` keys)."""
   kv_len = q_len if kv_len is None else kv_len
   left, right = window_bounds(local_window, causal)
   return position_allowed(jnp.arange(q_len)[:, None], jnp.arange(kv_len)[None, :],
-                          offset=kv_len - q_len, left=left, right=right, sinks=sinks)
+                          offset=kv_len - q_len, left=left, right=right, sink_tokens=sink_tokens)
 
 
 def padding_mask(lengths, max_len: int):

@@ -44,11 +44,13 @@ CAPABILITIES = {
     "weights": "return_weights",
     "decoding_state": "state",
     "soft_cap": "logits_soft_cap",
+    "learned_sinks": "sinks",
 }
 # What a kernel computes: the exact softmax, an estimate of it, or another attention.
 COMPUTES = ("softmax", "softmax_estimate", "linear", "retention", "additive", "relative")
 # How a decoder runs a kernel one token at a time: a cache of every key ("kv_cache"), a
-# bounded cache of sinks and recent keys ("window"), or a fixed-size recurrent state ("state").
+# bounded cache of sink tokens and recent keys ("window"), or a fixed-size recurrent state
+# ("state").
 DECODING = ("kv_cache", "window", "state")
 
 
@@ -180,8 +182,8 @@ def _cudnn_takes(query, key, value) -> bool:
 
 
 def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_lengths=None,
-           segment_ids=None, local_window=None, logits_soft_cap=None, dropout_rate=0.0,
-           deterministic=False, return_weights=False) -> str:
+           segment_ids=None, local_window=None, logits_soft_cap=None, sinks=None,
+           dropout_rate=0.0, deterministic=False, return_weights=False) -> str:
   """The name of the fastest correct kernel for these arguments on this platform.
 
   Under a mesh whose `sequence` axis is larger than 1 (context parallelism): `ring` for
@@ -191,14 +193,15 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
   dense mask; also first for packed segments, which cuDNN takes only as a dense mask), else
   `xla`; CPU: `flash` from AUTO_FLASH_MIN_SCORES scores per head, else `dot_product`.
   Bias, attention dropout and returned weights always take `dot_product`. Soft-capped logits
-  (which jax.nn, cuDNN and Pallas-GPU cannot take) go to `ring` or `splash` as above, else to
-  `flash` / `dot_product` by the CPU's rule, on any platform. docs/kernels.md's table states
-  the same rule.
+  and learned sinks (which jax.nn, cuDNN and Pallas-GPU cannot take) go to `ring` or `splash`
+  as above, else to `flash` / `dot_product` by the CPU's rule, on any platform.
+  docs/kernels.md's table states the same rule.
   """
   value = key if value is None else value
   if bias is not None or return_weights or (dropout_rate > 0 and not deterministic):
     return "dot_product"
   backend = jax.default_backend()
+  vendor_takes = logits_soft_cap is None and sinks is None  # xla, cudnn and pallas_gpu
   q_len, kv_len = query.shape[1], key.shape[1]
   mesh = jax.sharding.get_abstract_mesh()
   if (mesh.shape.get(RING_AXIS, 1) > 1 and q_len == kv_len and mask is None
@@ -207,9 +210,9 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
     return "ring"
   if backend == "tpu" and mask is None and q_len >= SPLASH_MIN_Q_LEN:
     return "splash"
-  if backend == "tpu" and logits_soft_cap is None:  # splash pads queries to 128-row blocks
+  if backend == "tpu" and vendor_takes:  # splash pads queries to 128-row blocks
     return "xla"
-  if backend == "gpu" and logits_soft_cap is None:
+  if backend == "gpu" and vendor_takes:
     self_attention = q_len == kv_len and not isinstance(segment_ids, (tuple, list))
     pallas_takes = (mask is None and kv_lengths is None and local_window is None
                     and self_attention and value.shape[-1] == query.shape[-1])
@@ -225,13 +228,13 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
 
 def auto_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_lengths=None,
                    segment_ids=None, local_window=None, scale=None, logits_soft_cap=None,
-                   dropout_rate=0.0, dropout_rng=None, deterministic=False,
+                   sinks=None, dropout_rate=0.0, dropout_rng=None, deterministic=False,
                    return_weights=False):
   """Dispatches to `choose(...)`'s kernel; arguments as `dot_product_attention`."""
   _checks.check_qkv(query, key, value)
   kwargs = dict(bias=bias, mask=mask, causal=causal, kv_lengths=kv_lengths,
                 segment_ids=segment_ids, local_window=local_window,
-                logits_soft_cap=logits_soft_cap, dropout_rate=dropout_rate,
+                logits_soft_cap=logits_soft_cap, sinks=sinks, dropout_rate=dropout_rate,
                 deterministic=deterministic, return_weights=return_weights)
   name = choose(query, key, value, **kwargs)
   kwargs.update(scale=scale, dropout_rng=dropout_rng)

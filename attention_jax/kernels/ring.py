@@ -123,13 +123,16 @@ def _merge(out, lse, block_out, block_lse):
   return (out * w[..., None] + block_out * w_block[..., None]) / norm, new_lse
 
 
-def _forward(ring: _Ring, q, k, v, q_seg, kv_seg):
+def _forward(ring: _Ring, q, k, v, q_seg, kv_seg, sinks):
   """Local blocks -> (out [b, t, h, dv] in v's dtype, lse [b, h, t] with +inf for rows that
-  see no key, as the flash backward expects)."""
+  see no key, as the flash backward expects). Learned `sinks` [h] start every row's online
+  softmax as a key of value zero."""
   n, me = lax.axis_size(ring.axis_name), lax.axis_index(ring.axis_name)
   b, t, h, _ = q.shape
-  out, lse = flash.varying_like((jnp.zeros((b, h, t, v.shape[-1]), jnp.float32),
-                                 jnp.full((b, h, t), -jnp.inf, jnp.float32)), q)
+  lse = jnp.full((b, h, t), -jnp.inf, jnp.float32)
+  if sinks is not None:
+    lse = jnp.broadcast_to(sinks.astype(jnp.float32)[None, :, None], (b, h, t))
+  out, lse = flash.varying_like((jnp.zeros((b, h, t, v.shape[-1]), jnp.float32), lse), q)
 
   def fold(s, k, v, kv_seg, out, lse):
     visible = _visibility(ring, (me - s) % n, me)
@@ -147,17 +150,17 @@ def _forward(ring: _Ring, q, k, v, q_seg, kv_seg):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring_local(ring: _Ring, q, k, v, q_seg, kv_seg):
-  return _forward(ring, q, k, v, q_seg, kv_seg)[0]
+def _ring_local(ring: _Ring, q, k, v, q_seg, kv_seg, sinks):
+  return _forward(ring, q, k, v, q_seg, kv_seg, sinks)[0]
 
 
-def _ring_local_fwd(ring, q, k, v, q_seg, kv_seg):
-  out, lse = _forward(ring, q, k, v, q_seg, kv_seg)
-  return out, (q, k, v, q_seg, kv_seg, out, lse)
+def _ring_local_fwd(ring, q, k, v, q_seg, kv_seg, sinks):
+  out, lse = _forward(ring, q, k, v, q_seg, kv_seg, sinks)
+  return out, (q, k, v, q_seg, kv_seg, sinks, out, lse)
 
 
 def _ring_local_bwd(ring, residuals, d_out):
-  q, k, v, q_seg, kv_seg, out, lse = residuals
+  q, k, v, q_seg, kv_seg, sinks, out, lse = residuals
   n, me = lax.axis_size(ring.axis_name), lax.axis_index(ring.axis_name)
 
   def fold(s, k, v, kv_seg, dq, dk, dv):
@@ -176,7 +179,12 @@ def _ring_local_bwd(ring, residuals, d_out):
       0, n - 1, step, (k, v, kv_seg, zeros(q), zeros(k), zeros(v)))
   dq, dk, dv = fold(n - 1, k_n, v_n, seg_n, dq, dk, dv)
   dk, dv = _shift(ring, (dk, dv))
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+  d_sinks = None
+  if sinks is not None:  # this device's rows' share, summed over the devices sharing sinks
+    heads_first = lambda x: x.transpose(0, 2, 1, 3)
+    d_sinks = flash.sink_gradient(sinks, lse, heads_first(out), heads_first(d_out))
+    d_sinks = flash.summed_like(d_sinks.sum(0), sinks).astype(sinks.dtype)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, d_sinks
 
 
 _ring_local.defvjp(_ring_local_fwd, _ring_local_bwd)
@@ -209,8 +217,9 @@ def _mesh_axes(mesh, names, *sizes) -> tuple[str, ...] | None:
 
 
 def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=None,
-                   logits_soft_cap=None, axis_name="sequence", striped=False, batch_axes=("data", "fsdp"),
-                   head_axes=("tensor",), block_q=512, block_k=512):
+                   logits_soft_cap=None, sinks=None, axis_name="sequence", striped=False,
+                   batch_axes=("data", "fsdp"), head_axes=("tensor",), block_q=512,
+                   block_k=512):
   """Exact attention with the sequence split over the mesh axis `axis_name`.
 
   Two ways to call it:
@@ -230,6 +239,8 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
     segment_ids: int [batch, length] of packed sequences (attention stays inside a segment).
     scale: score scale, default 1/sqrt(head_dim).
     logits_soft_cap: caps the scaled scores, c·tanh(scores / c), in every block (Gemma 2).
+    sinks: [heads] learned sink logits (GPT-OSS; a scalar is every head's), in every row's
+      denominator; inside your own `shard_map` they are this device's heads' sinks.
     block_q, block_k: the flash kernel's block sizes within a device's block.
 
   Returns:
@@ -242,15 +253,16 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
   q_seg, kv_seg = masks_lib.split_segment_ids(segment_ids, b, tq, tk)
   scale = _checks.default_scale(scale, d)
   cap = _checks.check_soft_cap(logits_soft_cap)
+  sinks = _checks.check_sinks(sinks, h)
   if _axis_bound(axis_name):
     ring = _Ring(axis_name, causal, striped, scale, block_q, block_k, q_seg is not None, cap)
-    return _ring_local(ring, query, key, value, q_seg, kv_seg)
+    return _ring_local(ring, query, key, value, q_seg, kv_seg, sinks)
 
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.shape.get(axis_name, 1) == 1:  # no ring: one device holds the whole sequence
     return flash.flash_attention(query, key, value, causal=causal, segment_ids=segment_ids,
-                                 scale=scale, logits_soft_cap=cap, block_q=block_q,
-                                 block_k=block_k)
+                                 scale=scale, logits_soft_cap=cap, sinks=sinks,
+                                 block_q=block_q, block_k=block_k)
   n = mesh.shape[axis_name]
   padded = -(-tq // n) * n
   if padded != tq or q_seg is not None:  # padding is masked out with segment ids
@@ -270,12 +282,10 @@ def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=N
   heads = _mesh_axes(mesh, head_axes, h, key.shape[2])
   tokens, segments = P(batch, axis_name, heads, None), P(batch, axis_name)
   ring = _Ring(axis_name, causal, causal, scale, block_q, block_k, q_seg is not None, cap)
-  if q_seg is None:
-    local = lambda q, k, v: _ring_local(ring, q, k, v, None, None)
-    out = jax.shard_map(local, in_specs=(tokens,) * 3, out_specs=tokens)(q, k, v)
-  else:
-    local = lambda q, k, v, qs, ks: _ring_local(ring, q, k, v, qs, ks)
-    out = jax.shard_map(local, in_specs=(tokens,) * 3 + (segments,) * 2,
-                        out_specs=tokens)(q, k, v, q_seg, kv_seg)
+  local = lambda q, k, v, qs, ks, sinks: _ring_local(ring, q, k, v, qs, ks, sinks)
+  optional = lambda x, spec: None if x is None else spec  # no spec for an absent input
+  out = jax.shard_map(local, in_specs=(tokens,) * 3 + (optional(q_seg, segments),) * 2
+                      + (optional(sinks, P(heads)),),
+                      out_specs=tokens)(q, k, v, q_seg, kv_seg, sinks)
   out = _unstripe(out, n) if causal else out
   return out[:, :tq]

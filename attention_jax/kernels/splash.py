@@ -49,8 +49,8 @@ def _make_kernel(heads: int, q_len: int, kv_len: int, offset: int, left, right,
 
 
 def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segment_ids=None,
-                     local_window=None, scale=None, logits_soft_cap=None, block_q=None,
-                     block_kv=None, interpret=False):
+                     local_window=None, scale=None, logits_soft_cap=None, sinks=None,
+                     block_q=None, block_kv=None, interpret=False):
   """Splash attention on TPU; forward and backward are Pallas kernels.
 
   Args:
@@ -58,6 +58,8 @@ def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segmen
     key, value: [batch, kv_len, kv_heads, head_dim]; heads % kv_heads == 0.
     causal, kv_lengths, segment_ids, local_window, scale, logits_soft_cap: as
       `dot_product_attention` (the cap is splash's `attn_logits_soft_cap`).
+    sinks: [heads] learned sink logits (a scalar is every head's), splash's own `sinks`
+      (forward and gradient).
     block_q, block_kv: query / key block sizes (multiples of 128); default: 512, or the
       whole sequence rounded up to 128 when shorter. Used for the backward pass too.
     interpret: run in Pallas interpret mode (any platform, slow): for tests on CPU.
@@ -67,6 +69,7 @@ def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segmen
   """
   _pallas.check_platform("splash", "tpu", interpret)
   b, tq, h, tk, _, d, _ = _checks.check_qkv(query, key, value)
+  sinks = _checks.check_sinks(sinks, h)
   kv_lengths = _checks.check_lengths(kv_lengths, "kv_lengths", b)
   q_ids, kv_ids = masks_lib.split_segment_ids(segment_ids, b, tq, tk)
   left, right = masks_lib.window_bounds(local_window, causal)
@@ -87,7 +90,7 @@ def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segmen
   if segment_ids is None and kv_lengths is None and (tk_pad == tk or causal):
     # Nothing for segment ids to hide (causal already hides keys past the end): without
     # them splash compares no ids in its blocks.
-    out = jax.vmap(kernel)(q, k, v)
+    out = jax.vmap(lambda q, k, v: kernel(q, k, v, sinks=sinks))(q, k, v)
   else:
     # Segment ids carry the padding: keys past a row's length or the sequence get
     # PAD_SEGMENT, which no query has.
@@ -99,8 +102,8 @@ def splash_attention(query, key, value, *, causal=False, kv_lengths=None, segmen
       kv_ids = jnp.where(jnp.arange(tk_pad)[None] < kv_lengths[:, None], kv_ids,
                          _pallas.PAD_SEGMENT)
     q_ids = _pallas.pad_axis(q_ids, 1, tq_pad)
-    out = jax.vmap(lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=SegmentIds(qi, ki)))(
-        q, k, v, q_ids, kv_ids)
+    out = jax.vmap(lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=SegmentIds(qi, ki),
+                                                  sinks=sinks))(q, k, v, q_ids, kv_ids)
   out = out[:, :, :tq].transpose(0, 2, 1, 3).astype(query.dtype)
   has_key = masks_lib.rows_with_keys(b, tq, tk, causal=causal, kv_lengths=kv_lengths,
                                      segment_ids=segment_ids, local_window=local_window)

@@ -1,14 +1,15 @@
 """Decoding caches: what an attention layer keeps in its 'cache' collection from one call to
 the next, one class per kernel `decoding` (`for_kernel` picks it):
   "kv_cache": `KVCache`, every key and value so far, attended through the layer's kernel;
-  "window": `WindowCache`, attention sinks plus the last w + 1 keys of a sliding window;
+  "window": `WindowCache`, first-token sinks plus the last w + 1 keys of a sliding window;
   "state": `StateCache`, a recurrent kernel's fixed-size state.
 Each is called as `cache(query, key, value, inputs, attend) -> out [batch, q, heads, dim]`
 inside the layer (its variables are the layer's), and advances the layer's 'cache_index'.
 
-The window cache's slots 0..sinks-1 hold the first `sinks` positions, the other w + 1 slots
-are a ring: position p (p >= sinks) lives in slot sinks + (p - sinks) % (w + 1). Its size is
-fixed by the window, not by the length decoded (the pure functions below).
+With s = sink_tokens, the window cache's slots 0..s-1 hold the first s positions (the
+first-token sinks), the other w + 1 slots are a ring: position p (p >= s) lives in slot
+s + (p - s) % (w + 1). Its size is fixed by the window, not by the length decoded (the pure
+functions below).
 """
 
 from __future__ import annotations
@@ -24,29 +25,30 @@ from attention_jax import kernels
 from attention_jax.layers.inputs import AttentionInputs
 
 
-def window_cache_size(left: int, sinks: int) -> int:
-  return sinks + left + 1
+def window_cache_size(left: int, sink_tokens: int) -> int:
+  return sink_tokens + left + 1
 
 
-def window_mask(q_pos, q_seg, kv_pos, kv_seg, *, left: int, sinks: int):
+def window_mask(q_pos, q_seg, kv_pos, kv_seg, *, left: int, sink_tokens: int):
   """bool [batch, 1, q, kv]: key visible iff filled (position >= 0), not in the future,
   within `left` of the query or a sink, and in the query's segment. Positions [batch, n]."""
   q_pos, q_seg = q_pos[:, :, None], q_seg[:, :, None]
   kv_pos, kv_seg = kv_pos[:, None, :], kv_seg[:, None, :]
-  visible = ((kv_pos >= 0) & (kv_pos <= q_pos) & ((q_pos - kv_pos <= left) | (kv_pos < sinks))
+  visible = ((kv_pos >= 0) & (kv_pos <= q_pos) & ((q_pos - kv_pos <= left) | (kv_pos < sink_tokens))
              & (kv_seg == q_seg))
   return visible[:, None]
 
 
-def write_window(cache: dict, new: dict, positions, *, left: int, sinks: int) -> dict:
+def write_window(cache: dict, new: dict, positions, *, left: int, sink_tokens: int) -> dict:
   """The cache after writing the new tokens' entries (each [batch, n, ...]) at their slots.
 
   Where several new tokens map to one slot (a prompt longer than the window), the last one
   wins. `cache` and `new` have the same keys; `positions` [batch, n].
   """
   batch, n = positions.shape
-  size = window_cache_size(left, sinks)
-  slots = jnp.where(positions < sinks, positions, sinks + (positions - sinks) % (left + 1))
+  size = window_cache_size(left, sink_tokens)
+  slots = jnp.where(positions < sink_tokens, positions,
+                    sink_tokens + (positions - sink_tokens) % (left + 1))
   rows = jnp.arange(batch)[:, None]
   writer = jnp.full((batch, size), -1, jnp.int32).at[rows, slots].max(
       jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n)))
@@ -132,7 +134,7 @@ class StateCache(_SegmentCache):
 
 
 class WindowCache(_SegmentCache):
-  """A sliding-window kernel's bounded cache: the sinks plus the last w + 1 keys
+  """A sliding-window kernel's bounded cache: the first-token sinks plus the last w + 1 keys
   (`window_cache_size`), whatever the length decoded; attended with flash attention and
   `window_mask`."""
   NAMES = ("cached_key", "cached_value", "cached_position", "cached_segment")
@@ -144,11 +146,11 @@ class WindowCache(_SegmentCache):
     window = self.module.local_window
     window = options["local_window"].default if window is None else window
     left = window if isinstance(window, int) else int(window[0])
-    sinks = int(options["sinks"].default)
+    sink_tokens = int(options["sink_tokens"].default)
     batch, n = query.shape[:2]
     variable = self.module.variable
     if self.module.is_initializing():
-      size = window_cache_size(left, sinks)
+      size = window_cache_size(left, sink_tokens)
       variable("cache", "cached_key", jnp.zeros, (batch, size) + key.shape[2:], key.dtype)
       variable("cache", "cached_value", jnp.zeros, (batch, size) + value.shape[2:],
                value.dtype)
@@ -166,11 +168,11 @@ class WindowCache(_SegmentCache):
     joined = {name: jnp.concatenate([cache[name].value, new[name]], axis=1)
               for name in self.NAMES}
     mask = window_mask(q_pos, q_seg, joined["cached_position"] - 1, joined["cached_segment"],
-                       left=left, sinks=sinks)
+                       left=left, sink_tokens=sink_tokens)
     out = kernels.flash_attention(query, joined["cached_key"], joined["cached_value"],
                                   mask=mask)
     written = write_window({name: cache[name].value for name in self.NAMES}, new, q_pos,
-                           left=left, sinks=sinks)
+                           left=left, sink_tokens=sink_tokens)
     for name in self.NAMES:
       cache[name].value = written[name]
     self.index.value = self.index.value + n

@@ -57,7 +57,7 @@ class GPT(nn.Module):
                            param_dtype=c.param_dtype, name="embed")
     x = embed(tokens, positions, deterministic=deterministic)
     # Rotary attention needs the positions; so does a decoding cache (a sliding window's
-    # sinks are the first real tokens of each left-padded row).
+    # sink tokens are the first real tokens of each left-padded row).
     attend_positions = c.attention_position == "rotary" or c.decode
     inputs = AttentionInputs(mask=mask, segment_ids=segment_ids,
                              positions=positions if attend_positions else None,

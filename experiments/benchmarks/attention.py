@@ -153,21 +153,35 @@ def measure(config, seq_len: int, heads: int, impls, passes, causals, gemm: floa
   return rows
 
 
+def reference_attention(q64, k64, v64, causal, logits_soft_cap=None, sinks=None):
+  """Float64 numpy attention of one example, [heads, T, d], with a kernel spec's soft cap
+  and learned sinks (a scalar for every head) where it sets them."""
+  t, d = q64.shape[1], q64.shape[2]
+  scores = q64 @ k64.transpose(0, 2, 1) / np.sqrt(d)
+  if logits_soft_cap is not None:
+    scores = logits_soft_cap * np.tanh(scores / logits_soft_cap)
+  if causal:
+    scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
+  top = scores.max(-1, keepdims=True) if sinks is None else np.maximum(
+      scores.max(-1, keepdims=True), sinks)
+  weights = np.exp(scores - top)
+  denominator = weights.sum(-1, keepdims=True) + (0.0 if sinks is None else np.exp(sinks - top))
+  return (weights / denominator) @ v64
+
+
 def max_abs_errors(config) -> dict[str, float]:
   """Max |kernel - float64 numpy reference| of the forward at `config.error_len`, inputs in
-  `config.dtype`."""
+  `config.dtype` (the reference takes a spec's `logits_soft_cap` and scalar `sinks`)."""
   t, h, d = config.error_len, config.heads, config.head_dim
   q, k, v, _ = random_inputs(1, t, h, d, jnp.dtype(config.dtype), seed=1)
   q64, k64, v64 = (np.asarray(x.astype(jnp.float32), np.float64)[0].transpose(1, 0, 2)
                    for x in (q, k, v))
   errors = {}
   for causal in (False, True):
-    scores = q64 @ k64.transpose(0, 2, 1) / np.sqrt(d)
-    if causal:
-      scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    want = (weights / weights.sum(-1, keepdims=True)) @ v64  # [h, t, d]
     for impl in [i for i in config.implementations if i != "torch"]:
+      options = {} if impl == "xla" else getattr(kernels.get(impl).fn, "keywords", {})
+      want = reference_attention(q64, k64, v64, causal, options.get("logits_soft_cap"),
+                                 options.get("sinks"))
       got = jax.jit(attention_fn(impl, causal))(q, k, v)
       got = np.asarray(got, np.float64)[0].transpose(1, 0, 2)
       errors[f"{impl}{'_causal' if causal else ''}"] = float(np.abs(got - want).max())

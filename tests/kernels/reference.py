@@ -4,8 +4,8 @@ import numpy as np
 
 
 def mask_reference(batch, q_len, kv_len, *, causal=False, kv_lengths=None, segment_ids=None,
-                   local_window=None, sinks=0):
-  """Boolean [batch, 1, q_len, kv_len] built with explicit loops; the first `sinks` keys are
+                   local_window=None, sink_tokens=0):
+  """Boolean [batch, 1, q_len, kv_len] built with explicit loops; the first `sink_tokens` keys are
   exempt from the window's left reach."""
   if isinstance(local_window, int):
     local_window = (local_window, local_window)
@@ -18,7 +18,7 @@ def mask_reference(batch, q_len, kv_len, *, causal=False, kv_lengths=None, segme
         if causal:
           ok &= j <= i + offset
         if local_window is not None:
-          ok &= (i + offset - local_window[0] <= j or j < sinks)
+          ok &= (i + offset - local_window[0] <= j or j < sink_tokens)
           ok &= j <= i + offset + local_window[1]
         if kv_lengths is not None:
           ok &= j < kv_lengths[b]
@@ -47,29 +47,39 @@ def _expand(q, k, v, bias, mask, scale, soft_cap=None):
   return q, k, v, s, allowed, scale
 
 
-def _softmax(s, allowed):
+def _softmax(s, allowed, sinks=None):
+  """Weights [b, h, q, k] and, with learned `sinks` [h] (a logit per head in every row's
+  denominator), the sinks' own weights [b, h, q]."""
   s = np.where(allowed, s, -np.inf)
   m = np.max(s, axis=-1, keepdims=True)
+  sink = None if sinks is None else np.asarray(sinks, np.float64)[None, :, None, None]
+  if sink is not None:
+    m = np.maximum(m, sink)
   m = np.where(np.isfinite(m), m, 0.0)
   e = np.where(allowed, np.exp(s - m), 0.0)
   den = e.sum(-1, keepdims=True)
-  return np.where(den > 0, e / np.where(den > 0, den, 1.0), 0.0)
+  if sink is not None:
+    den = den + np.exp(sink - m)
+  w = np.where(den > 0, e / np.where(den > 0, den, 1.0), 0.0)
+  return w, (None if sink is None else (np.exp(sink - m) / den)[..., 0])
 
 
-def attention_reference(q, k, v, *, bias=None, mask=None, scale=None, soft_cap=None):
-  """Softmax attention (Gemma 2's logit soft-capping with `soft_cap`); returns (out [b, q_len,
-  h, dv], weights [b, h, q_len, kv_len])."""
+def attention_reference(q, k, v, *, bias=None, mask=None, scale=None, soft_cap=None,
+                        sinks=None):
+  """Softmax attention (Gemma 2's logit soft-capping with `soft_cap`, GPT-OSS's learned
+  `sinks` [heads]); returns (out [b, q_len, h, dv], weights [b, h, q_len, kv_len])."""
   q, k, v, s, allowed, scale = _expand(q, k, v, bias, mask, scale, soft_cap)
-  w = _softmax(s, allowed)
+  w, _ = _softmax(s, allowed, sinks)
   return np.einsum("bhqk,bkhd->bqhd", w, v), w
 
 
 def attention_reference_grads(q, k, v, d_out, *, bias=None, mask=None, scale=None,
-                              soft_cap=None):
-  """Analytic gradients of sum(out * d_out): (dq, dk, dv, dbias-as-[b, h, q, k])."""
+                              soft_cap=None, sinks=None):
+  """Analytic gradients of sum(out * d_out): (dq, dk, dv, dbias-as-[b, h, q, k]), and with
+  `sinks` also dsinks [h]."""
   kh = np.shape(k)[2]
   q64, k64, v64, s, allowed, scale = _expand(q, k, v, bias, mask, scale, soft_cap)
-  w = _softmax(s, allowed)
+  w, sink_w = _softmax(s, allowed, sinks)
   g = np.asarray(d_out, np.float64)
   dw = np.einsum("bqhd,bkhd->bhqk", g, v64)
   ds = w * (dw - np.sum(dw * w, axis=-1, keepdims=True))
@@ -85,7 +95,11 @@ def attention_reference_grads(q, k, v, d_out, *, bias=None, mask=None, scale=Non
     b, t, h, d = x.shape
     return x.reshape(b, t, kh, h // kh, d).sum(3)
 
-  return dq, fold_groups(dk), fold_groups(dv), ds
+  if sinks is None:
+    return dq, fold_groups(dk), fold_groups(dv), ds
+  out = np.einsum("bhqk,bkhd->bqhd", w, v64)  # d out / d sink = -sink weight * out
+  dsinks = -np.einsum("bhq,bqhd,bqhd->h", sink_w, out, g)
+  return dq, fold_groups(dk), fold_groups(dv), ds, dsinks
 
 
 def reduce_to_shape(x, shape):

@@ -9,7 +9,7 @@ import pytest
 from attention_jax.kernels import flash, masks
 from tests.kernels import reference
 
-PLANS = [  # (q_len, kv_len, block_q, block_k, causal, local_window, kv_length, sinks)
+PLANS = [  # (q_len, kv_len, block_q, block_k, causal, local_window, kv_length, sink_tokens)
     (64, 64, 16, 16, True, None, None, 0),
     (64, 64, 16, 8, False, None, None, 0),
     (50, 70, 16, 32, True, None, None, 0),
@@ -20,7 +20,7 @@ PLANS = [  # (q_len, kv_len, block_q, block_k, causal, local_window, kv_length, 
     (40, 90, 16, 16, False, (5, 30), None, 0),
     (64, 64, 16, 16, True, None, 37, 0),
     (64, 64, 16, 16, False, None, 0, 0),
-    # attention sinks: the first keys stay visible beside the window
+    # first-token sinks: the first keys stay visible beside the window
     (64, 64, 16, 16, True, 10, None, 4),
     (96, 96, 8, 8, True, 12, None, 20),
     (40, 90, 16, 16, False, (5, 30), None, 3),
@@ -29,19 +29,19 @@ PLANS = [  # (q_len, kv_len, block_q, block_k, causal, local_window, kv_length, 
 ]
 
 
-def make_plan(tq, tk, bq, bk, causal, window, kv_length, sinks):
+def make_plan(tq, tk, bq, bk, causal, window, kv_length, sink_tokens):
   left, right = masks.window_bounds(window, causal)
   return flash._Plan(q_len=tq, kv_len=tk, block_q=bq, block_k=bk, scale=1.0, left=left,
                      right=right, has_dense_mask=False, has_segments=False,
-                     has_lengths=kv_length is not None, sinks=sinks)
+                     has_lengths=kv_length is not None, sink_tokens=sink_tokens)
 
 
 @pytest.mark.parametrize("spec", PLANS, ids=str)
 def test_visited_blocks_are_exactly_the_visible_ones(spec):
-  tq, tk, bq, bk, causal, window, kv_length, sinks = spec
+  tq, tk, bq, bk, causal, window, kv_length, sink_tokens = spec
   plan = make_plan(*spec)
   allowed = reference.mask_reference(
-      1, tq, tk, causal=causal, local_window=window, sinks=sinks,
+      1, tq, tk, causal=causal, local_window=window, sink_tokens=sink_tokens,
       kv_lengths=None if kv_length is None else [kv_length])[0, 0]
   blocks = list(itertools.product(range(plan.num_q_blocks), range(plan.num_kv_blocks)))
   block_of = lambda i, j: allowed[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
@@ -51,8 +51,8 @@ def test_visited_blocks_are_exactly_the_visible_ones(spec):
   for i in range(plan.num_q_blocks):
     lo, hi = flash._kv_block_range(plan, i, kv_length)
     forward |= {(i, j) for j in range(int(lo), int(hi))}
-    if sinks:  # the kernel's second loop: sink blocks left of the window
-      forward |= {(i, j) for j in range(min(plan.num_sink_blocks, int(hi), int(lo)))}
+    if sink_tokens:  # the kernel's second loop: sink blocks left of the window
+      forward |= {(i, j) for j in range(min(plan.num_sink_token_blocks, int(hi), int(lo)))}
   backward = set()
   for j in range(plan.num_kv_blocks):
     lo, hi = flash._q_block_range(plan, j, kv_length)

@@ -23,17 +23,17 @@ def attention_problems(draw):
   lengths = draw(st.one_of(st.none(), st.lists(st.integers(0, kv_len), min_size=batch,
                                                max_size=batch)))
   block_q, block_k = draw(st.sampled_from([4, 8, 16])), draw(st.sampled_from([4, 8, 16]))
-  sinks = draw(st.integers(0, 6))
+  sink_tokens = draw(st.integers(0, 6))
   seed = draw(st.integers(0, 2 ** 16))
   return (batch, q_len, kv_len, heads, kv_heads, causal, window, lengths, block_q, block_k,
-          sinks, seed)
+          sink_tokens, seed)
 
 
 @settings(max_examples=6, deadline=None)  # each example compiles; CI time is bounded
 @given(attention_problems())
 def test_flash_and_dense_match_reference_on_random_problems(problem):
-  """flash (with attention sinks beside any window) and dot_product against numpy."""
-  b, tq, tk, h, kh, causal, window, lengths, bq, bk, sinks, seed = problem
+  """flash (with first-token sinks beside any window) and dot_product against numpy."""
+  b, tq, tk, h, kh, causal, window, lengths, bq, bk, sink_tokens, seed = problem
   rng = np.random.default_rng(seed)
   q = jnp.asarray(rng.standard_normal((b, tq, h, 8)), jnp.float32)
   k = jnp.asarray(rng.standard_normal((b, tk, kh, 8)), jnp.float32)
@@ -45,10 +45,10 @@ def test_flash_and_dense_match_reference_on_random_problems(problem):
   want, _ = reference.attention_reference(q, k, v, mask=mask)
   np.testing.assert_allclose(kernels.dot_product_attention(q, k, v, **kwargs), want, atol=2e-6)
   mask = reference.mask_reference(b, tq, tk, causal=causal, local_window=window,
-                                  kv_lengths=lengths, sinks=sinks)
+                                  kv_lengths=lengths, sink_tokens=sink_tokens)
   want, _ = reference.attention_reference(q, k, v, mask=mask)
-  flash = functools.partial(kernels.flash_attention, block_q=bq, block_k=bk, sinks=sinks,
-                            **kwargs)
+  flash = functools.partial(kernels.flash_attention, block_q=bq, block_k=bk,
+                            sink_tokens=sink_tokens, **kwargs)
   np.testing.assert_allclose(flash(q, k, v), want, atol=2e-6)
   d_out = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
   dq, dk, dv = jax.grad(lambda *a: jnp.sum(flash(*a) * d_out), (0, 1, 2))(q, k, v)

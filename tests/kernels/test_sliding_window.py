@@ -1,5 +1,6 @@
-"""sliding_window: softmax over a window plus attention sinks, on the flash kernel's block
-skipping, against the numpy reference with the same mask; forward and gradients."""
+"""sliding_window: softmax over a window plus first-token attention sinks (`sink_tokens`), on
+the flash kernel's block skipping, against the numpy reference with the same mask; forward and
+gradients."""
 
 import dataclasses
 import functools
@@ -14,7 +15,7 @@ from tests.kernels import reference
 from tests.kernels.cases import CASES, make_inputs
 from tests.kernels.test_softmax_kernels import check_bfloat16
 
-SINK_CASES = [  # (case name, sinks, block_q, block_k)
+SINK_CASES = [  # (case name, sink_tokens, block_q, block_k)
     ("causal_window_257", 4, 32, 64),
     ("causal_window_257", 40, 16, 16),
     ("window_left_right_130x200", 3, 32, 32),
@@ -28,16 +29,16 @@ def with_window(case, window):
 @pytest.mark.parametrize("spec", SINK_CASES + [("causal_segments_lengths", 2, 16, 16)],
                          ids=str)
 def test_forward_and_gradients_with_sinks(spec):
-  name, sinks, bq, bk = spec
+  name, sink_tokens, bq, bk = spec
   case = with_window(next(c for c in CASES if c.name == name),
                      None if name != "causal_segments_lengths" else 9)
   q, k, v, d_out, kwargs = make_inputs(case)
   seg = kwargs.get("segment_ids")
   allowed = reference.mask_reference(
       case.batch, case.q_len, case.kv_len, causal=case.causal, kv_lengths=case.kv_lengths,
-      local_window=case.local_window, sinks=sinks,
+      local_window=case.local_window, sink_tokens=sink_tokens,
       segment_ids=None if seg is None else np.asarray(seg))
-  fn = jax.jit(functools.partial(kernels.get("sliding_window"), sinks=sinks, block_q=bq,
+  fn = jax.jit(functools.partial(kernels.get("sliding_window"), sink_tokens=sink_tokens, block_q=bq,
                                  block_k=bk, **kwargs))
   want, _ = reference.attention_reference(q, k, v, mask=allowed)
   np.testing.assert_allclose(fn(q, k, v), want, atol=2e-6)
@@ -50,14 +51,14 @@ def test_forward_and_gradients_with_sinks(spec):
 def test_bfloat16():
   case = next(c for c in CASES if c.name == "causal_window_257")
   q, k, v, _, kwargs = make_inputs(case, jnp.bfloat16)
-  out = kernels.sliding_window_attention(q, k, v, sinks=0, block_q=32, block_k=64, **kwargs)
+  out = kernels.sliding_window_attention(q, k, v, sink_tokens=0, block_q=32, block_k=64, **kwargs)
   assert out.dtype == jnp.bfloat16
-  check_bfloat16(kernels.sliding_window_attention, case, sinks=0, block_q=32, block_k=64)
+  check_bfloat16(kernels.sliding_window_attention, case, sink_tokens=0, block_q=32, block_k=64)
 
 
 def test_needs_a_window():
   q = jnp.ones((1, 4, 1, 8))
   with pytest.raises(ValueError, match="needs a `local_window`"):
     kernels.sliding_window_attention(q, q, q, local_window=None)
-  with pytest.raises(ValueError, match="`sinks` must be >= 0"):
-    kernels.sliding_window_attention(q, q, q, sinks=-1)
+  with pytest.raises(ValueError, match="`sink_tokens` must be >= 0"):
+    kernels.sliding_window_attention(q, q, q, sink_tokens=-1)

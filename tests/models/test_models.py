@@ -355,15 +355,16 @@ def test_a_sliding_window_llama_runs_on_any_kernel_that_takes_windows(kernel):
 # performer decodes through the same recurrent-state path as linear (its own prefill + steps
 # test is in tests/kernels/test_linear_kernels.py).
 DECODING_KERNELS = [("llama-tiny", "linear"), ("llama-tiny", "retention"),
-                    ("llama-tiny", "sliding_window:local_window=3,sinks=2"),
-                    ("gpt-tiny", "sliding_window:local_window=3,sinks=2")]  # learned positions
+                    ("llama-tiny", "sliding_window:local_window=3,sink_tokens=2"),
+                    # learned positions:
+                    ("gpt-tiny", "sliding_window:local_window=3,sink_tokens=2")]
 
 
 @pytest.mark.parametrize("preset,kernel", DECODING_KERNELS)
 def test_recurrent_and_windowed_kernels_decode_with_a_bounded_cache(preset, kernel):
   """Prefill + cached steps equal the full pass, and batched left-padded prompts generate as
-  each alone (a row's sinks are its first real tokens), with a cache whose size does not grow
-  with the length (a recurrent state; the sinks and the last w + 1 keys)."""
+  each alone (a row's sink tokens are its first real tokens), with a cache whose size does not
+  grow with the length (a recurrent state; the sink tokens and the last w + 1 keys)."""
   model = models.create(preset, kernel=kernel)
   params = init(model, TOKENS)
   stepped, cache = prefill_then_steps(model, params, TOKENS)

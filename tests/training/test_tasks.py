@@ -68,7 +68,7 @@ def test_a_tfds_catalog_dataset_by_name(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task,kernel", [
-    ("listops", "linear"), ("text", "sliding_window:local_window=16,sinks=1"),
+    ("listops", "linear"), ("text", "sliding_window:local_window=16,sink_tokens=1"),
     ("pathfinder", "performer:num_features=16")])
 def test_lra_cells_train_with_linear_cost_kernels(task, kernel, tmp_path_factory, tmp_path):
   """One cell of the LRA sweep each: ListOps ids, KJV bytes and Pathfinder pixels (the
