@@ -34,26 +34,79 @@ def relative_distances(kv_len: int):
   return jnp.arange(kv_len - 1, -1, -1)
 
 
+ROPE_SCALINGS = ("linear", "llama3", "yarn")
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+  """YaRN's attention temperature 0.1·mscale·ln(factor) + 1 (1 for factor <= 1)."""
+  return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """Stretching rotary frequencies for contexts longer than pre-training (Hugging Face's
-  `rope_scaling`). "linear" divides every frequency by `factor` (position interpolation);
-  "llama3" divides only the low frequencies (wavelengths above original_max_len /
-  low_freq_factor), keeps the high ones (below original_max_len / high_freq_factor) and
-  blends in between (Llama 3.1)."""
-  kind: str  # "linear" or "llama3"
+  `rope_scaling` / `rope_parameters`).
+
+  "linear" divides every frequency by `factor` (position interpolation). "llama3" divides
+  only the low frequencies (wavelengths above original_max_len / low_freq_factor), keeps the
+  high ones (below original_max_len / high_freq_factor) and blends in between (Llama 3.1).
+  "yarn" (Peng et al. 2023; Qwen, DeepSeek) keeps the dimensions that turn more than
+  `beta_fast` times over original_max_len, divides those that turn fewer than `beta_slow`
+  times by `factor`, ramps linearly between (the bounds rounded out with `truncate`), and
+  multiplies cos and sin by `attention_factor` (default yarn_mscale(factor, mscale) /
+  yarn_mscale(factor, mscale_all_dim) when both are set, else yarn_mscale(factor)).
+  """
+  kind: str  # one of ROPE_SCALINGS
   factor: float
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_len: int = 8192
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  mscale: float | None = None
+  mscale_all_dim: float | None = None
+  attention_factor: float | None = None
+  truncate: bool = True
 
   def __post_init__(self):
-    if self.kind not in ("linear", "llama3"):
-      raise ValueError(f"rope scaling kind must be 'linear' or 'llama3', got {self.kind!r}.")
+    if self.kind not in ROPE_SCALINGS:
+      raise ValueError(f"rope scaling kind must be one of {ROPE_SCALINGS}, got {self.kind!r}.")
     if self.factor <= 0 or (self.kind == "llama3"
                             and not 0 < self.low_freq_factor < self.high_freq_factor):
       raise ValueError(f"bad rope scaling {self}: factor > 0 and, for llama3, "
                        "0 < low_freq_factor < high_freq_factor.")
+    if self.kind == "yarn" and not (self.beta_fast > 0 and self.beta_slow > 0
+                                    and self.original_max_len > 0):
+      raise ValueError(f"bad yarn rope scaling {self}: beta_fast, beta_slow and "
+                       "original_max_len must be positive.")
+
+  @property
+  def rotary_scale(self) -> float:
+    """What cos and sin are multiplied by (each score by its square): YaRN's attention
+    factor, else 1."""
+    if self.kind != "yarn":
+      return 1.0
+    if self.attention_factor is not None:
+      return float(self.attention_factor)
+    if self.mscale and self.mscale_all_dim:
+      return yarn_mscale(self.factor, self.mscale) / yarn_mscale(self.factor,
+                                                                 self.mscale_all_dim)
+    return yarn_mscale(self.factor)
+
+
+def _yarn_frequencies(inv_freq, head_dim: int, base: float, scaling: RopeScaling):
+  """YaRN's blend of the original (extrapolated) and `factor`-divided frequencies."""
+  def dimension_turning(rotations):  # the dimension that turns `rotations` times
+    return (head_dim * math.log(scaling.original_max_len / (rotations * 2 * math.pi))
+            / (2 * math.log(base)))
+  low, high = dimension_turning(scaling.beta_fast), dimension_turning(scaling.beta_slow)
+  if scaling.truncate:
+    low, high = math.floor(low), math.ceil(high)
+  low, high = max(low, 0), min(high, head_dim - 1)
+  if low == high:
+    high += 0.001
+  ramp = jnp.clip((jnp.arange(head_dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+  return inv_freq / scaling.factor * ramp + inv_freq * (1 - ramp)
 
 
 def rotary_frequencies(head_dim: int, base: float = 10000.0,
@@ -65,6 +118,8 @@ def rotary_frequencies(head_dim: int, base: float = 10000.0,
     return inv_freq
   if scaling.kind == "linear":
     return inv_freq / scaling.factor
+  if scaling.kind == "yarn":
+    return _yarn_frequencies(inv_freq, head_dim, base, scaling)
   wavelength = 2 * math.pi / inv_freq
   long_wave = scaling.original_max_len / scaling.low_freq_factor
   short_wave = scaling.original_max_len / scaling.high_freq_factor
@@ -83,7 +138,7 @@ def apply_rotary(x, positions, base: float = 10000.0, scaling: RopeScaling | Non
     x: [batch, length, heads, head_dim] with even head_dim.
     positions: int [length] or [batch, length] absolute positions (with a KV cache: the
       cache index of each new token).
-    base, scaling: the frequencies (`rotary_frequencies`).
+    base, scaling: the frequencies (`rotary_frequencies`); YaRN's also scale cos and sin.
 
   Returns:
     x rotated so that q_i·k_j depends on positions only through i - j; same shape and dtype.
@@ -97,6 +152,8 @@ def apply_rotary(x, positions, base: float = 10000.0, scaling: RopeScaling | Non
                      f"shape {positions.shape}.")
   angles = positions[:, :, None, None] * inv_freq  # [batch|1, length, 1, d/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if scaling is not None and scaling.rotary_scale != 1.0:
+    cos, sin = cos * scaling.rotary_scale, sin * scaling.rotary_scale
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x.dtype)

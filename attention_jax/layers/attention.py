@@ -13,6 +13,7 @@ from attention_jax.kernels import positional
 from attention_jax.layers import caches
 from attention_jax.layers import lora as lora_lib
 from attention_jax.layers.inputs import AttentionInputs
+from attention_jax.layers.norms import make_norm
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
 POSITIONS = ("none", "rotary", "alibi", "relative")
@@ -40,6 +41,7 @@ _WHY = {
     "segment_ids": "packed-sequence segment ids", "causal": "causal masking",
     "local_window": "a local (sliding) window",
     "logits_soft_cap": "soft-capped attention logits (attn_logits_soft_cap, Gemma 2)",
+    "sinks": "learned attention sinks (learned_sinks, GPT-OSS)",
 }
 
 
@@ -80,6 +82,11 @@ class MultiHeadAttention(nn.Module):
       size a KV cache; then each call appends its tokens.
     sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
     logits_soft_cap: c caps the scores, c·tanh(score / c), in the kernel (Gemma 2).
+    qk_norm: None, or a norm kind ("rms", "layer") applied to each head's queries and keys
+      (over head_dim; parameters 'query_norm', 'key_norm' [head_dim]) before the rotary
+      embedding and the cache (Qwen3, Gemma 3); norm_eps its epsilon.
+    learned_sinks: a learned logit per head (parameter 'sinks' [heads], zeros at init) in
+      every row's softmax denominator (GPT-OSS), passed to the kernel as `sinks`.
     lora: LoRA adapters on the projections `lora.targets` names (query, key, value, out).
   """
   num_heads: int
@@ -97,6 +104,9 @@ class MultiHeadAttention(nn.Module):
   decode: bool = False
   sow_weights: bool = False
   logits_soft_cap: float | None = None
+  learned_sinks: bool = False
+  qk_norm: str | None = None
+  norm_eps: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
@@ -119,8 +129,9 @@ class MultiHeadAttention(nn.Module):
       raise ValueError("Transformer-XL relative positions need position='relative' together "
                        f"with kernel='relative' (got position={self.position!r}, "
                        f"kernel={kernel.name!r}).")
-    if self.logits_soft_cap is not None:  # every path (the decoding caches too) needs it
-      _check_kernel_takes(kernel, {"logits_soft_cap": self.logits_soft_cap})
+    needs = {"logits_soft_cap": self.logits_soft_cap, "sinks": self.learned_sinks or None}
+    # Every path (the decoding caches too) needs these.
+    _check_kernel_takes(kernel, {name: v for name, v in needs.items() if v is not None})
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     features = inputs_q.shape[-1]
     kv_heads, head_dim = head_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
@@ -134,6 +145,10 @@ class MultiHeadAttention(nn.Module):
     query = project(inputs_q, self.num_heads, "query")
     key = project(inputs_kv, kv_heads, "key")
     value = project(inputs_kv, kv_heads, "value")
+    if self.qk_norm is not None:
+      norm = functools.partial(make_norm, self.qk_norm, epsilon=self.norm_eps,
+                               dtype=self.dtype, param_dtype=self.param_dtype)
+      query, key = norm(name="query_norm")(query), norm(name="key_norm")(key)
     index = None
     if self.decode:
       if kernel.decoding is None:
@@ -174,9 +189,12 @@ class MultiHeadAttention(nn.Module):
     if self.position == "alibi":
       alibi = positional.alibi_bias(self.num_heads, query.shape[1], key.shape[1], q_offset)
       bias = alibi if bias is None else bias + alibi
+    sinks = None
+    if self.learned_sinks:
+      sinks = self.param("sinks", nn.initializers.zeros, (self.num_heads,), self.param_dtype)
     kwargs = dict(mask=inputs.mask, bias=bias, kv_lengths=inputs.kv_lengths,
                   segment_ids=inputs.segment_ids, local_window=local_window,
-                  logits_soft_cap=self.logits_soft_cap)
+                  logits_soft_cap=self.logits_soft_cap, sinks=sinks)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if inputs.causal:
       kwargs["causal"] = True

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from attention_jax.kernels.positional import RopeScaling
 from attention_jax.layers.lora import LoraSpec
+from attention_jax.layers.norms import NORMS
 
-NORMS = ("layer", "rms")
 # `position` values that act inside attention; the others ("learned", "sinusoidal", "none")
 # live in the embeddings.
 ATTENTION_POSITIONS = ("rotary", "alibi", "relative")
@@ -32,11 +32,15 @@ class TransformerConfig:
     norm: "layer" (LayerNorm) or "rms" (RMSNorm, Llama); ln_eps its epsilon.
     activation, gated_mlp (GLU: act(gate(x)) * fc1(x), SwiGLU with "silu"), mlp_bias.
     qkv_bias, out_bias: biases on the Q/K/V and output projections (Qwen2: True, False).
+    qk_norm: the `norm` of each head's queries and keys (over head_dim, one weight shared by
+      the heads) before the rotary embedding (Qwen3, Gemma 3).
     position: "learned", "sinusoidal", "none" (embeddings) or "rotary", "alibi", "relative"
       (inside attention); rotary_base and rope_scaling for "rotary".
     tie_embeddings: logits through the token table rather than their own projection.
     attn_logits_soft_cap: c caps every attention score at ±c, c·tanh(score / c) (Gemma 2);
       None: no cap. Needs a kernel that takes `logits_soft_cap`.
+    learned_sinks: one learned logit per head in every attention row's softmax denominator
+      (GPT-OSS; parameter 'sinks' of each attention layer). Needs a kernel that takes `sinks`.
   Runtime (free to change on a trained model):
     kernel (registry name or callable), local_window (keys within that distance of the
     diagonal; Mistral's sliding window), dropout_rate, attention_dropout_rate, remat,
@@ -58,11 +62,13 @@ class TransformerConfig:
   mlp_bias: bool = True
   qkv_bias: bool = True
   out_bias: bool = True
+  qk_norm: bool = False
   position: str = "none"
   rotary_base: float = 10000.0
   rope_scaling: RopeScaling | None = None
   tie_embeddings: bool = True
   attn_logits_soft_cap: float | None = None
+  learned_sinks: bool = False
   kernel: str | Callable = "dot_product"
   local_window: int | None = None
   dropout_rate: float = 0.0

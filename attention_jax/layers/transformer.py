@@ -10,6 +10,7 @@ from attention_jax.layers.attention import MultiHeadAttention
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.inputs import AttentionInputs
 from attention_jax.layers.mlp import Mlp
+from attention_jax.layers.norms import make_norm
 from attention_jax.layers.partitioning import STACKED
 
 
@@ -48,7 +49,8 @@ class TransformerBlock(nn.Module):
         rope_scaling=c.rope_scaling,
         local_window=c.local_window if name == "attention" else None,  # self-attention only
         decode=decode, sow_weights=c.sow_weights, logits_soft_cap=c.attn_logits_soft_cap,
-        dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name=name)
+        learned_sinks=c.learned_sinks, qk_norm=c.norm if c.qk_norm else None,
+        norm_eps=c.ln_eps, dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name=name)
 
   def _norm(self, name):
     return norm_layer(self.config, name)
@@ -103,9 +105,8 @@ class TransformerBlock(nn.Module):
 
 def norm_layer(config: TransformerConfig, name: str | None = None) -> nn.Module:
   """The config's normalisation: LayerNorm or RMSNorm (scale only), epsilon `ln_eps`."""
-  norm = nn.RMSNorm if config.norm == "rms" else nn.LayerNorm
-  return norm(epsilon=config.ln_eps, dtype=config.dtype, param_dtype=config.param_dtype,
-              name=name)
+  return make_norm(config.norm, epsilon=config.ln_eps, dtype=config.dtype,
+                   param_dtype=config.param_dtype, name=name)
 
 
 class _ScanStep(TransformerBlock):

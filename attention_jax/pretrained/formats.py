@@ -227,6 +227,20 @@ def _rope(config: JsonObject) -> tuple[float, RopeScaling | None]:
   kind = scaling.string("rope_type", None) or scaling.string("type", "default")
   if kind == "default":
     return theta, None
+  if kind == "yarn":
+    original = scaling.integer("original_max_position_embeddings",
+                               config.integer("max_position_embeddings", 8192, minimum=1),
+                               minimum=1)
+    factor = scaling.number("factor", None, positive=True)
+    if factor is None:  # DeepSeek-V3's rule: the ratio of the two lengths
+      factor = config.integer("max_position_embeddings", minimum=1) / original
+    optional = lambda name: scaling.number(name, None, positive=True)
+    return theta, RopeScaling(
+        "yarn", factor, original_max_len=original, beta_fast=optional("beta_fast") or 32.0,
+        beta_slow=optional("beta_slow") or 1.0, mscale=scaling.number("mscale", None),
+        mscale_all_dim=scaling.number("mscale_all_dim", None),
+        attention_factor=optional("attention_factor"),
+        truncate=scaling.boolean("truncate", True))
   factor = scaling.number("factor", positive=True)
   if kind == "linear":
     return theta, RopeScaling("linear", factor)
@@ -236,7 +250,7 @@ def _rope(config: JsonObject) -> tuple[float, RopeScaling | None]:
         scaling.number("high_freq_factor", positive=True),
         scaling.integer("original_max_position_embeddings", minimum=1))
   raise ValueError(f"{scaling.source}: rope type {kind!r} is not supported; supported: "
-                   "default, linear, llama3.")
+                   "default, linear, llama3, yarn.")
 
 
 def _rope_config(c) -> dict:
@@ -248,6 +262,12 @@ def _rope_config(c) -> dict:
     if r.kind == "llama3":
       parameters.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor,
                         original_max_position_embeddings=r.original_max_len)
+    if r.kind == "yarn":
+      parameters.update(original_max_position_embeddings=r.original_max_len,
+                        beta_fast=r.beta_fast, beta_slow=r.beta_slow, truncate=r.truncate)
+      parameters.update({name: getattr(r, name) for name in
+                         ("mscale", "mscale_all_dim", "attention_factor")
+                         if getattr(r, name) is not None})
   legacy = {k: v for k, v in parameters.items() if k != "rope_theta"}
   return {"rope_parameters": parameters, "rope_theta": c.rotary_base,
           "rope_scaling": legacy if c.rope_scaling is not None else None}
@@ -382,11 +402,14 @@ def for_model_type(model_type: str):
 
 
 def for_model(model):
-  if model.config.attn_logits_soft_cap is not None:  # no field for it in these formats
-    raise ValueError(f"the model soft-caps its attention logits (attn_logits_soft_cap="
-                     f"{model.config.attn_logits_soft_cap}), which BERT, GPT-2 and Llama "
-                     "checkpoints cannot express; export it without the cap, or as a family "
-                     "whose format has one.")
+  c = model.config
+  unexpressed = {"attn_logits_soft_cap": c.attn_logits_soft_cap,  # no field in these formats
+                 "learned_sinks": c.learned_sinks or None, "qk_norm": c.qk_norm or None}
+  for field, value in unexpressed.items():
+    if value is not None:
+      raise ValueError(f"the model has {field}={value}, which BERT, GPT-2 and Llama "
+                       "checkpoints cannot express; export it without it, or as a family "
+                       "whose format has it.")
   for fmt in (BertFormat, Gpt2Format, LlamaFormat):
     if isinstance(model, fmt.family):
       return fmt

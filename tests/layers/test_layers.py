@@ -183,5 +183,66 @@ def test_attention_logits_soft_cap_reaches_the_kernel():
                      ".*dot_product"):
     models.with_options(model, kernel="xla").apply({"params": params}, tokens)
   from attention_jax import pretrained
-  with pytest.raises(ValueError, match="soft-caps its attention logits"):
+  with pytest.raises(ValueError, match="attn_logits_soft_cap=0.5, which BERT, GPT-2 and"):
     pretrained.export(model, params, "/nonexistent")  # refused before anything is written
+
+
+def test_learned_sinks_are_parameters_that_reach_the_kernel_and_learn():
+  """config.learned_sinks gives each attention layer a 'sinks' [heads] parameter, used the
+  same by dot_product and flash (and by the KV cache when decoding), with a gradient;
+  refused, naming it, by a kernel without sinks and by exports."""
+  from attention_jax import models, pretrained
+  from tests.models.test_models import prefill_then_steps
+  model = models.create("llama-tiny", learned_sinks=True)
+  tokens = jnp.arange(24).reshape(2, 12) % 7
+  params = model.init(jax.random.key(0), tokens)["params"]
+  sinks = params["block_0"]["attention"]["sinks"]
+  assert sinks.shape == (model.config.num_heads,) and not sinks.any()  # zeros at init
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, p: jnp.linspace(-2.0, 3.0, p.size).reshape(p.shape)
+      if "sinks" in jax.tree_util.keystr(path) else p, params)
+  logits = model.apply({"params": params}, tokens)
+  flash = models.with_options(model, kernel="flash").apply({"params": params}, tokens)
+  np.testing.assert_allclose(flash, logits, atol=1e-4, rtol=1e-5)
+  # (linen ignores the unused 'sinks')
+  plain = models.with_options(model, learned_sinks=False).apply({"params": params}, tokens)
+  assert np.abs(plain - logits).max() > 1e-2
+  stepped, _ = prefill_then_steps(model, params, tokens)
+  np.testing.assert_allclose(stepped, logits, atol=5e-5)
+  grads = jax.grad(lambda p: model.apply({"params": p}, tokens).sum())(params)
+  assert np.abs(grads["block_0"]["attention"]["sinks"]).min() > 0
+  with pytest.raises(ValueError, match="learned attention sinks.*Kernels that support it: "
+                     ".*dot_product.*flash"):
+    models.with_options(model, kernel="xla").apply({"params": params}, tokens)
+  with pytest.raises(ValueError, match="learned_sinks=True, which BERT, GPT-2 and"):
+    pretrained.export(model, params, "/nonexistent")
+
+
+def test_qk_norm_normalises_each_heads_queries_and_keys_before_rotary():
+  """config.qk_norm: parameters 'query_norm'/'key_norm' [head_dim]; the scores then ignore
+  the scale of the query and key projections (RMSNorm is scale-invariant), the norm's weight
+  changes them, and cached decoding equals the full pass."""
+  from attention_jax import models
+  from tests.models.test_models import prefill_then_steps
+  model = models.create("llama-tiny", qk_norm=True, ln_eps=1e-12)  # eps: not scale-invariant
+  tokens = jnp.arange(24).reshape(2, 12) % 7
+  params = model.init(jax.random.key(0), tokens)["params"]
+  attention = params["block_0"]["attention"]
+  head_dim = model.config.width // model.config.num_heads
+  assert attention["query_norm"]["scale"].shape == attention["key_norm"]["scale"].shape == (
+      head_dim,)
+  logits = model.apply({"params": params}, tokens)
+
+  def changed(**factors):  # each module named in `factors` has its parameters multiplied
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p * factors.get(path[-2].key, 1.0), params)
+
+  scaled = changed(query=7.0, key=5.0)  # the q/k projections' kernels
+  np.testing.assert_allclose(model.apply({"params": scaled}, tokens), logits, atol=1e-4)
+  plain = models.with_options(model, qk_norm=False)
+  assert np.abs(plain.apply({"params": scaled}, tokens)
+                - plain.apply({"params": params}, tokens)).max() > 1e-2
+  weighted = changed(query_norm=3.0)
+  assert np.abs(model.apply({"params": weighted}, tokens) - logits).max() > 1e-2
+  stepped, _ = prefill_then_steps(model, weighted, tokens)
+  np.testing.assert_allclose(stepped, model.apply({"params": weighted}, tokens), atol=5e-5)

@@ -28,7 +28,17 @@ CASES = {
     "llama-linear-rope-tied": ("LlamaConfig", "LlamaForCausalLM", dict(
         rope_scaling=dict(rope_type="linear", factor=2.0), tie_word_embeddings=True,
         num_key_value_heads=1)),
+    "qwen2-yarn-rope": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        rope_theta=1e6, tie_word_embeddings=False, rope_scaling=dict(
+            rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
 }
+YARN = [  # rope parameters besides rope_type and rope_theta
+    dict(factor=4.0, original_max_position_embeddings=16),  # Qwen2.5's form
+    dict(factor=40.0, original_max_position_embeddings=32, beta_fast=16.0, beta_slow=2.0,
+         mscale=0.707, mscale_all_dim=1.0),  # DeepSeek's form (its mscale values)
+    dict(factor=2.0, original_max_position_embeddings=24, attention_factor=1.3,
+         truncate=False),
+]
 LENGTH = 12
 
 
@@ -96,6 +106,37 @@ def test_hugging_face_checkpoints_load_export_and_generate_alike(tmp_path, case)
   ours = models.generate(model, params, jnp.asarray(prompt), max_new_tokens=20,
                          rng=jax.random.key(0), temperature=0.0)
   np.testing.assert_array_equal(np.asarray(ours), hf_tokens)
+
+
+@pytest.mark.parametrize("layout", ["rope_parameters", "rope_scaling"])
+@pytest.mark.parametrize("parameters", YARN, ids=["qwen", "deepseek", "attention_factor"])
+def test_yarn_frequencies_and_attention_factor_equal_transformers(layout, parameters):
+  """YaRN read from config.json (transformers 5's `rope_parameters` or 4.x's `rope_scaling`)
+  gives transformers' own inverse frequencies and cos/sin factor."""
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+  from attention_jax.kernels import positional
+  from attention_jax.pretrained import formats
+  from attention_jax.pretrained.json_file import JsonObject
+  config = transformers.LlamaConfig(**TINY, rope_parameters=dict(
+      rope_type="yarn", rope_theta=5e5, **parameters))
+  want_freq, want_factor = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+  fields = {"max_position_embeddings": TINY["max_position_embeddings"]}
+  if layout == "rope_parameters":
+    fields["rope_parameters"] = dict(rope_type="yarn", rope_theta=5e5, **parameters)
+  else:
+    fields.update(rope_theta=5e5, rope_scaling=dict(type="yarn", **parameters))
+  theta, scaling = formats._rope(JsonObject(fields, "config.json"))
+  head_dim = TINY["hidden_size"] // TINY["num_attention_heads"]
+  np.testing.assert_allclose(positional.rotary_frequencies(head_dim, theta, scaling),
+                             want_freq.numpy(), rtol=1e-6)
+  assert scaling.rotary_scale == pytest.approx(want_factor, rel=1e-12)
+  assert want_factor != 1.0 and not np.allclose(  # both parts of YaRN act here
+      want_freq.numpy(), positional.rotary_frequencies(head_dim, theta))
+  written = formats._rope_config(models.create("llama-tiny", rotary_base=theta,
+                                               rope_scaling=scaling).config)
+  for kept in ("rope_parameters", "rope_scaling"):  # each layout we write reads back alone
+    alone = {k: v for k, v in written.items() if k == kept or k == "rope_theta"}
+    assert formats._rope(JsonObject(alone, "config.json")) == (theta, scaling)
 
 
 def test_checkpoints_we_cannot_read_say_why(tmp_path):
