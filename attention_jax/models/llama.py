@@ -1,6 +1,6 @@
-"""Llama-style decoders (Llama 2/3, Mistral, Qwen2, SmolLM, TinyLlama): RMSNorm, SwiGLU,
-rotary positions, grouped-query attention; Qwen2's Q/K/V bias and Mistral's sliding window
-are config fields. Parameter names follow our layers; `pretrained` maps Hugging Face's."""
+"""Llama-style decoders (Llama 2/3, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama): RMSNorm,
+SwiGLU, rotary positions, grouped-query attention; Qwen2's Q/K/V bias, Qwen3's QK-norm and
+Mistral's sliding window are config fields. Parameter names follow our layers; `pretrained` maps Hugging Face's."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from attention_jax.models.gpt import decode_positions
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LlamaConfig(TransformerConfig):
   """Llama's choices: pre-RMSNorm, SwiGLU MLP without biases, rotary positions, an untied
-  output head. Set num_kv_heads for GQA, qkv_bias for Qwen2, local_window for Mistral."""
+  output head. Set num_kv_heads for GQA, qkv_bias for Qwen2, qk_norm (and head_dim) for
+  Qwen3, local_window for Mistral."""
   norm: str = "rms"
   ln_eps: float = 1e-5
   activation: str = "silu"

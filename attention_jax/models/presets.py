@@ -44,6 +44,8 @@ _GPT2 = dict(vocab_size=50257, max_len=1024, dropout_rate=0.1, attention_dropout
 _LLAMA3_ROPE = dict(rotary_base=500000.0, max_len=131072, vocab_size=128256)
 _QWEN25 = dict(vocab_size=151936, max_len=32768, num_kv_heads=2, ln_eps=1e-6,
                rotary_base=1e6, qkv_bias=True, tie_embeddings=True)
+_QWEN3 = dict(vocab_size=151936, max_len=40960, num_kv_heads=8, head_dim=128, ln_eps=1e-6,
+              rotary_base=1e6, qk_norm=True)
 
 
 def _llama3_scaling(factor: float) -> RopeScaling:
@@ -94,6 +96,16 @@ PRESETS: dict[str, Preset] = {
                             width=896, depth=24, num_heads=14, mlp_dim=4864),
     "qwen2.5-1.5b": _preset(Llama, "Qwen/Qwen2.5-1.5B (Q/K/V bias, tied head)", **_QWEN25,
                             width=1536, depth=28, num_heads=12, mlp_dim=8960),
+    "qwen3-0.6b": _preset(Llama, "Qwen/Qwen3-0.6B (QK-norm, head_dim 128, tied head)",
+                          **_QWEN3, width=1024, depth=28, num_heads=16, mlp_dim=3072,
+                          tie_embeddings=True),
+    "qwen3-1.7b": _preset(Llama, "Qwen/Qwen3-1.7B (QK-norm, head_dim 128, tied head)",
+                          **_QWEN3, width=2048, depth=28, num_heads=16, mlp_dim=6144,
+                          tie_embeddings=True),
+    "qwen3-4b": _preset(Llama, "Qwen/Qwen3-4B (QK-norm, head_dim 128, tied head)", **_QWEN3,
+                        width=2560, depth=36, num_heads=32, mlp_dim=9728, tie_embeddings=True),
+    "qwen3-8b": _preset(Llama, "Qwen/Qwen3-8B (QK-norm, head_dim 128)", **_QWEN3, width=4096,
+                        depth=36, num_heads=32, mlp_dim=12288),
     "smollm2-135m": _preset(Llama, "HuggingFaceTB/SmolLM2-135M (tied head)", vocab_size=49152,
                             max_len=8192, width=576, depth=30, num_heads=9, num_kv_heads=3,
                             mlp_dim=1536, rotary_base=100000.0, tie_embeddings=True),

@@ -1,5 +1,5 @@
 """Pretrained checkpoints: Hugging Face-format import and export (BERT, GPT-2, and Llama,
-Mistral and Qwen2 causal LMs with their chat templates), and sentence embeddings.
+Mistral, Qwen2 and Qwen3 causal LMs with their chat templates), and sentence embeddings.
 
     model, params, tokenizer = attention_jax.pretrained.load("all-MiniLM-L6-v2")
     embeddings = attention_jax.pretrained.encode(["A sentence.", "Another one."])

@@ -10,9 +10,10 @@ config.json, which our loader reads and transformers ignores (it classifies from
 GPT-2: `GPT2Model` names (`wte`, `wpe`, `h.N.*`, `ln_f`), Conv1D weights stored [in, out],
 q/k/v fused in `c_attn`; a `transformer.` prefix and the tied `lm_head.weight` are accepted.
 
-Llama, Mistral, Qwen2 (`*ForCausalLM`): `model.embed_tokens`, `model.layers.N.self_attn.
-{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj` (our gate, fc1, fc2), `input_layernorm`,
-`post_attention_layernorm`, `model.norm`, `lm_head` (absent when tied). Rotary settings are
+Llama, Mistral, Qwen2, Qwen3 (`*ForCausalLM`): `model.embed_tokens`, `model.layers.N.
+self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj` (our gate, fc1, fc2), `input_layernorm`,
+`post_attention_layernorm`, `model.norm`, `lm_head` (absent when tied); Qwen3's QK-norm
+weights `self_attn.{q,k}_norm` (our query_norm, key_norm). Rotary settings are
 read from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4.x); both
 are written.
 """
@@ -273,10 +274,23 @@ def _rope_config(c) -> dict:
           "rope_scaling": legacy if c.rope_scaling is not None else None}
 
 
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def _no_sliding_layers(config: JsonObject, family: str):
+  """Qwen2/Qwen3 checkpoints with a window on some layers are refused (none published)."""
+  if config.boolean("use_sliding_window", False):
+    raise ValueError(f"{config.source}: {family} checkpoints with use_sliding_window=true (a "
+                     "window on some layers only) are not supported; the published models "
+                     "have it false.")
+
+
 class LlamaFormat:
-  """LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM checkpoints."""
+  """LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM
+  checkpoints."""
   family = Llama
-  model_types = ("llama", "mistral", "qwen2")
+  model_types = tuple(_ARCHITECTURES)
   prefix = ""
   ignore = ("model.layers.*.self_attn.rotary_emb.inv_freq", "lm_head.weight")  # buffers; tied
 
@@ -299,11 +313,12 @@ class LlamaFormat:
                   tie_embeddings=config.boolean("tie_word_embeddings", False),
                   activation=_activation(config, "hidden_act", "silu"))
     if model_type == "qwen2":
-      if config.boolean("use_sliding_window", False):
-        raise ValueError(f"{config.source}: Qwen2 checkpoints with use_sliding_window=true (a "
-                         "window on some layers only) are not supported; Qwen2.5 models "
-                         "have it false.")
+      _no_sliding_layers(config, "Qwen2")
       fields.update(qkv_bias=True, out_bias=False)
+    elif model_type == "qwen3":
+      _no_sliding_layers(config, "Qwen3")
+      bias = config.boolean("attention_bias", False)
+      fields.update(qkv_bias=bias, out_bias=bias, qk_norm=True)
     elif model_type == "mistral":
       window = config.integer("sliding_window", None, minimum=1)
       fields["local_window"] = None if window is None else window - 1
@@ -315,6 +330,13 @@ class LlamaFormat:
   @staticmethod
   def model_type(model) -> str:
     c = model.config
+    if c.qk_norm:
+      if c.qkv_bias != c.out_bias or c.mlp_bias or c.local_window is not None:
+        raise ValueError("the Qwen3 format (the Llama family's only one with QK-norm) has "
+                         "biases on all of Q/K/V/O or none, no MLP bias and no window; this "
+                         f"model has qkv_bias={c.qkv_bias}, out_bias={c.out_bias}, "
+                         f"mlp_bias={c.mlp_bias}, local_window={c.local_window}.")
+      return "qwen3"
     if c.qkv_bias and not c.out_bias and not c.mlp_bias:
       return "qwen2"
     if c.local_window is not None:
@@ -331,9 +353,7 @@ class LlamaFormat:
   def config(model: Llama) -> dict:
     c = model.config
     model_type = LlamaFormat.model_type(model)
-    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                    "qwen2": "Qwen2ForCausalLM"}[model_type]
-    config = {"architectures": [architecture], "model_type": model_type,
+    config = {"architectures": [_ARCHITECTURES[model_type]], "model_type": model_type,
               "vocab_size": c.vocab_size, "max_position_embeddings": c.max_len,
               "hidden_size": c.width, "num_hidden_layers": c.depth,
               "num_attention_heads": c.num_heads,
@@ -349,6 +369,8 @@ class LlamaFormat:
       config["sliding_window"] = c.local_window + 1
     else:
       config.update(use_sliding_window=False, sliding_window=None)
+      if model_type == "qwen3":
+        config["attention_bias"] = c.qkv_bias
     return config
 
   @staticmethod
@@ -379,6 +401,9 @@ class LlamaFormat:
                                    attention + ("out", "kernel"), heads, head_dim))
       if c.out_bias:
         rules.append(same(hf + "self_attn.o_proj.bias", attention + ("out", "bias")))
+      if c.qk_norm:
+        rules += [same(f"{hf}self_attn.{hf_name}.weight", attention + (name, "scale"))
+                  for hf_name, name in (("q_norm", "query_norm"), ("k_norm", "key_norm"))]
       rules += [same(hf + "input_layernorm.weight", ours + ("attention_norm", "scale")),
                 same(hf + "post_attention_layernorm.weight", ours + ("mlp_norm", "scale"))]
       for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
@@ -397,14 +422,14 @@ def for_model_type(model_type: str):
     raise ValueError(f"config.json has model_type {model_type!r}; supported: "
                      f"{', '.join(sorted(FORMATS))} (architectures BertModel/BertFor*, "
                      "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
-                     "Qwen2ForCausalLM).")
+                     "Qwen2ForCausalLM, Qwen3ForCausalLM).")
   return FORMATS[model_type]
 
 
 def for_model(model):
   c = model.config
   unexpressed = {"attn_logits_soft_cap": c.attn_logits_soft_cap,  # no field in these formats
-                 "learned_sinks": c.learned_sinks or None, "qk_norm": c.qk_norm or None}
+                 "learned_sinks": c.learned_sinks or None}
   for field, value in unexpressed.items():
     if value is not None:
       raise ValueError(f"the model has {field}={value}, which BERT, GPT-2 and Llama "

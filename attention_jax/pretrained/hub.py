@@ -144,7 +144,7 @@ def model_config(family, fields: dict):
 def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None = None,
          dtype=None, shardings: dict | None = None, **overrides):
   """(model, params, tokenizer) of a Hugging Face checkpoint: BERT family, GPT-2, or a Llama,
-  Mistral or Qwen2 causal LM, with single-file or sharded safetensors weights.
+  Mistral, Qwen2 or Qwen3 causal LM, with single-file or sharded safetensors weights.
 
   Tensors are read one at a time and placed on the device as they are converted, so the
   host holds about one copy of the model.
@@ -237,8 +237,8 @@ def export(model, params, directory: str, tokenizer=None, *, dtype=None,
   with a Hugging Face one is given (a BERT's gets the [CLS] ... [SEP] post-processor if it
   lacks one; a ChatTokenizer adds tokenizer_config.json). Tensors are converted and written
   one at a time, in their dtype or `dtype`. A Llama is written as LlamaForCausalLM,
-  MistralForCausalLM (with a local_window) or Qwen2ForCausalLM (Q/K/V biases
-  only). Returns the directory."""
+  MistralForCausalLM (with a local_window), Qwen2ForCausalLM (Q/K/V biases only) or
+  Qwen3ForCausalLM (QK-norm). Returns the directory."""
   from tokenizers import processors
   model, params = layouts.unrolled(model, params)
   fmt = formats.for_model(model)

@@ -22,6 +22,12 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     "mistral-7b": 7_241_732_096,
     "qwen2.5-0.5b": 494_032_768,  # Q/K/V biases, tied head
     "qwen2.5-1.5b": 1_543_714_304,
+    # Qwen3 (model cards: 0.6B, 1.7B, 4.0B, 8.2B): the counts of transformers'
+    # Qwen3ForCausalLM built on the meta device from the published config.json values
+    "qwen3-0.6b": 596_049_920,  # tied head
+    "qwen3-1.7b": 1_720_574_976,  # tied head
+    "qwen3-4b": 4_022_468_096,  # tied head
+    "qwen3-8b": 8_190_735_360,
     "smollm2-135m": 134_515_008,
     "tinyllama-1.1b": 1_100_048_384,
     # tiny presets: pinned so that architecture changes are noticed

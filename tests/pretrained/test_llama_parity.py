@@ -1,4 +1,4 @@
-"""Llama, Mistral and Qwen2 checkpoints against Hugging Face transformers (PyTorch, CPU):
+"""Llama, Mistral, Qwen2 and Qwen3 checkpoints against Hugging Face transformers (PyTorch, CPU):
 random-initialised models built by transformers itself, saved, loaded by us; and ours
 exported and loaded by transformers. Logits and greedy generations must agree."""
 
@@ -31,6 +31,8 @@ CASES = {
     "qwen2-yarn-rope": ("Qwen2Config", "Qwen2ForCausalLM", dict(
         rope_theta=1e6, tie_word_embeddings=False, rope_scaling=dict(
             rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
+    "qwen3-qk-norm-head-dim": ("Qwen3Config", "Qwen3ForCausalLM", dict(  # head_dim != 32 / 4
+        head_dim=16, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True)),
 }
 YARN = [  # rope parameters besides rope_type and rope_theta
     dict(factor=4.0, original_max_position_embeddings=16),  # Qwen2.5's form
@@ -47,11 +49,10 @@ def _hf_model(case, seed=0):
   config = getattr(transformers, config_name)(**{**TINY, **options})
   torch.manual_seed(seed)
   model = getattr(transformers, model_name)(config).eval()
-  if config_name == "Qwen2Config":  # its biases start at zero; make them count
-    with torch.no_grad():
-      for name, p in model.named_parameters():
-        if name.endswith("proj.bias"):
-          p.normal_(0, 0.5)
+  with torch.no_grad():  # Qwen2's biases and Qwen3's QK-norm weights start constant
+    for name, p in model.named_parameters():
+      if name.endswith("proj.bias") or name.endswith(("q_norm.weight", "k_norm.weight")):
+        p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.5)
   return model
 
 
@@ -155,7 +156,7 @@ def test_checkpoints_we_cannot_read_say_why(tmp_path):
   (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
                                                               "model_type": "gemma2"}))
   with pytest.raises(ValueError, match="model_type 'gemma2'; supported: .*llama, mistral, "
-                     "qwen2.*Qwen2ForCausalLM"):
+                     "qwen2.*Qwen2ForCausalLM, Qwen3ForCausalLM"):
     pretrained.load(str(tmp_path / "other"))
 
 
