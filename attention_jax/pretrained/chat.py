@@ -352,9 +352,12 @@ class ChatTokenizer:
     return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                  skip_special_tokens=skip_special_tokens)
 
-  def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+  def render_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                  **variables) -> str:
     """The chat template applied to `messages` ([{"role", "content"}, ...]), bounded in
-    output and time (MAX_RENDERED_CHARS, RENDER_SECONDS)."""
+    output and time (MAX_RENDERED_CHARS, RENDER_SECONDS). `variables` are the template's own
+    switches, as transformers' `apply_chat_template(**kwargs)` passes them (Qwen3's
+    `enable_thinking=False`): booleans, numbers, strings or None."""
     if self._compiled is None:
       raise ChatTemplateError("this checkpoint's tokenizer has no chat template "
                               "(tokenizer_config.json 'chat_template' or chat_template.jinja).")
@@ -362,16 +365,25 @@ class ChatTokenizer:
       if not isinstance(message, dict) or "role" not in message or "content" not in message:
         raise ChatTemplateError(f"message {i} must be a dict with 'role' and 'content', got "
                                 f"{message!r}.")
-    return _render_bounded(self._compiled, self.template_source, dict(
-        messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
-        documents=None, **{k: v for k, v in self.special.items() if v is not None}))
+    context = dict(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+                   documents=None, **{k: v for k, v in self.special.items() if v is not None})
+    for name, value in variables.items():
+      if name in context or not name.isidentifier():
+        raise ChatTemplateError(f"template variable {name!r} is not one a caller may set: "
+                                f"{', '.join(sorted(context))} are set by attention_jax.")
+      if not (value is None or isinstance(value, (bool, int, float, str))):
+        raise ChatTemplateError(f"template variable {name!r} must be a boolean, number, "
+                                f"string or None, got {type(value).__name__}.")
+    return _render_bounded(self._compiled, self.template_source, {**context, **variables})
 
-  def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+  def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                  **variables) -> list[int]:
     """Token ids of the rendered chat (special tokens come from the template only)."""
-    return self.encode(self.render_chat(messages, add_generation_prompt),
+    return self.encode(self.render_chat(messages, add_generation_prompt, **variables),
                        add_special_tokens=False)
 
-  def encode_chat_with_mask(self, messages: list[dict]) -> tuple[list[int], list[int]]:
+  def encode_chat_with_mask(self, messages: list[dict], **variables
+                            ) -> tuple[list[int], list[int]]:
     """(ids, mask): mask 1 on the tokens of assistant turns (what SFT trains on), 0 on the
     rest. A turn's tokens are what rendering the conversation up to its end adds to
     rendering it up to the turn with a generation prompt.
@@ -379,36 +391,59 @@ class ChatTokenizer:
     Found in time linear in the conversation (`_assistant_spans`: one render and one
     tokenization, checked against the definition); a template that does not render each
     message in place falls back to rendering every prefix (quadratic in the turns)."""
-    ids = self.encode_chat(messages)
+    ids = self.encode_chat(messages, **variables)
     mask = [0] * len(ids)
     turns = sum(m["role"] == "assistant" for m in messages)
     # With few turns rendering every prefix is the cheaper way.
-    spans = self._assistant_spans(messages, ids) if turns >= _LINEAR_FROM_TURNS else None
+    spans = (self._assistant_spans(messages, ids, variables) if turns >= _LINEAR_FROM_TURNS
+             else None)
     if spans is None:
-      spans = [(len(self.encode_chat(messages[:i], add_generation_prompt=True)),
-                len(self.encode_chat(messages[:i + 1])))
-               for i, m in enumerate(messages) if m["role"] == "assistant"]
+      spans = self._prefix_spans(messages, variables)
     for start, end in spans:
       mask[start:min(end, len(ids))] = [1] * max(0, min(end, len(ids)) - start)
     return ids, mask
 
-  def _assistant_spans(self, messages: list[dict], ids: list[int]
-                       ) -> list[tuple[int, int]] | None:
+  def _prefix_spans(self, messages: list[dict], variables: dict) -> list[tuple[int, int]]:
+    """Each assistant turn's span by the definition, rendering every prefix; refused when a
+    prefix is not how the whole conversation begins (the turn would not be where its tokens
+    are)."""
+    text = self.render_chat(messages, **variables)
+    spans = []
+    for i, message in enumerate(messages):
+      if message["role"] != "assistant":
+        continue
+      before = self.render_chat(messages[:i], add_generation_prompt=True, **variables)
+      through = self.render_chat(messages[:i + 1], **variables)
+      if not (text.startswith(before) and text.startswith(through)):
+        raise ChatTemplateError(
+            f"{self.template_source}: the chat template renders the conversation up to "
+            f"assistant turn {i} differently once later turns follow it (Qwen3's drops the "
+            "thinking block of all but the last reply; some templates end only the last "
+            "message), so the turn's tokens cannot be found by rendering prefixes. Split the "
+            "conversation into one example per assistant turn, or use a template that "
+            "renders each turn in place.")
+      encode = lambda piece: len(self.encode(piece, add_special_tokens=False))
+      spans.append((encode(before), encode(through)))
+    return spans
+
+  def _assistant_spans(self, messages: list[dict], ids: list[int],
+                       variables: dict | None = None) -> list[tuple[int, int]] | None:
     """Each assistant turn's [start, end) token span, from one render of the conversation
     with each content replaced by a marker and a few renders of its first turns (what the
     template writes after a message of each role, and its generation prompt); None when the
     template does not write each message's content in place and the same text around it
     everywhere, or when the first and last turns disagree with the definition."""
+    variables = variables or {}
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns or any(_MARK in m["content"] for m in messages):
       return None
     markers = [f"{_MARK}{i}{_MARK}" for i in range(len(messages))]
     skeleton = [{**m, "content": marker} for m, marker in zip(messages, markers)]
-    rendered = self.render_chat(skeleton)
+    rendered = self.render_chat(skeleton, **variables)
     places = [rendered.find(marker) for marker in markers]
     if min(places) < 0 or places != sorted(places):
       return None
-    text = self.render_chat(messages)
+    text = self.render_chat(messages, **variables)
     shift, pieces, previous = [0], [], 0  # skeleton position -> text position, per marker
     for i, place in enumerate(places):
       pieces += [rendered[previous:place], messages[i]["content"]]
@@ -419,11 +454,11 @@ class ChatTokenizer:
     after, prompt = {}, None  # what follows a last message of each role; the prompt
     for k, message in enumerate(messages):
       if message["role"] not in after:
-        alone = self.render_chat(skeleton[:k + 1])
+        alone = self.render_chat(skeleton[:k + 1], **variables)
         after[message["role"]] = alone[alone.rfind(markers[k]) + len(markers[k]):]
       if k in turns and prompt is None:
-        plain = self.render_chat(skeleton[:k])
-        with_prompt = self.render_chat(skeleton[:k], add_generation_prompt=True)
+        plain = self.render_chat(skeleton[:k], **variables)
+        with_prompt = self.render_chat(skeleton[:k], add_generation_prompt=True, **variables)
         if not with_prompt.startswith(plain):
           return None
         prompt = with_prompt[len(plain):]
@@ -446,7 +481,8 @@ class ChatTokenizer:
         return None  # a token straddles the turn's edge
       spans.append(span)
     for k, span in {turns[0]: spans[0], turns[-1]: spans[-1]}.items():
-      if span != (len(self.encode_chat(messages[:k], add_generation_prompt=True)),
-                  len(self.encode_chat(messages[:k + 1]))):
+      if span != (len(self.encode_chat(messages[:k], add_generation_prompt=True,
+                                       **variables)),
+                  len(self.encode_chat(messages[:k + 1], **variables))):
         return None
     return spans

@@ -1,6 +1,7 @@
 """Chat JSONL from someone else: every bad line is an error naming the file and line, a long
 conversation is cut before it is encoded (to the tokens encoding it whole would keep), and
-the assistant mask is found in time linear in the turns, equal to rendering every prefix."""
+the assistant mask is found in time linear in the turns, equal to rendering every prefix (and
+refused where a prefix is not how the whole conversation begins)."""
 
 import json
 import random
@@ -59,7 +60,7 @@ def _conversation(rng, turns):
                    for _ in range(turns) for role in ("user", "assistant")]
 
 
-@pytest.mark.parametrize("template", [CHATML, TRIMMING, LAST_TURN_DIFFERS])
+@pytest.mark.parametrize("template", [CHATML, TRIMMING])
 def test_the_linear_mask_equals_rendering_every_prefix(bpe, template):
   tokenizer = _chat(bpe, template)
   rng = random.Random(0)
@@ -71,8 +72,21 @@ def test_the_linear_mask_equals_rendering_every_prefix(bpe, template):
     fast += tokenizer._assistant_spans(messages, ids) is not None
   if template == CHATML:
     assert fast == 40  # contents in place: never the quadratic fallback
-  if template == LAST_TURN_DIFFERS:
-    assert fast == 0  # the last message renders differently: the fallback, still equal
+
+
+def test_a_template_whose_prefixes_are_not_the_conversation_is_refused(bpe):
+  """Where the last message renders differently (no <|end|>), a prefix's tokens are not
+  where that turn sits in the whole conversation: the mask would cover the prompt's tokens,
+  so it is refused with the reason (a single reply too: its user turn loses its <|end|>)."""
+  tokenizer = _chat(bpe, LAST_TURN_DIFFERS)
+  messages = _conversation(random.Random(0), 2)
+  assert tokenizer._assistant_spans(messages, tokenizer.encode_chat(messages)) is None
+  with pytest.raises(pretrained.ChatTemplateError, match="cannot be found by rendering "
+                     "prefixes. Split the conversation"):
+    tokenizer.encode_chat_with_mask(messages)
+  one = [{"role": "user", "content": "the harp"}, {"role": "assistant", "content": "a lyre"}]
+  with pytest.raises(pretrained.ChatTemplateError, match="up to assistant turn 1"):
+    tokenizer.encode_chat_with_mask(one)  # the user turn loses its <|end|> in the prefix
 
 
 def test_the_mask_of_a_long_conversation_takes_linear_time(bpe):

@@ -133,7 +133,7 @@ def test_errors_name_the_argument_and_the_kernels_that_take_it():
                      "do: .*dot_product.*flash"):
     kernels.get("xla")(q, q, q, logits_soft_cap=30.0)
   with pytest.raises(ValueError, match=r"one learned logit per query head, shape \[heads\] = "
-                     r"\(2,\), got \(4,\).*`sink_tokens`"):
+                     r"\(2,\) \(or one scalar for all\), got \(4,\).*`sink_tokens`"):
     kernels.flash_attention(q, q, q, sinks=jnp.zeros(4))
   with pytest.raises(ValueError, match="`sinks` must be floating-point"):
     kernels.dot_product_attention(q, q, q, sinks=jnp.zeros(2, jnp.int32))
