@@ -1,6 +1,7 @@
 """Llama-style decoders (Llama 2/3, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama): RMSNorm,
 SwiGLU, rotary positions, grouped-query attention; Qwen2's Q/K/V bias, Qwen3's QK-norm and
-Mistral's sliding window are config fields. Parameter names follow our layers; `pretrained` maps Hugging Face's."""
+Mistral's sliding window are config fields. Parameter names follow our layers; `pretrained`
+maps Hugging Face's."""
 
 from __future__ import annotations
 

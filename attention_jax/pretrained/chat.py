@@ -408,6 +408,7 @@ class ChatTokenizer:
     prefix is not how the whole conversation begins (the turn would not be where its tokens
     are)."""
     text = self.render_chat(messages, **variables)
+    length = lambda piece: len(self.encode(piece, add_special_tokens=False))
     spans = []
     for i, message in enumerate(messages):
       if message["role"] != "assistant":
@@ -422,8 +423,7 @@ class ChatTokenizer:
             "message), so the turn's tokens cannot be found by rendering prefixes. Split the "
             "conversation into one example per assistant turn, or use a template that "
             "renders each turn in place.")
-      encode = lambda piece: len(self.encode(piece, add_special_tokens=False))
-      spans.append((encode(before), encode(through)))
+      spans.append((length(before), length(through)))
     return spans
 
   def _assistant_spans(self, messages: list[dict], ids: list[int],
