@@ -82,6 +82,7 @@ class MultiHeadAttention(nn.Module):
       size a KV cache; then each call appends its tokens.
     sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
     logits_soft_cap: c caps the scores, c·tanh(score / c), in the kernel (Gemma 2).
+    scale: the scores' scale; default head_dim ** -0.5 (Gemma: query_pre_attn_scalar ** -0.5).
     qk_norm: None, or a norm kind ("rms", "layer") applied to each head's queries and keys
       (over head_dim; parameters 'query_norm', 'key_norm' [head_dim]) before the rotary
       embedding and the cache (Qwen3, Gemma 3); norm_eps its epsilon.
@@ -104,6 +105,7 @@ class MultiHeadAttention(nn.Module):
   decode: bool = False
   sow_weights: bool = False
   logits_soft_cap: float | None = None
+  scale: float | None = None
   learned_sinks: bool = False
   qk_norm: str | None = None
   norm_eps: float = 1e-6
@@ -160,7 +162,8 @@ class MultiHeadAttention(nn.Module):
     q_offset = index.value if decoding else key.shape[1] - query.shape[1]
     if self.position == "rotary":  # keys are rotated before they enter a cache
       query, key = self._rotate(query, key, inputs.positions, q_offset, decoding)
-    attend = functools.partial(self._attend, kernel, q_offset=q_offset, features=features,
+    attend = functools.partial(self._attend, kernel=kernel, q_offset=q_offset,
+                               features=features,
                                relative_biases=relative_biases, deterministic=deterministic)
     if self.decode:
       out = caches.for_kernel(kernel, self, index)(query, key, value, inputs, attend)
@@ -181,10 +184,11 @@ class MultiHeadAttention(nn.Module):
     return (rotate(query, q_offset + jnp.arange(q_len) if positions is None else positions),
             rotate(key, key_start + jnp.arange(kv_len) if positions is None else positions))
 
-  def _attend(self, kernel, query, key, value, inputs: AttentionInputs, local_window, *,
+  def _attend(self, query, key, value, inputs: AttentionInputs, local_window, *, kernel,
               q_offset, features, relative_biases, deterministic):
     """The kernel over [batch, len, heads, head_dim] queries, keys and values with `inputs`,
-    ALiBi or Transformer-XL's positions, dropout and sown weights as configured."""
+    ALiBi or Transformer-XL's positions, sinks, soft-capping, the scale, dropout and sown
+    weights as configured. A cache may pass its own `kernel`."""
     bias = inputs.bias
     if self.position == "alibi":
       alibi = positional.alibi_bias(self.num_heads, query.shape[1], key.shape[1], q_offset)
@@ -194,7 +198,7 @@ class MultiHeadAttention(nn.Module):
       sinks = self.param("sinks", nn.initializers.zeros, (self.num_heads,), self.param_dtype)
     kwargs = dict(mask=inputs.mask, bias=bias, kv_lengths=inputs.kv_lengths,
                   segment_ids=inputs.segment_ids, local_window=local_window,
-                  logits_soft_cap=self.logits_soft_cap, sinks=sinks)
+                  logits_soft_cap=self.logits_soft_cap, sinks=sinks, scale=self.scale)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if inputs.causal:
       kwargs["causal"] = True

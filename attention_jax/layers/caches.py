@@ -1,6 +1,8 @@
 """Decoding caches: what an attention layer keeps in its 'cache' collection from one call to
 the next, one class per kernel `decoding` (`for_kernel` picks it):
   "kv_cache": `KVCache`, every key and value so far, attended through the layer's kernel;
+    a layer with a `local_window` (Mistral, Gemma's sliding layers) keeps a `WindowCache`
+    of the window instead;
   "window": `WindowCache`, first-token sinks plus the last w + 1 keys of a sliding window;
   "state": `StateCache`, a recurrent kernel's fixed-size state.
 Each is called as `cache(query, key, value, inputs, attend) -> out [batch, q, heads, dim]`
@@ -67,8 +69,8 @@ class KVCache:
   """Keys and values of every position so far, [batch, max_len, kv_heads, head_dim], sized by
   the input the layer is initialised with; each call writes its tokens at the cache index
   and attends over the whole cache as in training, through the layer's kernel, with a mask
-  that holds causality and the local window. Writing past the end is the caller's error
-  (`generate` checks lengths before it starts)."""
+  that holds causality. Writing past the end is the caller's error (`generate` checks
+  lengths before it starts)."""
 
   def __init__(self, module: nn.Module, kernel, index):
     self.module, self.kernel, self.index = module, kernel, index
@@ -85,12 +87,9 @@ class KVCache:
     cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
     self.index.value = start + new
     distance = (start + jnp.arange(new))[:, None] - jnp.arange(cached_key.value.shape[1])[None]
-    visible = distance >= 0
-    if self.module.local_window is not None:
-      visible &= distance <= self.module.local_window
-    visible = visible[None, None]
+    visible = (distance >= 0)[None, None]
     mask = visible if inputs.mask is None else jnp.logical_and(inputs.mask, visible)
-    # The mask is causal and windowed already.
+    # The mask is causal already.
     return attend(query, cached_key.value, cached_value.value,
                   inputs.replace(mask=mask, causal=False), None)
 
@@ -134,31 +133,41 @@ class StateCache(_SegmentCache):
 
 
 class WindowCache(_SegmentCache):
-  """A sliding-window kernel's bounded cache: the first-token sinks plus the last w + 1 keys
-  (`window_cache_size`), whatever the length decoded; attended with flash attention and
-  `window_mask`."""
+  """A sliding window's bounded cache: the first-token sinks plus the last w + 1 keys
+  (`window_cache_size`; no more than the length the layer is initialised with), whatever
+  the length decoded, attended with `window_mask`. For the `sliding_window` kernel the
+  window and sinks are its own defaults (or the layer's local_window) and flash attends;
+  for a layer with a `local_window` over another kernel, that kernel attends (no sinks)."""
   NAMES = ("cached_key", "cached_value", "cached_position", "cached_segment")
 
-  def __call__(self, query, key, value, inputs: AttentionInputs, attend):
-    del attend  # the bounded cache has its own mask
-    segment_ids = self._segments(inputs)
-    options = inspect.signature(self.kernel.fn).parameters
+  def _window(self) -> tuple[int, int, object]:
+    """(left window, first-token sinks, kernel that attends over the cache)."""
     window = self.module.local_window
+    if self.kernel.decoding != "window":
+      return window, 0, self.kernel
+    options = inspect.signature(self.kernel.fn).parameters
     window = options["local_window"].default if window is None else window
     left = window if isinstance(window, int) else int(window[0])
-    sink_tokens = int(options["sink_tokens"].default)
+    return left, int(options["sink_tokens"].default), kernels.get("flash")
+
+  def __call__(self, query, key, value, inputs: AttentionInputs, attend):
+    """`attend(query, key, value, inputs, local_window, kernel=...)` is the layer's kernel
+    call, with its sinks, soft-capping and scale."""
+    segment_ids = self._segments(inputs)
+    left, sink_tokens, attending = self._window()
     batch, n = query.shape[:2]
     variable = self.module.variable
     if self.module.is_initializing():
-      size = window_cache_size(left, sink_tokens)
+      size = min(window_cache_size(left, sink_tokens), key.shape[1])
       variable("cache", "cached_key", jnp.zeros, (batch, size) + key.shape[2:], key.dtype)
       variable("cache", "cached_value", jnp.zeros, (batch, size) + value.shape[2:],
                value.dtype)
       # Positions are stored + 1 so that a zeroed cache (`generation.init_cache`) is empty.
       variable("cache", "cached_position", jnp.zeros, (batch, size), jnp.int32)
       variable("cache", "cached_segment", jnp.zeros, (batch, size), jnp.int32)
-      return self.kernel(query, key, value, causal=True, local_window=left)
+      return attend(query, key, value, AttentionInputs(causal=True), left)
     cache = {name: variable("cache", name, lambda: None) for name in self.NAMES}
+    size = cache["cached_key"].value.shape[1]
     q_seg = jnp.zeros((batch, n), jnp.int32) if segment_ids is None else segment_ids
     q_pos = self.index.value + jnp.arange(n)[None] if inputs.positions is None else (
         inputs.positions)
@@ -169,10 +178,10 @@ class WindowCache(_SegmentCache):
               for name in self.NAMES}
     mask = window_mask(q_pos, q_seg, joined["cached_position"] - 1, joined["cached_segment"],
                        left=left, sink_tokens=sink_tokens)
-    out = kernels.flash_attention(query, joined["cached_key"], joined["cached_value"],
-                                  mask=mask)
+    out = attend(query, joined["cached_key"], joined["cached_value"],
+                 AttentionInputs(mask=mask), None, kernel=attending)
     written = write_window({name: cache[name].value for name in self.NAMES}, new, q_pos,
-                           left=left, sink_tokens=sink_tokens)
+                           left=size - sink_tokens - 1, sink_tokens=sink_tokens)
     for name in self.NAMES:
       cache[name].value = written[name]
     self.index.value = self.index.value + n
@@ -184,5 +193,8 @@ CACHES = {"kv_cache": KVCache, "state": StateCache, "window": WindowCache}
 
 def for_kernel(kernel, module: nn.Module, index):
   """The cache of `kernel.decoding` for attention layer `module`, whose 'cache_index'
-  variable is `index`."""
+  variable is `index`: a bounded `WindowCache` for a KV-cache kernel in a layer with a
+  local window."""
+  if kernel.decoding == "kv_cache" and module.local_window is not None:
+    return WindowCache(module, kernel, index)
   return CACHES[kernel.decoding](module, kernel, index)

@@ -19,6 +19,7 @@ from attention_jax.layers.norms import NORMS
 # `position` values that act inside attention; the others ("learned", "sinusoidal", "none")
 # live in the embeddings.
 ATTENTION_POSITIONS = ("rotary", "alibi", "relative")
+LAYER_TYPES = ("sliding", "full")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,7 +30,10 @@ class TransformerConfig:
     width, depth, num_heads, mlp_dim; num_kv_heads (GQA/MQA; default num_heads); head_dim
     (default width // num_heads); vocab_size, max_len (0 where unused).
     pre_ln: x + f(norm(x)) (GPT, ViT, Llama) rather than norm(x + f(x)) (BERT, Vaswani).
-    norm: "layer" (LayerNorm) or "rms" (RMSNorm, Llama); ln_eps its epsilon.
+    norm: "layer" (LayerNorm), "rms" (RMSNorm, Llama) or "rms_unit_offset" (RMSNorm with the
+      weight 1 + scale, Gemma); ln_eps its epsilon.
+    post_norms: also normalise each sublayer's output before the residual sum,
+      x + norm(f(norm(x))) (Gemma 2/3; parameters attention_post_norm, mlp_post_norm).
     activation, gated_mlp (GLU: act(gate(x)) * fc1(x), SwiGLU with "silu"), mlp_bias.
     qkv_bias, out_bias: biases on the Q/K/V and output projections (Qwen2: True, False).
     qk_norm: the `norm` of each head's queries and keys (over head_dim, one weight shared by
@@ -37,6 +41,17 @@ class TransformerConfig:
     position: "learned", "sinusoidal", "none" (embeddings) or "rotary", "alibi", "relative"
       (inside attention); rotary_base and rope_scaling for "rotary".
     tie_embeddings: logits through the token table rather than their own projection.
+    scale_embeddings: token embeddings multiplied by sqrt(width) (Gemma).
+    final_logits_soft_cap: c caps the output logits at ±c, c·tanh(logit / c) (Gemma 2).
+    query_pre_attn_scalar: attention scores scaled by query_pre_attn_scalar ** -0.5 rather
+      than head_dim ** -0.5 (Gemma 2/3).
+    layer_types: each layer's attention, "sliding" (keys within `local_window` of the
+      diagonal) or "full", one per layer (Gemma 2 alternates them, Gemma 3 has 5 sliding to
+      1 full); None: every layer has `local_window`. Decoding keeps a bounded cache of the
+      window for the sliding layers. `scan_layers` needs layers that are all alike (one
+      type) for now.
+    local_rotary_base: the rotary base of the sliding layers, which then take no
+      rope_scaling (Gemma 3's local layers); None: the same rotary as the full layers.
     attn_logits_soft_cap: c caps every attention score at ±c, c·tanh(score / c) (Gemma 2);
       None: no cap. Needs a kernel that takes `logits_soft_cap`.
     learned_sinks: one learned logit per head in every attention row's softmax denominator
@@ -67,6 +82,12 @@ class TransformerConfig:
   rotary_base: float = 10000.0
   rope_scaling: RopeScaling | None = None
   tie_embeddings: bool = True
+  scale_embeddings: bool = False
+  final_logits_soft_cap: float | None = None
+  query_pre_attn_scalar: float | None = None
+  post_norms: bool = False
+  layer_types: tuple[str, ...] | None = None
+  local_rotary_base: float | None = None
   attn_logits_soft_cap: float | None = None
   learned_sinks: bool = False
   kernel: str | Callable = "dot_product"
@@ -86,6 +107,35 @@ class TransformerConfig:
       raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}.")
     if self.local_window is not None and self.local_window < 0:
       raise ValueError(f"local_window must be >= 0 (or None), got {self.local_window}.")
+    if self.layer_types is not None:
+      self._check_layer_types()
+    elif self.local_rotary_base is not None:
+      raise ValueError("local_rotary_base is the rotary base of the sliding layers; set "
+                       "layer_types to say which layers slide.")
+    for name in ("final_logits_soft_cap", "attn_logits_soft_cap", "query_pre_attn_scalar"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name} must be positive (or None), got {value}.")
+
+  def _check_layer_types(self):
+    types = tuple(self.layer_types)  # a list from a command line or a JSON file
+    object.__setattr__(self, "layer_types", types)
+    unknown = sorted(set(types) - set(LAYER_TYPES))
+    if unknown:
+      raise ValueError(f"layer_types may hold {LAYER_TYPES}, got {unknown}.")
+    if len(types) != self.depth:
+      raise ValueError(f"layer_types has {len(types)} entries for depth={self.depth}: give "
+                       "one per layer.")
+    if "sliding" in types and self.local_window is None:
+      raise ValueError("layer_types has sliding layers but local_window is None: set the "
+                       "window they slide over.")
+
+  def layer_period(self) -> int:
+    """The length of the shortest group of layers whose repetition gives `layer_types`
+    (cut at depth); 1 without layer_types."""
+    types = self.layer_types or ("full",)
+    return next(p for p in range(1, len(types) + 1)
+                if all(types[i] == types[i % p] for i in range(len(types))))
 
   @property
   def attention_position(self) -> str:

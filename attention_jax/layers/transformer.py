@@ -33,27 +33,43 @@ class TransformerBlock(nn.Module):
   Pre-LN (GPT-2, ViT, Llama): x + f(norm(x)); post-LN (Vaswani, BERT, Transformer-XL):
   norm(x + f(x)). Dropout is applied to each sublayer's output before the residual sum.
   `cross_attention` adds encoder-decoder attention over `encoded` after self-attention.
+  `layer_type` is this block's entry of `config.layer_types` ("sliding": self-attention over
+  `local_window`, with `local_rotary_base` when set; "full"); None without layer_types.
+  `config.post_norms` normalises each sublayer's output too (Gemma).
   `config.remat` rematerialises the block in training (`jax.checkpoint`; the parameters are
   unchanged): "none", "full" (keep only the block's input), "dots" (keep matmul outputs) or
   "dots_with_no_batch_dims" (keep the weight matmuls' outputs, not attention's).
   """
   config: TransformerConfig
   cross_attention: bool = False
+  layer_type: str | None = None
 
   def _attention(self, name, decode=False, position="none"):
     c = self.config
+    if (c.layer_types is None) != (self.layer_type is None):
+      raise ValueError(f"a block of a config with layer_types={c.layer_types} needs its "
+                       f"layer_type (got {self.layer_type!r}); build the stack with "
+                       "`block_stack` or `scanned_blocks`.")
+    local = name == "attention" and self.layer_type != "full"  # self-attention only
+    own_rotary = local and self.layer_type == "sliding" and c.local_rotary_base is not None
     return MultiHeadAttention(
         num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
         kernel=c.kernel, dropout_rate=c.attention_dropout_rate, use_bias=c.qkv_bias,
-        out_bias=c.out_bias, position=position, rotary_base=c.rotary_base,
-        rope_scaling=c.rope_scaling,
-        local_window=c.local_window if name == "attention" else None,  # self-attention only
+        out_bias=c.out_bias, position=position,
+        rotary_base=c.local_rotary_base if own_rotary else c.rotary_base,
+        rope_scaling=None if own_rotary else c.rope_scaling,
+        local_window=c.local_window if local else None,
         decode=decode, sow_weights=c.sow_weights, logits_soft_cap=c.attn_logits_soft_cap,
+        scale=None if c.query_pre_attn_scalar is None else c.query_pre_attn_scalar ** -0.5,
         learned_sinks=c.learned_sinks, qk_norm=c.norm if c.qk_norm else None,
         norm_eps=c.ln_eps, dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name=name)
 
   def _norm(self, name):
     return norm_layer(self.config, name)
+
+  def _post_norm(self, name):
+    """The sublayer output's norm with `post_norms` (Gemma), else nothing."""
+    return self._norm(name) if self.config.post_norms else (lambda y: y)
 
   def __call__(self, x, inputs: AttentionInputs | None = None, *, encoded=None,
                encoded_inputs: AttentionInputs | None = None, memory=None,
@@ -80,8 +96,9 @@ class TransformerBlock(nn.Module):
     attention = self._attention("attention", c.decode, c.attention_position)
     norm = self._norm("attention_norm")
     context = x if memory is None else jnp.concatenate([memory.astype(x.dtype), x], axis=1)
-    attend = lambda q, kv: attention(q, kv, inputs, relative_biases=relative_biases,
-                                     deterministic=deterministic)
+    post_norm = self._post_norm("attention_post_norm")
+    attend = lambda q, kv: post_norm(attention(q, kv, inputs, relative_biases=relative_biases,
+                                               deterministic=deterministic))
     if c.pre_ln:
       normed = norm(context)
       x = x + dropout(attend(normed[:, -x.shape[1]:], normed))
@@ -99,8 +116,9 @@ class TransformerBlock(nn.Module):
 
     mlp = Mlp(c.mlp_dim, activation=c.activation, gated=c.gated_mlp, use_bias=c.mlp_bias,
               dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name="mlp")
-    norm = self._norm("mlp_norm")
-    return x + dropout(mlp(norm(x))) if c.pre_ln else norm(x + dropout(mlp(x)))
+    norm, post_norm = self._norm("mlp_norm"), self._post_norm("mlp_post_norm")
+    return (x + dropout(post_norm(mlp(norm(x)))) if c.pre_ln
+            else norm(x + dropout(post_norm(mlp(x)))))
 
 
 def norm_layer(config: TransformerConfig, name: str | None = None) -> nn.Module:
@@ -124,9 +142,13 @@ def scanned_blocks(config: TransformerConfig, **module_options) -> nn.Module:
   gains a leading `layers` axis of size `depth`. Run it with `run_blocks`. Name it "blocks"
   (`partitioning.STACKED`) or "<group>_blocks" in a model with several stacks: sharding and
   the layout conversions look for these names."""
+  if config.layer_period() > 1:
+    raise ValueError(f"scan_layers over layer_types={config.layer_types} (layers that are "
+                     "not all alike) is not supported yet; set scan_layers=False.")
+  layer_type = config.layer_types[0] if config.layer_types else None
   return nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                  split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                 length=config.depth)(config, **module_options)
+                 length=config.depth)(config, layer_type=layer_type, **module_options)
 
 
 def run_blocks(blocks, x, inputs: AttentionInputs | None = None, *, encoded=None,
@@ -150,5 +172,7 @@ def block_stack(x, config: TransformerConfig, inputs: AttentionInputs | None = N
   if config.scan_layers:
     blocks = scanned_blocks(config, name=STACKED)
   else:
-    blocks = [TransformerBlock(config, name=f"{prefix}{i}") for i in range(config.depth)]
+    types = config.layer_types or (None,) * config.depth
+    blocks = [TransformerBlock(config, layer_type=types[i], name=f"{prefix}{i}")
+              for i in range(config.depth)]
   return run_blocks(blocks, x, inputs, deterministic=deterministic)

@@ -4,6 +4,7 @@ presets."""
 from attention_jax.layers.config import with_options
 from attention_jax.models.bert import Bert, BertConfig
 from attention_jax.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from attention_jax.models.gemma import Gemma, GemmaConfig
 from attention_jax.models.generation import (beam_search, generate, generate_stream,
                                              greedy_decode, sample_logits)
 from attention_jax.models.gpt import GPT, GPTConfig
@@ -14,7 +15,7 @@ from attention_jax.models.transformer_xl import (TransformerXL, TransformerXLCon
 from attention_jax.models.vit import ViT, ViTConfig
 
 __all__ = ["Bert", "BertConfig", "EncoderDecoder", "EncoderDecoderConfig", "GPT", "GPTConfig",
-           "Llama", "LlamaConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
+           "Gemma", "GemmaConfig", "Llama", "LlamaConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
            "ViTConfig", "adaptive_log_probs", "beam_search", "config_class", "create",
            "generate", "generate_stream", "greedy_decode", "names", "param_count", "sample_logits",
            "with_options"]

@@ -54,7 +54,8 @@ class Llama(nn.Module):
     if c.decode:
       positions = decode_positions(self, tokens.shape[1], positions)
     embed = TextEmbeddings(c.vocab_size, c.width, c.max_len, position="none",
-                           dropout_rate=c.dropout_rate, dtype=c.dtype,
+                           scale_tokens=c.scale_embeddings, dropout_rate=c.dropout_rate,
+                           dtype=c.dtype,
                            param_dtype=c.param_dtype, name="embed")
     x = embed(tokens, positions, deterministic=deterministic)
     inputs = AttentionInputs(mask=mask, segment_ids=segment_ids, positions=positions,
@@ -62,9 +63,14 @@ class Llama(nn.Module):
     x = block_stack(x, c, inputs, deterministic=deterministic)
     x = norm_layer(c, "final_norm")(x)
     if c.tie_embeddings:
-      return embed.attend(x).astype(jnp.float32)
-    return nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
-                    kernel_init=default_kernel_init, name="lm_head")(x).astype(jnp.float32)
+      logits = embed.attend(x).astype(jnp.float32)
+    else:
+      logits = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
+                        kernel_init=default_kernel_init, name="lm_head")(x).astype(jnp.float32)
+    if c.final_logits_soft_cap is not None:
+      cap = c.final_logits_soft_cap
+      logits = cap * jnp.tanh(logits / cap)
+    return logits
 
   def example_inputs(self):
     return (jnp.zeros((1, min(8, self.config.max_len or 8)), jnp.int32),)

@@ -17,6 +17,7 @@ from attention_jax.kernels.positional import RopeScaling
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.models.bert import Bert
 from attention_jax.models.encoder_decoder import EncoderDecoder
+from attention_jax.models.gemma import Gemma, gemma_layer_types
 from attention_jax.models.gpt import GPT
 from attention_jax.models.llama import Llama
 from attention_jax.models.transformer_xl import TransformerXL
@@ -46,6 +47,13 @@ _QWEN25 = dict(vocab_size=151936, max_len=32768, num_kv_heads=2, ln_eps=1e-6,
                rotary_base=1e6, qkv_bias=True, tie_embeddings=True)
 _QWEN3 = dict(vocab_size=151936, max_len=40960, num_kv_heads=8, head_dim=128, ln_eps=1e-6,
               rotary_base=1e6, qk_norm=True)
+
+# Gemma's sliding windows are transformers' sliding_window - 1 (keys within that distance).
+_GEMMA2 = dict(vocab_size=256000, max_len=8192, head_dim=256, query_pre_attn_scalar=256,
+               attn_logits_soft_cap=50.0, final_logits_soft_cap=30.0, local_window=4095)
+_GEMMA3 = dict(vocab_size=262144, max_len=32768, num_kv_heads=1, head_dim=256,
+               query_pre_attn_scalar=256, qk_norm=True, local_window=511, rotary_base=1e6,
+               local_rotary_base=10000.0)
 
 
 def _llama3_scaling(factor: float) -> RopeScaling:
@@ -106,6 +114,18 @@ PRESETS: dict[str, Preset] = {
                         width=2560, depth=36, num_heads=32, mlp_dim=9728, tie_embeddings=True),
     "qwen3-8b": _preset(Llama, "Qwen/Qwen3-8B (QK-norm, head_dim 128)", **_QWEN3, width=4096,
                         depth=36, num_heads=32, mlp_dim=12288),
+    "gemma-2-2b": _preset(Gemma, "google/gemma-2-2b (soft-capping, alternating sliding "
+                          "window 4096)", **_GEMMA2, width=2304, depth=26, num_heads=8,
+                          num_kv_heads=4, mlp_dim=9216, layer_types=gemma_layer_types(26, 2)),
+    "gemma-2-9b": _preset(Gemma, "google/gemma-2-9b (soft-capping, alternating sliding "
+                          "window 4096)", **_GEMMA2, width=3584, depth=42, num_heads=16,
+                          num_kv_heads=8, mlp_dim=14336, layer_types=gemma_layer_types(42, 2)),
+    "gemma-3-270m": _preset(Gemma, "google/gemma-3-270m (QK-norm, 5 sliding (512) : 1 full)",
+                            **_GEMMA3, width=640, depth=18, num_heads=4, mlp_dim=2048,
+                            layer_types=gemma_layer_types(18, 6)),
+    "gemma-3-1b": _preset(Gemma, "google/gemma-3-1b-pt (QK-norm, 5 sliding (512) : 1 full)",
+                          **_GEMMA3, width=1152, depth=26, num_heads=4, mlp_dim=6912,
+                          layer_types=gemma_layer_types(26, 6)),
     "smollm2-135m": _preset(Llama, "HuggingFaceTB/SmolLM2-135M (tied head)", vocab_size=49152,
                             max_len=8192, width=576, depth=30, num_heads=9, num_kv_heads=3,
                             mlp_dim=1536, rotary_base=100000.0, tie_embeddings=True),
@@ -117,6 +137,10 @@ PRESETS: dict[str, Preset] = {
                          num_heads=4, mlp_dim=64),
     "gpt-tiny": _preset(GPT, "test size", vocab_size=128, max_len=64, width=32, depth=2,
                         num_heads=4, mlp_dim=64),
+    "gemma-tiny": _preset(Gemma, "test size", vocab_size=128, max_len=64, width=32, depth=4,
+                          num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=64,
+                          local_window=7, layer_types=gemma_layer_types(4, 2),
+                          attn_logits_soft_cap=50.0, final_logits_soft_cap=30.0),
     "llama-tiny": _preset(Llama, "test size", vocab_size=128, max_len=64, width=32, depth=2,
                           num_heads=4, num_kv_heads=2, mlp_dim=64),
     "transformer-tiny": _preset(EncoderDecoder, "test size", vocab_size=128, max_len=64,

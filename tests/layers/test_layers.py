@@ -158,12 +158,17 @@ def test_lora_spec_rejects_bad_settings(kwargs, message):
 
 
 def test_every_decoding_kernel_has_a_cache_class():
-  """`caches.for_kernel` picks the cache of each kernel's `decoding`: none is left without one."""
+  """`caches.for_kernel` picks the cache of each kernel's `decoding`: none is left without one;
+  a KV-cache kernel in a layer with a local window keeps the bounded window cache."""
+  import types
   from attention_jax.layers import caches
   kinds = {"kv_cache": caches.KVCache, "window": caches.WindowCache, "state": caches.StateCache}
+  full, windowed = types.SimpleNamespace(local_window=None), types.SimpleNamespace(local_window=4)
   for name in kernels.decoders():  # the vendor kernels too, off their platform
     kernel = kernels.registry._KERNELS[name]
-    assert type(caches.for_kernel(kernel, None, None)) is kinds[kernel.decoding]
+    assert type(caches.for_kernel(kernel, full, None)) is kinds[kernel.decoding]
+    expected = caches.WindowCache if kernel.decoding == "kv_cache" else kinds[kernel.decoding]
+    assert type(caches.for_kernel(kernel, windowed, None)) is expected
 
 
 def test_attention_logits_soft_cap_reaches_the_kernel():

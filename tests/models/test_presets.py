@@ -28,10 +28,17 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     "qwen3-1.7b": 1_720_574_976,  # tied head
     "qwen3-4b": 4_022_468_096,  # tied head
     "qwen3-8b": 8_190_735_360,
+    # Gemma 2 and 3 (model cards: 2.61B, 9.24B, 268M, 1B): transformers' Gemma2ForCausalLM and
+    # Gemma3ForCausalLM on the meta device from the published config.json values; tied heads
+    "gemma-2-2b": 2_614_341_888,
+    "gemma-2-9b": 9_241_705_984,
+    "gemma-3-270m": 268_098_176,
+    "gemma-3-1b": 999_885_952,
     "smollm2-135m": 134_515_008,
     "tinyllama-1.1b": 1_100_048_384,
     # tiny presets: pinned so that architecture changes are noticed
     "bert-tiny": 24_416,
+    "gemma-tiny": 53_792,
     "gpt-tiny": 23_296,
     "llama-tiny": 26_784,
     "transformer-tiny": 46_848,
