@@ -16,12 +16,21 @@ self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj` (our gate, fc1, fc2), `inpu
 weights `self_attn.{q,k}_norm` (our query_norm, key_norm). Rotary settings are
 read from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling` (4.x); both
 are written.
+
+Gemma 2 and Gemma 3 text (`Gemma2ForCausalLM`, `Gemma3ForCausalLM`): the Llama names, with
+four norms per layer (`input_layernorm`, `post_attention_layernorm`,
+`pre_feedforward_layernorm`, `post_feedforward_layernorm`: our attention_norm,
+attention_post_norm, mlp_norm, mlp_post_norm), stored as Gemma stores them (the weight
+1 + w); `layer_types` ("sliding_attention"/"full_attention", or 4.x's pattern), and Gemma 3's
+two rotary bases (`rope_parameters` per layer type, or 4.x's `rope_theta` +
+`rope_local_base_freq` + `rope_scaling`).
 """
 
 from __future__ import annotations
 
 from attention_jax.kernels.positional import RopeScaling
-from attention_jax.models import GPT, Bert, Llama
+from attention_jax.models import GPT, Bert, Gemma, Llama
+from attention_jax.models.gemma import gemma_layer_types
 from attention_jax.pretrained import convert
 from attention_jax.pretrained.convert import (bias_to_heads, fused_to_heads, heads_to_linear,
                                               linear, linear_to_heads, same)
@@ -380,63 +389,235 @@ class LlamaFormat:
   @staticmethod
   def rules(model: Llama, with_mlm_head: bool = False, with_pooler: bool = False
             ) -> list[convert.Rule]:
+    return _decoder_rules(model, (("input_layernorm", "attention_norm"),
+                                  ("post_attention_layernorm", "mlp_norm")))
+
+
+def _decoder_rules(model: Llama, norms: tuple[tuple[str, str], ...]) -> list[convert.Rule]:
+  """The Llama family's tensors; `norms` each layer's (HF norm name, ours)."""
+  c = model.config
+  heads, head_dim = c.num_heads, c.head_dim or c.width // c.num_heads
+  kv_heads = c.num_kv_heads or heads
+  rules = [same("model.embed_tokens.weight", ("embed", "token", "embedding")),
+           same("model.norm.weight", ("final_norm", "scale"))]
+  if not c.tie_embeddings:
+    rules.append(linear("lm_head.weight", ("lm_head", "kernel")))
+  for i in range(c.depth):
+    hf, ours = f"model.layers.{i}.", (f"block_{i}",)
+    attention = ours + ("attention",)
+    for name, hf_name, count in (("query", "q_proj", heads), ("key", "k_proj", kv_heads),
+                                 ("value", "v_proj", kv_heads)):
+      rules.append(linear_to_heads(f"{hf}self_attn.{hf_name}.weight",
+                                   attention + (name, "kernel"), count, head_dim))
+      if c.qkv_bias:
+        rules.append(bias_to_heads(f"{hf}self_attn.{hf_name}.bias",
+                                   attention + (name, "bias"), count, head_dim))
+    rules.append(heads_to_linear(hf + "self_attn.o_proj.weight",
+                                 attention + ("out", "kernel"), heads, head_dim))
+    if c.out_bias:
+      rules.append(same(hf + "self_attn.o_proj.bias", attention + ("out", "bias")))
+    if c.qk_norm:
+      rules += [same(f"{hf}self_attn.{hf_name}.weight", attention + (name, "scale"))
+                for hf_name, name in (("q_norm", "query_norm"), ("k_norm", "key_norm"))]
+    rules += [same(f"{hf}{hf_name}.weight", ours + (name, "scale"))
+              for hf_name, name in norms]
+    for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
+      rules.append(linear(f"{hf}mlp.{hf_name}.weight", ours + ("mlp", name, "kernel")))
+      if c.mlp_bias:
+        rules.append(same(f"{hf}mlp.{hf_name}.bias", ours + ("mlp", name, "bias")))
+  return rules
+
+
+_HF_LAYER_TYPES = {"sliding": "sliding_attention", "full": "full_attention"}
+_GEMMA_ARCHITECTURES = {"gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+
+
+def _gemma_layer_types(config: JsonObject, model_type: str, depth: int) -> tuple[str, ...]:
+  """Each layer's type: config.json's layer_types, else 4.x's pattern (Gemma 2: every other
+  layer full; Gemma 3: every sliding_window_pattern-th, 6 by default)."""
+  written = config.strings("layer_types", tuple(_HF_LAYER_TYPES.values()))
+  if written is None:
+    period = 2 if model_type == "gemma2" else config.integer(
+        "sliding_window_pattern", config.integer("_sliding_window_pattern", 6, minimum=1),
+        minimum=1)
+    return gemma_layer_types(depth, period)
+  if len(written) != depth:
+    raise ValueError(f"{config.source}: layer_types has {len(written)} entries for "
+                     f"num_hidden_layers={depth}.")
+  ours = {hf: name for name, hf in _HF_LAYER_TYPES.items()}
+  return tuple(ours[t] for t in written)
+
+
+def _gemma3_rope(config: JsonObject) -> tuple[float, RopeScaling | None, float]:
+  """(global rotary base, its scaling, the sliding layers' base) of a Gemma 3 config.json:
+  transformers 5's rope_parameters per layer type, or 4.x's rope_theta + rope_scaling and
+  rope_local_base_freq."""
+  parameters = config.object("rope_parameters")
+  if "full_attention" not in parameters and "sliding_attention" not in parameters:
+    theta, scaling = _rope(config)
+    return theta, scaling, config.number("rope_local_base_freq", 10000.0, positive=True)
+  limits = {"max_position_embeddings": config.integer("max_position_embeddings", minimum=1)}
+  full = JsonObject({**limits, "rope_parameters": dict(parameters.object("full_attention"))},
+                    config.source)
+  local = JsonObject({**limits, "rope_parameters": dict(parameters.object(
+      "sliding_attention"))}, config.source)
+  theta, scaling = _rope(full)
+  local_theta, local_scaling = _rope(local)
+  if local_scaling is not None:
+    raise ValueError(f"{parameters.source}: rope scaling on the sliding layers is not "
+                     "supported (Gemma 3 scales only its full layers).")
+  return theta, scaling, local_theta
+
+
+class GemmaFormat:
+  """Gemma2ForCausalLM and Gemma3ForCausalLM (Gemma 3's text-only models, model_type
+  gemma3_text) checkpoints."""
+  family = Gemma
+  model_types = tuple(_GEMMA_ARCHITECTURES)
+  prefix = ""
+  ignore = LlamaFormat.ignore
+
+  @staticmethod
+  def fields(config: JsonObject, tensors) -> dict:
+    model_type = config.string("model_type")
+    if config.boolean("use_bidirectional_attention", False):
+      raise ValueError(f"{config.source}: use_bidirectional_attention=true (an encoder, "
+                       "EmbeddingGemma) is not supported; Gemma here is a causal decoder.")
+    depth = config.integer("num_hidden_layers", minimum=1)
+    heads = config.integer("num_attention_heads", minimum=1)
+    width = config.integer("hidden_size", minimum=1)
+    head_dim = config.integer("head_dim", 256, minimum=1)
+    bias = config.boolean("attention_bias", False)
+    layer_types = _gemma_layer_types(config, model_type, depth)
+    window = config.integer("sliding_window", None, minimum=1)
+    if "sliding" not in layer_types:
+      layer_types, window = None, None
+    elif window is None:
+      raise ValueError(f"{config.source} has sliding layers but no sliding_window.")
+    scalar = config.integer("query_pre_attn_scalar", head_dim, minimum=1)
+    fields = dict(vocab_size=config.integer("vocab_size", minimum=1),
+                  max_len=config.integer("max_position_embeddings", minimum=1),
+                  width=width, depth=depth, num_heads=heads,
+                  num_kv_heads=config.integer("num_key_value_heads", heads, minimum=1),
+                  head_dim=None if head_dim == width // heads else head_dim,
+                  mlp_dim=config.integer("intermediate_size", minimum=1),
+                  ln_eps=config.number("rms_norm_eps", 1e-6, positive=True),
+                  tie_embeddings=config.boolean("tie_word_embeddings", True),
+                  activation=_activation(config, "hidden_activation", "gelu_pytorch_tanh"),
+                  qkv_bias=bias, out_bias=bias, layer_types=layer_types,
+                  local_window=None if window is None else window - 1,
+                  query_pre_attn_scalar=None if scalar == head_dim else scalar,
+                  attn_logits_soft_cap=config.number("attn_logit_softcapping", None,
+                                                     positive=True),
+                  final_logits_soft_cap=config.number("final_logit_softcapping", None,
+                                                      positive=True))
+    if model_type == "gemma2":
+      fields["rotary_base"], fields["rope_scaling"] = _rope(config)
+    else:
+      theta, scaling, local_theta = _gemma3_rope(config)
+      fields.update(rotary_base=theta, rope_scaling=scaling, qk_norm=True,
+                    local_rotary_base=None if layer_types is None else local_theta)
+    return fields
+
+  @staticmethod
+  def model_type(model) -> str:
     c = model.config
-    heads, head_dim = c.num_heads, c.head_dim or c.width // c.num_heads
-    kv_heads = c.num_kv_heads or heads
-    rules = [same("model.embed_tokens.weight", ("embed", "token", "embedding")),
-             same("model.norm.weight", ("final_norm", "scale"))]
-    if not c.tie_embeddings:
-      rules.append(linear("lm_head.weight", ("lm_head", "kernel")))
-    for i in range(c.depth):
-      hf, ours = f"model.layers.{i}.", (f"block_{i}",)
-      attention = ours + ("attention",)
-      for name, hf_name, count in (("query", "q_proj", heads), ("key", "k_proj", kv_heads),
-                                   ("value", "v_proj", kv_heads)):
-        rules.append(linear_to_heads(f"{hf}self_attn.{hf_name}.weight",
-                                     attention + (name, "kernel"), count, head_dim))
-        if c.qkv_bias:
-          rules.append(bias_to_heads(f"{hf}self_attn.{hf_name}.bias",
-                                     attention + (name, "bias"), count, head_dim))
-      rules.append(heads_to_linear(hf + "self_attn.o_proj.weight",
-                                   attention + ("out", "kernel"), heads, head_dim))
-      if c.out_bias:
-        rules.append(same(hf + "self_attn.o_proj.bias", attention + ("out", "bias")))
-      if c.qk_norm:
-        rules += [same(f"{hf}self_attn.{hf_name}.weight", attention + (name, "scale"))
-                  for hf_name, name in (("q_norm", "query_norm"), ("k_norm", "key_norm"))]
-      rules += [same(hf + "input_layernorm.weight", ours + ("attention_norm", "scale")),
-                same(hf + "post_attention_layernorm.weight", ours + ("mlp_norm", "scale"))]
-      for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
-        rules.append(linear(f"{hf}mlp.{hf_name}.weight", ours + ("mlp", name, "kernel")))
-        if c.mlp_bias:
-          rules.append(same(f"{hf}mlp.{hf_name}.bias", ours + ("mlp", name, "bias")))
-    return rules
+    wanted = {"norm": "rms_unit_offset", "post_norms": True, "scale_embeddings": True,
+              "mlp_bias": False, "qkv_bias": c.out_bias}
+    wrong = {f: getattr(c, f) for f, v in wanted.items() if getattr(c, f) != v}
+    if wrong:
+      raise ValueError(f"the Gemma formats need {wanted}; this model has {wrong}.")
+    if c.query_pre_attn_scalar is not None and not float(c.query_pre_attn_scalar).is_integer():
+      raise ValueError("the Gemma formats store query_pre_attn_scalar as an integer; this "
+                       f"model has {c.query_pre_attn_scalar}.")
+    if c.qk_norm:
+      return "gemma3_text"
+    if c.local_rotary_base is not None:
+      raise ValueError("a Gemma without qk_norm is written as Gemma 2, which has one rotary "
+                       f"base; this model has local_rotary_base={c.local_rotary_base}.")
+    return "gemma2"
+
+  @staticmethod
+  def config(model: Gemma) -> dict:
+    c = model.config
+    model_type = GemmaFormat.model_type(model)
+    head_dim = c.head_dim or c.width // c.num_heads
+    types = c.layer_types or (("full" if c.local_window is None else "sliding"),) * c.depth
+    activation = "gelu_pytorch_tanh" if c.activation == "gelu_tanh" else (
+        _HF_ACTIVATION[c.activation])
+    config = {"architectures": [_GEMMA_ARCHITECTURES[model_type]], "model_type": model_type,
+              "vocab_size": c.vocab_size, "max_position_embeddings": c.max_len,
+              "hidden_size": c.width, "num_hidden_layers": c.depth,
+              "num_attention_heads": c.num_heads,
+              "num_key_value_heads": c.num_kv_heads or c.num_heads, "head_dim": head_dim,
+              "intermediate_size": c.mlp_dim, "rms_norm_eps": c.ln_eps,
+              "hidden_activation": activation, "tie_word_embeddings": c.tie_embeddings,
+              "attention_bias": c.qkv_bias, "initializer_range": 0.02,
+              "query_pre_attn_scalar": int(c.query_pre_attn_scalar or head_dim),  # an int
+              "attn_logit_softcapping": c.attn_logits_soft_cap,
+              "final_logit_softcapping": c.final_logits_soft_cap,
+              "sliding_window": None if c.local_window is None else c.local_window + 1,
+              "layer_types": [_HF_LAYER_TYPES[t] for t in types], **_rope_config(c)}
+    if model_type == "gemma3_text":
+      local = c.rotary_base if c.local_rotary_base is None else c.local_rotary_base
+      config["rope_parameters"] = {
+          "full_attention": config["rope_parameters"],
+          "sliding_attention": {"rope_type": "default", "rope_theta": local}}
+      config["rope_local_base_freq"] = local
+    return config
+
+  @staticmethod
+  def rename(name: str) -> str:
+    return name
+
+  @staticmethod
+  def rules(model: Gemma, with_mlm_head: bool = False, with_pooler: bool = False
+            ) -> list[convert.Rule]:
+    return _decoder_rules(model, (("input_layernorm", "attention_norm"),
+                                  ("post_attention_layernorm", "attention_post_norm"),
+                                  ("pre_feedforward_layernorm", "mlp_norm"),
+                                  ("post_feedforward_layernorm", "mlp_post_norm")))
 
 
 FORMATS = {"bert": BertFormat, "gpt2": Gpt2Format,
-           **{model_type: LlamaFormat for model_type in LlamaFormat.model_types}}
+           **{model_type: LlamaFormat for model_type in LlamaFormat.model_types},
+           **{model_type: GemmaFormat for model_type in GemmaFormat.model_types}}
 
 
 def for_model_type(model_type: str):
+  if model_type == "gemma3":
+    raise ValueError("config.json has model_type 'gemma3' (Gemma3ForConditionalGeneration, "
+                     "text and vision); only Gemma 3's text-only models (gemma3_text, "
+                     "Gemma3ForCausalLM: gemma-3-270m, gemma-3-1b) are supported.")
   if model_type not in FORMATS:
     raise ValueError(f"config.json has model_type {model_type!r}; supported: "
                      f"{', '.join(sorted(FORMATS))} (architectures BertModel/BertFor*, "
                      "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
-                     "Qwen2ForCausalLM, Qwen3ForCausalLM).")
+                     "Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, "
+                     "Gemma3ForCausalLM).")
   return FORMATS[model_type]
+
+
+# Fields only the Gemma formats write, at the values every other format implies.
+_GEMMA_ONLY = {"attn_logits_soft_cap": None, "final_logits_soft_cap": None,
+               "query_pre_attn_scalar": None, "post_norms": False, "scale_embeddings": False,
+               "layer_types": None, "local_rotary_base": None}
 
 
 def for_model(model):
   c = model.config
-  unexpressed = {"attn_logits_soft_cap": c.attn_logits_soft_cap,  # no field in these formats
-                 "learned_sinks": c.learned_sinks or None}
-  for field, value in unexpressed.items():
-    if value is not None:
-      raise ValueError(f"the model has {field}={value}, which BERT, GPT-2 and Llama "
-                       "checkpoints cannot express; export it without it, or as a family "
-                       "whose format has it.")
-  for fmt in (BertFormat, Gpt2Format, LlamaFormat):
-    if isinstance(model, fmt.family):
-      return fmt
-  raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
-                   "GPT, Llama.")
+  if c.learned_sinks:
+    raise ValueError("the model has learned_sinks=True, which no supported Hugging Face "
+                     "format expresses; export it without them.")
+  fmt = next((fmt for fmt in (BertFormat, Gpt2Format, GemmaFormat, LlamaFormat)
+              if isinstance(model, fmt.family)), None)
+  if fmt is None:
+    raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
+                     "GPT, Llama, Gemma.")
+  unexpressed = {f: getattr(c, f) for f, default in _GEMMA_ONLY.items()
+                 if getattr(c, f) != default}
+  if fmt is not GemmaFormat and (unexpressed or c.norm == "rms_unit_offset"):
+    raise ValueError(f"the model has {unexpressed or {'norm': c.norm}}, which "
+                     f"{type(model).__name__} checkpoints cannot express; export it "
+                     "without them, or build it as a Gemma.")
+  return fmt

@@ -144,7 +144,8 @@ def model_config(family, fields: dict):
 def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None = None,
          dtype=None, shardings: dict | None = None, **overrides):
   """(model, params, tokenizer) of a Hugging Face checkpoint: BERT family, GPT-2, or a Llama,
-  Mistral, Qwen2 or Qwen3 causal LM, with single-file or sharded safetensors weights.
+  Mistral, Qwen2, Qwen3, Gemma 2 or Gemma 3 (text) causal LM, with single-file or sharded
+  safetensors weights.
 
   Tensors are read one at a time and placed on the device as they are converted, so the
   host holds about one copy of the model.
@@ -164,8 +165,8 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
       the architecture.
 
   Returns:
-    model (Bert, GPT or Llama), params (nested dict of jax arrays) and the tokenizer (None
-    when the directory has no tokenizer files).
+    model (Bert, GPT, Llama or Gemma), params (nested dict of jax arrays) and the tokenizer
+    (None when the directory has no tokenizer files).
   """
   config, tensors, directory = read_checkpoint(path_or_name, sha256)
   fmt = formats.for_model_type(config.string("model_type", ""))
@@ -205,7 +206,7 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   if fresh:
     init = jax.jit(lambda: model.init(jax.random.key(0), *model.example_inputs(), **method))()
     params["pooler"] = init["params"]["pooler"]
-  if fmt is formats.LlamaFormat:
+  if fmt in (formats.LlamaFormat, formats.GemmaFormat):
     tokenizer = ChatTokenizer.from_directory(directory)
     check_vocabulary(tokenizer, target, directory)
   else:
@@ -231,14 +232,15 @@ def _stored_dtypes(tensors) -> set[str]:
 
 def export(model, params, directory: str, tokenizer=None, *, dtype=None,
            max_shard_bytes: int = 5 * 2 ** 30):
-  """Writes `model` and `params` (a Bert, GPT or Llama) as a Hugging Face checkpoint:
+  """Writes `model` and `params` (a Bert, GPT, Llama or Gemma) as a Hugging Face checkpoint:
   config.json and model.safetensors (or, past `max_shard_bytes`, sharded files and
   model.safetensors.index.json), plus tokenizer.json if a tokenizer (data.tokenizers.Tokenizer)
   with a Hugging Face one is given (a BERT's gets the [CLS] ... [SEP] post-processor if it
   lacks one; a ChatTokenizer adds tokenizer_config.json). Tensors are converted and written
   one at a time, in their dtype or `dtype`. A Llama is written as LlamaForCausalLM,
   MistralForCausalLM (with a local_window), Qwen2ForCausalLM (Q/K/V biases only) or
-  Qwen3ForCausalLM (QK-norm). Returns the directory."""
+  Qwen3ForCausalLM (QK-norm); a Gemma as Gemma2ForCausalLM or, with QK-norm,
+  Gemma3ForCausalLM. Returns the directory."""
   from tokenizers import processors
   model, params = layouts.unrolled(model, params)
   fmt = formats.for_model(model)

@@ -129,6 +129,16 @@ class JsonObject(Mapping):
       raise self._wrong(name, expected)
     return tuple(values)
 
+  def strings(self, name: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A list of strings each one of `allowed` (config.json's layer_types); None if absent."""
+    expected = f"a list of {', '.join(map(repr, allowed))}"
+    if not self._present(name, None, expected):
+      return None
+    value = self._values[name]
+    if not isinstance(value, list) or not all(v in allowed for v in value):
+      raise self._wrong(name, expected)
+    return tuple(value)
+
   def token(self, name: str) -> str | None:
     """A special token: a string or {"content": string} (tokenizer_config.json)."""
     if not self._present(name, None, "a token"):

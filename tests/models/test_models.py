@@ -379,6 +379,41 @@ def test_recurrent_and_windowed_kernels_decode_with_a_bounded_cache(preset, kern
     np.testing.assert_array_equal(together[row], greedy([prompt])[0])
 
 
+@pytest.mark.parametrize("preset,options", [
+    ("gemma-tiny", dict(kernel="dot_product")), ("gemma-tiny", dict(kernel="flash")),
+    ("llama-tiny", dict(local_window=3))])  # Mistral: every layer slides
+def test_local_window_layers_decode_with_a_bounded_cache_and_full_layers_with_a_full_one(
+    preset, options):
+  """A KV-cache kernel in a layer with a local window keeps only the last w + 1 keys
+  (Gemma's sliding layers, Mistral), the full layers every key; prefill + cached steps
+  equal the full pass, with the input longer than the window."""
+  model = models.create(preset, **options)
+  window = model.config.local_window
+  assert window + 1 < TOKENS.shape[1]
+  params = init(model, TOKENS)
+  stepped, cache = prefill_then_steps(model, params, TOKENS)
+  np.testing.assert_allclose(stepped, model.apply({"params": params}, TOKENS), atol=5e-5)
+  types = model.config.layer_types or ("sliding",) * model.config.depth
+  for i, layer_type in enumerate(types):
+    length = cache[f"block_{i}"]["attention"]["cached_key"].shape[1]
+    assert length == (window + 1 if layer_type == "sliding" else TOKENS.shape[1]), (i, length)
+
+
+def test_layer_types_are_checked_and_scan_layers_says_what_it_cannot_scan():
+  with pytest.raises(ValueError, match="layer_types has 3 entries for depth=4"):
+    models.create("gemma-tiny", layer_types=("sliding", "full", "full"))
+  with pytest.raises(ValueError, match=r"layer_types may hold .*got \['local'\]"):
+    models.create("gemma-tiny", layer_types=("local", "full") * 2)
+  with pytest.raises(ValueError, match="sliding layers but local_window is None"):
+    models.create("gemma-tiny", local_window=None)
+  with pytest.raises(ValueError, match="set layer_types to say which layers slide"):
+    models.create("llama-tiny", local_rotary_base=100.0)
+  assert models.create("gemma-tiny").config.layer_period() == 2
+  with pytest.raises(ValueError, match="scan_layers over layer_types"):
+    model = models.create("gemma-tiny", scan_layers=True)
+    init(model, TOKENS)
+
+
 def test_a_kernel_that_cannot_take_a_dense_mask_says_so_when_decoding():
   model = models.with_options(models.create("llama-tiny", kernel="linear"), decode=True)
   params = init(models.create("llama-tiny", kernel="linear"), TOKENS)

@@ -1,4 +1,5 @@
-"""Llama, Mistral, Qwen2 and Qwen3 checkpoints against Hugging Face transformers (PyTorch, CPU):
+"""Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3 checkpoints against Hugging Face
+transformers (PyTorch, CPU):
 random-initialised models built by transformers itself, saved, loaded by us; and ours
 exported and loaded by transformers. Logits and greedy generations must agree."""
 
@@ -33,6 +34,16 @@ CASES = {
             rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
     "qwen3-qk-norm-head-dim": ("Qwen3Config", "Qwen3ForCausalLM", dict(  # head_dim != 32 / 4
         head_dim=16, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    # Caps small enough to act; a window shorter than the input and the generation.
+    "gemma2-soft-caps-alternating-window": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=16, query_pre_attn_scalar=12, sliding_window=4, attn_logit_softcapping=5.0,
+        final_logit_softcapping=3.0, num_hidden_layers=4)),
+    "gemma3-qk-norm-two-rotary-bases": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=8, sliding_window=4, num_hidden_layers=3, tie_word_embeddings=False,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": dict(rope_type="linear", factor=2.0,
+                                                rope_theta=1e6),
+                         "sliding_attention": dict(rope_type="default", rope_theta=100.0)})),
 }
 YARN = [  # rope parameters besides rope_type and rope_theta
     dict(factor=4.0, original_max_position_embeddings=16),  # Qwen2.5's form
@@ -49,10 +60,10 @@ def _hf_model(case, seed=0):
   config = getattr(transformers, config_name)(**{**TINY, **options})
   torch.manual_seed(seed)
   model = getattr(transformers, model_name)(config).eval()
-  with torch.no_grad():  # Qwen2's biases and Qwen3's QK-norm weights start constant
+  with torch.no_grad():  # biases and norm weights start constant (Gemma's at 0 for 1 + 0)
     for name, p in model.named_parameters():
-      if name.endswith("proj.bias") or name.endswith(("q_norm.weight", "k_norm.weight")):
-        p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.5)
+      if name.endswith(("proj.bias", "norm.weight")):
+        p.add_(torch.randn_like(p) * 0.5)
   return model
 
 
@@ -140,6 +151,45 @@ def test_yarn_frequencies_and_attention_factor_equal_transformers(layout, parame
     assert formats._rope(JsonObject(alone, "config.json")) == (theta, scaling)
 
 
+def test_gemma3_configs_of_transformers_4_load_as_those_of_5(tmp_path):
+  """4.x wrote Gemma 3's rotary bases as rope_theta + rope_local_base_freq (+ rope_scaling
+  for the full layers) and its layers as sliding_window_pattern; 5 writes rope_parameters per
+  layer type and layer_types. Both give one model."""
+  import json
+  hf = _hf_model("gemma3-qk-norm-two-rotary-bases")
+  hf.save_pretrained(tmp_path)
+  model, params, _ = pretrained.load(str(tmp_path))
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert "full_attention" in config["rope_parameters"]  # written by transformers 5
+  for name in ("rope_parameters", "layer_types"):
+    del config[name]
+  config.update(rope_theta=1e6, rope_local_base_freq=100.0, sliding_window_pattern=3,
+                rope_scaling=dict(rope_type="linear", factor=2.0))
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  old, old_params, _ = pretrained.load(str(tmp_path))
+  assert old.config == model.config
+  assert model.config.layer_types == ("sliding", "sliding", "full")
+  assert model.config.local_rotary_base == 100.0
+  tokens, mask, positions = _batch()
+  np.testing.assert_array_equal(_our_logits(old, old_params, tokens, mask, positions),
+                                _our_logits(model, params, tokens, mask, positions))
+
+
+def test_models_no_checkpoint_format_expresses_are_refused_on_export(tmp_path):
+  cases = [("llama-tiny", dict(post_norms=True), "post_norms.*cannot express.*as a Gemma"),
+           ("gpt-tiny", dict(attn_logits_soft_cap=5.0), "attn_logits_soft_cap"),
+           ("llama-tiny", dict(norm="rms_unit_offset"), "rms_unit_offset"),
+           ("gemma-tiny", dict(learned_sinks=True), "learned_sinks"),
+           ("gemma-tiny", dict(norm="rms"), "the Gemma formats need"),
+           ("gemma-tiny", dict(query_pre_attn_scalar=12.5), "as an integer"),
+           ("gemma-tiny", dict(local_rotary_base=100.0), "Gemma 2, which has one rotary")]
+  for preset, options, message in cases:
+    model = models.create(preset, **options)
+    params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+    with pytest.raises(ValueError, match=message):
+      pretrained.export(model, params, str(tmp_path))
+
+
 def test_checkpoints_we_cannot_read_say_why(tmp_path):
   import json
   import os
@@ -154,9 +204,14 @@ def test_checkpoints_we_cannot_read_say_why(tmp_path):
   pretrained.export(model, params, str(tmp_path / "other"))
   config = json.loads((tmp_path / "other" / "config.json").read_text())
   (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
-                                                              "model_type": "gemma2"}))
-  with pytest.raises(ValueError, match="model_type 'gemma2'; supported: .*llama, mistral, "
-                     "qwen2.*Qwen2ForCausalLM, Qwen3ForCausalLM"):
+                                                              "model_type": "falcon"}))
+  with pytest.raises(ValueError, match="model_type 'falcon'; supported: .*gemma2, "
+                     "gemma3_text, gpt2, llama, mistral, qwen2.*Gemma3ForCausalLM"):
+    pretrained.load(str(tmp_path / "other"))
+  (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
+                                                              "model_type": "gemma3"}))
+  with pytest.raises(ValueError, match="'gemma3' .*text and vision.*only Gemma 3's "
+                     "text-only models"):
     pretrained.load(str(tmp_path / "other"))
 
 
