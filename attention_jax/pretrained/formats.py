@@ -614,10 +614,12 @@ def for_model(model):
   if fmt is None:
     raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
                      "GPT, Llama, Gemma.")
-  unexpressed = {f: getattr(c, f) for f, default in _GEMMA_ONLY.items()
-                 if getattr(c, f) != default}
-  if fmt is not GemmaFormat and (unexpressed or c.norm == "rms_unit_offset"):
-    raise ValueError(f"the model has {unexpressed or {'norm': c.norm}}, which "
+  unexpressed = [f"{f}={getattr(c, f)!r}" for f, default in _GEMMA_ONLY.items()
+                 if getattr(c, f) != default]
+  if c.norm == "rms_unit_offset":
+    unexpressed.append(f"norm={c.norm!r}")
+  if fmt is not GemmaFormat and unexpressed:
+    raise ValueError(f"the model has {', '.join(unexpressed)}, which "
                      f"{type(model).__name__} checkpoints cannot express; export it "
                      "without them, or build it as a Gemma.")
   return fmt

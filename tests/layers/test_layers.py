@@ -188,7 +188,8 @@ def test_attention_logits_soft_cap_reaches_the_kernel():
                      ".*dot_product"):
     models.with_options(model, kernel="xla").apply({"params": params}, tokens)
   from attention_jax import pretrained
-  with pytest.raises(ValueError, match="attn_logits_soft_cap=0.5, which BERT, GPT-2 and"):
+  with pytest.raises(ValueError,
+                     match="attn_logits_soft_cap=0.5, which GPT checkpoints cannot express"):
     pretrained.export(model, params, "/nonexistent")  # refused before anything is written
 
 
@@ -219,7 +220,8 @@ def test_learned_sinks_are_parameters_that_reach_the_kernel_and_learn():
   with pytest.raises(ValueError, match="learned attention sinks.*Kernels that support it: "
                      ".*dot_product.*flash"):
     models.with_options(model, kernel="xla").apply({"params": params}, tokens)
-  with pytest.raises(ValueError, match="learned_sinks=True, which BERT, GPT-2 and"):
+  with pytest.raises(ValueError,
+                     match="learned_sinks=True, which no supported Hugging Face format"):
     pretrained.export(model, params, "/nonexistent")
 
 
