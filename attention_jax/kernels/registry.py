@@ -64,6 +64,9 @@ class Kernel:
     decoding: one of DECODING, or None where a decoder cannot run it.
     platforms: backends it runs on natively ("cpu", "gpu", "tpu"); the Pallas kernels run
       elsewhere only with interpret=True.
+    equal_head_dims: the wrapped function needs value's head_dim equal to the query's; called
+      through the registry, it takes others (MLA's) with zeros padded and cut off again
+      (`call_with_equal_head_dims`).
   """
   name: str
   fn: Callable
@@ -71,6 +74,7 @@ class Kernel:
   computes: str = "softmax"
   decoding: str | None = "kv_cache"
   platforms: tuple[str, ...] = ("cpu", "gpu", "tpu")
+  equal_head_dims: bool = False
 
   @property
   def arguments(self) -> frozenset[str]:
@@ -89,7 +93,29 @@ class Kernel:
     if unknown:
       raise ValueError(f"kernel {self.name!r} does not take {unknown}. Kernels that do: "
                        f"{', '.join(supporting(*unknown)) or 'none'}.")
+    if self.equal_head_dims and not args:
+      return call_with_equal_head_dims(self.fn, query, key, value, kwargs)
     return self.fn(query, key, value, *args, **kwargs)
+
+
+def call_with_equal_head_dims(fn, query, key, value, kwargs: dict):
+  """`fn(query, key, value, **kwargs)` for a kernel that needs equal query and value head
+  dims, on a value of another head_dim (MLA's v_head_dim): zero columns pad the narrower side
+  (the value; or the query and key, with the scale of the query's own head_dim kept), which
+  changes no score and no output column, and the output is cut back to value's head_dim."""
+  d, dv = query.shape[-1], value.shape[-1]
+  if d == dv:
+    return fn(query, key, value, **kwargs)
+  if dv < d:
+    value = jnp.pad(value, [(0, 0)] * 3 + [(0, d - dv)])
+  else:
+    kwargs = {**kwargs, "scale": d ** -0.5 if kwargs.get("scale") is None else kwargs["scale"]}
+    widen = lambda x: jnp.pad(x, [(0, 0)] * 3 + [(0, dv - d)])
+    query, key = widen(query), widen(key)
+  out = fn(query, key, value, **kwargs)
+  if isinstance(out, tuple):  # (out, weights)
+    return (out[0][..., :dv], *out[1:])
+  return out[..., :dv]
 
 
 _KERNELS: dict[str, Kernel] = {}
@@ -97,7 +123,8 @@ _KERNELS: dict[str, Kernel] = {}
 
 def register(name: str, fn: Callable, description: str = "", *, computes: str = "softmax",
              decoding: str | None = "kv_cache",
-             platforms: tuple[str, ...] = ("cpu", "gpu", "tpu")) -> Kernel:
+             platforms: tuple[str, ...] = ("cpu", "gpu", "tpu"),
+             equal_head_dims: bool = False) -> Kernel:
   """Adds a kernel `fn(query, key, value, **kwargs)` under `name`; returns its entry."""
   if name in _KERNELS:
     raise ValueError(f"an attention kernel named {name!r} is already registered.")
@@ -106,7 +133,7 @@ def register(name: str, fn: Callable, description: str = "", *, computes: str = 
   if decoding is not None and decoding not in DECODING:
     raise ValueError(f"`decoding` must be one of {DECODING} or None, got {decoding!r}.")
   _KERNELS[name] = Kernel(name, fn, description or (fn.__doc__ or "").strip().split("\n")[0],
-                          computes, decoding, tuple(platforms))
+                          computes, decoding, tuple(platforms), equal_head_dims)
   return _KERNELS[name]
 
 
@@ -173,12 +200,12 @@ def get(name: str | Callable) -> Kernel:
 
 def _cudnn_takes(query, key, value) -> bool:
   """cuDNN's flash attention: Ampere or newer (compute capability 8.0), float16/bfloat16,
-  equal head dims, a multiple of 8, at most 128 (256 from Hopper, 9.0, on)."""
-  d = query.shape[-1]
+  head dims (the wider of query's and value's, to which the registry pads) a multiple of 8, at
+  most 128 (256 from Hopper, 9.0, on)."""
+  d = max(query.shape[-1], value.shape[-1])
   capability = float(getattr(jax.devices()[0], "compute_capability", None) or 0)
   return (capability >= 8.0 and jnp.result_type(query) in (jnp.float16, jnp.bfloat16)
-          and d % 8 == 0 and d <= (256 if capability >= 9.0 else 128)
-          and value.shape[-1] == d)
+          and d % 8 == 0 and d <= (256 if capability >= 9.0 else 128))
 
 
 def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_lengths=None,
@@ -215,7 +242,7 @@ def choose(query, key, value=None, *, bias=None, mask=None, causal=False, kv_len
   if backend == "gpu" and vendor_takes:
     self_attention = q_len == kv_len and not isinstance(segment_ids, (tuple, list))
     pallas_takes = (mask is None and kv_lengths is None and local_window is None
-                    and self_attention and value.shape[-1] == query.shape[-1])
+                    and self_attention)
     if segment_ids is not None and pallas_takes:  # cuDNN would need a dense segment mask
       return "pallas_gpu"
     if _cudnn_takes(query, key, value):
@@ -240,18 +267,18 @@ def auto_attention(query, key, value, *, bias=None, mask=None, causal=False, kv_
   kwargs.update(scale=scale, dropout_rng=dropout_rng)
   kernel = _KERNELS[name]
   # Pass what the kernel takes; choose() guarantees the rest is unset.
-  return kernel.fn(query, key, value, **{k: v for k, v in kwargs.items()
-                                         if k in kernel.arguments})
+  return kernel(query, key, value, **{k: v for k, v in kwargs.items()
+                                      if k in kernel.arguments})
 
 
 register("dot_product", dot_product_attention)
 register("flash", flash_attention)
 register("additive", additive_attention, computes="additive")
 register("relative", relative_attention, computes="relative")
-register("xla", xla_attention)
-register("cudnn", cudnn_attention, platforms=("gpu",))
-register("splash", splash_attention, platforms=("tpu",))
-register("pallas_gpu", pallas_gpu_attention, platforms=("gpu",))
+register("xla", xla_attention, equal_head_dims=True)
+register("cudnn", cudnn_attention, platforms=("gpu",), equal_head_dims=True)
+register("splash", splash_attention, platforms=("tpu",), equal_head_dims=True)
+register("pallas_gpu", pallas_gpu_attention, platforms=("gpu",), equal_head_dims=True)
 register("ring", ring_attention, decoding=None)
 register("auto", auto_attention)
 register("linear", linear_attention, computes="linear", decoding="state")

@@ -39,6 +39,29 @@ def test_auto_picks_dense_kernel_for_bias_dropout_weights_and_short_inputs():
   assert kernels.choose(long_q, long_q, return_weights=True) == "dot_product"
 
 
+@pytest.mark.parametrize("value_dim", [6, 20])  # narrower and wider than the query's 12
+def test_kernels_that_need_equal_head_dims_take_others_through_the_registry(value_dim):
+  """xla (jax.nn.dot_product_attention) needs value's head_dim equal to the query's; called
+  through the registry, zeros pad the narrower side (MLA's values) and the output is cut
+  back: the same outputs and gradients as dot_product, which takes any value width."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  query = jax.random.normal(keys[0], (2, 9, 4, 12))
+  key = jax.random.normal(keys[1], (2, 9, 2, 12))
+  value = jax.random.normal(keys[2], (2, 9, 2, value_dim))
+  xla, reference = kernels.get("xla"), kernels.get("dot_product")
+  assert xla.equal_head_dims and not reference.equal_head_dims
+  with pytest.raises(ValueError):  # the function itself refuses
+    xla.fn(query, key, value, causal=True)
+  for scale in (None, 0.3):
+    run = lambda kernel, q, k, v: kernel(q, k, v, causal=True, scale=scale)
+    np.testing.assert_allclose(run(xla, query, key, value), run(reference, query, key, value),
+                               atol=1e-5)
+    loss = lambda kernel: jax.grad(lambda *x: jnp.sum(jnp.sin(run(kernel, *x))),
+                                   argnums=(0, 1, 2))(query, key, value)
+    for got, want in zip(loss(xla), loss(reference)):
+      np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_cudnn_needs_a_gpu():
   if jax.default_backend() == "gpu":
     pytest.skip("a GPU is present")
