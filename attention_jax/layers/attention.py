@@ -124,16 +124,7 @@ class MultiHeadAttention(nn.Module):
     Returns [batch, q_len, out_features].
     """
     inputs = AttentionInputs() if inputs is None else inputs
-    if self.position not in POSITIONS:
-      raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}.")
-    kernel = kernels.get(self.kernel)
-    if (self.position == "relative") != (kernel.name == "relative"):
-      raise ValueError("Transformer-XL relative positions need position='relative' together "
-                       f"with kernel='relative' (got position={self.position!r}, "
-                       f"kernel={kernel.name!r}).")
-    needs = {"logits_soft_cap": self.logits_soft_cap, "sinks": self.learned_sinks or None}
-    # Every path (the decoding caches too) needs these.
-    _check_kernel_takes(kernel, {name: v for name, v in needs.items() if v is not None})
+    kernel = self._checked_kernel()
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     features = inputs_q.shape[-1]
     kv_heads, head_dim = head_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
@@ -151,12 +142,7 @@ class MultiHeadAttention(nn.Module):
       norm = functools.partial(make_norm, self.qk_norm, epsilon=self.norm_eps,
                                dtype=self.dtype, param_dtype=self.param_dtype)
       query, key = norm(name="query_norm")(query), norm(name="key_norm")(key)
-    index = None
-    if self.decode:
-      if kernel.decoding is None:
-        raise ValueError(f"attention kernel {kernel.name!r} cannot decode one token at a time; "
-                         f"kernels that can: {', '.join(kernels.decoders())}.")
-      index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    index = self._cache_index(kernel)
     decoding = self.decode and not self.is_initializing()
     # Position of the first query: the cache index, else bottom-right among the keys.
     q_offset = index.value if decoding else key.shape[1] - query.shape[1]
@@ -170,6 +156,33 @@ class MultiHeadAttention(nn.Module):
     else:
       out = attend(query, key, value, inputs, self.local_window)
     return self._project_out(out, features)
+
+  def _checked_kernel(self):
+    """The layer's kernel, checked against the layer's options."""
+    if self.position not in POSITIONS:
+      raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}.")
+    kernel = kernels.get(self.kernel)
+    if (self.position == "relative") != (kernel.name == "relative"):
+      raise ValueError("Transformer-XL relative positions need position='relative' together "
+                       f"with kernel='relative' (got position={self.position!r}, "
+                       f"kernel={kernel.name!r}).")
+    needs = {"logits_soft_cap": self.logits_soft_cap, "sinks": self.learned_sinks or None}
+    # Every path (the decoding caches too) needs these.
+    _check_kernel_takes(kernel, {name: v for name, v in needs.items() if v is not None})
+    return kernel
+
+  def _cache_index(self, kernel):
+    """The 'cache_index' variable when decoding (None otherwise)."""
+    if not self.decode:
+      return None
+    if kernel.decoding is None:
+      raise ValueError(f"attention kernel {kernel.name!r} cannot decode one token at a time; "
+                       f"kernels that can: {', '.join(kernels.decoders())}.")
+    return self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+
+  def softmax_scale(self) -> float | None:
+    """The scores' scale (None: the kernel's default, head_dim ** -0.5)."""
+    return self.scale
 
   def _rotate(self, query, key, positions, q_offset, decoding):
     """Rotary embeddings of the queries and keys at `positions` (default: counted from
@@ -198,7 +211,8 @@ class MultiHeadAttention(nn.Module):
       sinks = self.param("sinks", nn.initializers.zeros, (self.num_heads,), self.param_dtype)
     kwargs = dict(mask=inputs.mask, bias=bias, kv_lengths=inputs.kv_lengths,
                   segment_ids=inputs.segment_ids, local_window=local_window,
-                  logits_soft_cap=self.logits_soft_cap, sinks=sinks, scale=self.scale)
+                  logits_soft_cap=self.logits_soft_cap, sinks=sinks,
+                  scale=self.softmax_scale())
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if inputs.causal:
       kwargs["causal"] = True

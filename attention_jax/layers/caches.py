@@ -75,23 +75,35 @@ class KVCache:
   def __init__(self, module: nn.Module, kernel, index):
     self.module, self.kernel, self.index = module, kernel, index
 
-  def __call__(self, query, key, value, inputs: AttentionInputs, attend):
-    """`attend(query, key, value, inputs, local_window)` is the layer's kernel call."""
-    cached_key = self.module.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.module.variable("cache", "cached_value", jnp.zeros, value.shape,
-                                        value.dtype)
+  def append(self, new: dict, inputs: AttentionInputs
+             ) -> tuple[dict | None, AttentionInputs]:
+    """Writes each new [batch, n, ...] array of `new` {variable name: array} at the cache
+    index and advances it; returns every cached array so far and `inputs` with a mask that
+    holds causality over them. While initialising, the variables are made the shape of
+    `new` and (None, inputs) is returned."""
+    cached = {name: self.module.variable("cache", name, jnp.zeros, x.shape, x.dtype)
+              for name, x in new.items()}
     if self.module.is_initializing():
-      return attend(query, key, value, inputs, self.module.local_window)
-    start, new = self.index.value, key.shape[1]
-    cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-    cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
-    self.index.value = start + new
-    distance = (start + jnp.arange(new))[:, None] - jnp.arange(cached_key.value.shape[1])[None]
+      return None, inputs
+    start, count = self.index.value, next(iter(new.values())).shape[1]
+    for name, x in new.items():
+      cached[name].value = lax.dynamic_update_slice(cached[name].value, x,
+                                                    (0, start) + (0,) * (x.ndim - 2))
+    self.index.value = start + count
+    length = cached[next(iter(new))].value.shape[1]
+    distance = (start + jnp.arange(count))[:, None] - jnp.arange(length)[None]
     visible = (distance >= 0)[None, None]
     mask = visible if inputs.mask is None else jnp.logical_and(inputs.mask, visible)
     # The mask is causal already.
-    return attend(query, cached_key.value, cached_value.value,
-                  inputs.replace(mask=mask, causal=False), None)
+    return ({name: variable.value for name, variable in cached.items()},
+            inputs.replace(mask=mask, causal=False))
+
+  def __call__(self, query, key, value, inputs: AttentionInputs, attend):
+    """`attend(query, key, value, inputs, local_window)` is the layer's kernel call."""
+    cached, cache_inputs = self.append({"cached_key": key, "cached_value": value}, inputs)
+    if cached is None:
+      return attend(query, key, value, inputs, self.module.local_window)
+    return attend(query, cached["cached_key"], cached["cached_value"], cache_inputs, None)
 
 
 class _SegmentCache:

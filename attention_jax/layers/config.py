@@ -20,6 +20,9 @@ from attention_jax.layers.norms import NORMS
 # live in the embeddings.
 ATTENTION_POSITIONS = ("rotary", "alibi", "relative")
 LAYER_TYPES = ("sliding", "full")
+MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+              "v_head_dim")
+MLA_DECODE = ("absorbed", "materialised")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,10 +59,18 @@ class TransformerConfig:
       None: no cap. Needs a kernel that takes `logits_soft_cap`.
     learned_sinks: one learned logit per head in every attention row's softmax denominator
       (GPT-OSS; parameter 'sinks' of each attention layer). Needs a kernel that takes `sinks`.
+    kv_lora_rank: multi-head latent attention (MLA, DeepSeek-V2/V3; `LatentAttention`) when
+      set: keys and values come from a compressed latent of this width; with q_lora_rank
+      (a low-rank query; None: a full query projection), qk_nope_head_dim and
+      qk_rope_head_dim (each query/key head's parts without and with rotary; the rotary key
+      is one for all heads) and v_head_dim. None: standard multi-head attention.
   Runtime (free to change on a trained model):
     kernel (registry name or callable), local_window (keys within that distance of the
     diagonal; Mistral's sliding window), dropout_rate, attention_dropout_rate, remat,
-    scan_layers, lora, decode (KV cache), sow_weights, dtype, param_dtype.
+    scan_layers, lora, decode (KV cache), sow_weights, dtype, param_dtype; mla_decode:
+    what an MLA layer caches when decoding, "absorbed" (the latent, kv_lora_rank +
+    qk_rope_head_dim numbers per token, with the up-projections folded into the query and
+    output) or "materialised" (each head's keys and values).
   """
   width: int
   depth: int
@@ -90,6 +101,11 @@ class TransformerConfig:
   local_rotary_base: float | None = None
   attn_logits_soft_cap: float | None = None
   learned_sinks: bool = False
+  kv_lora_rank: int | None = None
+  q_lora_rank: int | None = None
+  qk_nope_head_dim: int | None = None
+  qk_rope_head_dim: int | None = None
+  v_head_dim: int | None = None
   kernel: str | Callable = "dot_product"
   local_window: int | None = None
   dropout_rate: float = 0.0
@@ -99,6 +115,7 @@ class TransformerConfig:
   lora: LoraSpec | None = None
   decode: bool = False
   sow_weights: bool = False
+  mla_decode: str = "absorbed"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -116,6 +133,7 @@ class TransformerConfig:
       value = getattr(self, name)
       if value is not None and not value > 0:
         raise ValueError(f"{name} must be positive (or None), got {value}.")
+    self._check_latent_attention()
 
   def _check_layer_types(self):
     types = tuple(self.layer_types)  # a list from a command line or a JSON file
@@ -129,6 +147,37 @@ class TransformerConfig:
     if "sliding" in types and self.local_window is None:
       raise ValueError("layer_types has sliding layers but local_window is None: set the "
                        "window they slide over.")
+
+  def _check_latent_attention(self):
+    dims = {name: getattr(self, name) for name in MLA_FIELDS}
+    if self.mla_decode not in MLA_DECODE:
+      raise ValueError(f"mla_decode must be one of {MLA_DECODE}, got {self.mla_decode!r}.")
+    if self.kv_lora_rank is None:
+      given = [name for name, value in dims.items() if value is not None]
+      if given:
+        raise ValueError(f"{', '.join(given)} describe multi-head latent attention; set "
+                         "kv_lora_rank too (or leave them None).")
+      return
+    bad = {name: value for name, value in dims.items() if name != "q_lora_rank" and not (
+        isinstance(value, int) and value > 0)}
+    if self.q_lora_rank is not None and not self.q_lora_rank > 0:
+      bad["q_lora_rank"] = self.q_lora_rank
+    if bad:
+      raise ValueError(f"multi-head latent attention needs positive integers {bad}; set "
+                       f"{', '.join(n for n in MLA_FIELDS if n != 'q_lora_rank')} (and "
+                       "q_lora_rank, or None for a full query projection).")
+    if self.qk_rope_head_dim % 2:
+      raise ValueError(f"qk_rope_head_dim must be even (rotary pairs), got "
+                       f"{self.qk_rope_head_dim}.")
+    clashes = {"position": (self.position, "rotary"), "qk_norm": (self.qk_norm, False),
+               "num_kv_heads": (self.num_kv_heads, None), "head_dim": (self.head_dim, None),
+               "local_window": (self.local_window, None),
+               "layer_types": (self.layer_types, None)}
+    wrong = {name: got for name, (got, want) in clashes.items() if got != want}
+    if wrong:
+      raise ValueError(f"multi-head latent attention (kv_lora_rank={self.kv_lora_rank}) "
+                       "has rotary positions on every head, no QK-norm, GQA, head_dim or "
+                       f"window; this config sets {wrong}.")
 
   def layer_period(self) -> int:
     """The length of the shortest group of layers whose repetition gives `layer_types`

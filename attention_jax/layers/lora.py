@@ -63,13 +63,14 @@ class LoraAdapter(nn.Module):
 
 
 def adapter_for(module: nn.Module, spec: LoraSpec | None, target: str, x, in_ndim: int,
-                out_shape: tuple[int, ...]):
+                out_shape: tuple[int, ...], name: str | None = None):
   """The adapter's update of projection `target` of `module` for input x, or 0 if `spec`
-  does not target it. Call inside a compact method."""
+  does not target it; `name` is the projection's module name when it is not `target` (MLA's
+  query_up). Call inside a compact method."""
   if spec is None or target not in spec.targets:
     return 0.0
   return LoraAdapter(in_ndim, tuple(out_shape), spec, module.dtype, module.param_dtype,
-                     name=target + SUFFIX)(x)
+                     name=(name or target) + SUFFIX)(x)
 
 
 def merge(params: dict, spec: LoraSpec) -> dict:

@@ -30,6 +30,10 @@ PROJECTIONS = {
     "value": (("embed",), ("heads", "kv")),
     "position": (("embed",), ("heads", "kv")),  # Transformer-XL's relative positions
     "out": (("heads", "kv"), ("embed",)),
+    "query_down": (("embed",), (None,)),  # MLA's latents (layers.latent_attention)
+    "query_up": ((None,), ("heads", "kv")),
+    "kv_down": (("embed",), (None,)),
+    "kv_up": ((None,), ("heads", "kv")),
     "fc1": (("embed",), ("mlp",)),
     "gate": (("embed",), ("mlp",)),
     "fc2": (("mlp",), ("embed",)),
@@ -49,6 +53,8 @@ DIRECT = {
     "out_bias": ("vocab",),
     "cls_token": (None, None, "embed"), "position_embedding": (None, None, "embed"),  # ViT
 }
+# Norms over a head's or a latent's width (QK-norm, MLA's latents), not the model's.
+HEAD_NORMS = ("query_norm", "key_norm", "query_down_norm", "kv_down_norm")
 LAYERS = "layers"  # the leading axis of blocks stacked by `scan_layers`
 STACKED = "blocks"  # the module name of such a stack (layers.transformer.scanned_blocks)
 _INDEX = re.compile(r"_\d+$")
@@ -76,6 +82,8 @@ def _axes_of(names: tuple[str, ...]) -> tuple | None:
   module, param = _INDEX.sub("", names[-2]), names[-1]
   if module == "mlm_bias" and param == "bias":
     return ("vocab",)
+  if module in HEAD_NORMS and param in ("scale", "bias"):
+    return (None,)
   if module.endswith("norm") and param in ("scale", "bias"):
     return ("embed",)
   if param == "embedding":

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from attention_jax.layers.attention import MultiHeadAttention
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.inputs import AttentionInputs
+from attention_jax.layers.latent_attention import LatentAttention
 from attention_jax.layers.mlp import Mlp
 from attention_jax.layers.norms import make_norm
 from attention_jax.layers.partitioning import STACKED
@@ -35,7 +36,8 @@ class TransformerBlock(nn.Module):
   `cross_attention` adds encoder-decoder attention over `encoded` after self-attention.
   `layer_type` is this block's entry of `config.layer_types` ("sliding": self-attention over
   `local_window`, with `local_rotary_base` when set; "full"); None without layer_types.
-  `config.post_norms` normalises each sublayer's output too (Gemma).
+  `config.post_norms` normalises each sublayer's output too (Gemma); `config.kv_lora_rank`
+  makes self-attention multi-head latent attention (`LatentAttention`, DeepSeek).
   `config.remat` rematerialises the block in training (`jax.checkpoint`; the parameters are
   unchanged): "none", "full" (keep only the block's input), "dots" (keep matmul outputs) or
   "dots_with_no_batch_dims" (keep the weight matmuls' outputs, not attention's).
@@ -52,8 +54,14 @@ class TransformerBlock(nn.Module):
                        "`block_stack` or `scanned_blocks`.")
     local = name == "attention" and self.layer_type != "full"  # self-attention only
     own_rotary = local and self.layer_type == "sliding" and c.local_rotary_base is not None
-    return MultiHeadAttention(
-        num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+    layer, latent = MultiHeadAttention, {}
+    if name == "attention" and c.kv_lora_rank is not None:
+      layer = LatentAttention
+      latent = dict(kv_lora_rank=c.kv_lora_rank, q_lora_rank=c.q_lora_rank,
+                    qk_nope_head_dim=c.qk_nope_head_dim, qk_rope_head_dim=c.qk_rope_head_dim,
+                    v_head_dim=c.v_head_dim, absorbed_decode=c.mla_decode == "absorbed")
+    return layer(
+        **latent, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
         kernel=c.kernel, dropout_rate=c.attention_dropout_rate, use_bias=c.qkv_bias,
         out_bias=c.out_bias, position=position,
         rotary_base=c.local_rotary_base if own_rotary else c.rotary_base,

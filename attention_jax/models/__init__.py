@@ -3,6 +3,7 @@ presets."""
 
 from attention_jax.layers.config import with_options
 from attention_jax.models.bert import Bert, BertConfig
+from attention_jax.models.deepseek import Deepseek, DeepseekConfig
 from attention_jax.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from attention_jax.models.gemma import Gemma, GemmaConfig
 from attention_jax.models.generation import (beam_search, generate, generate_stream,
@@ -14,7 +15,7 @@ from attention_jax.models.transformer_xl import (TransformerXL, TransformerXLCon
                                                  adaptive_log_probs)
 from attention_jax.models.vit import ViT, ViTConfig
 
-__all__ = ["Bert", "BertConfig", "EncoderDecoder", "EncoderDecoderConfig", "GPT", "GPTConfig",
+__all__ = ["Bert", "BertConfig", "Deepseek", "DeepseekConfig", "EncoderDecoder", "EncoderDecoderConfig", "GPT", "GPTConfig",
            "Gemma", "GemmaConfig", "Llama", "LlamaConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
            "ViTConfig", "adaptive_log_probs", "beam_search", "config_class", "create",
            "generate", "generate_stream", "greedy_decode", "names", "param_count", "sample_logits",

@@ -16,6 +16,7 @@ from attention_jax import kernels
 from attention_jax.kernels.positional import RopeScaling
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.models.bert import Bert
+from attention_jax.models.deepseek import Deepseek
 from attention_jax.models.encoder_decoder import EncoderDecoder
 from attention_jax.models.gemma import Gemma, gemma_layer_types
 from attention_jax.models.gpt import GPT
@@ -137,6 +138,9 @@ PRESETS: dict[str, Preset] = {
                          num_heads=4, mlp_dim=64),
     "gpt-tiny": _preset(GPT, "test size", vocab_size=128, max_len=64, width=32, depth=2,
                         num_heads=4, mlp_dim=64),
+    "deepseek-tiny": _preset(Deepseek, "test size", vocab_size=128, max_len=64, width=32,
+                             depth=2, num_heads=4, mlp_dim=64, kv_lora_rank=16, q_lora_rank=12,
+                             qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6),
     "gemma-tiny": _preset(Gemma, "test size", vocab_size=128, max_len=64, width=32, depth=4,
                           num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=64,
                           local_window=7, layer_types=gemma_layer_types(4, 2),

@@ -14,8 +14,11 @@ from attention_jax.models import presets
 
 @pytest.mark.parametrize("name", presets.names())
 def test_every_preset_parameter_has_logical_axes(name):
-  fields = {f.name for f in dataclasses.fields(presets.PRESETS[name].family)}
-  model = models.create(name, **({"lora": LoraSpec(targets=TARGETS)} if "lora" in fields
+  config = presets.PRESETS[name].config
+  targets = TARGETS if config.kv_lora_rank is None else tuple(  # MLA has no key/value
+      t for t in TARGETS if t not in ("key", "value"))
+  fields = {f.name for f in dataclasses.fields(config)}
+  model = models.create(name, **({"lora": LoraSpec(targets=targets)} if "lora" in fields
                                  else {}))
   method = {"method": model.pretrain} if hasattr(model, "pretrain") else {}  # + MLM head
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *model.example_inputs(),

@@ -245,7 +245,7 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients(name):
 
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny", "vit-tiny", "transformer-xl-tiny",
-                                  "transformer-tiny"])
+                                  "transformer-tiny", "deepseek-tiny"])
 def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
   model = models.create(name)
   inputs = model.example_inputs()
@@ -257,7 +257,7 @@ def test_scan_layers_stacks_the_blocks_and_computes_the_same(name):
   assert stacks == ({"encoder_blocks", "decoder_blocks"} if name == "transformer-tiny"
                     else {"blocks"})
   for stack in stacks:
-    assert stacked[stack]["attention"]["query"]["kernel"].shape[0] == model.config.depth
+    assert stacked[stack]["attention"]["out"]["kernel"].shape[0] == model.config.depth
   for want, got in zip(jax.tree.leaves(model.apply({"params": params}, *inputs)),
                        jax.tree.leaves(scanned.apply({"params": stacked}, *inputs))):
     np.testing.assert_allclose(want, got, atol=1e-5)

@@ -38,6 +38,7 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     "tinyllama-1.1b": 1_100_048_384,
     # tiny presets: pinned so that architecture changes are noticed
     "bert-tiny": 24_416,
+    "deepseek-tiny": 27_224,
     "gemma-tiny": 53_792,
     "gpt-tiny": 23_296,
     "llama-tiny": 26_784,
