@@ -82,6 +82,15 @@ def fused_to_heads(hf_name: str, paths: tuple[Path, ...], heads: int, head_dim: 
   return Rule(hf_name, paths, to_ours, to_hf)
 
 
+def reorder_rows(rule: Rule, order: np.ndarray) -> Rule:
+  """`rule` over the HF tensor's rows (axis 0: a Linear's outputs, a bias) taken in `order`
+  on load, and put back on export."""
+  order = np.asarray(order)
+  inverse = np.argsort(order)
+  return Rule(rule.hf_name, rule.paths, lambda t: rule.to_ours(t[order]),
+              lambda *p: rule.to_hf(*p)[inverse])
+
+
 def _names(items, limit: int = 12) -> str:
   items = sorted(items)
   shown = ", ".join(items[:limit])

@@ -24,12 +24,23 @@ attention_post_norm, mlp_norm, mlp_post_norm), stored as Gemma stores them (the 
 1 + w); `layer_types` ("sliding_attention"/"full_attention", or 4.x's pattern), and Gemma 3's
 two rotary bases (`rope_parameters` per layer type, or 4.x's `rope_theta` +
 `rope_local_base_freq` + `rope_scaling`).
+
+DeepSeek-V2 and V3 with dense MLPs (`DeepseekV2ForCausalLM`, `DeepseekV3ForCausalLM`): the
+Llama names with latent attention's `self_attn.q_proj` (or `q_a_proj`, `q_a_layernorm`,
+`q_b_proj`), `kv_a_proj_with_mqa`, `kv_a_layernorm`, `kv_b_proj`, `o_proj` (our query or
+query_down, query_down_norm, query_up; kv_down, kv_down_norm, kv_up; out). DeepSeek stores
+each rotary part in interleaved pairs (V2 always, V3 unless rope_interleave is false); the
+rows are reordered to our rotate-half layout on load and back on export.
 """
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+
 from attention_jax.kernels.positional import RopeScaling
-from attention_jax.models import GPT, Bert, Gemma, Llama
+from attention_jax.models import GPT, Bert, Deepseek, Gemma, Llama
 from attention_jax.models.gemma import gemma_layer_types
 from attention_jax.pretrained import convert
 from attention_jax.pretrained.convert import (bias_to_heads, fused_to_heads, heads_to_linear,
@@ -127,7 +138,8 @@ class BertFormat:
     return config
 
   @staticmethod
-  def rules(model: Bert, with_mlm_head: bool, with_pooler: bool = True) -> list[convert.Rule]:
+  def rules(model: Bert, with_mlm_head: bool, with_pooler: bool = True,
+            hf_config: JsonObject | None = None) -> list[convert.Rule]:
     c = model.config
     heads, head_dim = c.num_heads, c.width // c.num_heads
     rules = [same("embeddings.word_embeddings.weight", ("embed", "token", "embedding")),
@@ -201,8 +213,8 @@ class Gpt2Format:
     return name
 
   @staticmethod
-  def rules(model: GPT, with_mlm_head: bool = False, with_pooler: bool = False
-            ) -> list[convert.Rule]:
+  def rules(model: GPT, with_mlm_head: bool = False, with_pooler: bool = False,
+            hf_config: JsonObject | None = None) -> list[convert.Rule]:
     c = model.config
     heads, head_dim = c.num_heads, c.width // c.num_heads
     rules = [same("wte.weight", ("embed", "token", "embedding")),
@@ -387,38 +399,47 @@ class LlamaFormat:
     return name
 
   @staticmethod
-  def rules(model: Llama, with_mlm_head: bool = False, with_pooler: bool = False
-            ) -> list[convert.Rule]:
+  def rules(model: Llama, with_mlm_head: bool = False, with_pooler: bool = False,
+            hf_config: JsonObject | None = None) -> list[convert.Rule]:
     return _decoder_rules(model, (("input_layernorm", "attention_norm"),
                                   ("post_attention_layernorm", "mlp_norm")))
 
 
-def _decoder_rules(model: Llama, norms: tuple[tuple[str, str], ...]) -> list[convert.Rule]:
-  """The Llama family's tensors; `norms` each layer's (HF norm name, ours)."""
-  c = model.config
+def _attention_rules(c, hf: str, attention: tuple[str, ...]) -> list[convert.Rule]:
+  """One layer's q/k/v/o projections (and Qwen3's q/k norms): `hf` "model.layers.N.self_attn.",
+  `attention` our layer's path."""
   heads, head_dim = c.num_heads, c.head_dim or c.width // c.num_heads
   kv_heads = c.num_kv_heads or heads
+  rules = []
+  for name, hf_name, count in (("query", "q_proj", heads), ("key", "k_proj", kv_heads),
+                               ("value", "v_proj", kv_heads)):
+    rules.append(linear_to_heads(f"{hf}{hf_name}.weight", attention + (name, "kernel"), count,
+                                 head_dim))
+    if c.qkv_bias:
+      rules.append(bias_to_heads(f"{hf}{hf_name}.bias", attention + (name, "bias"), count,
+                                 head_dim))
+  rules.append(heads_to_linear(hf + "o_proj.weight", attention + ("out", "kernel"), heads,
+                               head_dim))
+  if c.out_bias:
+    rules.append(same(hf + "o_proj.bias", attention + ("out", "bias")))
+  if c.qk_norm:
+    rules += [same(f"{hf}{hf_name}.weight", attention + (name, "scale"))
+              for hf_name, name in (("q_norm", "query_norm"), ("k_norm", "key_norm"))]
+  return rules
+
+
+def _decoder_rules(model: Llama, norms: tuple[tuple[str, str], ...],
+                   attention_rules=_attention_rules) -> list[convert.Rule]:
+  """The Llama family's tensors; `norms` each layer's (HF norm name, ours);
+  `attention_rules(config, hf prefix, our path)` each layer's attention tensors."""
+  c = model.config
   rules = [same("model.embed_tokens.weight", ("embed", "token", "embedding")),
            same("model.norm.weight", ("final_norm", "scale"))]
   if not c.tie_embeddings:
     rules.append(linear("lm_head.weight", ("lm_head", "kernel")))
   for i in range(c.depth):
     hf, ours = f"model.layers.{i}.", (f"block_{i}",)
-    attention = ours + ("attention",)
-    for name, hf_name, count in (("query", "q_proj", heads), ("key", "k_proj", kv_heads),
-                                 ("value", "v_proj", kv_heads)):
-      rules.append(linear_to_heads(f"{hf}self_attn.{hf_name}.weight",
-                                   attention + (name, "kernel"), count, head_dim))
-      if c.qkv_bias:
-        rules.append(bias_to_heads(f"{hf}self_attn.{hf_name}.bias",
-                                   attention + (name, "bias"), count, head_dim))
-    rules.append(heads_to_linear(hf + "self_attn.o_proj.weight",
-                                 attention + ("out", "kernel"), heads, head_dim))
-    if c.out_bias:
-      rules.append(same(hf + "self_attn.o_proj.bias", attention + ("out", "bias")))
-    if c.qk_norm:
-      rules += [same(f"{hf}self_attn.{hf_name}.weight", attention + (name, "scale"))
-                for hf_name, name in (("q_norm", "query_norm"), ("k_norm", "key_norm"))]
+    rules += attention_rules(c, hf + "self_attn.", ours + ("attention",))
     rules += [same(f"{hf}{hf_name}.weight", ours + (name, "scale"))
               for hf_name, name in norms]
     for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
@@ -571,17 +592,150 @@ class GemmaFormat:
     return name
 
   @staticmethod
-  def rules(model: Gemma, with_mlm_head: bool = False, with_pooler: bool = False
-            ) -> list[convert.Rule]:
+  def rules(model: Gemma, with_mlm_head: bool = False, with_pooler: bool = False,
+            hf_config: JsonObject | None = None) -> list[convert.Rule]:
     return _decoder_rules(model, (("input_layernorm", "attention_norm"),
                                   ("post_attention_layernorm", "attention_post_norm"),
                                   ("pre_feedforward_layernorm", "mlp_norm"),
                                   ("post_feedforward_layernorm", "mlp_post_norm")))
 
 
+_DEEPSEEK_ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM",
+                           "deepseek_v3": "DeepseekV3ForCausalLM"}
+
+
+def _deinterleaved(rows: int, rope_start: int, rope_dim: int, period: int) -> np.ndarray:
+  """Row order that takes every `period`-row group's rotary part [rope_start, rope_start +
+  rope_dim) from DeepSeek's interleaved pairs (x0, x1), (x2, x3), ... to our rotate-half
+  layout (x0, x2, ..., x1, x3, ...); the other rows stay."""
+  order = np.arange(rows).reshape(-1, period)
+  rope = order[:, rope_start:rope_start + rope_dim]
+  order[:, rope_start:rope_start + rope_dim] = np.concatenate([rope[:, 0::2], rope[:, 1::2]],
+                                                              axis=1)
+  return order.reshape(-1)
+
+
+def _latent_attention_rules(c, hf: str, attention: tuple[str, ...],
+                            interleaved: bool = True) -> list[convert.Rule]:
+  """One DeepSeek layer's latent attention tensors: q_proj (or q_a_proj, q_a_layernorm,
+  q_b_proj), kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj, with the rotary rows
+  reordered from the `interleaved` layout."""
+  heads, nope, rope, rank = c.num_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank
+  qk_dim = nope + rope
+  order = lambda rule, rows, start, period: (
+      convert.reorder_rows(rule, _deinterleaved(rows, start, rope, period)) if interleaved
+      else rule)
+  query = lambda hf_name, name: order(linear_to_heads(
+      f"{hf}{hf_name}.weight", attention + (name, "kernel"), heads, qk_dim), heads * qk_dim,
+      nope, qk_dim)
+  if c.q_lora_rank is None:
+    rules = [query("q_proj", "query")]
+  else:
+    rules = [linear(hf + "q_a_proj.weight", attention + ("query_down", "kernel")),
+             same(hf + "q_a_layernorm.weight", attention + ("query_down_norm", "scale")),
+             query("q_b_proj", "query_up")]
+    if c.qkv_bias:
+      rules.append(same(hf + "q_a_proj.bias", attention + ("query_down", "bias")))
+  latent = lambda rule: order(rule, rank + rope, rank, rank + rope)
+  rules += [latent(linear(hf + "kv_a_proj_with_mqa.weight", attention + ("kv_down", "kernel"))),
+            same(hf + "kv_a_layernorm.weight", attention + ("kv_down_norm", "scale")),
+            linear_to_heads(hf + "kv_b_proj.weight", attention + ("kv_up", "kernel"), heads,
+                            nope + c.v_head_dim),
+            heads_to_linear(hf + "o_proj.weight", attention + ("out", "kernel"), heads,
+                            c.v_head_dim)]
+  if c.qkv_bias:
+    rules.append(latent(same(hf + "kv_a_proj_with_mqa.bias", attention + ("kv_down", "bias"))))
+  if c.out_bias:
+    rules.append(same(hf + "o_proj.bias", attention + ("out", "bias")))
+  return rules
+
+
+class DeepseekFormat:
+  """DeepseekV2ForCausalLM and DeepseekV3ForCausalLM checkpoints whose MLPs are all dense
+  (first_k_dense_replace >= num_hidden_layers); exported as DeepseekV3ForCausalLM."""
+  family = Deepseek
+  model_types = tuple(_DEEPSEEK_ARCHITECTURES)
+  prefix = ""
+  ignore = LlamaFormat.ignore
+
+  @staticmethod
+  def fields(config: JsonObject, tensors) -> dict:
+    depth = config.integer("num_hidden_layers", minimum=1)
+    dense = config.integer("first_k_dense_replace", 0, minimum=0)
+    experts = config.integer("n_routed_experts", None, minimum=0)
+    if experts and dense < depth:
+      raise ValueError(
+          f"{config.source}: layers {dense}..{depth - 1} of this DeepSeek checkpoint are "
+          f"mixture-of-experts layers (n_routed_experts={experts}), which attention_jax "
+          "cannot load yet (they come with the mixture-of-experts issue); DeepSeek "
+          "checkpoints whose MLPs are all dense (first_k_dense_replace >= "
+          "num_hidden_layers) load.")
+    rotary_base, rope_scaling = _rope(config)
+    bias = config.boolean("attention_bias", False)
+    if config.boolean("mlp_bias", False):
+      raise ValueError(f"{config.source}: mlp_bias=true is not supported for DeepSeek (the "
+                       "published models have none).")
+    return dict(vocab_size=config.integer("vocab_size", minimum=1),
+                max_len=config.integer("max_position_embeddings", minimum=1),
+                width=config.integer("hidden_size", minimum=1), depth=depth,
+                num_heads=config.integer("num_attention_heads", minimum=1),
+                mlp_dim=config.integer("intermediate_size", minimum=1),
+                ln_eps=config.number("rms_norm_eps", 1e-6, positive=True),
+                rotary_base=rotary_base, rope_scaling=rope_scaling,
+                tie_embeddings=config.boolean("tie_word_embeddings", False),
+                activation=_activation(config, "hidden_act", "silu"),
+                qkv_bias=bias, out_bias=bias,
+                kv_lora_rank=config.integer("kv_lora_rank", minimum=1),
+                q_lora_rank=config.integer("q_lora_rank", None, minimum=1),
+                qk_nope_head_dim=config.integer("qk_nope_head_dim", minimum=1),
+                qk_rope_head_dim=config.integer("qk_rope_head_dim", minimum=2),
+                v_head_dim=config.integer("v_head_dim", minimum=1))
+
+  @staticmethod
+  def interleaved(config: JsonObject | None) -> bool:
+    """Whether the rotary rows are in DeepSeek's interleaved pairs: always for V2, V3's
+    rope_interleave (true by default); our exports write them so."""
+    if config is None or config.string("model_type") == "deepseek_v2":
+      return True
+    return config.boolean("rope_interleave", True)
+
+  @staticmethod
+  def config(model: Deepseek) -> dict:
+    c = model.config
+    if c.qkv_bias != c.out_bias or c.mlp_bias:
+      raise ValueError("the DeepSeek format has attention biases on all projections or none "
+                       f"and no MLP bias; this model has qkv_bias={c.qkv_bias}, "
+                       f"out_bias={c.out_bias}, mlp_bias={c.mlp_bias}.")
+    return {"architectures": [_DEEPSEEK_ARCHITECTURES["deepseek_v3"]],
+            "model_type": "deepseek_v3", "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.max_len, "hidden_size": c.width,
+            "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads,
+            "num_key_value_heads": c.num_heads, "intermediate_size": c.mlp_dim,
+            "first_k_dense_replace": c.depth, "rms_norm_eps": c.ln_eps,
+            "hidden_act": _HF_ACTIVATION[c.activation],
+            "tie_word_embeddings": c.tie_embeddings, "attention_bias": c.qkv_bias,
+            "initializer_range": 0.02, "kv_lora_rank": c.kv_lora_rank,
+            "q_lora_rank": c.q_lora_rank, "qk_nope_head_dim": c.qk_nope_head_dim,
+            "qk_rope_head_dim": c.qk_rope_head_dim, "v_head_dim": c.v_head_dim,
+            "rope_interleave": True, **_rope_config(c)}
+
+  @staticmethod
+  def rename(name: str) -> str:
+    return name
+
+  @staticmethod
+  def rules(model: Deepseek, with_mlm_head: bool = False, with_pooler: bool = False,
+            hf_config: JsonObject | None = None) -> list[convert.Rule]:
+    interleaved = DeepseekFormat.interleaved(hf_config)
+    return _decoder_rules(model, (("input_layernorm", "attention_norm"),
+                                  ("post_attention_layernorm", "mlp_norm")),
+                          functools.partial(_latent_attention_rules, interleaved=interleaved))
+
+
 FORMATS = {"bert": BertFormat, "gpt2": Gpt2Format,
            **{model_type: LlamaFormat for model_type in LlamaFormat.model_types},
-           **{model_type: GemmaFormat for model_type in GemmaFormat.model_types}}
+           **{model_type: GemmaFormat for model_type in GemmaFormat.model_types},
+           **{model_type: DeepseekFormat for model_type in DeepseekFormat.model_types}}
 
 
 def for_model_type(model_type: str):
@@ -594,14 +748,17 @@ def for_model_type(model_type: str):
                      f"{', '.join(sorted(FORMATS))} (architectures BertModel/BertFor*, "
                      "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
                      "Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, "
-                     "Gemma3ForCausalLM).")
+                     "Gemma3ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM).")
   return FORMATS[model_type]
 
 
-# Fields only the Gemma formats write, at the values every other format implies.
-_GEMMA_ONLY = {"attn_logits_soft_cap": None, "final_logits_soft_cap": None,
-               "query_pre_attn_scalar": None, "post_norms": False, "scale_embeddings": False,
-               "layer_types": None, "local_rotary_base": None}
+# Fields only one family's formats write, at the values every other format implies.
+_FAMILY_ONLY = {
+    "Gemma": {"attn_logits_soft_cap": None, "final_logits_soft_cap": None,
+              "query_pre_attn_scalar": None, "post_norms": False, "scale_embeddings": False,
+              "layer_types": None, "local_rotary_base": None},
+    "Deepseek": {"kv_lora_rank": None},  # latent attention (its other fields need it)
+}
 
 
 def for_model(model):
@@ -609,17 +766,18 @@ def for_model(model):
   if c.learned_sinks:
     raise ValueError("the model has learned_sinks=True, which no supported Hugging Face "
                      "format expresses; export it without them.")
-  fmt = next((fmt for fmt in (BertFormat, Gpt2Format, GemmaFormat, LlamaFormat)
-              if isinstance(model, fmt.family)), None)
+  fmt = next((fmt for fmt in (BertFormat, Gpt2Format, GemmaFormat, DeepseekFormat,
+                              LlamaFormat) if isinstance(model, fmt.family)), None)
   if fmt is None:
     raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
-                     "GPT, Llama, Gemma.")
-  unexpressed = [f"{f}={getattr(c, f)!r}" for f, default in _GEMMA_ONLY.items()
-                 if getattr(c, f) != default]
-  if c.norm == "rms_unit_offset":
-    unexpressed.append(f"norm={c.norm!r}")
-  if fmt is not GemmaFormat and unexpressed:
-    raise ValueError(f"the model has {', '.join(unexpressed)}, which "
-                     f"{type(model).__name__} checkpoints cannot express; export it "
-                     "without them, or build it as a Gemma.")
+                     "GPT, Llama, Gemma, Deepseek.")
+  for family, defaults in _FAMILY_ONLY.items():
+    unexpressed = [f"{f}={getattr(c, f)!r}" for f, default in defaults.items()
+                   if getattr(c, f) != default]
+    if family == "Gemma" and c.norm == "rms_unit_offset":
+      unexpressed.append(f"norm={c.norm!r}")
+    if fmt.family.__name__ != family and unexpressed:
+      raise ValueError(f"the model has {', '.join(unexpressed)}, which "
+                       f"{type(model).__name__} checkpoints cannot express; export it "
+                       f"without them, or build it as a {family}.")
   return fmt

@@ -165,7 +165,7 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
       the architecture.
 
   Returns:
-    model (Bert, GPT, Llama or Gemma), params (nested dict of jax arrays) and the tokenizer
+    model (Bert, GPT, Llama, Gemma or Deepseek), params (nested dict of jax arrays) and the tokenizer
     (None when the directory has no tokenizer files).
   """
   config, tensors, directory = read_checkpoint(path_or_name, sha256)
@@ -192,7 +192,7 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   if fresh:
     print(f"checkpoint {path_or_name!r} has no pooler: it starts from random weights",
           file=sys.stderr)
-  rules = fmt.rules(model, has_mlm_head, has_pooler)
+  rules = fmt.rules(model, has_mlm_head, has_pooler, hf_config=config)
 
   def place(path, array):
     if dtype is not None and safetensors_io.is_floating(array.dtype):
@@ -206,7 +206,7 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   if fresh:
     init = jax.jit(lambda: model.init(jax.random.key(0), *model.example_inputs(), **method))()
     params["pooler"] = init["params"]["pooler"]
-  if fmt in (formats.LlamaFormat, formats.GemmaFormat):
+  if fmt in (formats.LlamaFormat, formats.GemmaFormat, formats.DeepseekFormat):
     tokenizer = ChatTokenizer.from_directory(directory)
     check_vocabulary(tokenizer, target, directory)
   else:
@@ -232,7 +232,7 @@ def _stored_dtypes(tensors) -> set[str]:
 
 def export(model, params, directory: str, tokenizer=None, *, dtype=None,
            max_shard_bytes: int = 5 * 2 ** 30):
-  """Writes `model` and `params` (a Bert, GPT, Llama or Gemma) as a Hugging Face checkpoint:
+  """Writes `model` and `params` (a Bert, GPT, Llama, Gemma or Deepseek) as a Hugging Face checkpoint:
   config.json and model.safetensors (or, past `max_shard_bytes`, sharded files and
   model.safetensors.index.json), plus tokenizer.json if a tokenizer (data.tokenizers.Tokenizer)
   with a Hugging Face one is given (a BERT's gets the [CLS] ... [SEP] post-processor if it
@@ -240,7 +240,8 @@ def export(model, params, directory: str, tokenizer=None, *, dtype=None,
   one at a time, in their dtype or `dtype`. A Llama is written as LlamaForCausalLM,
   MistralForCausalLM (with a local_window), Qwen2ForCausalLM (Q/K/V biases only) or
   Qwen3ForCausalLM (QK-norm); a Gemma as Gemma2ForCausalLM or, with QK-norm,
-  Gemma3ForCausalLM. Returns the directory."""
+  Gemma3ForCausalLM; a Deepseek as DeepseekV3ForCausalLM (dense MLPs, interleaved rotary
+  rows). Returns the directory."""
   from tokenizers import processors
   model, params = layouts.unrolled(model, params)
   fmt = formats.for_model(model)

@@ -1,5 +1,5 @@
-"""Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3 checkpoints against Hugging Face
-transformers (PyTorch, CPU):
+"""Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 and DeepSeek-V2/V3 checkpoints against
+Hugging Face transformers (PyTorch, CPU):
 random-initialised models built by transformers itself, saved, loaded by us; and ours
 exported and loaded by transformers. Logits and greedy generations must agree."""
 
@@ -17,6 +17,8 @@ transformers = pytest.importorskip("transformers")
 TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
             initializer_range=0.3)  # large weights: logits far from uniform
+_MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
+            v_head_dim=6, first_k_dense_replace=2)
 CASES = {
     "llama-gqa-llama3-rope": ("LlamaConfig", "LlamaForCausalLM", dict(
         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
@@ -44,6 +46,15 @@ CASES = {
         rope_parameters={"full_attention": dict(rope_type="linear", factor=2.0,
                                                 rope_theta=1e6),
                          "sliding_attention": dict(rope_type="default", rope_theta=100.0)})),
+    # Latent attention with dense MLPs (first_k_dense_replace = depth): V2's interleaved
+    # rotary with a full query projection and DeepSeek's YaRN (mscale_all_dim scales the
+    # softmax); V3's query latent, attention biases and its rotate-half layout.
+    "deepseek-v2-interleaved-yarn": ("DeepseekV2Config", "DeepseekV2ForCausalLM", dict(
+        _MLA, q_lora_rank=None, tie_word_embeddings=False, rope_parameters=dict(
+            rope_type="yarn", rope_theta=10000.0, factor=4.0,
+            original_max_position_embeddings=16, mscale=0.707, mscale_all_dim=0.707))),
+    "deepseek-v3-query-latent-biases": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
+        _MLA, q_lora_rank=12, attention_bias=True, rope_interleave=False)),
 }
 YARN = [  # rope parameters besides rope_type and rope_theta
     dict(factor=4.0, original_max_position_embeddings=16),  # Qwen2.5's form
@@ -62,7 +73,7 @@ def _hf_model(case, seed=0):
   model = getattr(transformers, model_name)(config).eval()
   with torch.no_grad():  # biases and norm weights start constant (Gemma's at 0 for 1 + 0)
     for name, p in model.named_parameters():
-      if name.endswith(("proj.bias", "norm.weight")):
+      if name.endswith(("proj.bias", "mqa.bias", "norm.weight")):
         p.add_(torch.randn_like(p) * 0.5)
   return model
 
@@ -182,7 +193,12 @@ def test_models_no_checkpoint_format_expresses_are_refused_on_export(tmp_path):
            ("gemma-tiny", dict(learned_sinks=True), "learned_sinks"),
            ("gemma-tiny", dict(norm="rms"), "the Gemma formats need"),
            ("gemma-tiny", dict(query_pre_attn_scalar=12.5), "as an integer"),
-           ("gemma-tiny", dict(local_rotary_base=100.0), "Gemma 2, which has one rotary")]
+           ("gemma-tiny", dict(local_rotary_base=100.0), "Gemma 2, which has one rotary"),
+           ("llama-tiny", dict(num_kv_heads=None, kv_lora_rank=16, qk_nope_head_dim=8,
+                               qk_rope_head_dim=4, v_head_dim=6),
+            "kv_lora_rank=16, which Llama checkpoints cannot express.*as a Deepseek"),
+           ("deepseek-tiny", dict(mlp_bias=True), "DeepSeek format has attention biases"),
+           ("deepseek-tiny", dict(post_norms=True), "post_norms=True, which Deepseek")]
   for preset, options, message in cases:
     model = models.create(preset, **options)
     params = model.init(jax.random.key(0), *model.example_inputs())["params"]
@@ -213,6 +229,21 @@ def test_checkpoints_we_cannot_read_say_why(tmp_path):
   with pytest.raises(ValueError, match="'gemma3' .*text and vision.*only Gemma 3's "
                      "text-only models"):
     pretrained.load(str(tmp_path / "other"))
+
+
+def test_deepseek_checkpoints_with_expert_layers_are_refused_until_they_can_load(tmp_path):
+  import json
+  model = models.create("deepseek-tiny")
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  pretrained.export(model, params, str(tmp_path))
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["first_k_dense_replace"] == 2 and config["model_type"] == "deepseek_v3"
+  (tmp_path / "config.json").write_text(json.dumps({**config, "first_k_dense_replace": 1,
+                                                    "n_routed_experts": 8}))
+  with pytest.raises(ValueError, match="layers 1..1 of this DeepSeek checkpoint are "
+                     r"mixture-of-experts layers \(n_routed_experts=8\), which attention_jax "
+                     "cannot load yet"):
+    pretrained.load(str(tmp_path))
 
 
 def test_weights_keep_their_dtype_and_load_straight_into_a_mesh(tmp_path):
