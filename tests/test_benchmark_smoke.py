@@ -193,3 +193,15 @@ def test_lra_efficiency_benchmark_smoke(tmp_path):
   assert set(results["64"]) == {"dot_product", "linear"} and set(results["128"]) == {"linear"}
   assert all(c["steps_per_s"] > 0 and c["memory_gb"] > 0 for c in results["64"].values())
   assert "| LRA: Performer |" in run.stdout and "| linear | " in run.stdout
+
+
+def test_generate_benchmark_counts_the_cache_bytes_of_each_attention():
+  """The --mla table's bytes per token: MLA's latent (16 + 4 numbers per layer), its
+  materialised keys (4 heads x 12) and values (4 x 6), a GQA Llama's 2 x 2 heads x 8."""
+  from attention_jax import models
+  from experiments.benchmarks.generate import cache_bytes_per_token
+  deepseek = models.create("deepseek-tiny")
+  assert cache_bytes_per_token(deepseek, 24) == 2 * (16 + 4) * 4  # depth 2, float32
+  assert cache_bytes_per_token(models.with_options(deepseek, mla_decode="materialised"),
+                               24) == 2 * (4 * 12 + 4 * 6) * 4
+  assert cache_bytes_per_token(models.create("llama-tiny"), 24) == 2 * (2 * 2 * 8) * 4

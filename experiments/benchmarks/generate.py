@@ -2,6 +2,7 @@ r"""Generation throughput: ours vs Hugging Face transformers' `generate`, in one
 
     python -m experiments.benchmarks.generate                      # llama-3.2-1b shape, CPU
     python -m experiments.benchmarks.generate --preset=llama-tiny --new_tokens=8   # smoke
+    python -m experiments.benchmarks.generate --mla   # latent attention's cache, no torch
 
 Random weights of the preset's shape, exported by us and loaded by transformers, so both
 run the same model (and must produce the same greedy tokens: checked). For each dtype:
@@ -9,6 +10,12 @@ prefill tokens/s (the prompt's forward pass, cache filled) and decode tokens/s (
 tokens after the first), the medians of `--repeats` runs with the two libraries
 interleaved, after a warm-up run that compiles ours. Needs `pip install torch==2.13.0
 transformers==5.24.0` (the test extras).
+
+With --mla, no transformers: a small random DeepSeek-shaped model (`--mla_width`; DeepSeek-V3's
+proportions) decodes with the absorbed latent cache and with materialised keys and values,
+beside a GQA Llama of the same width, depth and heads; the table gives each one's cache bytes
+per token (all layers) and decode tokens/s, interleaved, and checks that the two MLA modes
+generate the same tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompt tokens (batch 1).")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "Tokens generated.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved runs per library.")
 _KERNEL = flags.DEFINE_string("kernel", "auto", "Our attention kernel.")
+_MLA = flags.DEFINE_bool("mla", False, "Latent attention's decode cache instead (no torch).")
+_MLA_WIDTH = flags.DEFINE_integer("mla_width", 512, "Width of the --mla models (8 heads).")
 
 
 def _timed(fn):
@@ -64,16 +73,59 @@ def theirs(hf_model, prompt, new_tokens):
   return prefill_s, total_s, out[0, ids.shape[1]:].numpy()
 
 
+def cache_bytes_per_token(model, length: int) -> float:
+  """Bytes of the decoding cache per token of a `length`-token cache, all layers."""
+  cache = generation.init_cache(models.with_options(model, decode=True),
+                                jnp.zeros((1, length), jnp.int32))
+  return sum(leaf.nbytes for leaf in jax.tree.leaves(cache) if leaf.ndim) / length
+
+
+def latent_attention_table(prompt, new: int):
+  """Cache bytes per token and decode tokens/s: MLA absorbed, MLA materialised, GQA."""
+  width, heads = _MLA_WIDTH.value, 8
+  head = width // heads  # DeepSeek-V3: 7168 wide, 128 heads of 128 + 64 (rotary), rank 512
+  shape = dict(vocab_size=1024, max_len=4096, width=width, depth=4, num_heads=heads,
+               mlp_dim=4 * width, kernel=_KERNEL.value)
+  latent = dict(kv_lora_rank=4 * head, q_lora_rank=12 * head, qk_nope_head_dim=head,
+                qk_rope_head_dim=head // 2, v_head_dim=head)
+  candidates = {
+      "MLA, absorbed latent cache": models.create("deepseek-tiny", **shape, **latent),
+      "MLA, materialised K/V cache": models.create("deepseek-tiny", **shape, **latent,
+                                                   mla_decode="materialised"),
+      f"GQA Llama, {heads // 4} KV heads of {head}": models.create(
+          "llama-tiny", **shape, num_kv_heads=heads // 4)}
+  length = prompt.shape[1] + new
+  params = {name: jax.jit(lambda m=m: m.init(jax.random.key(0), *m.example_inputs())[
+      "params"])() for name, m in candidates.items()}
+  runs = harness.interleaved({name: lambda name=name, m=m: ours(m, params[name], prompt, new)
+                              for name, m in candidates.items()}, _REPEATS.value)
+  absorbed, materialised = (runs[name][-1][2] for name in list(candidates)[:2])
+  print(f"latent attention: width {width}, {heads} heads, depth 4, prompt "
+        f"{prompt.shape[1]}, {new} new tokens, batch 1, float32; {harness.machine()}")
+  print(f"the two MLA caches generate the same tokens: {np.array_equal(absorbed, materialised)}")
+  print("| model | cache bytes / token | decode tokens/s | ratio to absorbed (decode) |")
+  print("|---|---|---|---|")
+  rates = {name: (new - 1) / harness.median([r[1] - r[0] for r in results])
+           for name, results in runs.items()}
+  first = next(iter(rates.values()))
+  for name, model in candidates.items():
+    print(f"| {name} | {cache_bytes_per_token(model, length):.0f} | {rates[name]:.1f} | "
+          f"{rates[name] / first:.2f}x |")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  new = _NEW_TOKENS.value
+  if _MLA.value:
+    prompt = np.random.default_rng(0).integers(3, 1000, (1, _PROMPT_LEN.value), np.int32)
+    return latent_attention_table(prompt, new)
   import torch
   import transformers
   torch.set_num_threads(os.cpu_count())
   vocab = models.create(_PRESET.value).config.vocab_size
   prompt = np.random.default_rng(0).integers(3, min(vocab, 1000), (1, _PROMPT_LEN.value))
   prompt = prompt.astype(np.int32)
-  new = _NEW_TOKENS.value
   print(f"{_PRESET.value}, prompt {_PROMPT_LEN.value}, {new} new tokens, batch 1, "
         f"{os.cpu_count()} CPU threads; jax {jax.__version__}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}")
