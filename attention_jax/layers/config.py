@@ -51,8 +51,8 @@ class TransformerConfig:
     layer_types: each layer's attention, "sliding" (keys within `local_window` of the
       diagonal) or "full", one per layer (Gemma 2 alternates them, Gemma 3 has 5 sliding to
       1 full); None: every layer has `local_window`. Decoding keeps a bounded cache of the
-      window for the sliding layers. `scan_layers` needs layers that are all alike (one
-      type) for now.
+      window for the sliding layers. `scan_layers` scans over the repeating group
+      (`layer_period()` layers) and runs the layers past its last whole repetition unrolled.
     local_rotary_base: the rotary base of the sliding layers, which then take no
       rope_scaling (Gemma 3's local layers); None: the same rotary as the full layers.
     attn_logits_soft_cap: c caps every attention score at ±c, c·tanh(score / c) (Gemma 2);

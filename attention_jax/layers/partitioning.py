@@ -57,6 +57,9 @@ DIRECT = {
 HEAD_NORMS = ("query_norm", "key_norm", "query_down_norm", "kv_down_norm")
 LAYERS = "layers"  # the leading axis of blocks stacked by `scan_layers`
 STACKED = "blocks"  # the module name of such a stack (layers.transformer.scanned_blocks)
+# In a stack of repeating groups of blocks (mixed layer_types), the j-th block of each group:
+# "blocks/layer_<j>", its arrays' leading axis over the groups.
+GROUP_MEMBER = "layer_"
 _INDEX = re.compile(r"_\d+$")
 LORA_SUFFIX = "_lora"
 

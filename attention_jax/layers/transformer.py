@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ from attention_jax.layers.inputs import AttentionInputs
 from attention_jax.layers.latent_attention import LatentAttention
 from attention_jax.layers.mlp import Mlp
 from attention_jax.layers.norms import make_norm
-from attention_jax.layers.partitioning import STACKED
+from attention_jax.layers.partitioning import GROUP_MEMBER, STACKED
 
 
 REMAT = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -144,19 +146,52 @@ class _ScanStep(TransformerBlock):
                             deterministic=deterministic), None
 
 
-def scanned_blocks(config: TransformerConfig, **module_options) -> nn.Module:
-  """`config.depth` identical TransformerBlocks under `nn.scan`: one block is traced and
-  compiled, so compile time does not grow with depth; every parameter (and KV-cache entry)
-  gains a leading `layers` axis of size `depth`. Run it with `run_blocks`. Name it "blocks"
-  (`partitioning.STACKED`) or "<group>_blocks" in a model with several stacks: sharding and
-  the layout conversions look for these names."""
-  if config.layer_period() > 1:
-    raise ValueError(f"scan_layers over layer_types={config.layer_types} (layers that are "
-                     "not all alike) is not supported yet; set scan_layers=False.")
-  layer_type = config.layer_types[0] if config.layer_types else None
-  return nn.scan(_ScanStep, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
-                 split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                 length=config.depth)(config, layer_type=layer_type, **module_options)
+class _GroupStep(nn.Module):
+  """One repeating group of blocks (`layer_types`' period; block j named `layer_<j>`) as
+  nn.scan's body, called as `_ScanStep`."""
+  config: TransformerConfig
+  layer_types: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self, x, inputs, encoded, encoded_inputs, deterministic):
+    for j, layer_type in enumerate(self.layer_types):
+      x = TransformerBlock(self.config, layer_type=layer_type, name=f"{GROUP_MEMBER}{j}")(
+          x, inputs, encoded=encoded, encoded_inputs=encoded_inputs,
+          deterministic=deterministic)
+    return x, None
+
+
+def scanned_depth(config: TransformerConfig) -> int:
+  """How many of the config's layers `scanned_blocks` holds: all of them, or with mixed
+  layer_types the whole repetitions of their period (the rest run unrolled above)."""
+  period = config.layer_period()
+  return config.depth // period * period
+
+
+def scanned_blocks(config: TransformerConfig, *, tail: bool = False,
+                   **module_options) -> nn.Module:
+  """TransformerBlocks under `nn.scan`: one step is traced and compiled, so compile time does
+  not grow with depth. Layers all alike: `config.depth` steps of one block, every parameter
+  (and KV-cache entry) with a leading `layers` axis of size depth. Mixed `layer_types`
+  (Gemma's sliding and full layers): steps of one period of blocks (`layer_<j>` the j-th of
+  each), depth // period of them; `block_stack` runs the remaining depth % period layers
+  unrolled above (`tail=True` says the caller runs them; else such a depth is refused). Run
+  it with `run_blocks`. Name it "blocks" (`partitioning.STACKED`) or
+  "<group>_blocks" in a model with several stacks: sharding and the layout conversions look
+  for these names."""
+  period = config.layer_period()
+  if config.depth % period and not tail:
+    raise ValueError(f"layer_types={config.layer_types} repeat every {period} layers, which "
+                     f"does not divide depth={config.depth}; scan these layers with "
+                     "`block_stack`, which runs the last ones unrolled.")
+  scan = functools.partial(
+      nn.scan, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+      length=config.depth // period)
+  if period == 1:
+    layer_type = config.layer_types[0] if config.layer_types else None
+    return scan(_ScanStep)(config, layer_type=layer_type, **module_options)
+  return scan(_GroupStep)(config, layer_types=config.layer_types[:period], **module_options)
 
 
 def run_blocks(blocks, x, inputs: AttentionInputs | None = None, *, encoded=None,
@@ -175,12 +210,15 @@ def run_blocks(blocks, x, inputs: AttentionInputs | None = None, *, encoded=None
 def block_stack(x, config: TransformerConfig, inputs: AttentionInputs | None = None, *,
                 prefix: str = "block_", deterministic=True):
   """`config.depth` TransformerBlocks over x, unrolled (named `<prefix><i>`) or, with
-  `config.scan_layers`, under nn.scan (named "blocks", parameters stacked). Call from a
+  `config.scan_layers`, under nn.scan (named "blocks", parameters stacked; with mixed
+  layer_types the layers past `scanned_depth` stay unrolled, `<prefix><i>`). Call from a
   compact method."""
+  first = 0
   if config.scan_layers:
-    blocks = scanned_blocks(config, name=STACKED)
-  else:
-    types = config.layer_types or (None,) * config.depth
-    blocks = [TransformerBlock(config, layer_type=types[i], name=f"{prefix}{i}")
-              for i in range(config.depth)]
+    x = run_blocks(scanned_blocks(config, tail=True, name=STACKED), x, inputs,
+                   deterministic=deterministic)
+    first = scanned_depth(config)
+  types = config.layer_types or (None,) * config.depth
+  blocks = [TransformerBlock(config, layer_type=types[i], name=f"{prefix}{i}")
+            for i in range(first, config.depth)]
   return run_blocks(blocks, x, inputs, deterministic=deterministic)

@@ -4,9 +4,11 @@ groups each model declares (what fine-tuning freezes, decays and adapts).
 Unrolled (`scan_layers=False`): one subtree per block, named `<prefix><i>` (`block_0`, ...;
 BERT's `blocks_0`, ...; the encoder-decoder's `encoder_blocks_0`, `decoder_blocks_0`, ...).
 Stacked (`scan_layers=True`): one subtree per stack, "blocks" (or `encoder_blocks`,
-`decoder_blocks`), whose arrays have a leading `layers` axis (nn.scan). Checkpoints, Hugging
-Face conversion and fine-tuning read either: `to_layout` converts a parameter tree to the layout
-of a target.
+`decoder_blocks`), whose arrays have a leading `layers` axis (nn.scan). With mixed
+`layer_types` of period p the stack holds groups: "blocks/layer_<j>" has layers j, j + p,
+j + 2p, ... along its leading axis, and the depth % p layers above the last whole group stay
+unrolled (`block_<i>`). Checkpoints, Hugging Face conversion and fine-tuning read either:
+`to_layout` converts a parameter tree to the layout of a target.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax.layers.config import with_options
-from attention_jax.layers.partitioning import STACKED, is_stack
+from attention_jax.layers.partitioning import GROUP_MEMBER, STACKED, is_stack
 
 _INDEXED = re.compile(r"^(.*?)(\d+)$")
 _SINGLE_PREFIXES = ("block_", "blocks_")  # the unrolled names of a model's only stack
@@ -29,15 +31,17 @@ _SINGLE_PREFIXES = ("block_", "blocks_")  # the unrolled names of a model's only
 class LayerGroups:
   """A model's layers by top-level parameter name, as the model declares them.
 
-  below: under every block (embeddings); blocks: the unrolled blocks, bottom to top (empty
-  when stacked); stacks: the stacked blocks as (name, number of layers), bottom to top
-  (empty when unrolled); depth: number of blocks; above: on top of the blocks and trained
-  with them (final norm, untied LM head); projections: the LoRA-targetable projections
-  inside the blocks.
+  below: under every block (embeddings); blocks: the unrolled blocks, bottom to top (when
+  stacked, only those above a grouped stack's last whole group); block_layers: each one's
+  layer index from the bottom; stacks: the stacked blocks as (name, first layer, number of
+  layers, period of its groups), bottom to top (empty when unrolled); depth: number of
+  blocks; above: on top of the blocks and trained with them (final norm, untied LM head);
+  projections: the LoRA-targetable projections inside the blocks.
   """
   below: tuple[str, ...]
   blocks: tuple[str, ...]
-  stacks: tuple[tuple[str, int], ...]
+  block_layers: tuple[int, ...]
+  stacks: tuple[tuple[str, int, int, int], ...]
   depth: int
   above: tuple[str, ...]
   projections: frozenset[str]
@@ -48,26 +52,32 @@ class LayerGroups:
     """The groups of a model built from `config`: blocks named `<prefix><i>` for each
     (prefix, count) in `prefixes` (default: "block_", config.depth), or stacked."""
     prefixes = prefixes or (("block_", config.depth),)
-    depth = sum(count for _, count in prefixes)
-    blocks = () if config.scan_layers else tuple(
-        f"{prefix}{i}" for prefix, count in prefixes for i in range(count))
-    stacks = (tuple((stack_name(prefix), count) for prefix, count in prefixes)
-              if config.scan_layers else ())
+    period = config.layer_period()
+    blocks, layers, stacks, first = [], [], [], 0
+    for prefix, count in prefixes:
+      scanned = count // period * period if config.scan_layers else 0
+      if scanned:
+        stacks.append((stack_name(prefix), first, scanned, period))
+      blocks += [f"{prefix}{i}" for i in range(scanned, count)]
+      layers += range(first + scanned, first + count)
+      first += count
     projections = {"query", "key", "value", "out", "fc1", "fc2"} | (
         {"gate"} if config.gated_mlp else set())
-    return cls(tuple(below), blocks, stacks, depth, tuple(above), frozenset(projections))
+    return cls(tuple(below), tuple(blocks), tuple(layers), tuple(stacks), first,
+               tuple(above), frozenset(projections))
 
   def block_index(self, name: str) -> int | None:
     """Index (from the bottom) of the unrolled block named `name`, else None."""
-    return self.blocks.index(name) if name in self.blocks else None
+    return self.block_layers[self.blocks.index(name)] if name in self.blocks else None
 
-  def stack_layers(self, name: str) -> np.ndarray | None:
-    """Indices (from the bottom, over all blocks) of the layers of the stack `name`."""
-    offset = 0
-    for stack, count in self.stacks:
-      if stack == name:
-        return np.arange(offset, offset + count)
-      offset += count
+  def stack_layers(self, path: tuple[str, ...]) -> np.ndarray | None:
+    """Indices (from the bottom, over all blocks) of the layers that the parameter at `path`
+    holds along its leading axis when it lies in a stack (a grouped stack's `layer_<j>`:
+    layers j, j + period, ...), else None."""
+    for stack, first, count, period in self.stacks:
+      if path[0] == stack:
+        layers = np.arange(first, first + count)
+        return layers if period == 1 else layers[int(path[1][len(GROUP_MEMBER):])::period]
     return None
 
 
@@ -92,13 +102,26 @@ def block_prefixes(params: dict) -> list[str]:
   return found
 
 
-def stack(params: dict) -> dict:
+def group_period(stacked: dict) -> int:
+  """The period of a stack's repeating groups (the number of its `layer_<j>`), 1 for a
+  stack of single blocks."""
+  names = list(stacked)
+  grouped = names and all(n.startswith(GROUP_MEMBER) and n[len(GROUP_MEMBER):].isdigit()
+                          for n in names)
+  return len(names) if grouped else 1
+
+
+def stack(params: dict, period: int = 1) -> dict:
   """Unrolled -> stacked: each `<prefix>0 .. <prefix>{L-1}` becomes one module (`stack_name`)
-  whose arrays have a leading axis."""
+  whose arrays have a leading axis; with `period` > 1 (the config's `layer_period()`), one
+  `layer_<j>` per position in the period, over the whole groups, the rest left unrolled."""
   for prefix in block_prefixes(params):
     names = sorted((n for n in params if n.startswith(prefix) and n[len(prefix):].isdigit()),
                    key=lambda n: int(n[len(prefix):]))
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in names])
+    names = names[:len(names) // period * period]
+    stack_of = lambda group: jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in group])
+    stacked = stack_of(names) if period == 1 else {
+        f"{GROUP_MEMBER}{j}": stack_of(names[j::period]) for j in range(period)}
     params = {**{k: v for k, v in params.items() if k not in names},
               stack_name(prefix): stacked}
   return params
@@ -106,14 +129,17 @@ def stack(params: dict) -> dict:
 
 def unstack(params: dict, prefix: str) -> dict:
   """Stacked -> unrolled: "blocks" becomes `<prefix><i>`, "<group>_blocks" becomes
-  `<group>_blocks_<i>`."""
+  `<group>_blocks_<i>` (a grouped stack's `layer_<j>` of group g is layer g * period + j)."""
   for name in [n for n in params if is_stack(n)]:
-    stacked = params[name]
-    depth = jax.tree.leaves(stacked)[0].shape[0]
+    stacked, period = params[name], group_period(params[name])
+    groups = jax.tree.leaves(stacked)[0].shape[0]
     unrolled_prefix = prefix if name == STACKED else name + "_"
+    member = (lambda i: stacked) if period == 1 else (
+        lambda i: stacked[f"{GROUP_MEMBER}{i % period}"])
     params = {**{k: v for k, v in params.items() if k != name},
-              **{f"{unrolled_prefix}{i}": jax.tree.map(lambda x, i=i: x[i], stacked)
-                 for i in range(depth)}}
+              **{f"{unrolled_prefix}{i}": jax.tree.map(lambda x, i=i: x[i // period],
+                                                       member(i))
+                 for i in range(groups * period)}}
   return params
 
 
@@ -121,7 +147,7 @@ def to_layout(params: dict, like: dict, prefix: str = "block_") -> dict:
   """`params` in the layout of `like` (a parameter tree or its shapes); `prefix` names
   unrolled blocks when `params` is stacked and `like` is not (default: `like`'s own)."""
   if is_stacked(like) and not is_stacked(params):
-    return stack(params)
+    return stack(params, max(group_period(v) for k, v in like.items() if is_stack(k)))
   if is_stacked(params) and not is_stacked(like):
     single = [p for p in block_prefixes(like) if p in _SINGLE_PREFIXES]
     return unstack(params, single[0] if single else prefix)

@@ -212,7 +212,7 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   else:
     tokenizer = PretrainedTokenizer.from_directory(directory, _max_length(directory, model))
   if target.config.scan_layers:
-    params = layouts.stack(params)
+    params = layouts.stack(params, target.config.layer_period())
   return target, params, tokenizer
 
 

@@ -109,7 +109,8 @@ def trainable(params, config, groups: LayerGroups) -> dict:
   cfg = config.finetune
   flat = _flat(params)
   heads = set(cfg.heads)
-  top = set(groups.blocks[max(groups.depth - cfg.top_k, 0):]) | set(groups.above)
+  top = {name for name, layer in zip(groups.blocks, groups.block_layers)
+         if layer >= groups.depth - cfg.top_k} | set(groups.above)
 
   def trains(path):
     if cfg.mode == "full" or path[0] in heads:
@@ -118,7 +119,7 @@ def trainable(params, config, groups: LayerGroups) -> dict:
       return lora_lib.is_adapter(path)
     if cfg.mode == "top_k_layers":
       # Stacked blocks train as one array; layer_scale zeroes the lower layers' updates.
-      return groups.stack_layers(path[0]) is not None or path[0] in top
+      return groups.stack_layers(path) is not None or path[0] in top
     return False
 
   if cfg.mode == "top_k_layers" and groups.depth == 0:
@@ -211,7 +212,7 @@ def initial_params(model, inputs, rng, loaded: dict) -> dict:
   a seed gives the same model in either layout."""
   if model.config.scan_layers:
     params = with_options(model, scan_layers=False).init(rng, *inputs)["params"]
-    params = layouts.stack(params)
+    params = layouts.stack(params, model.config.layer_period())
   else:
     params = model.init(rng, *inputs)["params"]
   if not loaded:
@@ -235,14 +236,14 @@ def layer_scale(params, config, groups: LayerGroups) -> optax.GradientTransforma
   there is nothing to scale."""
   decay, flat, depth = config.finetune.layer_decay, _flat(params), groups.depth
   top_k = config.finetune.top_k if config.finetune.mode == "top_k_layers" else None
-  stacked = any(groups.stack_layers(p[0]) is not None for p in flat)
+  stacked = any(groups.stack_layers(p) is not None for p in flat)
   if decay == 1.0 and not (top_k and stacked):
     return None
   if depth == 0:
     raise ValueError("layer-wise lr decay needs a model with blocks.")
 
   def scale(path, leaf):
-    layer = groups.stack_layers(path[0])
+    layer = groups.stack_layers(path)
     if layer is not None:
       factor = decay ** (depth - layer) * (layer >= depth - top_k if top_k else 1.0)
       return factor.reshape((len(layer),) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from attention_jax import models
 from attention_jax.models import layouts
+from attention_jax.models.gemma import gemma_layer_types
 from attention_jax.models.generation import init_cache
 
 TOKENS = jax.random.randint(jax.random.key(1), (2, 12), 0, 128)
@@ -409,9 +410,46 @@ def test_layer_types_are_checked_and_scan_layers_says_what_it_cannot_scan():
   with pytest.raises(ValueError, match="set layer_types to say which layers slide"):
     models.create("llama-tiny", local_rotary_base=100.0)
   assert models.create("gemma-tiny").config.layer_period() == 2
-  with pytest.raises(ValueError, match="scan_layers over layer_types"):
-    model = models.create("gemma-tiny", scan_layers=True)
-    init(model, TOKENS)
+  from attention_jax.layers.transformer import scanned_blocks
+  with pytest.raises(ValueError, match="repeat every 2 layers, which does not divide depth=5"):
+    scanned_blocks(models.create("gemma-tiny", depth=5,
+                                 layer_types=gemma_layer_types(5, 2)).config)
+
+
+@pytest.mark.parametrize("depth", [4, 5])  # two whole groups; and one more sliding layer
+def test_scan_layers_scans_the_repeating_group_of_mixed_layer_types(depth):
+  """Gemma's sliding and full layers under scan_layers: a scan over groups of one period
+  (blocks/layer_0 the sliding, blocks/layer_1 the full layers), the layers past the last
+  whole group unrolled; the same logits, generation (each group member with its own cache:
+  bounded for the sliding one), parameter layout conversions and sharding axes."""
+  from attention_jax.layers import partitioning
+  model = models.create("gemma-tiny", depth=depth, layer_types=gemma_layer_types(depth, 2))
+  params = init(model, TOKENS)
+  scanned = models.with_options(model, scan_layers=True)
+  shapes = jax.eval_shape(lambda: scanned.init(jax.random.key(0), TOKENS))["params"]
+  assert set(shapes["blocks"]) == {"layer_0", "layer_1"}
+  assert shapes["blocks"]["layer_0"]["attention"]["query"]["kernel"].shape[0] == 2
+  assert sorted(k for k in shapes if k.startswith("block_")) == (
+      ["block_4"] if depth == 5 else [])
+  stacked = layouts.to_layout(params, shapes)
+  jax.tree.map(np.testing.assert_array_equal, stacked["blocks"]["layer_1"],
+               jax.tree.map(lambda *x: jnp.stack(x), params["block_1"], params["block_3"]))
+  jax.tree.map(np.testing.assert_array_equal, layouts.to_layout(stacked, params), params)
+  np.testing.assert_allclose(scanned.apply({"params": stacked}, TOKENS),
+                             model.apply({"params": params}, TOKENS), atol=1e-5)
+  prompt = TOKENS[:, :3]  # 3 + 12 tokens: past the window of 7
+  greedy = lambda m, p: np.asarray(models.generate(m, p, prompt, max_new_tokens=12,
+                                                   rng=jax.random.key(1), temperature=0.0))
+  np.testing.assert_array_equal(greedy(scanned, stacked), greedy(model, params))
+  cache = init_cache(models.with_options(scanned, decode=True), jnp.zeros((2, 15), jnp.int32))
+  assert cache["blocks"]["layer_0"]["attention"]["cached_key"].shape[:3] == (2, 2, 8)  # w + 1
+  assert cache["blocks"]["layer_1"]["attention"]["cached_key"].shape[:3] == (2, 2, 15)
+  axes = partitioning.logical_axes(shapes)
+  assert axes["blocks"]["layer_0"]["mlp"]["fc1"]["kernel"] == partitioning.PartitionSpec(
+      "layers", "embed", "mlp")
+  groups = scanned.layer_groups()
+  assert groups.stack_layers(("blocks", "layer_1", "mlp")).tolist() == [1, 3]
+  assert groups.block_index("block_4") == (4 if depth == 5 else None)
 
 
 def test_a_kernel_that_cannot_take_a_dense_mask_says_so_when_decoding():

@@ -238,14 +238,19 @@ def test_a_tokenizer_that_is_not_wordpiece_is_left_out(tmp_path):
   assert tokenizer is None and loaded_model.config.width == 32
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "bert-tiny"])
-def test_stacked_blocks_load_and_export_as_hugging_face_layers(tmp_path, name):
-  model = models.create(name)
+@pytest.mark.parametrize("name,options", [
+    ("gpt-tiny", {}), ("bert-tiny", {}),
+    # sliding/full groups of 2, scanned, and a fifth (sliding) layer unrolled above them
+    ("gemma-tiny", dict(depth=5, layer_types=("sliding", "full") * 2 + ("sliding",)))])
+def test_stacked_blocks_load_and_export_as_hugging_face_layers(tmp_path, name, options):
+  model = models.create(name, **options)
   params = _random_params(model)
   pretrained.export(model, params, str(tmp_path / "unrolled"))
   scanned, stacked, _ = pretrained.load(str(tmp_path / "unrolled"), scan_layers=True)
   assert scanned.config.scan_layers and set(stacked) >= {"blocks"}
-  assert stacked["blocks"]["mlp"]["fc1"]["kernel"].shape[0] == model.config.depth
+  period = model.config.layer_period()
+  assert jax.tree.leaves(stacked["blocks"])[0].shape[0] == model.config.depth // period
+  assert ("block_4" in stacked) == (name == "gemma-tiny")
   tokens = jnp.array([[5, 9, 3, 7, 1]])
   out = lambda m, p: jax.tree.leaves(m.apply({"params": p}, tokens))
   for want, got in zip(out(model, params), out(scanned, stacked)):

@@ -16,6 +16,7 @@ from attention_jax import models, pretrained
 from attention_jax.data import pipeline
 from attention_jax.layers import lora
 from attention_jax.models import layouts
+from attention_jax.models.gemma import gemma_layer_types
 from attention_jax.training import finetune, optim, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training.metrics import read_metrics
@@ -210,6 +211,36 @@ def test_layer_decay_puts_the_encoder_below_the_decoder_in_both_layouts():
       stack]["mlp"]["fc1"]["kernel"][:, 0, 0])
   np.testing.assert_array_equal(fc1("encoder_blocks"), [0, 0])
   np.testing.assert_array_equal(fc1("decoder_blocks"), [0, 1, 1])
+
+
+def test_layer_decay_and_top_k_follow_each_layer_of_a_grouped_stack():
+  """Gemma's sliding/full groups under scan_layers (blocks/layer_<j> with layers j, j + 2,
+  and block_4 unrolled above): each layer keeps the scale of its depth."""
+  config = finetune_minilm_wordnet.get_config()
+  config.finetune.update(layer_decay=0.5, mode="full")
+  scales = {}
+  for scan_layers in (False, True):
+    model = models.create("gemma-tiny", depth=5, layer_types=gemma_layer_types(5, 2),
+                          scan_layers=scan_layers)
+    params = finetune.initial_params(model, model.example_inputs(), jax.random.key(0), {})
+    scale = finetune.layer_scale(params, config, model.layer_groups())
+    scales[scan_layers] = scale.update(jax.tree.map(jnp.ones_like, params), None)[0]
+  unrolled, stacked = scales[False], scales[True]
+  assert set(stacked) >= {"blocks", "block_4"}
+  assert unrolled["block_0"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.5 ** 5)
+  jax.tree.map(np.testing.assert_allclose, layouts.stack(unrolled, 2), stacked)
+  np.testing.assert_allclose(stacked["blocks"]["layer_1"]["mlp"]["fc1"]["kernel"][:, 0, 0],
+                             [0.5 ** 4, 0.5 ** 2])
+  config.finetune.update(layer_decay=1.0, mode="top_k_layers", top_k=2)
+  stacked_params = finetune.initial_params(model, model.example_inputs(), jax.random.key(0), {})
+  scale = finetune.layer_scale(stacked_params, config, model.layer_groups())
+  updated = scale.update(jax.tree.map(jnp.ones_like, stacked_params), None)[0]
+  np.testing.assert_array_equal(updated["blocks"]["layer_1"]["mlp"]["fc1"]["kernel"][:, 0, 0],
+                                [0, 1])  # layers 1 and 3: only 3 is in the top 2
+  np.testing.assert_array_equal(updated["blocks"]["layer_0"]["mlp"]["fc1"]["kernel"][:, 0, 0],
+                                [0, 0])  # layers 0 and 2
+  trains = finetune.trainable(stacked_params, config, model.layer_groups())
+  assert trains[("block_4", "mlp", "fc1", "kernel")]
 
 
 def test_top_k_layers_of_stacked_blocks_freezes_the_lower_layers(tmp_path_factory, tmp_path,
