@@ -2,7 +2,8 @@
 the next, one class per kernel `decoding` (`for_kernel` picks it):
   "kv_cache": `KVCache`, every key and value so far, attended through the layer's kernel;
     a layer with a `local_window` (Mistral, Gemma's sliding layers) keeps a `WindowCache`
-    of the window instead;
+    of the window instead; multi-head latent attention's absorbed decoding keeps a KVCache
+    of the latent alone (`KVCache.append`);
   "window": `WindowCache`, first-token sinks plus the last w + 1 keys of a sliding window;
   "state": `StateCache`, a recurrent kernel's fixed-size state.
 Each is called as `cache(query, key, value, inputs, attend) -> out [batch, q, heads, dim]`
