@@ -52,7 +52,7 @@ def test_latent_attention_runs_on_every_softmax_kernel_and_trains():
   `equal_head_dims`), flash takes them as they are; absorbed decoding of a padded batch."""
   model, params, tokens = _model_and_params()
   reference = model.apply({"params": params}, tokens)
-  for kernel in ("flash", "xla", "auto"):
+  for kernel in ("flash", "xla"):
     got = models.with_options(model, kernel=kernel).apply({"params": params}, tokens)
     np.testing.assert_allclose(got, reference, atol=2e-5)
   grads = jax.grad(lambda p: models.with_options(model, kernel="xla").apply(

@@ -416,21 +416,21 @@ def test_layer_types_are_checked_and_scan_layers_says_what_it_cannot_scan():
                                  layer_types=gemma_layer_types(5, 2)).config)
 
 
-@pytest.mark.parametrize("depth", [4, 5])  # two whole groups; and one more sliding layer
-def test_scan_layers_scans_the_repeating_group_of_mixed_layer_types(depth):
+def test_scan_layers_scans_the_repeating_group_of_mixed_layer_types():
   """Gemma's sliding and full layers under scan_layers: a scan over groups of one period
   (blocks/layer_0 the sliding, blocks/layer_1 the full layers), the layers past the last
-  whole group unrolled; the same logits, generation (each group member with its own cache:
-  bounded for the sliding one), parameter layout conversions and sharding axes."""
+  whole group unrolled (depth 5: two groups, then one more sliding layer); the same logits,
+  generation (each group member with its own cache: bounded for the sliding one), parameter
+  layout conversions and sharding axes."""
   from attention_jax.layers import partitioning
+  depth = 5
   model = models.create("gemma-tiny", depth=depth, layer_types=gemma_layer_types(depth, 2))
   params = init(model, TOKENS)
   scanned = models.with_options(model, scan_layers=True)
   shapes = jax.eval_shape(lambda: scanned.init(jax.random.key(0), TOKENS))["params"]
   assert set(shapes["blocks"]) == {"layer_0", "layer_1"}
   assert shapes["blocks"]["layer_0"]["attention"]["query"]["kernel"].shape[0] == 2
-  assert sorted(k for k in shapes if k.startswith("block_")) == (
-      ["block_4"] if depth == 5 else [])
+  assert sorted(k for k in shapes if k.startswith("block_")) == ["block_4"]
   stacked = layouts.to_layout(params, shapes)
   jax.tree.map(np.testing.assert_array_equal, stacked["blocks"]["layer_1"],
                jax.tree.map(lambda *x: jnp.stack(x), params["block_1"], params["block_3"]))
@@ -449,7 +449,7 @@ def test_scan_layers_scans_the_repeating_group_of_mixed_layer_types(depth):
       "layers", "embed", "mlp")
   groups = scanned.layer_groups()
   assert groups.stack_layers(("blocks", "layer_1", "mlp")).tolist() == [1, 3]
-  assert groups.block_index("block_4") == (4 if depth == 5 else None)
+  assert groups.block_index("block_4") == 4 and groups.block_index("block_3") is None
 
 
 def test_a_kernel_that_cannot_take_a_dense_mask_says_so_when_decoding():
