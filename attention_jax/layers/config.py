@@ -23,6 +23,7 @@ LAYER_TYPES = ("sliding", "full")
 MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
               "v_head_dim")
 MLA_DECODE = ("absorbed", "materialised")
+MOE_DISPATCH = ("dropless", "capacity")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,13 +65,21 @@ class TransformerConfig:
       (a low-rank query; None: a full query projection), qk_nope_head_dim and
       qk_rope_head_dim (each query/key head's parts without and with rotary; the rotary key
       is one for all heads) and v_head_dim. None: standard multi-head attention.
+    num_experts: a mixture of experts in every block's MLP (`layers.moe.MoeMlp`; Mixtral)
+      when set: a float32 softmax router sends each token to experts_per_token of
+      num_experts gated experts of width expert_mlp_dim (default mlp_dim), their outputs
+      weighted by the router's probabilities, renormalised over the chosen experts when
+      norm_topk_prob (Mixtral: True; Qwen3-MoE's config says). None: a dense MLP.
   Runtime (free to change on a trained model):
     kernel (registry name or callable), local_window (keys within that distance of the
     diagonal; Mistral's sliding window), dropout_rate, attention_dropout_rate, remat,
     scan_layers, lora, decode (KV cache), sow_weights, dtype, param_dtype; mla_decode:
     what an MLA layer caches when decoding, "absorbed" (the latent, kv_lora_rank +
     qk_rope_head_dim numbers per token, with the up-projections folded into the query and
-    output) or "materialised" (each head's keys and values).
+    output) or "materialised" (each head's keys and values); moe_dispatch: how tokens reach
+    their experts, "dropless" (sorted by expert, grouped matmuls, jax.lax.ragged_dot) or
+    "capacity" (at most capacity_factor times an even share per expert, first choices
+    before second ones; the rest dropped and counted).
   """
   width: int
   depth: int
@@ -106,6 +115,10 @@ class TransformerConfig:
   qk_nope_head_dim: int | None = None
   qk_rope_head_dim: int | None = None
   v_head_dim: int | None = None
+  num_experts: int | None = None
+  experts_per_token: int | None = None
+  expert_mlp_dim: int | None = None
+  norm_topk_prob: bool = True
   kernel: str | Callable = "dot_product"
   local_window: int | None = None
   dropout_rate: float = 0.0
@@ -116,6 +129,8 @@ class TransformerConfig:
   decode: bool = False
   sow_weights: bool = False
   mla_decode: str = "absorbed"
+  moe_dispatch: str = "dropless"
+  capacity_factor: float = 1.25
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -134,6 +149,7 @@ class TransformerConfig:
       if value is not None and not value > 0:
         raise ValueError(f"{name} must be positive (or None), got {value}.")
     self._check_latent_attention()
+    self._check_experts()
 
   def _check_layer_types(self):
     types = tuple(self.layer_types)  # a list from a command line or a JSON file
@@ -178,6 +194,28 @@ class TransformerConfig:
       raise ValueError(f"multi-head latent attention (kv_lora_rank={self.kv_lora_rank}) "
                        "has rotary positions on every head, no QK-norm, GQA, head_dim or "
                        f"window; this config sets {wrong}.")
+
+  def _check_experts(self):
+    if self.moe_dispatch not in MOE_DISPATCH:
+      raise ValueError(f"moe_dispatch must be one of {MOE_DISPATCH}, got "
+                       f"{self.moe_dispatch!r}.")
+    if not self.capacity_factor > 0:
+      raise ValueError(f"capacity_factor must be positive, got {self.capacity_factor}.")
+    if self.num_experts is None:
+      given = [n for n in ("experts_per_token", "expert_mlp_dim") if getattr(self, n)]
+      if given:
+        raise ValueError(f"{', '.join(given)} describe a mixture of experts; set num_experts "
+                         "too (or leave them None).")
+      return
+    experts, chosen = self.num_experts, self.experts_per_token
+    if not (isinstance(experts, int) and experts >= 1 and isinstance(chosen, int)
+            and 1 <= chosen <= experts):
+      raise ValueError("a mixture of experts needs integers num_experts >= 1 and "
+                       f"1 <= experts_per_token <= num_experts; got num_experts={experts}, "
+                       f"experts_per_token={chosen}.")
+    if self.expert_mlp_dim is not None and not self.expert_mlp_dim >= 1:
+      raise ValueError(f"expert_mlp_dim must be >= 1 (or None: mlp_dim), got "
+                       f"{self.expert_mlp_dim}.")
 
   def layer_period(self) -> int:
     """The length of the shortest group of layers whose repetition gives `layer_types`

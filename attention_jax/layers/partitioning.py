@@ -42,11 +42,15 @@ PROJECTIONS = {
     "classifier": (("embed",), (None,)),
     "head": (("embed",), (None,)),  # ViT
     "lm_head": (("embed",), ("vocab",)),  # an untied output projection (Llama)
+    "router": (("embed",), (None,)),  # a mixture of experts' router (layers.moe)
     "cluster": (("embed",), (None,)),  # Transformer-XL's adaptive softmax clusters
     "projection": ((None, None, None), ("embed",)),  # ViT's patch convolution
 }
 EMBEDDINGS = {"token": ("vocab", "embed"), "position": (None, "embed"),
               "token_type": (None, "embed")}
+# The stacked weights of a mixture's experts (layers.moe.EXPERTS): name -> axes.
+EXPERT_WEIGHTS = {"gate": ("expert", "embed", "mlp"), "fc1": ("expert", "embed", "mlp"),
+                  "fc2": ("expert", "mlp", "embed")}
 # Parameters that are their own module's direct children: name -> axes.
 DIRECT = {
     "content_bias": ("heads", "kv"), "position_bias": ("heads", "kv"),  # Transformer-XL
@@ -83,6 +87,8 @@ def _axes_of(names: tuple[str, ...]) -> tuple | None:
   if len(names) < 2:
     return None
   module, param = _INDEX.sub("", names[-2]), names[-1]
+  if module == "experts" and param in EXPERT_WEIGHTS:
+    return EXPERT_WEIGHTS[param]
   if module == "mlm_bias" and param == "bias":
     return ("vocab",)
   if module in HEAD_NORMS and param in ("scale", "bias"):

@@ -13,6 +13,7 @@ from attention_jax.layers.config import TransformerConfig
 from attention_jax.layers.inputs import AttentionInputs
 from attention_jax.layers.latent_attention import LatentAttention
 from attention_jax.layers.mlp import Mlp
+from attention_jax.layers.moe import MoeMlp
 from attention_jax.layers.norms import make_norm
 from attention_jax.layers.partitioning import GROUP_MEMBER, STACKED
 
@@ -39,7 +40,8 @@ class TransformerBlock(nn.Module):
   `layer_type` is this block's entry of `config.layer_types` ("sliding": self-attention over
   `local_window`, with `local_rotary_base` when set; "full"); None without layer_types.
   `config.post_norms` normalises each sublayer's output too (Gemma); `config.kv_lora_rank`
-  makes self-attention multi-head latent attention (`LatentAttention`, DeepSeek).
+  makes self-attention multi-head latent attention (`LatentAttention`, DeepSeek);
+  `config.num_experts` makes the MLP a mixture of experts (`MoeMlp`, Mixtral).
   `config.remat` rematerialises the block in training (`jax.checkpoint`; the parameters are
   unchanged): "none", "full" (keep only the block's input), "dots" (keep matmul outputs) or
   "dots_with_no_batch_dims" (keep the weight matmuls' outputs, not attention's).
@@ -124,8 +126,11 @@ class TransformerBlock(nn.Module):
       attend = lambda q: cross(q, encoded, encoded_inputs, deterministic=deterministic)
       x = x + dropout(attend(norm(x))) if c.pre_ln else norm(x + dropout(attend(x)))
 
-    mlp = Mlp(c.mlp_dim, activation=c.activation, gated=c.gated_mlp, use_bias=c.mlp_bias,
-              dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name="mlp")
+    if c.num_experts is None:
+      mlp = Mlp(c.mlp_dim, activation=c.activation, gated=c.gated_mlp, use_bias=c.mlp_bias,
+                dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name="mlp")
+    else:
+      mlp = MoeMlp(c, name="mlp")
     norm, post_norm = self._norm("mlp_norm"), self._post_norm("mlp_post_norm")
     return (x + dropout(post_norm(mlp(norm(x)))) if c.pre_ln
             else norm(x + dropout(post_norm(mlp(x)))))

@@ -10,13 +10,14 @@ from attention_jax.models.generation import (beam_search, generate, generate_str
                                              greedy_decode, sample_logits)
 from attention_jax.models.gpt import GPT, GPTConfig
 from attention_jax.models.llama import Llama, LlamaConfig
+from attention_jax.models.mixtral import Mixtral, MixtralConfig
 from attention_jax.models.presets import PRESETS, config_class, create, names, param_count
 from attention_jax.models.transformer_xl import (TransformerXL, TransformerXLConfig,
                                                  adaptive_log_probs)
 from attention_jax.models.vit import ViT, ViTConfig
 
 __all__ = ["Bert", "BertConfig", "Deepseek", "DeepseekConfig", "EncoderDecoder", "EncoderDecoderConfig", "GPT", "GPTConfig",
-           "Gemma", "GemmaConfig", "Llama", "LlamaConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
+           "Gemma", "GemmaConfig", "Llama", "LlamaConfig", "Mixtral", "MixtralConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
            "ViTConfig", "adaptive_log_probs", "beam_search", "config_class", "create",
            "generate", "generate_stream", "greedy_decode", "names", "param_count", "sample_logits",
            "with_options"]

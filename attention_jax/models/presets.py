@@ -21,6 +21,7 @@ from attention_jax.models.encoder_decoder import EncoderDecoder
 from attention_jax.models.gemma import Gemma, gemma_layer_types
 from attention_jax.models.gpt import GPT
 from attention_jax.models.llama import Llama
+from attention_jax.models.mixtral import Mixtral
 from attention_jax.models.transformer_xl import TransformerXL
 from attention_jax.models.vit import ViT
 
@@ -127,6 +128,10 @@ PRESETS: dict[str, Preset] = {
     "gemma-3-1b": _preset(Gemma, "google/gemma-3-1b-pt (QK-norm, 5 sliding (512) : 1 full)",
                           **_GEMMA3, width=1152, depth=26, num_heads=4, mlp_dim=6912,
                           layer_types=gemma_layer_types(26, 6)),
+    "mixtral-8x7b": _preset(Mixtral, "mistralai/Mixtral-8x7B-v0.1 (8 experts, 2 per token; "
+                            "12.9B of the 46.7B parameters active per token)",
+                            vocab_size=32000, max_len=32768, width=4096, depth=32,
+                            num_heads=32, num_kv_heads=8, mlp_dim=14336, rotary_base=1e6),
     "smollm2-135m": _preset(Llama, "HuggingFaceTB/SmolLM2-135M (tied head)", vocab_size=49152,
                             max_len=8192, width=576, depth=30, num_heads=9, num_kv_heads=3,
                             mlp_dim=1536, rotary_base=100000.0, tie_embeddings=True),
@@ -145,6 +150,8 @@ PRESETS: dict[str, Preset] = {
                           num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=64,
                           local_window=7, layer_types=gemma_layer_types(4, 2),
                           attn_logits_soft_cap=50.0, final_logits_soft_cap=30.0),
+    "mixtral-tiny": _preset(Mixtral, "test size", vocab_size=128, max_len=64, width=32,
+                            depth=2, num_heads=4, num_kv_heads=2, mlp_dim=24, num_experts=4),
     "llama-tiny": _preset(Llama, "test size", vocab_size=128, max_len=64, width=32, depth=2,
                           num_heads=4, num_kv_heads=2, mlp_dim=64),
     "transformer-tiny": _preset(EncoderDecoder, "test size", vocab_size=128, max_len=64,

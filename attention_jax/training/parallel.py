@@ -35,7 +35,8 @@ MODES = ("mesh", "pmap")
 AXES = ("data", "fsdp", "sequence", "tensor")  # outermost (across hosts) to innermost
 DEFAULT_RULES = {  # logical axis -> mesh axes, comma-separated ("" = replicated)
     "batch": "data,fsdp", "length": "sequence", "embed": "fsdp", "heads": "tensor",
-    "kv": "", "mlp": "tensor", "vocab": "tensor", "layers": ""}
+    "kv": "", "mlp": "tensor", "vocab": "tensor", "layers": "",
+    "expert": ""}  # experts' leading axis: replicated until an expert mesh axis exists
 
 
 def default_config() -> ml_collections.ConfigDict:

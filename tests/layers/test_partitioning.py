@@ -15,8 +15,9 @@ from attention_jax.models import presets
 @pytest.mark.parametrize("name", presets.names())
 def test_every_preset_parameter_has_logical_axes(name):
   config = presets.PRESETS[name].config
-  targets = TARGETS if config.kv_lora_rank is None else tuple(  # MLA has no key/value
-      t for t in TARGETS if t not in ("key", "value"))
+  excluded = (() if config.kv_lora_rank is None else ("key", "value")) + (  # MLA: none
+      () if config.num_experts is None else ("fc1", "gate", "fc2"))  # experts: per expert
+  targets = tuple(t for t in TARGETS if t not in excluded)
   fields = {f.name for f in dataclasses.fields(config)}
   model = models.create(name, **({"lora": LoraSpec(targets=targets)} if "lora" in fields
                                  else {}))

@@ -34,6 +34,9 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     "gemma-2-9b": 9_241_705_984,
     "gemma-3-270m": 268_098_176,
     "gemma-3-1b": 999_885_952,
+    # Mixtral (model card: 46.7B, 12.9B active): transformers' MixtralForCausalLM on the meta
+    # device from the published config.json values
+    "mixtral-8x7b": 46_702_792_704,
     "smollm2-135m": 134_515_008,
     "tinyllama-1.1b": 1_100_048_384,
     # tiny presets: pinned so that architecture changes are noticed
@@ -42,6 +45,7 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     "gemma-tiny": 53_792,
     "gpt-tiny": 23_296,
     "llama-tiny": 26_784,
+    "mixtral-tiny": 33_184,
     "transformer-tiny": 46_848,
     "transformer-xl-tiny": 23_234,
     "vit-tiny": 18_602,
