@@ -82,6 +82,43 @@ def fused_to_heads(hf_name: str, paths: tuple[Path, ...], heads: int, head_dim: 
   return Rule(hf_name, paths, to_ours, to_hf)
 
 
+SLICE = "#"  # a path's last key "#<i>": slice i of the parameter at the path before it
+
+
+def slice_of(rule: Rule, index: int) -> Rule:
+  """`rule` for slice `index` (along axis 0) of its parameter(s): one HF tensor per expert
+  <-> our experts' stacked weights. The slices are stacked (and checked) when loaded."""
+  return dataclasses.replace(rule, paths=tuple(p + (f"{SLICE}{index}",) for p in rule.paths))
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """Several layouts of the same parameters (lists of rules), the first the one exported;
+  a checkpoint is read by the first whose tensors it all has."""
+  layouts: tuple[tuple[Rule, ...], ...]
+
+
+def _chosen(rules, tensors) -> list[Rule]:
+  """`rules` with each Choice replaced by its layout present in `tensors` (None: the first,
+  the exported one; a checkpoint with none of them is reported against the first)."""
+  out = []
+  for rule in rules:
+    if not isinstance(rule, Choice):
+      out.append(rule)
+      continue
+    present = [layout for layout in rule.layouts
+               if tensors is not None and all(r.hf_name in tensors for r in layout)]
+    out += (present or rule.layouts)[0]
+  return out
+
+
+def _sliced(path: Path) -> tuple[Path, int] | None:
+  """(the parameter's path, slice index) of a `slice_of` path, else None."""
+  if path and str(path[-1]).startswith(SLICE):
+    return path[:-1], int(path[-1][len(SLICE):])
+  return None
+
+
 def reorder_rows(rule: Rule, order: np.ndarray) -> Rule:
   """`rule` over the HF tensor's rows (axis 0: a Linear's outputs, a bias) taken in `order`
   on load, and put back on export."""
@@ -106,8 +143,10 @@ def tensors_to_params(tensors: Mapping, rules: list[Rule], expected_shapes: dict
   `ignore` holds glob patterns of HF tensors that are buffers, not parameters. Missing,
   unexpected and mis-shaped tensors raise one ValueError that names them all. `place`
   turns each converted array into the stored value (e.g. a device array) as soon as it is
-  read, so the host holds one tensor at a time.
+  read, so the host holds one tensor at a time (a parameter assembled from slices, one per
+  expert, is placed once whole).
   """
+  rules = _chosen(rules, tensors)
   missing = [r.hf_name for r in rules if r.hf_name not in tensors]
   used = {r.hf_name for r in rules}
   unexpected = [n for n in tensors
@@ -120,14 +159,24 @@ def tensors_to_params(tensors: Mapping, rules: list[Rule], expected_shapes: dict
   if problems:
     raise ValueError(f"{source} does not match the model its config.json describes; "
                      + "; ".join(problems) + ".")
-  flat, wrong = {}, []
+  flat, wrong, slices = {}, [], {}
   for rule in rules:
     for path, array in zip(rule.paths, rule.to_ours(np.asarray(tensors[rule.hf_name]))):
+      if _sliced(path):
+        base, index = _sliced(path)
+        slices.setdefault(base, {})[index] = array
+        continue
       if path in expected_shapes and array.shape != tuple(expected_shapes[path]):
         wrong.append(f"{'/'.join(path)} {array.shape} (model: "
                      f"{tuple(expected_shapes[path])})")
         continue
       flat[path] = place(path, array)
+  for path, parts in slices.items():
+    array = np.stack([parts[i] for i in sorted(parts)])
+    if path in expected_shapes and array.shape != tuple(expected_shapes[path]):
+      wrong.append(f"{'/'.join(path)} {array.shape} (model: {tuple(expected_shapes[path])})")
+      continue
+    flat[path] = place(path, array)
   uncovered = [p for p in expected_shapes if p not in flat and not any(
       w.startswith("/".join(p) + " ") for w in wrong)]
   if wrong or uncovered:
@@ -141,8 +190,11 @@ def params_to_entries(params: dict, rules: list[Rule], dtype=None) -> list[tuple
   """(HF name, shape, dtype, make_array) per tensor, for `safetensors_io.write`, which makes
   each one only when it writes it. Every parameter must be covered by a rule (unmerged LoRA
   adapters, for instance, are refused). `dtype` casts floating tensors (None: as stored)."""
+  rules = _chosen(rules, None)
   flat = traverse_util.flatten_dict(params)
-  covered = {p for r in rules for p in r.paths}
+  value = lambda path: (flat[path] if not _sliced(path)
+                        else flat[_sliced(path)[0]][_sliced(path)[1]])
+  covered = {(_sliced(p) or (p,))[0] for r in rules for p in r.paths}
   extra = [p for p in flat if p not in covered]
   if extra:
     hint = (" Fold LoRA adapters into the weights first: attention_jax.layers.lora.merge."
@@ -151,8 +203,8 @@ def params_to_entries(params: dict, rules: list[Rule], dtype=None) -> list[tuple
                      f"{_names('/'.join(p) for p in extra)}.{hint}")
   entries = []
   for rule in rules:
-    make = lambda rule=rule: rule.to_hf(*(np.asarray(flat[p]) for p in rule.paths))
-    stored = np.dtype(flat[rule.paths[0]].dtype)
+    make = lambda rule=rule: rule.to_hf(*(np.asarray(value(p)) for p in rule.paths))
+    stored = np.dtype(value(rule.paths[0]).dtype)
     floating = stored in (np.float64, np.float32, np.float16, ml_dtypes.bfloat16)
     out = np.dtype(dtype) if dtype is not None and floating else stored
     entries.append((rule.hf_name, make().shape, out, make))  # the shape: made and dropped

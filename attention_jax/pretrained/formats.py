@@ -40,7 +40,7 @@ import functools
 import numpy as np
 
 from attention_jax.kernels.positional import RopeScaling
-from attention_jax.models import GPT, Bert, Deepseek, Gemma, Llama
+from attention_jax.models import GPT, Bert, Deepseek, Gemma, Llama, Mixtral
 from attention_jax.models.gemma import gemma_layer_types
 from attention_jax.pretrained import convert
 from attention_jax.pretrained.convert import (bias_to_heads, fused_to_heads, heads_to_linear,
@@ -442,11 +442,42 @@ def _decoder_rules(model: Llama, norms: tuple[tuple[str, str], ...],
     rules += attention_rules(c, hf + "self_attn.", ours + ("attention",))
     rules += [same(f"{hf}{hf_name}.weight", ours + (name, "scale"))
               for hf_name, name in norms]
-    for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
-      rules.append(linear(f"{hf}mlp.{hf_name}.weight", ours + ("mlp", name, "kernel")))
-      if c.mlp_bias:
-        rules.append(same(f"{hf}mlp.{hf_name}.bias", ours + ("mlp", name, "bias")))
+    rules += (_expert_rules if c.num_experts else _mlp_rules)(c, hf + "mlp.", ours + ("mlp",))
   return rules
+
+
+def _mlp_rules(c, hf: str, mlp: tuple[str, ...]) -> list[convert.Rule]:
+  """A dense SwiGLU MLP: gate_proj, up_proj, down_proj (our gate, fc1, fc2)."""
+  rules = []
+  for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
+    rules.append(linear(f"{hf}{hf_name}.weight", mlp + (name, "kernel")))
+    if c.mlp_bias:
+      rules.append(same(f"{hf}{hf_name}.bias", mlp + (name, "bias")))
+  return rules
+
+
+def _expert_rules(c, hf: str, mlp: tuple[str, ...]) -> list:
+  """A Mixtral mixture of experts (our router [width, E], experts/gate, fc1 [E, width, F] and
+  fc2 [E, F, width]) in either layout checkpoints carry: one tensor per expert,
+  `block_sparse_moe.{gate, experts.N.w1, w3, w2}` (what transformers 5's save_pretrained
+  writes, and we export), or its in-memory fused `mlp.{gate, experts.gate_up_proj [E, 2F,
+  width] (gate rows, then up rows), experts.down_proj [E, width, F]}`."""
+  hidden = c.expert_mlp_dim or c.mlp_dim
+  experts = mlp + ("experts",)
+  sparse = hf.replace(".mlp.", ".block_sparse_moe.")
+  per_expert = [linear(f"{sparse}gate.weight", mlp + ("router", "kernel"))]
+  for e in range(c.num_experts):
+    per_expert += [convert.slice_of(linear(f"{sparse}experts.{e}.{hf_name}.weight",
+                                           experts + (name,)), e)
+                   for name, hf_name in (("gate", "w1"), ("fc1", "w3"), ("fc2", "w2"))]
+  swap = lambda t: np.swapaxes(t, 1, 2)
+  fused = [linear(f"{hf}gate.weight", mlp + ("router", "kernel")),
+           convert.Rule(f"{hf}experts.gate_up_proj", (experts + ("gate",), experts + ("fc1",)),
+                        lambda t: (swap(t[:, :hidden]), swap(t[:, hidden:])),
+                        lambda gate, up: np.concatenate([swap(gate), swap(up)], axis=1)),
+           convert.Rule(f"{hf}experts.down_proj", (experts + ("fc2",),),
+                        lambda t: (swap(t),), swap)]
+  return [convert.Choice((tuple(per_expert), tuple(fused)))]
 
 
 _HF_LAYER_TYPES = {"sliding": "sliding_attention", "full": "full_attention"}
@@ -600,6 +631,56 @@ class GemmaFormat:
                                   ("post_feedforward_layernorm", "mlp_post_norm")))
 
 
+class MixtralFormat:
+  """MixtralForCausalLM checkpoints in transformers 5's layout (fused expert tensors)."""
+  family = Mixtral
+  model_types = ("mixtral",)
+  prefix = ""
+  ignore = LlamaFormat.ignore
+
+  @staticmethod
+  def fields(config: JsonObject, tensors) -> dict:
+    fields = LlamaFormat.fields(config, tensors)  # Llama's, without biases
+    window = config.integer("sliding_window", None, minimum=1)
+    experts = config.integer("num_local_experts", minimum=1)
+    fields.update(local_window=None if window is None else window - 1, num_experts=experts,
+                  experts_per_token=config.integer("num_experts_per_tok", minimum=1),
+                  norm_topk_prob=True)
+    return fields
+
+  @staticmethod
+  def config(model: Mixtral) -> dict:
+    c = model.config
+    wrong = {f: getattr(c, f) for f, want in (("qkv_bias", False), ("out_bias", False),
+                                                ("mlp_bias", False), ("norm_topk_prob", True))
+             if getattr(c, f) != want}
+    if c.expert_mlp_dim not in (None, c.mlp_dim):
+      wrong["expert_mlp_dim"] = c.expert_mlp_dim
+    if wrong:
+      raise ValueError("the Mixtral format has no biases, renormalised top-k weights and "
+                       f"experts of width intermediate_size; this model has {wrong}.")
+    return {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+            "vocab_size": c.vocab_size, "max_position_embeddings": c.max_len,
+            "hidden_size": c.width, "num_hidden_layers": c.depth,
+            "num_attention_heads": c.num_heads,
+            "num_key_value_heads": c.num_kv_heads or c.num_heads,
+            "head_dim": c.head_dim or c.width // c.num_heads, "intermediate_size": c.mlp_dim,
+            "rms_norm_eps": c.ln_eps, "hidden_act": _HF_ACTIVATION[c.activation],
+            "tie_word_embeddings": c.tie_embeddings, "initializer_range": 0.02,
+            "num_local_experts": c.num_experts, "num_experts_per_tok": c.experts_per_token,
+            "sliding_window": None if c.local_window is None else c.local_window + 1,
+            "router_jitter_noise": 0.0, **_rope_config(c)}
+
+  @staticmethod
+  def rename(name: str) -> str:
+    return name
+
+  @staticmethod
+  def rules(model: Mixtral, with_mlm_head: bool = False, with_pooler: bool = False,
+            hf_config: JsonObject | None = None) -> list[convert.Rule]:
+    return LlamaFormat.rules(model)
+
+
 _DEEPSEEK_ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM",
                            "deepseek_v3": "DeepseekV3ForCausalLM"}
 
@@ -735,7 +816,8 @@ class DeepseekFormat:
 FORMATS = {"bert": BertFormat, "gpt2": Gpt2Format,
            **{model_type: LlamaFormat for model_type in LlamaFormat.model_types},
            **{model_type: GemmaFormat for model_type in GemmaFormat.model_types},
-           **{model_type: DeepseekFormat for model_type in DeepseekFormat.model_types}}
+           **{model_type: DeepseekFormat for model_type in DeepseekFormat.model_types},
+           "mixtral": MixtralFormat}
 
 
 def for_model_type(model_type: str):
@@ -748,7 +830,8 @@ def for_model_type(model_type: str):
                      f"{', '.join(sorted(FORMATS))} (architectures BertModel/BertFor*, "
                      "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
                      "Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, "
-                     "Gemma3ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM).")
+                     "Gemma3ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM, "
+                     "MixtralForCausalLM).")
   return FORMATS[model_type]
 
 
@@ -758,6 +841,7 @@ _FAMILY_ONLY = {
               "query_pre_attn_scalar": None, "post_norms": False, "scale_embeddings": False,
               "layer_types": None, "local_rotary_base": None},
     "Deepseek": {"kv_lora_rank": None},  # latent attention (its other fields need it)
+    "Mixtral": {"num_experts": None},  # a mixture of experts
 }
 
 
@@ -767,10 +851,11 @@ def for_model(model):
     raise ValueError("the model has learned_sinks=True, which no supported Hugging Face "
                      "format expresses; export it without them.")
   fmt = next((fmt for fmt in (BertFormat, Gpt2Format, GemmaFormat, DeepseekFormat,
-                              LlamaFormat) if isinstance(model, fmt.family)), None)
+                              MixtralFormat, LlamaFormat) if isinstance(model, fmt.family)),
+             None)
   if fmt is None:
     raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
-                     "GPT, Llama, Gemma, Deepseek.")
+                     "GPT, Llama, Gemma, Deepseek, Mixtral.")
   for family, defaults in _FAMILY_ONLY.items():
     unexpressed = [f"{f}={getattr(c, f)!r}" for f, default in defaults.items()
                    if getattr(c, f) != default]

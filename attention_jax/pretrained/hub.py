@@ -206,7 +206,8 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   if fresh:
     init = jax.jit(lambda: model.init(jax.random.key(0), *model.example_inputs(), **method))()
     params["pooler"] = init["params"]["pooler"]
-  if fmt in (formats.LlamaFormat, formats.GemmaFormat, formats.DeepseekFormat):
+  if fmt in (formats.LlamaFormat, formats.GemmaFormat, formats.DeepseekFormat,
+             formats.MixtralFormat):
     tokenizer = ChatTokenizer.from_directory(directory)
     check_vocabulary(tokenizer, target, directory)
   else:

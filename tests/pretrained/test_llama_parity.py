@@ -1,4 +1,4 @@
-"""Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 and DeepSeek-V2/V3 checkpoints against
+"""Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, DeepSeek-V2/V3 and Mixtral checkpoints against
 Hugging Face transformers (PyTorch, CPU):
 random-initialised models built by transformers itself, saved, loaded by us; and ours
 exported and loaded by transformers. Logits and greedy generations must agree."""
@@ -53,6 +53,10 @@ CASES = {
         _MLA, q_lora_rank=None, tie_word_embeddings=False, rope_parameters=dict(
             rope_type="yarn", rope_theta=10000.0, factor=4.0,
             original_max_position_embeddings=16, mscale=0.707, mscale_all_dim=0.707))),
+    # 4 experts, 2 per token (transformers 5's fused expert tensors), sliding window 4.
+    "mixtral-experts-window": ("MixtralConfig", "MixtralForCausalLM", dict(
+        num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+        tie_word_embeddings=False)),
     "deepseek-v3-query-latent-biases": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
         _MLA, q_lora_rank=12, attention_bias=True, rope_interleave=False)),
 }
@@ -222,13 +226,33 @@ def test_checkpoints_we_cannot_read_say_why(tmp_path):
   (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
                                                               "model_type": "falcon"}))
   with pytest.raises(ValueError, match="model_type 'falcon'; supported: .*gemma2, "
-                     "gemma3_text, gpt2, llama, mistral, qwen2.*Gemma3ForCausalLM"):
+                     "gemma3_text, gpt2, llama, mistral, mixtral, qwen2.*MixtralForCausalLM"):
     pretrained.load(str(tmp_path / "other"))
   (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
                                                               "model_type": "gemma3"}))
   with pytest.raises(ValueError, match="'gemma3' .*text and vision.*only Gemma 3's "
                      "text-only models"):
     pretrained.load(str(tmp_path / "other"))
+
+
+def test_mixtral_checkpoints_in_transformers_fused_expert_layout_load(tmp_path):
+  """transformers 5 holds a Mixtral's experts fused (mlp.experts.gate_up_proj, down_proj)
+  and saves them one tensor per expert (block_sparse_moe.experts.N.w1/w3/w2, the case
+  above); a checkpoint of its in-memory tensors, as other tools write them, loads too."""
+  import json
+  from safetensors.numpy import save_file
+  hf = _hf_model("mixtral-experts-window")
+  state = {name: t.detach().numpy() for name, t in hf.state_dict().items()}
+  assert "model.layers.0.mlp.experts.gate_up_proj" in state
+  tmp_path.mkdir(exist_ok=True)
+  save_file(state, str(tmp_path / "model.safetensors"))
+  (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
+  model, params, _ = pretrained.load(str(tmp_path))
+  tokens, mask, positions = _batch()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(_our_logits(model, params, tokens, mask, positions)[real],
+                             _hf_logits(hf, tokens, mask, positions)[real], atol=1e-4,
+                             rtol=1e-4)
 
 
 def test_deepseek_checkpoints_with_expert_layers_are_refused_until_they_can_load(tmp_path):
