@@ -70,6 +70,9 @@ class TransformerConfig:
       num_experts gated experts of width expert_mlp_dim (default mlp_dim), their outputs
       weighted by the router's probabilities, renormalised over the chosen experts when
       norm_topk_prob (Mixtral: True; Qwen3-MoE's config says). None: a dense MLP.
+      router_aux_loss_coef and router_z_loss_coef weight the load-balancing loss and the
+      router z-loss (each a mean over the layers) that training adds to the task's loss
+      (default 0: none).
   Runtime (free to change on a trained model):
     kernel (registry name or callable), local_window (keys within that distance of the
     diagonal; Mistral's sliding window), dropout_rate, attention_dropout_rate, remat,
@@ -119,6 +122,8 @@ class TransformerConfig:
   experts_per_token: int | None = None
   expert_mlp_dim: int | None = None
   norm_topk_prob: bool = True
+  router_aux_loss_coef: float = 0.0
+  router_z_loss_coef: float = 0.0
   kernel: str | Callable = "dot_product"
   local_window: int | None = None
   dropout_rate: float = 0.0
@@ -201,6 +206,9 @@ class TransformerConfig:
                        f"{self.moe_dispatch!r}.")
     if not self.capacity_factor > 0:
       raise ValueError(f"capacity_factor must be positive, got {self.capacity_factor}.")
+    for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
     if self.num_experts is None:
       given = [n for n in ("experts_per_token", "expert_mlp_dim") if getattr(self, n)]
       if given:

@@ -113,6 +113,28 @@ def router_z_loss(logits):
   return jnp.mean(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1) ** 2)
 
 
+SOWN = ("load_balancing_loss", "router_z_loss", "expert_load", "dropped_fraction")
+
+
+def router_metrics(intermediates: dict) -> dict:
+  """Every MoE layer's sown values (`MoeMlp`) in a model's 'intermediates', gathered:
+  {"load_balancing_loss", "router_z_loss", "dropped_fraction" (capacity dispatch): means
+  over the layers; "expert_load": [layers, E]}; {} for a model without experts. Layers under
+  scan_layers are counted one by one."""
+  found = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    names = [str(getattr(k, "key", "")) for k in path]
+    name = next((n for n in reversed(names) if n in SOWN), None)
+    if name is not None:
+      found.setdefault(name, []).append(leaf)
+  out = {name: jnp.mean(jnp.concatenate([jnp.ravel(x) for x in leaves]))
+         for name, leaves in found.items() if name != "expert_load"}
+  if "expert_load" in found:
+    out["expert_load"] = jnp.concatenate(
+        [x.reshape(-1, x.shape[-1]) for x in found["expert_load"]])
+  return out
+
+
 class _ExpertWeights(nn.Module):
   """The experts' stacked weights: gate, fc1 (up) [E, width, F] and fc2 (down) [E, F, width]."""
   num_experts: int

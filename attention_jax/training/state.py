@@ -38,29 +38,34 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int):
     def loss_fn(p, b, r):  # differentiated with respect to the trained parameters only
       return task.loss(model, finetune.combine(p, frozen), b, r, deterministic=False)
 
+    def loss_and_grads(b, r):
+      """(loss, grads, router metrics: the task's "router/..." sums, a mixture's)."""
+      (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, b, r)
+      return loss, grads, {k: v for k, v in sums.items() if k.startswith("router/")}
+
     if grad_accum_steps == 1:
-      (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-      return loss, grads
+      return loss_and_grads(batch, rng)
     micro = jax.tree.map(lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch)
 
     def body(carry, xs):
       mb, i = xs
-      (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, mb, jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      return jax.tree.map(jnp.add, carry, loss_and_grads(mb, jax.random.fold_in(rng, i))), None
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), _ = lax.scan(body, zeros, (micro, jnp.arange(grad_accum_steps)))
-    return jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(loss_and_grads, first, rng))
+    total, _ = lax.scan(body, zeros, (micro, jnp.arange(grad_accum_steps)))
+    return jax.tree.map(lambda x: x / grad_accum_steps, total)
 
   def step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
-    loss, grads = micro_grads(state.params, state.frozen, batch, rng)
+    loss, grads, router = micro_grads(state.params, state.frozen, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
                "train/param_norm": optax.tree.norm(params),
-               "train/learning_rate": optim.current_learning_rate(opt_state)}
+               "train/learning_rate": optim.current_learning_rate(opt_state),
+               **{f"train/{name}": value for name, value in router.items()}}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step

@@ -130,3 +130,29 @@ def test_mfu_from_xla_flop_count_and_the_device_peak():
   line = metrics_lib.throughput_summary(2.0, 4096, "tokens", 247e12, H100())
   assert line == ("throughput: 8,192 tokens/s, 494 TFLOP/s per device (XLA's count of the "
                   "step), MFU 49.9% of the NVIDIA H100 80GB HBM3's 989 TFLOP/s bf16 peak")
+
+
+def test_a_mixture_of_experts_trains_with_its_router_losses_and_logs_them(tmp_path, data_dir):
+  """mixtral-tiny on KJV, two micro-batches a step: train/loss is the cross-entropy plus
+  router_aux_loss_coef · load-balancing loss + router_z_loss_coef · z-loss (at step 1, from
+  the same initial parameters, it exceeds the run without them by exactly that), and
+  metrics.jsonl carries the router metrics."""
+  def run(name, **coefficients):
+    config = tiny_config(data_dir, num_train_steps=3, eval_every_steps=3,
+                         checkpoint_every_steps=3, eval_max_batches=1, grad_accum_steps=2,
+                         **{"model.preset": "mixtral-tiny", "model.moe_dispatch": "capacity",
+                            **{f"model.{k}": v for k, v in coefficients.items()}})
+    config.sample.max_new_tokens = 0
+    train_and_evaluate(config, str(tmp_path / name))
+    return [r for r in read_metrics(str(tmp_path / name)) if "train/loss" in r]
+
+  weighted = run("weighted", router_aux_loss_coef=0.5, router_z_loss_coef=0.1)
+  plain = run("plain")
+  first = weighted[0]
+  assert first["step"] == plain[0]["step"] == 1
+  assert first["train/router/load_balancing_loss"] >= 1.0 - 1e-5  # 1: an even load
+  assert 0.0 <= first["train/router/dropped_fraction"] < 1.0
+  assert 0.25 <= first["train/router/max_expert_load"] <= 1.0  # 4 experts
+  assert first["train/loss"] - plain[0]["train/loss"] == pytest.approx(
+      0.5 * first["train/router/load_balancing_loss"]
+      + 0.1 * first["train/router/router_z_loss"], rel=1e-4)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from attention_jax.data import pipeline
+from attention_jax.layers import moe
 from attention_jax.training import finetune
 
 
@@ -21,6 +22,29 @@ def cross_entropy_sums(logits, labels, mask=None):
   count = mask.sum()
   return losses.sum() / jnp.maximum(count, 1.0), {"loss": losses.sum(),
                                                    "correct": correct.sum(), "count": count}
+
+
+def apply_with_router_losses(model, params, *args, **kwargs):
+  """(model.apply's output, the router loss to add, {"router/<name>": scalar}) of `model`
+  on `params`: for a mixture of experts the config's router_aux_loss_coef · load-balancing
+  loss + router_z_loss_coef · z-loss, and the router metrics training logs (the losses, the
+  dropped fraction and the largest expert load); (output, 0, {}) for other models."""
+  config = model.config
+  if getattr(config, "num_experts", None) is None:
+    return model.apply({"params": params}, *args, **kwargs), 0.0, {}
+  out, state = model.apply({"params": params}, *args, mutable=["intermediates"], **kwargs)
+  sown = moe.router_metrics(state["intermediates"])
+  loss = (config.router_aux_loss_coef * sown["load_balancing_loss"]
+          + config.router_z_loss_coef * sown["router_z_loss"])
+  metrics = {f"router/{name}": value for name, value in sown.items() if name != "expert_load"}
+  metrics["router/max_expert_load"] = jnp.max(sown["expert_load"])
+  return out, loss, metrics
+
+
+def with_router(result, router_loss, router_metrics):
+  """(mean loss + router loss, sums with the router metrics) of a (mean loss, sums)."""
+  loss, sums = result
+  return loss + router_loss, {**sums, **router_metrics}
 
 
 def weighted(mask, batch):
@@ -38,13 +62,14 @@ def packed_next_token_sums(model, params, batch, rng, deterministic: bool, score
   where it continues its segment (not padding, not a new document) and `scored` [b, length]
   (if given) allows it."""
   tokens, segments = batch["tokens"], batch["segment_ids"]
-  logits = model.apply({"params": params}, tokens[:, :-1],
-                       positions=batch["positions"][:, :-1], segment_ids=segments[:, :-1],
-                       deterministic=deterministic, rngs={"dropout": rng})
+  logits, *router = apply_with_router_losses(
+      model, params, tokens[:, :-1], positions=batch["positions"][:, :-1],
+      segment_ids=segments[:, :-1], deterministic=deterministic, rngs={"dropout": rng})
   mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
   if scored is not None:
     mask &= scored
-  return cross_entropy_sums(logits, tokens[:, 1:], weighted(mask, batch))
+  return with_router(cross_entropy_sums(logits, tokens[:, 1:], weighted(mask, batch)),
+                     *router)
 
 
 def summarize_classification(sums: dict, prefix: str) -> dict:

@@ -14,8 +14,10 @@ from attention_jax import models
 from attention_jax.data import pipeline, tokenizers
 from attention_jax.pretrained import ChatTokenizer
 from attention_jax.training import finetune
-from attention_jax.training.tasks.base import (Task, cross_entropy_sums, model_options,
-                                               packed_next_token_sums, summarize_tokens)
+from attention_jax.training.tasks.base import (Task, apply_with_router_losses,
+                                               cross_entropy_sums, model_options,
+                                               packed_next_token_sums, summarize_tokens,
+                                               with_router)
 
 
 class LanguageModelTask(Task):
@@ -88,9 +90,10 @@ class LanguageModelTask(Task):
     "positions"} where attention stays inside each document and targets that start a new
     document (or are padding) are not scored."""
     if not isinstance(batch, dict):
-      logits = model.apply({"params": params}, batch[:, :-1], deterministic=deterministic,
-                           rngs={"dropout": rng})
-      return cross_entropy_sums(logits, batch[:, 1:])
+      logits, *router = apply_with_router_losses(model, params, batch[:, :-1],
+                                                 deterministic=deterministic,
+                                                 rngs={"dropout": rng})
+      return with_router(cross_entropy_sums(logits, batch[:, 1:]), *router)
     return packed_next_token_sums(model, params, batch, rng, deterministic)
 
   def summarize(self, sums: dict, prefix: str) -> dict:
