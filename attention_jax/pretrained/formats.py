@@ -295,6 +295,18 @@ def _rope_config(c) -> dict:
           "rope_scaling": legacy if c.rope_scaling is not None else None}
 
 
+def _llama_config(c) -> dict:
+  """The config.json fields of the Llama family's decoder (sizes, norm, activation, rotary)."""
+  return {"vocab_size": c.vocab_size, "max_position_embeddings": c.max_len,
+          "hidden_size": c.width, "num_hidden_layers": c.depth,
+          "num_attention_heads": c.num_heads,
+          "num_key_value_heads": c.num_kv_heads or c.num_heads,
+          "head_dim": c.head_dim or c.width // c.num_heads, "intermediate_size": c.mlp_dim,
+          "rms_norm_eps": c.ln_eps, "hidden_act": _HF_ACTIVATION[c.activation],
+          "tie_word_embeddings": c.tie_embeddings, "initializer_range": 0.02,
+          **_rope_config(c)}
+
+
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -375,15 +387,7 @@ class LlamaFormat:
     c = model.config
     model_type = LlamaFormat.model_type(model)
     config = {"architectures": [_ARCHITECTURES[model_type]], "model_type": model_type,
-              "vocab_size": c.vocab_size, "max_position_embeddings": c.max_len,
-              "hidden_size": c.width, "num_hidden_layers": c.depth,
-              "num_attention_heads": c.num_heads,
-              "num_key_value_heads": c.num_kv_heads or c.num_heads,
-              "head_dim": c.head_dim or c.width // c.num_heads,
-              "intermediate_size": c.mlp_dim, "rms_norm_eps": c.ln_eps,
-              "hidden_act": _HF_ACTIVATION[c.activation],
-              "tie_word_embeddings": c.tie_embeddings, "initializer_range": 0.02,
-              **_rope_config(c)}
+              **_llama_config(c)}
     if model_type == "llama":
       config.update(attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)
     elif model_type == "mistral":
@@ -660,16 +664,10 @@ class MixtralFormat:
       raise ValueError("the Mixtral format has no biases, renormalised top-k weights and "
                        f"experts of width intermediate_size; this model has {wrong}.")
     return {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
-            "vocab_size": c.vocab_size, "max_position_embeddings": c.max_len,
-            "hidden_size": c.width, "num_hidden_layers": c.depth,
-            "num_attention_heads": c.num_heads,
-            "num_key_value_heads": c.num_kv_heads or c.num_heads,
-            "head_dim": c.head_dim or c.width // c.num_heads, "intermediate_size": c.mlp_dim,
-            "rms_norm_eps": c.ln_eps, "hidden_act": _HF_ACTIVATION[c.activation],
-            "tie_word_embeddings": c.tie_embeddings, "initializer_range": 0.02,
+            **_llama_config(c),
             "num_local_experts": c.num_experts, "num_experts_per_tok": c.experts_per_token,
             "sliding_window": None if c.local_window is None else c.local_window + 1,
-            "router_jitter_noise": 0.0, **_rope_config(c)}
+            "router_jitter_noise": 0.0}
 
   @staticmethod
   def rename(name: str) -> str:
