@@ -24,6 +24,12 @@ MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_d
               "v_head_dim")
 MLA_DECODE = ("absorbed", "materialised")
 MOE_DISPATCH = ("dropless", "capacity")
+ROUTER_SCORING = ("softmax", "sigmoid")
+# Fields that describe a mixture of experts: set only with num_experts.
+MOE_FIELDS = ("experts_per_token", "expert_mlp_dim", "n_group", "topk_group", "router_bias",
+              "swiglu_limit",
+              "n_shared_experts", "shared_expert_gate", "first_k_dense_replace",
+              "router_correction_bias", "router_bias_update_rate")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,7 +75,22 @@ class TransformerConfig:
       when set: a float32 softmax router sends each token to experts_per_token of
       num_experts gated experts of width expert_mlp_dim (default mlp_dim), their outputs
       weighted by the router's probabilities, renormalised over the chosen experts when
-      norm_topk_prob (Mixtral: True; Qwen3-MoE's config says). None: a dense MLP.
+      norm_topk_prob (Mixtral: True; Qwen3-MoE's config says), times
+      routed_scaling_factor. None: a dense MLP.
+      router_scoring: "softmax" (Mixtral, Qwen, DeepSeek-V2) or "sigmoid" (DeepSeek-V3) of
+      the router logits. n_group, topk_group: group-limited top-k (DeepSeek), each token's
+      experts chosen from its topk_group best groups of num_experts / n_group.
+      router_correction_bias: DeepSeek-V3's e_score_correction_bias [E], added to the
+      scores to choose experts but not to weight them; it gets no gradient: after each
+      step training moves it by router_bias_update_rate towards an even load (0: fixed).
+      n_shared_experts: a dense SwiGLU MLP n_shared_experts * expert_mlp_dim wide that
+      every token takes beside its routed experts (DeepSeek; Qwen-MoE's shared expert,
+      whose output is gated by a sigmoid with shared_expert_gate).
+      first_k_dense_replace: the first k layers keep a dense MLP of width mlp_dim
+      (DeepSeek); not with scan_layers.
+      router_bias: a bias on the router's logits (GPT-OSS). mlp_bias also gives each expert
+      its biases. swiglu_limit: GPT-OSS's clamped SwiGLU, (clip(up, ±limit) + 1) ·
+      g · sigmoid(swiglu_alpha · g) with g = min(gate, limit); None: act(gate) · up.
       router_aux_loss_coef and router_z_loss_coef weight the load-balancing loss and the
       router z-loss (each a mean over the layers) that training adds to the task's loss
       (default 0: none).
@@ -122,6 +143,18 @@ class TransformerConfig:
   experts_per_token: int | None = None
   expert_mlp_dim: int | None = None
   norm_topk_prob: bool = True
+  router_bias: bool = False
+  swiglu_limit: float | None = None
+  swiglu_alpha: float = 1.702
+  router_scoring: str = "softmax"
+  routed_scaling_factor: float = 1.0
+  n_group: int | None = None
+  topk_group: int | None = None
+  router_correction_bias: bool = False
+  router_bias_update_rate: float = 0.0
+  n_shared_experts: int = 0
+  shared_expert_gate: bool = False
+  first_k_dense_replace: int = 0
   router_aux_loss_coef: float = 0.0
   router_z_loss_coef: float = 0.0
   kernel: str | Callable = "dot_product"
@@ -210,10 +243,10 @@ class TransformerConfig:
       if not getattr(self, name) >= 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
     if self.num_experts is None:
-      given = [n for n in ("experts_per_token", "expert_mlp_dim") if getattr(self, n)]
+      given = [n for n in MOE_FIELDS if getattr(self, n)]
       if given:
         raise ValueError(f"{', '.join(given)} describe a mixture of experts; set num_experts "
-                         "too (or leave them None).")
+                         "too (or leave them unset).")
       return
     experts, chosen = self.num_experts, self.experts_per_token
     if not (isinstance(experts, int) and experts >= 1 and isinstance(chosen, int)
@@ -224,6 +257,54 @@ class TransformerConfig:
     if self.expert_mlp_dim is not None and not self.expert_mlp_dim >= 1:
       raise ValueError(f"expert_mlp_dim must be >= 1 (or None: mlp_dim), got "
                        f"{self.expert_mlp_dim}.")
+    self._check_router()
+    if not (isinstance(self.n_shared_experts, int) and self.n_shared_experts >= 0):
+      raise ValueError(f"n_shared_experts must be an integer >= 0, got "
+                       f"{self.n_shared_experts}.")
+    if self.shared_expert_gate and not self.n_shared_experts:
+      raise ValueError("shared_expert_gate gates the shared experts' output; set "
+                       "n_shared_experts >= 1 too.")
+    if not (isinstance(self.first_k_dense_replace, int)
+            and 0 <= self.first_k_dense_replace <= self.depth):
+      raise ValueError(f"first_k_dense_replace must be an integer in [0, depth={self.depth}]"
+                       f", got {self.first_k_dense_replace}.")
+    if self.first_k_dense_replace and self.scan_layers:
+      raise ValueError(f"scan_layers needs every layer alike; the first "
+                       f"first_k_dense_replace={self.first_k_dense_replace} layers have "
+                       "dense MLPs. Set scan_layers=False for this model.")
+
+  def _check_router(self):
+    experts = self.num_experts
+    if self.router_scoring not in ROUTER_SCORING:
+      raise ValueError(f"router_scoring must be one of {ROUTER_SCORING}, got "
+                       f"{self.router_scoring!r}.")
+    if self.swiglu_limit is not None and not self.swiglu_limit > 0:
+      raise ValueError(f"swiglu_limit must be positive (or None), got {self.swiglu_limit}.")
+    if not self.routed_scaling_factor > 0:
+      raise ValueError(f"routed_scaling_factor must be positive, got "
+                       f"{self.routed_scaling_factor}.")
+    if not self.router_bias_update_rate >= 0:
+      raise ValueError(f"router_bias_update_rate must be >= 0, got "
+                       f"{self.router_bias_update_rate}.")
+    if self.router_bias_update_rate and not self.router_correction_bias:
+      raise ValueError(f"router_bias_update_rate={self.router_bias_update_rate} moves the "
+                       "router's correction bias; set router_correction_bias=True too.")
+    if (self.n_group is None) != (self.topk_group is None):
+      raise ValueError("group-limited routing needs both n_group and topk_group (or "
+                       f"neither); got n_group={self.n_group}, topk_group={self.topk_group}.")
+    if self.n_group is None:
+      return
+    size = experts // self.n_group if self.n_group >= 1 else 0
+    if not (self.n_group >= 1 and experts % self.n_group == 0
+            and 1 <= self.topk_group <= self.n_group):
+      raise ValueError(f"n_group={self.n_group} must divide num_experts={experts} and "
+                       f"1 <= topk_group={self.topk_group} <= n_group.")
+    if self.experts_per_token > self.topk_group * size:
+      raise ValueError(f"experts_per_token={self.experts_per_token} experts cannot come from "
+                       f"topk_group={self.topk_group} groups of {size}.")
+    if self.router_correction_bias and self.n_group > 1 and size < 2:
+      raise ValueError("with a correction bias a group scores by its two best experts; "
+                       f"n_group={self.n_group} leaves {size} expert per group.")
 
   def layer_period(self) -> int:
     """The length of the shortest group of layers whose repetition gives `layer_types`

@@ -1,9 +1,13 @@
-"""A mixture-of-experts MLP (Mixtral, Qwen-MoE): pure functions for routing and the two
-dispatches, a dense reference, and the module that holds the weights.
+"""A mixture-of-experts MLP (Mixtral, Qwen-MoE, DeepSeek-V2/V3): pure functions for routing
+and the two dispatches, a dense reference, DeepSeek-V3's bias rule, and the module that holds
+the weights.
 
 Each token's float32 router logits pick experts_per_token (k) of num_experts (E) gated
-experts, act(x W_gate) * (x W_up) W_down, whose outputs are summed with the router's softmax
-probabilities, renormalised over the k chosen when `normalize` (Mixtral). Dispatch:
+experts, act(x W_gate) * (x W_up) W_down, whose outputs are summed with the router's scores:
+softmax probabilities (Mixtral, Qwen, DeepSeek-V2) or sigmoids (DeepSeek-V3), renormalised
+over the k chosen when `normalize`, times a scaling factor; optionally chosen only within the
+best groups of experts, and with a correction bias that chooses but does not weight (`route`).
+Shared experts, a dense SwiGLU every token takes, are added by the module. Dispatch:
 
   dropless: the N·k (token, expert) assignments sorted by expert and run as three grouped
     matmuls (`jax.lax.ragged_dot`), so no token is dropped and no expert computes padding;
@@ -25,48 +29,98 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention_jax.layers.attention import default_kernel_init
-from attention_jax.layers.mlp import activation_fn
+from attention_jax.layers.mlp import Mlp, activation_fn
 
 EXPERTS = "experts"  # the module holding the stacked expert weights gate, fc1 (up), fc2 (down)
 
 
-def route(logits, k: int, normalize: bool):
+def route(logits, k: int, normalize: bool, *, scoring: str = "softmax",
+          correction_bias=None, n_group: int | None = None, topk_group: int | None = None,
+          scaling: float = 1.0):
   """(weights float32 [N, k], experts int32 [N, k], probabilities float32 [N, E]) from
-  router logits [N, E]: the k most probable experts of each token."""
-  probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  weights, experts = lax.top_k(probabilities, k)
+  router logits [N, E]: each token's k best-scoring experts.
+
+  scoring: "softmax" (Mixtral, Qwen, DeepSeek-V2) or "sigmoid" (DeepSeek-V3) of the logits.
+  correction_bias [E] (DeepSeek-V3's e_score_correction_bias) is added to the scores to
+  *choose* experts, never to weight them. n_group, topk_group: group-limited top-k, the k
+  chosen only from the topk_group groups (of E / n_group consecutive experts) with the best
+  group scores: each group's two best scores summed with a correction bias (V3), its best
+  score without one (V2). The chosen scores, renormalised to sum 1 when `normalize`, times
+  `scaling` (routed_scaling_factor), are the weights. `probabilities` are the scores
+  normalised per token, what the load-balancing loss reads."""
+  logits = logits.astype(jnp.float32)
+  if scoring == "softmax":
+    scores = jax.nn.softmax(logits, axis=-1)
+    probabilities = scores
+  else:
+    scores = jax.nn.sigmoid(logits)
+    probabilities = scores / jnp.sum(scores, axis=-1, keepdims=True)
+  choice = scores if correction_bias is None else (
+      scores + lax.stop_gradient(correction_bias.astype(jnp.float32)))
+  if n_group is not None and n_group > 1:
+    n, num_experts = choice.shape
+    grouped = choice.reshape(n, n_group, num_experts // n_group)
+    group_scores = (jnp.max(grouped, axis=-1) if correction_bias is None
+                    else jnp.sum(lax.top_k(grouped, 2)[0], axis=-1))
+    groups = lax.top_k(group_scores, topk_group)[1]
+    allowed = jnp.any(groups[..., None] == jnp.arange(n_group), axis=-2)  # [N, n_group]
+    choice = jnp.where(jnp.repeat(allowed, num_experts // n_group, axis=-1), choice,
+                       -jnp.inf)
+  experts = lax.top_k(choice, k)[1]
+  weights = jnp.take_along_axis(scores, experts, axis=-1)
   if normalize:
-    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-  return weights, experts.astype(jnp.int32), probabilities
+    weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
+  return weights * scaling, experts.astype(jnp.int32), probabilities
 
 
-def _glu(x, gate, up, activation: str):
+def clamped_swiglu(limit: float, alpha: float):
+  """GPT-OSS's gated activation of (gate, up): gate clamped above at `limit`, up to
+  [-limit, limit], (up + 1) · gate · sigmoid(alpha · gate)."""
+  def glu(gate, up):
+    gate = jnp.minimum(gate, limit)
+    return (jnp.clip(up, -limit, limit) + 1) * gate * jax.nn.sigmoid(alpha * gate)
+  return glu
+
+
+def _glu(x, gate, up, activation):
+  """activation: a name (act(gate) · up) or a function of (gate, up) (`clamped_swiglu`)."""
+  if callable(activation):
+    return activation(gate(x), up(x))
   return activation_fn(activation)(gate(x)) * up(x)
 
 
-def dense_reference(tokens, weights, experts, gate, up, down, activation: str):
+def _bias(biases, i: int, rows=None):
+  """The i-th of the experts' biases (gate, up, down; [E, width]) for rows of these experts
+  (or every expert, broadcast over [E, rows, width]); 0 without biases."""
+  if biases is None:
+    return 0.0
+  return biases[i][rows] if rows is not None else biases[i][:, None, :]
+
+
+def dense_reference(tokens, weights, experts, gate, up, down, activation, biases=None):
   """Every expert on every token, masked to the chosen ones: tokens [N, d], weights and
-  experts [N, k], gate/up [E, d, F], down [E, F, d] -> [N, d]."""
+  experts [N, k], gate/up [E, d, F], down [E, F, d], biases (gate [E, F], up [E, F], down
+  [E, d]) or None; activation a name or a function of (gate, up) -> [N, d]."""
   n, num_experts = tokens.shape[0], gate.shape[0]
   combine = jnp.zeros((n, num_experts), jnp.float32).at[
       jnp.arange(n)[:, None], experts].add(weights)
-  hidden = _glu(tokens, lambda x: jnp.einsum("nd,edf->enf", x, gate),
-                lambda x: jnp.einsum("nd,edf->enf", x, up), activation)
-  outputs = jnp.einsum("enf,efd->end", hidden, down)
+  hidden = _glu(tokens, lambda x: jnp.einsum("nd,edf->enf", x, gate) + _bias(biases, 0),
+                lambda x: jnp.einsum("nd,edf->enf", x, up) + _bias(biases, 1), activation)
+  outputs = jnp.einsum("enf,efd->end", hidden, down) + _bias(biases, 2)
   return jnp.einsum("ne,end->nd", combine.astype(outputs.dtype), outputs)
 
 
-def dropless(tokens, weights, experts, gate, up, down, activation: str):
+def dropless(tokens, weights, experts, gate, up, down, activation, biases=None):
   """The chosen experts only, every assignment kept: sorted by expert, grouped matmuls.
-  Shapes as `dense_reference`."""
+  Arguments as `dense_reference`."""
   n, k = experts.shape
   flat = experts.reshape(-1)
   order = jnp.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
-  source = order // k
+  source, rows = order // k, flat[order]
   sizes = jnp.bincount(flat, length=gate.shape[0]).astype(jnp.int32)
-  grouped = lambda w: lambda x: lax.ragged_dot(x, w, sizes)
-  hidden = _glu(tokens[source], grouped(gate), grouped(up), activation)
-  outputs = grouped(down)(hidden) * weights.reshape(-1)[order][:, None].astype(hidden.dtype)
+  grouped = lambda w, i: lambda x: lax.ragged_dot(x, w, sizes) + _bias(biases, i, rows)
+  hidden = _glu(tokens[source], grouped(gate, 0), grouped(up, 1), activation)
+  outputs = grouped(down, 2)(hidden) * weights.reshape(-1)[order][:, None].astype(hidden.dtype)
   return jnp.zeros_like(tokens).at[source].add(outputs)
 
 
@@ -81,10 +135,10 @@ def capacity_slots(experts, num_experts: int, capacity: int):
   return slot, slot < capacity
 
 
-def with_capacity(tokens, weights, experts, gate, up, down, activation: str,
-                  capacity_factor: float):
+def with_capacity(tokens, weights, experts, gate, up, down, activation,
+                  capacity_factor: float, biases=None):
   """(outputs [N, d], fraction of assignments dropped): at most ceil(capacity_factor·N·k/E)
-  per expert (`capacity_slots`). Shapes as `dense_reference`."""
+  per expert (`capacity_slots`). Arguments as `dense_reference`."""
   n, k = experts.shape
   num_experts = gate.shape[0]
   capacity = max(1, math.ceil(capacity_factor * n * k / num_experts))
@@ -92,9 +146,9 @@ def with_capacity(tokens, weights, experts, gate, up, down, activation: str,
   rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, k))
   buffer = jnp.zeros((num_experts, capacity, tokens.shape[-1]), tokens.dtype).at[
       experts, slot].set(tokens[rows], mode="drop")  # dropped slots are out of bounds
-  hidden = _glu(buffer, lambda x: jnp.einsum("ecd,edf->ecf", x, gate),
-                lambda x: jnp.einsum("ecd,edf->ecf", x, up), activation)
-  outputs = jnp.einsum("ecf,efd->ecd", hidden, down)
+  hidden = _glu(buffer, lambda x: jnp.einsum("ecd,edf->ecf", x, gate) + _bias(biases, 0),
+                lambda x: jnp.einsum("ecd,edf->ecf", x, up) + _bias(biases, 1), activation)
+  outputs = jnp.einsum("ecf,efd->ecd", hidden, down) + _bias(biases, 2)
   taken = outputs.at[experts, jnp.minimum(slot, capacity - 1)].get()  # [N, k, d]
   scale = jnp.where(kept, weights, 0.0).astype(taken.dtype)
   return jnp.einsum("nk,nkd->nd", scale, taken), 1.0 - jnp.mean(kept.astype(jnp.float32))
@@ -136,27 +190,79 @@ def router_metrics(intermediates: dict) -> dict:
 
 
 class _ExpertWeights(nn.Module):
-  """The experts' stacked weights: gate, fc1 (up) [E, width, F] and fc2 (down) [E, F, width]."""
+  """The experts' stacked weights: (gate, fc1 (up) [E, width, F], fc2 (down) [E, F, width]),
+  and with `use_bias` their biases (gate_bias, fc1_bias [E, F], fc2_bias [E, width]) else
+  None."""
   num_experts: int
   width: int
   hidden: int
+  use_bias: bool
   dtype: object
   param_dtype: object
 
   @nn.compact
   def __call__(self):
-    init = default_kernel_init
-    shapes = {"gate": (self.num_experts, self.width, self.hidden),
-              "fc1": (self.num_experts, self.width, self.hidden),
-              "fc2": (self.num_experts, self.hidden, self.width)}
-    return tuple(self.param(name, init, shape, self.param_dtype).astype(self.dtype)
-                 for name, shape in shapes.items())
+    shapes = {"gate": (self.width, self.hidden), "fc1": (self.width, self.hidden),
+              "fc2": (self.hidden, self.width)}
+    make = lambda name, init, shape: self.param(name, init, (self.num_experts,) + shape,
+                                                self.param_dtype).astype(self.dtype)
+    kernels = tuple(make(name, default_kernel_init, shape) for name, shape in shapes.items())
+    if not self.use_bias:
+      return kernels, None
+    return kernels, tuple(make(f"{name}_bias", nn.initializers.zeros, shape[-1:])
+                          for name, shape in shapes.items())
+
+
+CORRECTION_BIAS = "e_score_correction_bias"  # DeepSeek-V3's, a direct parameter of MoeMlp
+
+
+def correction_bias_update(bias, expert_load, rate: float):
+  """DeepSeek-V3's auxiliary-loss-free balancing, applied after each step outside the
+  optimizer: each expert's bias [..., E] rises by `rate` when its share of the step's
+  assignments `expert_load` [..., E] is below the mean, and falls by `rate` when above
+  (within 1e-6 of the mean it stays: the same load summed over micro-batches rounds
+  differently)."""
+  load = expert_load.astype(jnp.float32)
+  below = jnp.mean(load, axis=-1, keepdims=True) - load
+  return bias + rate * jnp.where(jnp.abs(below) > 1e-6, jnp.sign(below), 0.0)
+
+
+def update_correction_biases(params: dict, expert_loads: dict, rate: float,
+                             before: dict | None = None) -> dict:
+  """`params` with every MoE layer's correction bias moved by `correction_bias_update` from
+  that layer's load in `expert_loads` ({module path: [E] or, stacked, [layers, E]}, as
+  `expert_loads` gathers them). `before`: the parameters the step started from (same
+  structure); each bias moves from its value there, so nothing an optimizer did to it
+  counts."""
+  def update(path, leaf, old):
+    names = [str(getattr(key, "key", "")) for key in path]
+    if names[-1] != CORRECTION_BIAS:
+      return leaf
+    return correction_bias_update(old, expert_loads["/".join(names[:-1])],
+                                  rate).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(update, params,
+                                          params if before is None else before)
+
+
+def expert_loads(intermediates: dict) -> dict:
+  """{module path: expert_load} of every MoE layer sown in a model's 'intermediates' (the
+  path of its parameters; [E], or [layers, E] under scan_layers)."""
+  found = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    names = [str(getattr(key, "key", "")) for key in path]
+    if "expert_load" in names:
+      found["/".join(names[:names.index("expert_load")])] = leaf
+  return found
 
 
 class MoeMlp(nn.Module):
   """x [..., width] -> [..., width] through the config's mixture of experts (see the module
   docstring; `TransformerConfig.num_experts`). Parameters: router [width, E] (computed in
-  float32), experts/{gate, fc1, fc2}. Sows into 'intermediates': load_balancing_loss,
+  float32; a bias with router_bias), experts/{gate, fc1, fc2} (and {gate, fc1, fc2}_bias
+  with mlp_bias; GPT-OSS's clamped SwiGLU with swiglu_limit); with n_shared_experts a dense SwiGLU `shared_experts`
+  every token takes (gated by sigmoid(x · shared_expert_gate) with `shared_expert_gate`,
+  Qwen-MoE); with router_correction_bias, e_score_correction_bias [E] (no gradient: training
+  moves it by `correction_bias_update`). Sows into 'intermediates': load_balancing_loss,
   router_z_loss, expert_load (the fraction of assignments each expert got, [E]) and, with
   capacity dispatch, dropped_fraction."""
   config: object  # TransformerConfig (layers.config imports nothing from here)
@@ -169,19 +275,37 @@ class MoeMlp(nn.Module):
                        "mixture of experts holds per expert; adapt attention's here.")
     shape = x.shape
     tokens = x.reshape(-1, shape[-1])
-    logits = nn.Dense(c.num_experts, use_bias=False, dtype=jnp.float32,
+    logits = nn.Dense(c.num_experts, use_bias=c.router_bias, dtype=jnp.float32,
                       param_dtype=c.param_dtype, kernel_init=default_kernel_init,
                       name="router")(tokens.astype(jnp.float32))
-    weights, experts, probabilities = route(logits, c.experts_per_token, c.norm_topk_prob)
-    gate, up, down = _ExpertWeights(c.num_experts, shape[-1], c.expert_mlp_dim or c.mlp_dim,
-                                    c.dtype, c.param_dtype, name=EXPERTS)()
+    bias = (self.param(CORRECTION_BIAS, nn.initializers.zeros, (c.num_experts,), jnp.float32)
+            if c.router_correction_bias else None)
+    weights, experts, probabilities = route(
+        logits, c.experts_per_token, c.norm_topk_prob, scoring=c.router_scoring,
+        correction_bias=bias, n_group=c.n_group, topk_group=c.topk_group,
+        scaling=c.routed_scaling_factor)
+    expert_dim = c.expert_mlp_dim or c.mlp_dim
+    (gate, up, down), biases = _ExpertWeights(c.num_experts, shape[-1], expert_dim,
+                                              c.mlp_bias, c.dtype, c.param_dtype,
+                                              name=EXPERTS)()
+    activation = (c.activation if c.swiglu_limit is None
+                  else clamped_swiglu(c.swiglu_limit, c.swiglu_alpha))
     tokens = tokens.astype(c.dtype)
     if c.moe_dispatch == "dropless":
-      out = dropless(tokens, weights, experts, gate, up, down, c.activation)
+      out = dropless(tokens, weights, experts, gate, up, down, activation, biases)
     else:
-      out, dropped = with_capacity(tokens, weights, experts, gate, up, down, c.activation,
-                                   c.capacity_factor)
+      out, dropped = with_capacity(tokens, weights, experts, gate, up, down, activation,
+                                   c.capacity_factor, biases)
       self.sow("intermediates", "dropped_fraction", dropped)
+    if c.n_shared_experts:
+      shared = Mlp(c.n_shared_experts * expert_dim, activation=c.activation, gated=True,
+                   use_bias=c.mlp_bias, dtype=c.dtype, param_dtype=c.param_dtype,
+                   name="shared_experts")(tokens)
+      if c.shared_expert_gate:
+        shared = shared * jax.nn.sigmoid(nn.Dense(
+            1, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
+            kernel_init=default_kernel_init, name="shared_expert_gate")(tokens))
+      out = out + shared
     self.sow("intermediates", "load_balancing_loss",
              load_balancing_loss(probabilities, experts, c.num_experts))
     self.sow("intermediates", "router_z_loss", router_z_loss(logits))

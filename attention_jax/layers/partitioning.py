@@ -43,6 +43,7 @@ PROJECTIONS = {
     "head": (("embed",), (None,)),  # ViT
     "lm_head": (("embed",), ("vocab",)),  # an untied output projection (Llama)
     "router": (("embed",), (None,)),  # a mixture of experts' router (layers.moe)
+    "shared_expert_gate": (("embed",), (None,)),  # Qwen-MoE's gate on the shared experts
     "cluster": (("embed",), (None,)),  # Transformer-XL's adaptive softmax clusters
     "projection": ((None, None, None), ("embed",)),  # ViT's patch convolution
 }
@@ -50,11 +51,14 @@ EMBEDDINGS = {"token": ("vocab", "embed"), "position": (None, "embed"),
               "token_type": (None, "embed")}
 # The stacked weights of a mixture's experts (layers.moe.EXPERTS): name -> axes.
 EXPERT_WEIGHTS = {"gate": ("expert", "embed", "mlp"), "fc1": ("expert", "embed", "mlp"),
-                  "fc2": ("expert", "mlp", "embed")}
+                  "fc2": ("expert", "mlp", "embed"), "gate_bias": ("expert", "mlp"),
+                  "fc1_bias": ("expert", "mlp"), "fc2_bias": ("expert", "embed")}
 # Parameters that are their own module's direct children: name -> axes.
 DIRECT = {
     "content_bias": ("heads", "kv"), "position_bias": ("heads", "kv"),  # Transformer-XL
     "out_bias": ("vocab",),
+    "e_score_correction_bias": (None,),  # DeepSeek-V3's router bias (layers.moe)
+    "sinks": ("heads",),  # learned attention sinks, one per head (GPT-OSS)
     "cls_token": (None, None, "embed"), "position_embedding": (None, None, "embed"),  # ViT
 }
 # Norms over a head's or a latent's width (QK-norm, MLA's latents), not the model's.

@@ -41,7 +41,8 @@ class TransformerBlock(nn.Module):
   `local_window`, with `local_rotary_base` when set; "full"); None without layer_types.
   `config.post_norms` normalises each sublayer's output too (Gemma); `config.kv_lora_rank`
   makes self-attention multi-head latent attention (`LatentAttention`, DeepSeek);
-  `config.num_experts` makes the MLP a mixture of experts (`MoeMlp`, Mixtral).
+  `config.num_experts` makes the MLP a mixture of experts (`MoeMlp`, Mixtral) unless
+  `dense_mlp` (the layers below `config.first_k_dense_replace`, DeepSeek).
   `config.remat` rematerialises the block in training (`jax.checkpoint`; the parameters are
   unchanged): "none", "full" (keep only the block's input), "dots" (keep matmul outputs) or
   "dots_with_no_batch_dims" (keep the weight matmuls' outputs, not attention's).
@@ -49,6 +50,7 @@ class TransformerBlock(nn.Module):
   config: TransformerConfig
   cross_attention: bool = False
   layer_type: str | None = None
+  dense_mlp: bool = False
 
   def _attention(self, name, decode=False, position="none"):
     c = self.config
@@ -126,7 +128,7 @@ class TransformerBlock(nn.Module):
       attend = lambda q: cross(q, encoded, encoded_inputs, deterministic=deterministic)
       x = x + dropout(attend(norm(x))) if c.pre_ln else norm(x + dropout(attend(x)))
 
-    if c.num_experts is None:
+    if c.num_experts is None or self.dense_mlp:
       mlp = Mlp(c.mlp_dim, activation=c.activation, gated=c.gated_mlp, use_bias=c.mlp_bias,
                 dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name="mlp")
     else:
@@ -224,6 +226,7 @@ def block_stack(x, config: TransformerConfig, inputs: AttentionInputs | None = N
                    deterministic=deterministic)
     first = scanned_depth(config)
   types = config.layer_types or (None,) * config.depth
-  blocks = [TransformerBlock(config, layer_type=types[i], name=f"{prefix}{i}")
+  blocks = [TransformerBlock(config, layer_type=types[i],
+                             dense_mlp=i < config.first_k_dense_replace, name=f"{prefix}{i}")
             for i in range(first, config.depth)]
   return run_blocks(blocks, x, inputs, deterministic=deterministic)

@@ -11,13 +11,14 @@ from attention_jax.models.generation import (beam_search, generate, generate_str
 from attention_jax.models.gpt import GPT, GPTConfig
 from attention_jax.models.llama import Llama, LlamaConfig
 from attention_jax.models.mixtral import Mixtral, MixtralConfig
-from attention_jax.models.presets import PRESETS, config_class, create, names, param_count
+from attention_jax.models.presets import (PRESETS, active_param_count, config_class, create,
+                                          names, param_count)
 from attention_jax.models.transformer_xl import (TransformerXL, TransformerXLConfig,
                                                  adaptive_log_probs)
 from attention_jax.models.vit import ViT, ViTConfig
 
 __all__ = ["Bert", "BertConfig", "Deepseek", "DeepseekConfig", "EncoderDecoder", "EncoderDecoderConfig", "GPT", "GPTConfig",
            "Gemma", "GemmaConfig", "Llama", "LlamaConfig", "Mixtral", "MixtralConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
-           "ViTConfig", "adaptive_log_probs", "beam_search", "config_class", "create",
-           "generate", "generate_stream", "greedy_decode", "names", "param_count", "sample_logits",
-           "with_options"]
+           "ViTConfig", "active_param_count", "adaptive_log_probs", "beam_search",
+           "config_class", "create", "generate", "generate_stream", "greedy_decode", "names",
+           "param_count", "sample_logits", "with_options"]

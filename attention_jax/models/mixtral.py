@@ -1,6 +1,8 @@
 """Mixtral-style decoders: the Llama decoder whose every MLP is a mixture of experts
 (`layers.moe.MoeMlp`; the config's num_experts, experts_per_token, expert_mlp_dim,
-norm_topk_prob, moe_dispatch, capacity_factor)."""
+norm_topk_prob, moe_dispatch, capacity_factor): Mixtral, Qwen2-MoE (Q/K/V biases and a
+gated shared expert: n_shared_experts, shared_expert_gate), Qwen3-MoE (QK-norm) and GPT-OSS
+(learned sinks, alternating windows, router and expert biases, the clamped SwiGLU)."""
 
 from __future__ import annotations
 

@@ -50,6 +50,15 @@ _QWEN25 = dict(vocab_size=151936, max_len=32768, num_kv_heads=2, ln_eps=1e-6,
 _QWEN3 = dict(vocab_size=151936, max_len=40960, num_kv_heads=8, head_dim=128, ln_eps=1e-6,
               rotary_base=1e6, qk_norm=True)
 
+_DEEPSEEK = dict(max_len=163840, rotary_base=10000.0)
+
+
+def _deepseek_yarn(mscale: float) -> RopeScaling:
+  """DeepSeek's YaRN: 4k stretched 40 times, mscale = mscale_all_dim (V2-Lite 0.707, V3 1)."""
+  return RopeScaling("yarn", 40.0, original_max_len=4096, beta_fast=32.0, beta_slow=1.0,
+                     mscale=mscale, mscale_all_dim=mscale)
+
+
 # Gemma's sliding windows are transformers' sliding_window - 1 (keys within that distance).
 _GEMMA2 = dict(vocab_size=256000, max_len=8192, head_dim=256, query_pre_attn_scalar=256,
                attn_logits_soft_cap=50.0, final_logits_soft_cap=30.0, local_window=4095)
@@ -132,6 +141,40 @@ PRESETS: dict[str, Preset] = {
                             "12.9B of the 46.7B parameters active per token)",
                             vocab_size=32000, max_len=32768, width=4096, depth=32,
                             num_heads=32, num_kv_heads=8, mlp_dim=14336, rotary_base=1e6),
+    "qwen3-30b-a3b": _preset(Mixtral, "Qwen/Qwen3-30B-A3B (128 experts, 8 per token, "
+                             "renormalised; QK-norm; 3.3B of the 30.5B parameters active)",
+                             **{**_QWEN3, "num_kv_heads": 4}, width=2048, depth=48,
+                             num_heads=32, mlp_dim=6144, expert_mlp_dim=768, num_experts=128,
+                             experts_per_token=8, norm_topk_prob=True),
+    "deepseek-v2-lite": _preset(
+        Deepseek, "deepseek-ai/DeepSeek-V2-Lite (latent attention; 64 experts, 6 per token, "
+        "2 shared, softmax routing; 2.7B of the 15.7B parameters active, embeddings "
+        "counted; the model card's 2.4B)", **_DEEPSEEK,
+        vocab_size=102400, width=2048, depth=27, num_heads=16, mlp_dim=10944,
+        q_lora_rank=None, rope_scaling=_deepseek_yarn(0.707), num_experts=64,
+        experts_per_token=6, expert_mlp_dim=1408, n_shared_experts=2, first_k_dense_replace=1,
+        norm_topk_prob=False),
+    "deepseek-v3": _preset(
+        Deepseek, "deepseek-ai/DeepSeek-V3 (latent attention; 256 experts, 8 per token from 4 "
+        "of 8 groups, 1 shared, sigmoid routing with the correction bias; 37.6B of the 671B "
+        "parameters active; without the multi-token-prediction layer)", **_DEEPSEEK,
+        vocab_size=129280, width=7168, depth=61, num_heads=128, mlp_dim=18432,
+        rope_scaling=_deepseek_yarn(1.0), num_experts=256, experts_per_token=8,
+        expert_mlp_dim=2048, n_shared_experts=1, first_k_dense_replace=3, n_group=8,
+        topk_group=4, router_scoring="sigmoid", router_correction_bias=True,
+        routed_scaling_factor=2.5, norm_topk_prob=True),
+    "gpt-oss-20b": _preset(
+        Mixtral, "openai/gpt-oss-20b in float weights (32 experts, 4 per token, with biases "
+        "and the clamped SwiGLU; learned sinks; window 128 on alternate layers; 4.2B of the "
+        "20.9B parameters active, the model card's 3.6B without the token table)",
+        vocab_size=201088, max_len=131072, width=2880, depth=24, num_heads=64, num_kv_heads=8,
+        head_dim=64, mlp_dim=2880, ln_eps=1e-5, qkv_bias=True, out_bias=True, mlp_bias=True,
+        learned_sinks=True, layer_types=gemma_layer_types(24, 2), local_window=127,
+        rotary_base=150000.0, rope_scaling=RopeScaling(
+            "yarn", 32.0, original_max_len=4096, beta_fast=32.0, beta_slow=1.0,
+            truncate=False),
+        num_experts=32, experts_per_token=4, norm_topk_prob=True, router_bias=True,
+        swiglu_limit=7.0),
     "smollm2-135m": _preset(Llama, "HuggingFaceTB/SmolLM2-135M (tied head)", vocab_size=49152,
                             max_len=8192, width=576, depth=30, num_heads=9, num_kv_heads=3,
                             mlp_dim=1536, rotary_base=100000.0, tie_embeddings=True),
@@ -183,6 +226,19 @@ def create(name: str, **overrides):
     raise ValueError(f"preset {name!r} (a {preset.family.__name__}): {e}") from None
   kernels.get(config.kernel)  # unknown names fail here, listing the valid ones
   return preset.family(config)
+
+
+def active_param_count(name: str, **overrides) -> int:
+  """Parameters one token uses in preset `name`: all of them, less the routed experts a
+  mixture's tokens do not choose (num_experts - experts_per_token per MoE layer)."""
+  total = param_count(name, **overrides)
+  c = create(name, **overrides).config
+  if not c.num_experts:
+    return total
+  hidden = c.expert_mlp_dim or c.mlp_dim
+  expert = 3 * c.width * hidden + (2 * hidden + c.width) * c.mlp_bias  # gate, up, down
+  return total - (c.depth - c.first_k_dense_replace) * (
+      c.num_experts - c.experts_per_token) * expert
 
 
 def param_count(name: str, **overrides) -> int:

@@ -40,6 +40,7 @@ import functools
 import numpy as np
 
 from attention_jax.kernels.positional import RopeScaling
+from attention_jax.layers import moe
 from attention_jax.models import GPT, Bert, Deepseek, Gemma, Llama, Mixtral
 from attention_jax.models.gemma import gemma_layer_types
 from attention_jax.pretrained import convert
@@ -307,6 +308,10 @@ def _llama_config(c) -> dict:
           **_rope_config(c)}
 
 
+_HF_MLP = ("gate_proj", "up_proj", "down_proj")  # our gate, fc1, fc2
+_MIXTRAL_EXPERTS = ("block_sparse_moe.", ("w1", "w3", "w2"))
+
+
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -429,13 +434,18 @@ def _attention_rules(c, hf: str, attention: tuple[str, ...]) -> list[convert.Rul
   if c.qk_norm:
     rules += [same(f"{hf}{hf_name}.weight", attention + (name, "scale"))
               for hf_name, name in (("q_norm", "query_norm"), ("k_norm", "key_norm"))]
+  if c.learned_sinks:
+    rules.append(same(hf + "sinks", attention + ("sinks",)))
   return rules
 
 
 def _decoder_rules(model: Llama, norms: tuple[tuple[str, str], ...],
-                   attention_rules=_attention_rules) -> list[convert.Rule]:
+                   attention_rules=_attention_rules, moe_rules=None) -> list[convert.Rule]:
   """The Llama family's tensors; `norms` each layer's (HF norm name, ours);
-  `attention_rules(config, hf prefix, our path)` each layer's attention tensors."""
+  `attention_rules(config, hf prefix, our path)` each layer's attention tensors and
+  `moe_rules(config, hf prefix, our path)` each mixture of experts' (default `_moe_rules`
+  with the experts one by one as Qwen-MoE and DeepSeek name them)."""
+  moe_rules = moe_rules or functools.partial(_moe_rules, legacy=("mlp.", _HF_MLP))
   c = model.config
   rules = [same("model.embed_tokens.weight", ("embed", "token", "embedding")),
            same("model.norm.weight", ("final_norm", "scale"))]
@@ -446,34 +456,42 @@ def _decoder_rules(model: Llama, norms: tuple[tuple[str, str], ...],
     rules += attention_rules(c, hf + "self_attn.", ours + ("attention",))
     rules += [same(f"{hf}{hf_name}.weight", ours + (name, "scale"))
               for hf_name, name in norms]
-    rules += (_expert_rules if c.num_experts else _mlp_rules)(c, hf + "mlp.", ours + ("mlp",))
+    if c.num_experts and i >= c.first_k_dense_replace:
+      rules += moe_rules(c, hf + "mlp.", ours + ("mlp",))
+    else:
+      rules += _mlp_rules(c, hf + "mlp.", ours + ("mlp",))
   return rules
 
 
 def _mlp_rules(c, hf: str, mlp: tuple[str, ...]) -> list[convert.Rule]:
   """A dense SwiGLU MLP: gate_proj, up_proj, down_proj (our gate, fc1, fc2)."""
   rules = []
-  for name, hf_name in (("gate", "gate_proj"), ("fc1", "up_proj"), ("fc2", "down_proj")):
+  for name, hf_name in zip(("gate", "fc1", "fc2"), _HF_MLP):
     rules.append(linear(f"{hf}{hf_name}.weight", mlp + (name, "kernel")))
     if c.mlp_bias:
       rules.append(same(f"{hf}{hf_name}.bias", mlp + (name, "bias")))
   return rules
 
 
-def _expert_rules(c, hf: str, mlp: tuple[str, ...]) -> list:
-  """A Mixtral mixture of experts (our router [width, E], experts/gate, fc1 [E, width, F] and
-  fc2 [E, F, width]) in either layout checkpoints carry: one tensor per expert,
-  `block_sparse_moe.{gate, experts.N.w1, w3, w2}` (what transformers 5's save_pretrained
-  writes, and we export), or its in-memory fused `mlp.{gate, experts.gate_up_proj [E, 2F,
-  width] (gate rows, then up rows), experts.down_proj [E, width, F]}`."""
+def _moe_rules(c, hf: str, mlp: tuple[str, ...],
+               legacy: tuple[str, tuple[str, str, str]]) -> list:
+  """A mixture of experts (our router [width, E], experts/gate, fc1 [E, width, F] and fc2
+  [E, F, width]; shared_experts, shared_expert_gate and e_score_correction_bias when the
+  config has them) in either layout checkpoints carry: one tensor per expert (what
+  transformers 5's save_pretrained writes, and we export), `legacy` = (the module holding
+  gate and experts instead of "mlp.", the names of an expert's gate, up and down
+  projections): Mixtral's `block_sparse_moe.{gate, experts.N.w1, w3, w2}`, Qwen-MoE's and
+  DeepSeek's `mlp.{gate, experts.N.gate_proj, up_proj, down_proj}`; or transformers'
+  in-memory fused `mlp.{gate, experts.gate_up_proj [E, 2F, width] (gate rows, then up
+  rows), experts.down_proj [E, width, F]}`."""
   hidden = c.expert_mlp_dim or c.mlp_dim
   experts = mlp + ("experts",)
-  sparse = hf.replace(".mlp.", ".block_sparse_moe.")
+  sparse = hf.replace(".mlp.", "." + legacy[0])
   per_expert = [linear(f"{sparse}gate.weight", mlp + ("router", "kernel"))]
   for e in range(c.num_experts):
     per_expert += [convert.slice_of(linear(f"{sparse}experts.{e}.{hf_name}.weight",
                                            experts + (name,)), e)
-                   for name, hf_name in (("gate", "w1"), ("fc1", "w3"), ("fc2", "w2"))]
+                   for name, hf_name in zip(("gate", "fc1", "fc2"), legacy[1])]
   swap = lambda t: np.swapaxes(t, 1, 2)
   fused = [linear(f"{hf}gate.weight", mlp + ("router", "kernel")),
            convert.Rule(f"{hf}experts.gate_up_proj", (experts + ("gate",), experts + ("fc1",)),
@@ -481,7 +499,35 @@ def _expert_rules(c, hf: str, mlp: tuple[str, ...]) -> list:
                         lambda gate, up: np.concatenate([swap(gate), swap(up)], axis=1)),
            convert.Rule(f"{hf}experts.down_proj", (experts + ("fc2",),),
                         lambda t: (swap(t),), swap)]
-  return [convert.Choice((tuple(per_expert), tuple(fused)))]
+  rules = [convert.Choice((tuple(per_expert), tuple(fused)))]
+  if c.router_correction_bias:
+    rules.append(same(f"{hf}gate.e_score_correction_bias", mlp + (moe.CORRECTION_BIAS,)))
+  if c.n_shared_experts:
+    shared = "shared_expert" if c.shared_expert_gate else "shared_experts"  # Qwen; DeepSeek
+    rules += [linear(f"{hf}{shared}.{hf_name}.weight", mlp + ("shared_experts", name, "kernel"))
+              for name, hf_name in zip(("gate", "fc1", "fc2"), _HF_MLP)]
+  if c.shared_expert_gate:
+    rules.append(linear(f"{hf}shared_expert_gate.weight",
+                        mlp + ("shared_expert_gate", "kernel")))
+  return rules
+
+
+def _gpt_oss_moe_rules(c, hf: str, mlp: tuple[str, ...]) -> list[convert.Rule]:
+  """GPT-OSS's mixture: router weight and bias; experts fused, gate_up_proj [E, width, 2F]
+  with gate and up columns interleaved (gate even, up odd) and its bias [E, 2F], down_proj
+  [E, F, width] and its bias [E, width] (our experts/{gate, fc1, fc2} and their biases)."""
+  experts = mlp + ("experts",)
+  split = lambda t: (t[..., 0::2], t[..., 1::2])
+  interleave = lambda gate, up: np.stack([gate, up], axis=-1).reshape(
+      gate.shape[:-1] + (2 * gate.shape[-1],))
+  return [linear(f"{hf}router.weight", mlp + ("router", "kernel")),
+          same(f"{hf}router.bias", mlp + ("router", "bias")),
+          convert.Rule(f"{hf}experts.gate_up_proj", (experts + ("gate",), experts + ("fc1",)),
+                       split, interleave),
+          convert.Rule(f"{hf}experts.gate_up_proj_bias",
+                       (experts + ("gate_bias",), experts + ("fc1_bias",)), split, interleave),
+          same(f"{hf}experts.down_proj", experts + ("fc2",)),
+          same(f"{hf}experts.down_proj_bias", experts + ("fc2_bias",))]
 
 
 _HF_LAYER_TYPES = {"sliding": "sliding_attention", "full": "full_attention"}
@@ -635,39 +681,155 @@ class GemmaFormat:
                                   ("post_feedforward_layernorm", "mlp_post_norm")))
 
 
+_MOE_ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                      "qwen3_moe": "Qwen3MoeForCausalLM", "gpt_oss": "GptOssForCausalLM"}
+
+
+def _gpt_oss_fields(config: JsonObject, tensors) -> dict:
+  """GPT-OSS: the Llama decoder with attention biases, learned sinks, sliding layers between
+  full ones, and a mixture whose router and experts have biases, experts with the clamped
+  SwiGLU; quantised (MXFP4) checkpoints are refused."""
+  if config.get("quantization_config") is not None:
+    raise ValueError(f"{config.source} describes a quantised checkpoint (quantization_config, "
+                     "GPT-OSS's MXFP4 experts); attention_jax reads float weights: "
+                     "dequantise it first (transformers: Mxfp4Config(dequantize=True)).")
+  fields = LlamaFormat.fields(JsonObject({**dict(config), "model_type": "llama"},
+                                         config.source), tensors)
+  depth = fields["depth"]
+  types = _gemma_layer_types(config, "gemma2", depth)  # layer_types, else alternating
+  window = config.integer("sliding_window", None, minimum=1)
+  if "sliding" in types and window is None:
+    raise ValueError(f"{config.source} has sliding layers but no sliding_window.")
+  fields.update(mlp_bias=True, learned_sinks=True, router_bias=True, norm_topk_prob=True,
+                num_experts=config.integer("num_local_experts", minimum=1),
+                experts_per_token=config.integer("num_experts_per_tok", minimum=1),
+                swiglu_limit=config.number("swiglu_limit", 7.0, positive=True),
+                swiglu_alpha=config.number("swiglu_alpha", 1.702, positive=True),
+                layer_types=types if "sliding" in types else None,
+                local_window=window - 1 if "sliding" in types else None)
+  return fields
+
+
+def _shared_experts(config: JsonObject, size_field: str, expert_dim: int) -> int:
+  """How many experts' width the shared expert `size_field` is (0: none)."""
+  size = config.integer(size_field, 0, minimum=0)
+  if size % expert_dim:
+    raise ValueError(f"{config.source}: {size_field}={size} is not a multiple of "
+                     f"moe_intermediate_size={expert_dim}; attention_jax's shared experts are "
+                     "n_shared_experts experts wide.")
+  return size // expert_dim
+
+
+def _qwen_moe_fields(config: JsonObject, model_type: str) -> dict:
+  """The mixture fields of a Qwen2-MoE or Qwen3-MoE config.json: every layer sparse
+  (decoder_sparse_step 1, no mlp_only_layers, as published)."""
+  if config.integer("decoder_sparse_step", 1, minimum=1) != 1 or config.integers(
+      "mlp_only_layers"):
+    raise ValueError(f"{config.source}: decoder_sparse_step != 1 or mlp_only_layers (dense "
+                     "MLPs between the sparse ones) are not supported; the published Qwen "
+                     "MoE models have a mixture in every layer.")
+  expert_dim = config.integer("moe_intermediate_size", minimum=1)
+  experts = config.integer("num_experts", None, minimum=1)  # published config.json files
+  if experts is None:  # transformers 5 writes Qwen3-MoE's as num_local_experts
+    experts = config.integer("num_local_experts", minimum=1)
+  fields = dict(num_experts=experts,
+                experts_per_token=config.integer("num_experts_per_tok", minimum=1),
+                expert_mlp_dim=expert_dim,
+                norm_topk_prob=config.boolean("norm_topk_prob", False))
+  if model_type == "qwen2_moe":
+    shared = _shared_experts(config, "shared_expert_intermediate_size", expert_dim)
+    fields.update(n_shared_experts=shared, shared_expert_gate=shared > 0)
+  return fields
+
+
 class MixtralFormat:
-  """MixtralForCausalLM checkpoints in transformers 5's layout (fused expert tensors)."""
+  """MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM and GptOssForCausalLM
+  checkpoints (the Llama decoder with a mixture of experts in every layer; Qwen2-MoE adds its
+  gated shared expert, Qwen3-MoE QK-norm, GPT-OSS sinks, alternating windows and biases),
+  their experts one tensor each or fused (`_moe_rules`, `_gpt_oss_moe_rules`)."""
   family = Mixtral
-  model_types = ("mixtral",)
+  model_types = tuple(_MOE_ARCHITECTURES)
   prefix = ""
   ignore = LlamaFormat.ignore
 
   @staticmethod
   def fields(config: JsonObject, tensors) -> dict:
-    fields = LlamaFormat.fields(config, tensors)  # Llama's, without biases
-    window = config.integer("sliding_window", None, minimum=1)
-    experts = config.integer("num_local_experts", minimum=1)
-    fields.update(local_window=None if window is None else window - 1, num_experts=experts,
-                  experts_per_token=config.integer("num_experts_per_tok", minimum=1),
-                  norm_topk_prob=True)
-    return fields
+    model_type = config.string("model_type")
+    if model_type == "gpt_oss":
+      return _gpt_oss_fields(config, tensors)
+    if model_type == "mixtral":
+      fields = LlamaFormat.fields(config, tensors)  # Llama's, without biases
+      window = config.integer("sliding_window", None, minimum=1)
+      fields.update(local_window=None if window is None else window - 1,
+                    num_experts=config.integer("num_local_experts", minimum=1),
+                    experts_per_token=config.integer("num_experts_per_tok", minimum=1),
+                    norm_topk_prob=True)
+      return fields
+    fields = LlamaFormat.fields(JsonObject({**dict(config), "model_type": model_type[:5]},
+                                           config.source), tensors)  # qwen2 or qwen3's
+    if model_type == "qwen2_moe":
+      bias = config.boolean("qkv_bias", True)
+      fields.update(qkv_bias=bias, out_bias=False)
+    return {**fields, **_qwen_moe_fields(config, model_type)}
+
+  @staticmethod
+  def model_type(model) -> str:
+    """qwen3_moe with QK-norm, qwen2_moe with a gated shared expert, else mixtral; a model
+    none of them holds is refused, naming what it has."""
+    c = model.config
+    moe_defaults = dict(mlp_bias=False, router_bias=False, swiglu_limit=None)
+    if c.learned_sinks:
+      model_type, moe_defaults = "gpt_oss", {}
+      wanted = {"qkv_bias": True, "out_bias": True, "mlp_bias": True, "router_bias": True,
+                "norm_topk_prob": True, "qk_norm": False, "n_shared_experts": 0,
+                "expert_mlp_dim": c.expert_mlp_dim and c.mlp_dim}
+      if c.swiglu_limit is None:
+        wanted["swiglu_limit"] = "a number"
+    elif c.qk_norm:
+      model_type, wanted = "qwen3_moe", {"qkv_bias": c.out_bias, "n_shared_experts": 0}
+    elif c.shared_expert_gate:
+      model_type, wanted = "qwen2_moe", {"out_bias": False}
+    else:
+      model_type = "mixtral"
+      wanted = {"qkv_bias": False, "out_bias": False, "norm_topk_prob": True,
+                "n_shared_experts": 0, "expert_mlp_dim": c.expert_mlp_dim and c.mlp_dim}
+    wanted.update(**moe_defaults, router_scoring="softmax", routed_scaling_factor=1.0,
+                  n_group=None, router_correction_bias=False, first_k_dense_replace=0)
+    if model_type != "gpt_oss":
+      wanted["layer_types"] = None
+    if model_type not in ("mixtral", "gpt_oss"):
+      wanted["local_window"] = None
+    wrong = {f: getattr(c, f) for f, want in wanted.items() if getattr(c, f) != want}
+    if wrong:
+      raise ValueError(f"the {_MOE_ARCHITECTURES[model_type]} format needs {wanted}; this "
+                       f"model has {wrong}.")
+    return model_type
 
   @staticmethod
   def config(model: Mixtral) -> dict:
     c = model.config
-    wrong = {f: getattr(c, f) for f, want in (("qkv_bias", False), ("out_bias", False),
-                                                ("mlp_bias", False), ("norm_topk_prob", True))
-             if getattr(c, f) != want}
-    if c.expert_mlp_dim not in (None, c.mlp_dim):
-      wrong["expert_mlp_dim"] = c.expert_mlp_dim
-    if wrong:
-      raise ValueError("the Mixtral format has no biases, renormalised top-k weights and "
-                       f"experts of width intermediate_size; this model has {wrong}.")
-    return {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
-            **_llama_config(c),
-            "num_local_experts": c.num_experts, "num_experts_per_tok": c.experts_per_token,
-            "sliding_window": None if c.local_window is None else c.local_window + 1,
-            "router_jitter_noise": 0.0}
+    model_type = MixtralFormat.model_type(model)
+    config = {"architectures": [_MOE_ARCHITECTURES[model_type]], "model_type": model_type,
+              **_llama_config(c), "num_experts_per_tok": c.experts_per_token}
+    window = None if c.local_window is None else c.local_window + 1
+    if model_type == "mixtral":
+      return {**config, "num_local_experts": c.num_experts, "router_jitter_noise": 0.0,
+              "sliding_window": window}
+    if model_type == "gpt_oss":
+      types = c.layer_types or (("full" if window is None else "sliding"),) * c.depth
+      return {**config, "num_local_experts": c.num_experts, "attention_bias": True,
+              "sliding_window": window, "layer_types": [_HF_LAYER_TYPES[t] for t in types],
+              "swiglu_limit": c.swiglu_limit, "swiglu_alpha": c.swiglu_alpha}
+    expert_dim = c.expert_mlp_dim or c.mlp_dim
+    config.update(num_experts=c.num_experts, moe_intermediate_size=expert_dim,
+                  norm_topk_prob=c.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[],
+                  use_sliding_window=False, sliding_window=None)
+    if model_type == "qwen2_moe":
+      config.update(qkv_bias=c.qkv_bias,
+                    shared_expert_intermediate_size=c.n_shared_experts * expert_dim)
+    else:
+      config["attention_bias"] = c.qkv_bias
+    return config
 
   @staticmethod
   def rename(name: str) -> str:
@@ -676,7 +838,13 @@ class MixtralFormat:
   @staticmethod
   def rules(model: Mixtral, with_mlm_head: bool = False, with_pooler: bool = False,
             hf_config: JsonObject | None = None) -> list[convert.Rule]:
-    return LlamaFormat.rules(model)
+    model_type = MixtralFormat.model_type(model)
+    moe_rules = {"gpt_oss": _gpt_oss_moe_rules,
+                 "mixtral": functools.partial(_moe_rules, legacy=_MIXTRAL_EXPERTS)
+                 }.get(model_type)  # Qwen-MoE: the default
+    return _decoder_rules(model, (("input_layernorm", "attention_norm"),
+                                  ("post_attention_layernorm", "mlp_norm")),
+                          moe_rules=moe_rules)
 
 
 _DEEPSEEK_ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM",
@@ -729,9 +897,41 @@ def _latent_attention_rules(c, hf: str, attention: tuple[str, ...],
   return rules
 
 
+def _deepseek_moe_fields(config: JsonObject, model_type: str, depth: int) -> dict:
+  """The mixture fields of a DeepSeek config.json (none when every MLP is dense): V3 routes
+  by sigmoid scores with the correction bias and group-limited top-k; V2 by softmax, limited
+  to groups with topk_method "group_limited_greedy"."""
+  dense = config.integer("first_k_dense_replace", 0, minimum=0)
+  experts = config.integer("n_routed_experts", None, minimum=0)
+  if not experts or dense >= depth:
+    return {}
+  expert_dim = config.integer("moe_intermediate_size", minimum=1)
+  fields = dict(num_experts=experts, first_k_dense_replace=dense, expert_mlp_dim=expert_dim,
+                experts_per_token=config.integer("num_experts_per_tok", minimum=1),
+                n_shared_experts=config.integer("n_shared_experts", 0, minimum=0),
+                routed_scaling_factor=config.number("routed_scaling_factor", 1.0,
+                                                    positive=True),
+                norm_topk_prob=config.boolean("norm_topk_prob", model_type == "deepseek_v3"))
+  grouped = dict(n_group=config.integer("n_group", minimum=1),
+                 topk_group=config.integer("topk_group", minimum=1))
+  if model_type == "deepseek_v3":
+    return {**fields, **grouped, "router_scoring": "sigmoid", "router_correction_bias": True}
+  method = config.string("topk_method", "greedy")
+  if method not in ("greedy", "group_limited_greedy"):
+    raise ValueError(f"{config.source}: topk_method {method!r} is not DeepSeek-V2's "
+                     "('greedy' or 'group_limited_greedy').")
+  if fields["norm_topk_prob"]:
+    raise ValueError(f"{config.source}: norm_topk_prob=true on DeepSeek-V2 is ambiguous "
+                     "(transformers ignores it; DeepSeek's code renormalises instead of "
+                     "scaling); the published V2 models have it false.")
+  return {**fields, **(grouped if method == "group_limited_greedy" else {})}
+
+
 class DeepseekFormat:
-  """DeepseekV2ForCausalLM and DeepseekV3ForCausalLM checkpoints whose MLPs are all dense
-  (first_k_dense_replace >= num_hidden_layers); exported as DeepseekV3ForCausalLM."""
+  """DeepseekV2ForCausalLM and DeepseekV3ForCausalLM checkpoints: latent attention, dense
+  MLPs in the first first_k_dense_replace layers and mixtures of experts above (V2: softmax
+  routing; V3: sigmoid routing with the correction bias, group-limited). Exported as V3
+  unless the router is V2's (softmax)."""
   family = Deepseek
   model_types = tuple(_DEEPSEEK_ARCHITECTURES)
   prefix = ""
@@ -739,16 +939,8 @@ class DeepseekFormat:
 
   @staticmethod
   def fields(config: JsonObject, tensors) -> dict:
+    model_type = config.string("model_type")
     depth = config.integer("num_hidden_layers", minimum=1)
-    dense = config.integer("first_k_dense_replace", 0, minimum=0)
-    experts = config.integer("n_routed_experts", None, minimum=0)
-    if experts and dense < depth:
-      raise ValueError(
-          f"{config.source}: layers {dense}..{depth - 1} of this DeepSeek checkpoint are "
-          f"mixture-of-experts layers (n_routed_experts={experts}), which attention_jax "
-          "cannot load yet (they come with the mixture-of-experts issue); DeepSeek "
-          "checkpoints whose MLPs are all dense (first_k_dense_replace >= "
-          "num_hidden_layers) load.")
     rotary_base, rope_scaling = _rope(config)
     bias = config.boolean("attention_bias", False)
     if config.boolean("mlp_bias", False):
@@ -768,7 +960,8 @@ class DeepseekFormat:
                 q_lora_rank=config.integer("q_lora_rank", None, minimum=1),
                 qk_nope_head_dim=config.integer("qk_nope_head_dim", minimum=1),
                 qk_rope_head_dim=config.integer("qk_rope_head_dim", minimum=2),
-                v_head_dim=config.integer("v_head_dim", minimum=1))
+                v_head_dim=config.integer("v_head_dim", minimum=1),
+                **_deepseek_moe_fields(config, model_type, depth))
 
   @staticmethod
   def interleaved(config: JsonObject | None) -> bool:
@@ -785,18 +978,52 @@ class DeepseekFormat:
       raise ValueError("the DeepSeek format has attention biases on all projections or none "
                        f"and no MLP bias; this model has qkv_bias={c.qkv_bias}, "
                        f"out_bias={c.out_bias}, mlp_bias={c.mlp_bias}.")
-    return {"architectures": [_DEEPSEEK_ARCHITECTURES["deepseek_v3"]],
-            "model_type": "deepseek_v3", "vocab_size": c.vocab_size,
-            "max_position_embeddings": c.max_len, "hidden_size": c.width,
-            "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads,
-            "num_key_value_heads": c.num_heads, "intermediate_size": c.mlp_dim,
-            "first_k_dense_replace": c.depth, "rms_norm_eps": c.ln_eps,
-            "hidden_act": _HF_ACTIVATION[c.activation],
-            "tie_word_embeddings": c.tie_embeddings, "attention_bias": c.qkv_bias,
-            "initializer_range": 0.02, "kv_lora_rank": c.kv_lora_rank,
-            "q_lora_rank": c.q_lora_rank, "qk_nope_head_dim": c.qk_nope_head_dim,
-            "qk_rope_head_dim": c.qk_rope_head_dim, "v_head_dim": c.v_head_dim,
-            "rope_interleave": True, **_rope_config(c)}
+    config = {"vocab_size": c.vocab_size,
+              "max_position_embeddings": c.max_len, "hidden_size": c.width,
+              "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads,
+              "num_key_value_heads": c.num_heads, "intermediate_size": c.mlp_dim,
+              "first_k_dense_replace": c.depth, "rms_norm_eps": c.ln_eps,
+              "hidden_act": _HF_ACTIVATION[c.activation],
+              "tie_word_embeddings": c.tie_embeddings, "attention_bias": c.qkv_bias,
+              "initializer_range": 0.02, "kv_lora_rank": c.kv_lora_rank,
+              "q_lora_rank": c.q_lora_rank, "qk_nope_head_dim": c.qk_nope_head_dim,
+              "qk_rope_head_dim": c.qk_rope_head_dim, "v_head_dim": c.v_head_dim,
+              "rope_interleave": True, **_rope_config(c)}
+    model_type = DeepseekFormat.model_type(model)
+    config.update(architectures=[_DEEPSEEK_ARCHITECTURES[model_type]], model_type=model_type)
+    if c.num_experts:
+      config.update(n_routed_experts=c.num_experts, num_experts_per_tok=c.experts_per_token,
+                    first_k_dense_replace=c.first_k_dense_replace,
+                    moe_intermediate_size=c.expert_mlp_dim or c.mlp_dim,
+                    n_shared_experts=c.n_shared_experts, norm_topk_prob=c.norm_topk_prob,
+                    routed_scaling_factor=c.routed_scaling_factor, n_group=c.n_group or 1,
+                    topk_group=c.topk_group or 1)
+      if model_type == "deepseek_v2":
+        config["topk_method"] = "greedy" if c.n_group is None else "group_limited_greedy"
+    return config
+
+  @staticmethod
+  def model_type(model: Deepseek) -> str:
+    """deepseek_v2 for V2's softmax router, else deepseek_v3; a mixture neither format
+    holds is refused, naming what it has."""
+    c = model.config
+    if not c.num_experts:
+      return "deepseek_v3"
+    if c.router_scoring == "softmax":
+      model_type = "deepseek_v2"
+      wanted = {"router_correction_bias": False, "norm_topk_prob": False}
+    else:
+      model_type = "deepseek_v3"
+      wanted = {"router_correction_bias": True}
+    wanted.update(shared_expert_gate=False)
+    wrong = {f: getattr(c, f) for f, want in wanted.items() if getattr(c, f) != want}
+    if c.n_group is None and model_type == "deepseek_v3":
+      wrong["n_group"] = None
+    if wrong:
+      raise ValueError(f"the {_DEEPSEEK_ARCHITECTURES[model_type]} format's router needs "
+                       f"{wanted}{' and n_group' if model_type == 'deepseek_v3' else ''}; "
+                       f"this model has {wrong}.")
+    return model_type
 
   @staticmethod
   def rename(name: str) -> str:
@@ -815,7 +1042,7 @@ FORMATS = {"bert": BertFormat, "gpt2": Gpt2Format,
            **{model_type: LlamaFormat for model_type in LlamaFormat.model_types},
            **{model_type: GemmaFormat for model_type in GemmaFormat.model_types},
            **{model_type: DeepseekFormat for model_type in DeepseekFormat.model_types},
-           "mixtral": MixtralFormat}
+           **{model_type: MixtralFormat for model_type in MixtralFormat.model_types}}
 
 
 def for_model_type(model_type: str):
@@ -829,38 +1056,39 @@ def for_model_type(model_type: str):
                      "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
                      "Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, "
                      "Gemma3ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM, "
-                     "MixtralForCausalLM).")
+                     "MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, "
+                     "GptOssForCausalLM).")
   return FORMATS[model_type]
 
 
-# Fields only one family's formats write, at the values every other format implies.
+# Fields only some families' formats write (the first family named is the one to build),
+# at the values every other format implies.
 _FAMILY_ONLY = {
-    "Gemma": {"attn_logits_soft_cap": None, "final_logits_soft_cap": None,
-              "query_pre_attn_scalar": None, "post_norms": False, "scale_embeddings": False,
-              "layer_types": None, "local_rotary_base": None},
-    "Deepseek": {"kv_lora_rank": None},  # latent attention (its other fields need it)
-    "Mixtral": {"num_experts": None},  # a mixture of experts
+    ("Gemma",): {"attn_logits_soft_cap": None, "final_logits_soft_cap": None,
+                 "query_pre_attn_scalar": None, "post_norms": False,
+                 "scale_embeddings": False, "local_rotary_base": None},
+    ("Gemma", "Mixtral"): {"layer_types": None},  # GPT-OSS alternates windows too
+    ("Mixtral",): {"learned_sinks": False},  # GPT-OSS
+    ("Deepseek",): {"kv_lora_rank": None},  # latent attention (its other fields need it)
+    ("Mixtral", "Deepseek"): {"num_experts": None},  # a mixture of experts
 }
 
 
 def for_model(model):
   c = model.config
-  if c.learned_sinks:
-    raise ValueError("the model has learned_sinks=True, which no supported Hugging Face "
-                     "format expresses; export it without them.")
   fmt = next((fmt for fmt in (BertFormat, Gpt2Format, GemmaFormat, DeepseekFormat,
                               MixtralFormat, LlamaFormat) if isinstance(model, fmt.family)),
              None)
   if fmt is None:
     raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
                      "GPT, Llama, Gemma, Deepseek, Mixtral.")
-  for family, defaults in _FAMILY_ONLY.items():
+  for families, defaults in _FAMILY_ONLY.items():
     unexpressed = [f"{f}={getattr(c, f)!r}" for f, default in defaults.items()
                    if getattr(c, f) != default]
-    if family == "Gemma" and c.norm == "rms_unit_offset":
+    if families == ("Gemma",) and c.norm == "rms_unit_offset":
       unexpressed.append(f"norm={c.norm!r}")
-    if fmt.family.__name__ != family and unexpressed:
+    if fmt.family.__name__ not in families and unexpressed:
       raise ValueError(f"the model has {', '.join(unexpressed)}, which "
                        f"{type(model).__name__} checkpoints cannot express; export it "
-                       f"without them, or build it as a {family}.")
+                       f"without them, or build it as a {families[0]}.")
   return fmt

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from attention_jax.layers import moe
 from attention_jax.training import finetune, optim
+from attention_jax.training.tasks.base import EXPERT_LOAD
 
 
 @flax.struct.dataclass
@@ -32,7 +34,10 @@ def checkpointed(state: TrainState) -> dict:
 
 def make_train_step(task, model, optimizer, grad_accum_steps: int):
   """(state, batch, rng) -> (state, metrics): one jit-able step over the global batch (the
-  mesh's shardings make it data / FSDP / tensor / sequence parallel)."""
+  mesh's shardings make it data / FSDP / tensor / sequence parallel). A mixture of experts
+  with router_bias_update_rate moves its correction biases by the step's expert loads
+  after the optimizer's update, which does not touch them (`moe.update_correction_biases`)."""
+  bias_rate = getattr(model.config, "router_bias_update_rate", 0.0)
 
   def micro_grads(params, frozen, batch, rng):
     def loss_fn(p, b, r):  # differentiated with respect to the trained parameters only
@@ -62,6 +67,9 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int):
     loss, grads, router = micro_grads(state.params, state.frozen, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    loads = router.pop(EXPERT_LOAD, None)
+    if bias_rate and loads:
+      params = moe.update_correction_biases(params, loads, bias_rate, before=state.params)
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
                "train/param_norm": optax.tree.norm(params),
                "train/learning_rate": optim.current_learning_rate(opt_state),

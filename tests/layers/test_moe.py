@@ -1,6 +1,8 @@
 """The mixture-of-experts MLP: both dispatches equal the dense reference (every expert on
 every token, masked) in outputs and gradients; capacity drops what its queue says; the
-router losses equal transformers' own; the Mixtral family trains, scans and shards.
+router losses and the routers (softmax, DeepSeek's sigmoid and group-limited ones) equal
+transformers' own; the correction bias, shared experts and dense first layers; the Mixtral
+family trains, scans and shards.
 (Parity with transformers' MixtralForCausalLM: tests/pretrained/test_llama_parity.py.)"""
 
 import jax
@@ -130,3 +132,128 @@ def test_mixture_of_experts_configs_say_what_is_wrong():
   with pytest.raises(ValueError, match="name MLP projections, which a mixture of experts "
                      "holds per expert"):
     model.init(jax.random.key(0), *model.example_inputs())
+
+
+def _combined(weights, experts, num_experts):
+  """[N, E]: each token's weight on each expert (0 where not chosen), order-free."""
+  weights, experts = np.asarray(weights, np.float64), np.asarray(experts)
+  out = np.zeros((weights.shape[0], num_experts))
+  np.put_along_axis(out, experts, weights, axis=-1)
+  return out
+
+
+@pytest.mark.parametrize("version", ["v3", "v2-group-limited", "v2-greedy", "qwen2-moe"])
+def test_routers_choose_and_weigh_as_transformers_routers(version):
+  """DeepSeek-V3's sigmoid router (group-limited by each group's two best biased scores,
+  the correction bias choosing but not weighting, renormalised, scaled), DeepSeek-V2's
+  softmax router (limited by each group's best score, or greedy) and Qwen2-MoE's, each
+  against transformers' own module on the same weights."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from transformers.models.deepseek_v2 import modeling_deepseek_v2 as v2
+  from transformers.models.deepseek_v3 import modeling_deepseek_v3 as v3
+  from transformers.models.qwen2_moe import modeling_qwen2_moe as qwen2_moe
+  experts, chosen, width = 16, 3, 8
+  torch.manual_seed(0)
+  options = dict(hidden_size=width, num_attention_heads=2, num_experts_per_tok=chosen,
+                 routed_scaling_factor=2.5)
+  bias = None
+  if version == "v3":
+    router = v3.DeepseekV3TopkRouter(transformers.DeepseekV3Config(
+        **options, n_routed_experts=experts, n_group=4, topk_group=2, norm_topk_prob=True))
+    bias = torch.randn(experts) * 0.3
+    router.e_score_correction_bias.copy_(bias)
+    ours = dict(scoring="sigmoid", n_group=4, topk_group=2, normalize=True, scaling=2.5)
+  elif version.startswith("v2"):
+    grouped = version == "v2-group-limited"
+    router = v2.DeepseekV2TopkRouter(transformers.DeepseekV2Config(
+        **options, n_routed_experts=experts, n_group=4, topk_group=2,
+        topk_method="group_limited_greedy" if grouped else "greedy"))
+    ours = dict(scoring="softmax", n_group=4 if grouped else None,
+                topk_group=2 if grouped else None, normalize=False, scaling=2.5)
+  else:
+    router = qwen2_moe.Qwen2MoeTopKRouter(transformers.Qwen2MoeConfig(
+        hidden_size=width, num_experts=experts, num_experts_per_tok=chosen,
+        norm_topk_prob=True))
+    ours = dict(scoring="softmax", n_group=None, topk_group=None, normalize=True,
+                scaling=1.0)
+  with torch.no_grad():
+    router.weight.copy_(torch.randn(experts, width))
+    tokens = torch.randn(64, width)
+    logits, want_weights, want_experts = router(tokens)
+  normalize = ours.pop("normalize")
+  weights, chosen_experts, _ = moe.route(
+      jnp.asarray(logits.numpy()), chosen, normalize,
+      correction_bias=None if bias is None else jnp.asarray(bias.numpy()), **ours)
+  got = _combined(weights, chosen_experts, experts)
+  want = _combined(want_weights.float().numpy(), want_experts.numpy(), experts)
+  np.testing.assert_array_equal(got > 0, want > 0)  # the same experts for every token
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  if version == "v3":  # the bias changes the choice, and only the choice
+    unbiased = moe.route(jnp.asarray(logits.numpy()), chosen, True, **ours)
+    assert not np.array_equal(np.asarray(unbiased[1]), np.asarray(chosen_experts))
+
+
+def test_the_correction_bias_gets_no_gradient_and_moves_towards_an_even_load():
+  model = models.create("mixtral-tiny", router_scoring="sigmoid", num_experts=8, n_group=4,
+                        topk_group=2, router_correction_bias=True,
+                        router_bias_update_rate=0.01)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, model.config.vocab_size)
+  params = model.init(jax.random.key(0), tokens)["params"]
+  bias = params["block_0"]["mlp"][moe.CORRECTION_BIAS]
+  assert bias.shape == (8,) and not bias.any()
+  grads = jax.grad(lambda p: model.apply({"params": p}, tokens).std())(params)
+  assert not grads["block_0"]["mlp"][moe.CORRECTION_BIAS].any()
+  assert np.abs(grads["block_0"]["mlp"]["router"]["kernel"]).max() > 0
+  _, sown = model.apply({"params": params}, tokens, mutable=["intermediates"])
+  loads = moe.expert_loads(sown["intermediates"])
+  assert set(loads) == {"block_0/mlp", "block_1/mlp"}
+  moved = moe.update_correction_biases(params, loads, 0.01)
+  for layer in ("block_0", "block_1"):
+    step = np.asarray(moved[layer]["mlp"][moe.CORRECTION_BIAS])
+    np.testing.assert_allclose(step, _rule(loads[f"{layer}/mlp"]), atol=1e-7)
+  # Stacked layers: one bias row per layer, each moved by its own layer's load.
+  from attention_jax.models import layouts
+  scanned = models.with_options(model, scan_layers=True)
+  stacked = layouts.stack(params)
+  _, sown = scanned.apply({"params": stacked}, tokens, mutable=["intermediates"])
+  loads = moe.expert_loads(sown["intermediates"])
+  assert loads["blocks/mlp"].shape == (2, 8)
+  moved = moe.update_correction_biases(stacked, loads, 0.01)
+  want = [_rule(load) for load in np.asarray(loads["blocks/mlp"])]
+  np.testing.assert_allclose(moved["blocks"]["mlp"][moe.CORRECTION_BIAS], np.stack(want),
+                             atol=1e-7)
+  assert np.abs(want).max() == pytest.approx(0.01)  # some expert off the mean moved
+
+
+def _rule(load, rate=0.01):
+  """The balancing rule in numpy: +rate below the mean load, -rate above (ties stay)."""
+  below = np.mean(load) - np.asarray(load)
+  return rate * np.where(np.abs(below) > 1e-6, np.sign(below), 0.0)
+
+
+def test_shared_experts_and_dense_first_layers():
+  """DeepSeek's n_shared_experts (a dense SwiGLU every token takes) and first_k_dense_replace;
+  Qwen2-MoE's sigmoid gate on the shared expert. The shared path's output is the difference
+  from the routed experts alone."""
+  model = models.create("mixtral-tiny", depth=3, n_shared_experts=2, first_k_dense_replace=1,
+                        shared_expert_gate=True, expert_mlp_dim=8)
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  assert "router" not in params["block_0"]["mlp"]
+  assert params["block_0"]["mlp"]["fc1"]["kernel"].shape == (32, 24)  # mlp_dim
+  mlp = params["block_1"]["mlp"]
+  assert mlp["shared_experts"]["gate"]["kernel"].shape == (32, 16)  # 2 experts of 8
+  assert mlp["shared_expert_gate"]["kernel"].shape == (32, 1)
+  from attention_jax.layers.mlp import Mlp
+  layer = moe.MoeMlp(model.config)
+  x = jax.random.normal(jax.random.key(2), (3, 5, 32))
+  both = layer.apply({"params": mlp}, x)
+  routed = moe.MoeMlp(model.config.replace(n_shared_experts=0, shared_expert_gate=False)
+                      ).apply({"params": {k: v for k, v in mlp.items()
+                                          if k in ("router", "experts")}}, x)
+  shared = Mlp(16, activation="silu", gated=True, use_bias=False).apply(
+      {"params": mlp["shared_experts"]}, x)
+  gate = jax.nn.sigmoid(x @ mlp["shared_expert_gate"]["kernel"])
+  np.testing.assert_allclose(both, routed + gate * shared, atol=1e-5)
+  with pytest.raises(ValueError, match="scan_layers needs every layer alike"):
+    models.create("mixtral-tiny", first_k_dense_replace=1, scan_layers=True)

@@ -37,6 +37,16 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     # Mixtral (model card: 46.7B, 12.9B active): transformers' MixtralForCausalLM on the meta
     # device from the published config.json values
     "mixtral-8x7b": 46_702_792_704,
+    # Qwen3-MoE and DeepSeek (model cards: 30.5B, 15.7B, 671B): transformers'
+    # Qwen3MoeForCausalLM, DeepseekV2ForCausalLM and DeepseekV3ForCausalLM on the meta device
+    # from the published config.json values; DeepSeek-V3's adds the 58 MoE layers' 256-entry
+    # correction biases, which transformers keeps as buffers (671_026_404_352 + 14_848)
+    "qwen3-30b-a3b": 30_532_122_624,
+    "deepseek-v2-lite": 15_706_484_224,
+    "deepseek-v3": 671_026_419_200,
+    # GPT-OSS (model card: 21B): transformers' GptOssForCausalLM on the meta device from the
+    # published config.json values, weights in float (the published experts are MXFP4)
+    "gpt-oss-20b": 20_914_757_184,
     "smollm2-135m": 134_515_008,
     "tinyllama-1.1b": 1_100_048_384,
     # tiny presets: pinned so that architecture changes are noticed
@@ -59,6 +69,22 @@ def test_every_preset_is_pinned():
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_parameter_count(name):
   assert models.param_count(name) == PUBLISHED[name]
+
+
+ACTIVE = {  # parameters a token uses: the model cards' 12.9B, 3.3B, 2.4B (see its preset), 37B
+    "mixtral-8x7b": 12_879_925_248,
+    "qwen3-30b-a3b": 3_353_032_704,
+    "deepseek-v2-lite": 2_661_150_208,
+    "deepseek-v3": 37_552_297_472,
+    "gpt-oss-20b": 4_187_440_704,  # the card's 3.6B leaves out the 579M-entry token table
+    "mixtral-tiny": 23_968,  # 2 layers x 2 unchosen experts x 3 x 32 x 24 fewer
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_active_parameter_count_of_each_mixture(name):
+  assert models.active_param_count(name) == ACTIVE[name]
+  assert models.active_param_count("llama-tiny") == PUBLISHED["llama-tiny"]
 
 
 def test_overrides_and_errors():

@@ -1,5 +1,5 @@
-"""Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, DeepSeek-V2/V3 and Mixtral checkpoints against
-Hugging Face transformers (PyTorch, CPU):
+"""Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, DeepSeek-V2/V3, Mixtral, Qwen2-MoE and
+Qwen3-MoE checkpoints against Hugging Face transformers (PyTorch, CPU):
 random-initialised models built by transformers itself, saved, loaded by us; and ours
 exported and loaded by transformers. Logits and greedy generations must agree."""
 
@@ -59,6 +59,30 @@ CASES = {
         tie_word_embeddings=False)),
     "deepseek-v3-query-latent-biases": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
         _MLA, q_lora_rank=12, attention_bias=True, rope_interleave=False)),
+    # Mixtures with a dense first layer: V3's sigmoid router limited to 2 of 4 groups, with
+    # its correction bias (set non-zero below), scaling and a shared expert; V2's softmax
+    # router limited to groups (group_limited_greedy), unnormalised, two shared experts.
+    "deepseek-v3-experts-grouped-bias": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(
+        _MLA, q_lora_rank=12, first_k_dense_replace=1, n_routed_experts=8, n_group=4,
+        topk_group=2, num_experts_per_tok=3, moe_intermediate_size=16, n_shared_experts=1,
+        routed_scaling_factor=2.5, norm_topk_prob=True)),
+    "deepseek-v2-experts-group-limited": ("DeepseekV2Config", "DeepseekV2ForCausalLM", dict(
+        _MLA, q_lora_rank=None, first_k_dense_replace=1, n_routed_experts=8, n_group=4,
+        topk_group=2, topk_method="group_limited_greedy", num_experts_per_tok=2,
+        moe_intermediate_size=16, n_shared_experts=2, routed_scaling_factor=1.5)),
+    # Qwen2-MoE: Q/K/V biases, a shared expert behind its sigmoid gate, top-k unnormalised;
+    # Qwen3-MoE: QK-norm, renormalised top-k.
+    "qwen2-moe-gated-shared-expert": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        shared_expert_intermediate_size=32, norm_topk_prob=False, tie_word_embeddings=False)),
+    "qwen3-moe-qk-norm": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=16,
+        norm_topk_prob=True, tie_word_embeddings=False)),
+    # GPT-OSS: learned sinks, window 4 on alternate layers, attention, router and expert
+    # biases, the clamped SwiGLU (a limit of 0.5, so that it acts), YaRN untruncated.
+    "gpt-oss-sinks-biases-clamp": ("GptOssConfig", "GptOssForCausalLM", dict(
+        head_dim=8, num_local_experts=4, num_experts_per_tok=2, intermediate_size=16,
+        sliding_window=4, num_hidden_layers=3, swiglu_limit=0.5)),
 }
 YARN = [  # rope parameters besides rope_type and rope_theta
     dict(factor=4.0, original_max_position_embeddings=16),  # Qwen2.5's form
@@ -77,8 +101,12 @@ def _hf_model(case, seed=0):
   model = getattr(transformers, model_name)(config).eval()
   with torch.no_grad():  # biases and norm weights start constant (Gemma's at 0 for 1 + 0)
     for name, p in model.named_parameters():
-      if name.endswith(("proj.bias", "mqa.bias", "norm.weight")):
+      if name.endswith(("proj.bias", "mqa.bias", "norm.weight", "_bias", "router.bias",
+                        "sinks")):
         p.add_(torch.randn_like(p) * 0.5)
+    for name, b in model.named_buffers():  # zero at initialisation: it would test nothing
+      if name.endswith("e_score_correction_bias"):
+        b.copy_(torch.randn_like(b) * 0.3)
   return model
 
 
@@ -226,7 +254,7 @@ def test_checkpoints_we_cannot_read_say_why(tmp_path):
   (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
                                                               "model_type": "falcon"}))
   with pytest.raises(ValueError, match="model_type 'falcon'; supported: .*gemma2, "
-                     "gemma3_text, gpt2, llama, mistral, mixtral, qwen2.*MixtralForCausalLM"):
+                     "gemma3_text, gpt2, gpt_oss, llama, mistral, mixtral, qwen2.*GptOssForCausalLM"):
     pretrained.load(str(tmp_path / "other"))
   (tmp_path / "other" / "config.json").write_text(json.dumps({**config,
                                                               "model_type": "gemma3"}))
@@ -255,19 +283,44 @@ def test_mixtral_checkpoints_in_transformers_fused_expert_layout_load(tmp_path):
                              rtol=1e-4)
 
 
-def test_deepseek_checkpoints_with_expert_layers_are_refused_until_they_can_load(tmp_path):
+def test_mixture_checkpoints_we_cannot_read_faithfully_say_why(tmp_path):
+  """Mixture fields whose meaning is ambiguous or that no model here holds are refused,
+  naming the file and the field; so are models no mixture format expresses, on export."""
   import json
-  model = models.create("deepseek-tiny")
-  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
-  pretrained.export(model, params, str(tmp_path))
-  config = json.loads((tmp_path / "config.json").read_text())
-  assert config["first_k_dense_replace"] == 2 and config["model_type"] == "deepseek_v3"
-  (tmp_path / "config.json").write_text(json.dumps({**config, "first_k_dense_replace": 1,
-                                                    "n_routed_experts": 8}))
-  with pytest.raises(ValueError, match="layers 1..1 of this DeepSeek checkpoint are "
-                     r"mixture-of-experts layers \(n_routed_experts=8\), which attention_jax "
-                     "cannot load yet"):
-    pretrained.load(str(tmp_path))
+  cases = [("deepseek-v2-experts-group-limited", {"norm_topk_prob": True},
+            "norm_topk_prob=true on DeepSeek-V2 is ambiguous"),
+           ("deepseek-v2-experts-group-limited", {"topk_method": "noaux_tc"},
+            "topk_method 'noaux_tc' is not DeepSeek-V2's"),
+           ("qwen2-moe-gated-shared-expert", {"decoder_sparse_step": 2},
+            "decoder_sparse_step != 1 or mlp_only_layers"),
+           ("qwen2-moe-gated-shared-expert", {"shared_expert_intermediate_size": 24},
+            "shared_expert_intermediate_size=24 is not a multiple of "
+            "moe_intermediate_size=16"),
+           ("deepseek-v3-experts-grouped-bias", {"n_group": "4"},
+            "field 'n_group' is '4' \\(a string\\), expected an integer >= 1")]
+  for case in {case for case, _, _ in cases}:
+    _hf_model(case).save_pretrained(tmp_path / case)
+  for case, change, message in cases:
+    written = json.loads((tmp_path / case / "config.json").read_text())
+    (tmp_path / case / "config.json").write_text(json.dumps({**written, **change}))
+    with pytest.raises(ValueError, match=message):
+      pretrained.load(str(tmp_path / case))
+    (tmp_path / case / "config.json").write_text(json.dumps(written))
+
+  refused = [("mixtral-tiny", dict(router_scoring="sigmoid"),
+              "MixtralForCausalLM format needs .*router_scoring.*'sigmoid'"),
+             ("mixtral-tiny", dict(n_shared_experts=1),
+              "MixtralForCausalLM format needs .*n_shared_experts"),
+             ("deepseek-tiny", dict(num_experts=4, experts_per_token=2,
+                                    router_scoring="sigmoid"),
+              "DeepseekV3ForCausalLM format's router needs .*router_correction_bias"),
+             ("llama-tiny", dict(num_experts=4, experts_per_token=2),
+              "num_experts=4, which Llama checkpoints cannot express.*as a Mixtral")]
+  for preset, options, message in refused:
+    model = models.create(preset, **options)
+    params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+    with pytest.raises(ValueError, match=message):
+      pretrained.export(model, params, str(tmp_path / "export"))
 
 
 def test_weights_keep_their_dtype_and_load_straight_into_a_mesh(tmp_path):

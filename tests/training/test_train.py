@@ -156,3 +156,44 @@ def test_a_mixture_of_experts_trains_with_its_router_losses_and_logs_them(tmp_pa
   assert first["train/loss"] - plain[0]["train/loss"] == pytest.approx(
       0.5 * first["train/router/load_balancing_loss"]
       + 0.1 * first["train/router/router_z_loss"], rel=1e-4)
+
+
+def test_the_step_moves_correction_biases_by_the_load_rule_not_the_optimizer():
+  """DeepSeek-V3's balancing outside the optimizer: after each step (two micro-batches),
+  every layer's bias is its value before the step plus rate · sign(mean load - load), the
+  load measured on the step's batch, even under an optimizer that decays every parameter;
+  the other parameters train."""
+  import optax
+  from attention_jax import models
+  from attention_jax.layers import moe
+  from attention_jax.training.state import TrainState, make_train_step
+  from attention_jax.training.tasks import base
+
+  class NextToken:
+    def loss(self, model, params, batch, rng, deterministic):
+      logits, *router = base.apply_with_router_losses(model, params, batch[:, :-1])
+      return base.with_router(base.cross_entropy_sums(logits, batch[:, 1:]), *router)
+
+  rate = 0.01
+  model = models.create("mixtral-tiny", num_experts=8, router_scoring="sigmoid", n_group=4,
+                        topk_group=2, router_correction_bias=True,
+                        router_bias_update_rate=rate, router_aux_loss_coef=0.01)
+  optimizer = optax.adamw(1e-2, weight_decay=0.5, mask=None)  # decays the biases too
+  batch = jax.random.randint(jax.random.key(1), (4, 13), 0, model.config.vocab_size)
+  params = model.init(jax.random.key(0), batch[:, :-1])["params"]
+  state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                 opt_state=optimizer.init(params), frozen={})
+  step = jax.jit(make_train_step(NextToken(), model, optimizer, grad_accum_steps=2))
+  for _ in range(3):
+    _, sown = model.apply({"params": state.params}, batch[:, :-1], mutable=["intermediates"])
+    loads = moe.expert_loads(sown["intermediates"])
+    before = state.params
+    state, metrics = step(state, batch, jax.random.key(2))
+    assert "train/router/expert_load" not in metrics
+    for layer in ("block_0", "block_1"):
+      below = np.asarray(loads[f"{layer}/mlp"]).mean() - np.asarray(loads[f"{layer}/mlp"])
+      moved = rate * np.where(np.abs(below) > 1e-6, np.sign(below), 0.0)
+      np.testing.assert_allclose(state.params[layer]["mlp"][moe.CORRECTION_BIAS],
+                                 before[layer]["mlp"][moe.CORRECTION_BIAS] + moved, atol=1e-6)
+      assert not np.allclose(state.params[layer]["mlp"]["router"]["kernel"],
+                             before[layer]["mlp"]["router"]["kernel"])

@@ -24,11 +24,15 @@ def cross_entropy_sums(logits, labels, mask=None):
                                                    "correct": correct.sum(), "count": count}
 
 
+EXPERT_LOAD = "router/expert_load"  # a tree of per-layer loads among the router metrics
+
+
 def apply_with_router_losses(model, params, *args, **kwargs):
   """(model.apply's output, the router loss to add, {"router/<name>": scalar}) of `model`
   on `params`: for a mixture of experts the config's router_aux_loss_coef · load-balancing
   loss + router_z_loss_coef · z-loss, and the router metrics training logs (the losses, the
-  dropped fraction and the largest expert load); (output, 0, {}) for other models."""
+  dropped fraction, the largest expert load, and "router/expert_load": each layer's load by
+  module path, what moves DeepSeek's correction biases); (output, 0, {}) for other models."""
   config = model.config
   if getattr(config, "num_experts", None) is None:
     return model.apply({"params": params}, *args, **kwargs), 0.0, {}
@@ -38,6 +42,7 @@ def apply_with_router_losses(model, params, *args, **kwargs):
           + config.router_z_loss_coef * sown["router_z_loss"])
   metrics = {f"router/{name}": value for name, value in sown.items() if name != "expert_load"}
   metrics["router/max_expert_load"] = jnp.max(sown["expert_load"])
+  metrics[EXPERT_LOAD] = moe.expert_loads(state["intermediates"])
   return out, loss, metrics
 
 
