@@ -177,3 +177,41 @@ def plot_training_curves(workdir: str, path: str) -> str:
   figure.savefig(path, dpi=100)
   plt.close(figure)
   return path
+
+
+EXPERT_LOAD = "train/router/expert_load/"  # a mixture's per-layer loads in metrics.jsonl
+
+
+def plot_expert_load(workdir: str, path: str) -> str:
+  """A mixture of experts' load over training: one heatmap per MoE layer, the share of the
+  step's assignments each expert got (rows) at each logged step (columns), from a workdir's
+  metrics.jsonl; an even load is 1/num_experts everywhere. Writes `path` (PNG)."""
+  plt = _pyplot()
+  loads: dict[str, tuple[list, list]] = {}
+  for record in metrics_lib.read_metrics(workdir):
+    for name, value in record.items():
+      if name.startswith(EXPERT_LOAD) and isinstance(value, list):
+        steps, rows = loads.setdefault(name[len(EXPERT_LOAD):], ([], []))
+        steps.append(record["step"])
+        rows.append(value)
+  if not loads:
+    raise ValueError(f"{workdir}/metrics.jsonl has no {EXPERT_LOAD}* records: it is not a "
+                     "mixture of experts' run, or no step was logged yet.")
+  layers = sorted(loads, key=_layer_order)
+  figure, axes = plt.subplots(len(layers), 1, figsize=(8, 1.2 + 1.6 * len(layers)),
+                              squeeze=False)
+  for ax, layer in zip(axes[:, 0], layers):
+    steps, rows = loads[layer]
+    grid = np.asarray(rows).T  # [experts, logged steps]
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
+                      vmin=0.0, extent=(steps[0] - 0.5, steps[-1] + 0.5,
+                                        grid.shape[0] - 0.5, -0.5))
+    ax.set_ylabel(f"{layer}\nexpert", fontsize=8)
+    figure.colorbar(image, ax=ax, fraction=0.03, pad=0.01).set_label("share", fontsize=7)
+  axes[0, 0].set_title(f"expert load over training (even: {1 / grid.shape[0]:.3f})",
+                       fontsize=9)
+  axes[-1, 0].set_xlabel("step")
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path

@@ -22,7 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_max_batches = 0  # 0: the whole evaluation split
   # One jit-compiled step over a named device mesh (see attention_jax/training/parallel.py):
   # --config.mesh.fsdp=8 shards parameters, --config.mesh.tensor=2 is Megatron tensor
-  # parallelism, --config.mesh.sequence=4 ring attention; data=-1 takes the rest.
+  # parallelism, --config.mesh.sequence=4 ring attention, --config.mesh.expert=4 splits a
+  # mixture's experts; data=-1 takes the rest.
   c.parallelism = "mesh"  # "pmap": the same step, data parallel only
   c.mesh = parallel.default_config()
   c.num_devices = 0  # 0: all devices

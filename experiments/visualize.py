@@ -54,6 +54,9 @@ def main(argv):
   if _WORKDIR.value:
     print("wrote", viz.plot_training_curves(_WORKDIR.value,
                                             os.path.join(out_dir, "training_curves.png")))
+    if getattr(model.config, "num_experts", None):
+      print("wrote", viz.plot_expert_load(_WORKDIR.value,
+                                          os.path.join(out_dir, "expert_load.png")))
 
 
 if __name__ == "__main__":

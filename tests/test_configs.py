@@ -8,7 +8,7 @@ import pytest
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist", "translate_kjv_rv",
             "xl_kjv", "finetune_minilm_wordnet", "sft_chat", "llama_kjv_web", "lra_listops",
-            "lra_text", "lra_image", "lra_pathfinder"]
+            "lra_text", "lra_image", "lra_pathfinder", "moe_kjv"]
 VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"],
             "translate_kjv_rv": [None, "tiny"], "xl_kjv": [None, "tiny"],
@@ -17,7 +17,8 @@ VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "sft_chat": [None, "full", "tiny", "bible", "bible_full"],
             "llama_kjv_web": [None, "tiny"], "lra_listops": [None, "lra", "tiny"],
             "lra_text": [None, "lra", "tiny"], "lra_image": [None, "lra", "tiny"],
-            "lra_pathfinder": [None, "lra", "tiny"]}
+            "lra_pathfinder": [None, "lra", "tiny"],
+            "moe_kjv": [None, "dense_active", "dense_total", "tiny"]}
 COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
           "checkpoint_every_steps")
 
@@ -40,7 +41,7 @@ def test_config_has_common_fields_and_a_kernel(name, variant):
 @pytest.mark.parametrize("name", ["gpt_kjv", "bert_wordnet", "vit_fashion_mnist",
                                   "translate_kjv_rv", "xl_kjv", "finetune_minilm_wordnet",
                                   "sft_chat", "llama_kjv_web", "lra_listops", "lra_text",
-                                  "lra_image", "lra_pathfinder"])
+                                  "lra_image", "lra_pathfinder", "moe_kjv"])
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     importlib.import_module(f"configs.{name}").get_config("huge")

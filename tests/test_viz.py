@@ -82,3 +82,23 @@ def test_training_curves_and_the_entry_point(tmp_path):
   assert run.returncode == 0, run.stderr[-2000:]
   assert sorted(os.listdir(tmp_path / "pictures")) == [f"attention_layer_{i}.png"
                                                        for i in range(6)]
+
+
+def test_expert_load_over_training(tmp_path):
+  """One heatmap per MoE layer from metrics.jsonl's per-layer loads (stacked layers named
+  blocks/<i>), layers in depth order; a run without them is told so."""
+  import pytest
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  rng = np.random.default_rng(0)
+  records = [{"step": s, "train/loss": 1.0,
+              **{f"train/router/expert_load/{layer}": list(rng.dirichlet(np.ones(8)))
+                 for layer in ("blocks/0", "blocks/1", "blocks/10")}} for s in range(1, 9)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  figure = viz.plot_expert_load(str(workdir), str(tmp_path / "load.png"))
+  assert os.path.getsize(figure) > 0
+  from PIL import Image
+  assert Image.open(figure).size[1] > 3 * 100  # three layers stacked
+  (workdir / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/loss": 1.0}) + "\n")
+  with pytest.raises(ValueError, match="no train/router/expert_load/\\* records"):
+    viz.plot_expert_load(str(workdir), str(tmp_path / "none.png"))

@@ -218,7 +218,7 @@ def _mesh_axes(mesh, names, *sizes) -> tuple[str, ...] | None:
 
 def ring_attention(query, key, value, *, causal=False, segment_ids=None, scale=None,
                    logits_soft_cap=None, sinks=None, axis_name="sequence", striped=False,
-                   batch_axes=("data", "fsdp"), head_axes=("tensor",), block_q=512,
+                   batch_axes=("data", "fsdp", "expert"), head_axes=("tensor",), block_q=512,
                    block_k=512):
   """Exact attention with the sequence split over the mesh axis `axis_name`.
 

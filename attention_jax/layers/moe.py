@@ -255,6 +255,19 @@ def expert_loads(intermediates: dict) -> dict:
   return found
 
 
+def loads_by_layer(expert_loads: dict) -> dict:
+  """{layer: its load [E]} from `expert_loads`' {module path: [E] or [layers, E]}: the layer
+  named by its block ("block_3"), a stacked one by its stack and row ("blocks/3")."""
+  out = {}
+  for path, load in expert_loads.items():
+    block = path[:-len("/mlp")] if path.endswith("/mlp") else path
+    if load.ndim == 1:
+      out[block] = load
+    else:
+      out.update({f"{block}/{i}": row for i, row in enumerate(load)})
+  return out
+
+
 class MoeMlp(nn.Module):
   """x [..., width] -> [..., width] through the config's mixture of experts (see the module
   docstring; `TransformerConfig.num_experts`). Parameters: router [width, E] (computed in

@@ -9,8 +9,14 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def host_value(value):
+  """A fetched metric as JSON: a float, or a list of floats for a vector."""
+  return float(value) if np.ndim(value) == 0 else np.asarray(value, float).tolist()
 
 
 class MetricWriter:
@@ -37,13 +43,19 @@ class MetricWriter:
       f.writelines(records)
 
   def write(self, step: int, metrics: dict):
+    """One record: scalars, and vectors (a mixture's expert load per layer) as JSON lists,
+    which TensorBoard gets as histograms."""
     if not self.enabled:
       return
-    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    record = {"step": int(step), **{k: host_value(v) for k, v in metrics.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     for name, value in record.items():
-      if name != "step" and math.isfinite(value):
+      if name == "step":
+        continue
+      if isinstance(value, list):
+        self.tensorboard.add_histogram(name, np.asarray(value), step)
+      elif math.isfinite(value):
         self.tensorboard.add_scalar(name, value, step)
 
   def close(self):

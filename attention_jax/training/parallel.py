@@ -1,15 +1,18 @@
 """Parallelism: one jit-compiled step over a named device mesh, for every layout.
 
-    mesh axes (outer -> inner):   data      fsdp      sequence   tensor
-    batch  [batch, length]        batch     batch     (length)   -
-    params [embed, heads|mlp|vocab]  -      embed     -          heads, mlp, vocab
+    mesh axes (outer -> inner):   data      fsdp      expert    sequence   tensor
+    batch  [batch, length]        batch     batch     batch     (length)   -
+    params [embed, heads|mlp|vocab]  -      embed     -         -          heads, mlp, vocab
+    experts [expert, embed, mlp]  -         embed     expert    -          mlp
 
-`config.mesh.{data,fsdp,sequence,tensor}` size the axes (-1: the remaining devices; their
-product is the device count). Parameters carry logical axis names
+`config.mesh.{data,fsdp,expert,sequence,tensor}` size the axes (-1: the remaining devices;
+their product is the device count). Parameters carry logical axis names
 (`attention_jax.layers.partitioning`), and the rule table `config.mesh.rules` maps each
 logical name to mesh axes ("" = replicated). So data parallelism is data=N; FSDP (ZeRO-3) is
 fsdp=N (parameters and optimizer state split on `embed`, gathered per layer by XLA); Megatron
-tensor parallelism is tensor=N; context parallelism is sequence=N with the `ring` kernel.
+tensor parallelism is tensor=N; context parallelism is sequence=N with the `ring` kernel;
+expert parallelism is expert=N (a mixture's experts split over it, the batch too, so that
+the dense layers are data parallel there; XLA moves the tokens to their experts' devices).
 `parallelism="pmap"` is the users' name for pure data parallelism and runs this same step.
 
 The runner owns the mesh and the shardings; the training loop calls init / shard_batch /
@@ -32,17 +35,17 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from attention_jax.layers import partitioning
 
 MODES = ("mesh", "pmap")
-AXES = ("data", "fsdp", "sequence", "tensor")  # outermost (across hosts) to innermost
+AXES = ("data", "fsdp", "expert", "sequence", "tensor")  # outermost (across hosts) to innermost
 DEFAULT_RULES = {  # logical axis -> mesh axes, comma-separated ("" = replicated)
-    "batch": "data,fsdp", "length": "sequence", "embed": "fsdp", "heads": "tensor",
+    "batch": "data,fsdp,expert", "length": "sequence", "embed": "fsdp", "heads": "tensor",
     "kv": "", "mlp": "tensor", "vocab": "tensor", "layers": "",
-    "expert": ""}  # experts' leading axis: replicated until an expert mesh axis exists
+    "expert": "expert"}  # a mixture's experts' leading axis
 
 
 def default_config() -> ml_collections.ConfigDict:
   """`config.mesh`: axis sizes and the logical-axis rule table."""
   c = ml_collections.ConfigDict()
-  c.data, c.fsdp, c.sequence, c.tensor = -1, 1, 1, 1
+  c.data, c.fsdp, c.expert, c.sequence, c.tensor = -1, 1, 1, 1, 1
   c.rules = ml_collections.ConfigDict(DEFAULT_RULES)
   return c
 
@@ -65,8 +68,8 @@ def axis_sizes(config, num_devices: int) -> dict[str, int]:
   mesh = config.mesh
   sizes = {axis: int(mesh[axis]) for axis in AXES}
   if config.parallelism == "pmap" and any(sizes[a] not in (1, -1) for a in AXES[1:]):
-    raise ValueError("parallelism='pmap' is data parallelism only; for fsdp / sequence / "
-                     "tensor axes use parallelism='mesh'.")
+    raise ValueError("parallelism='pmap' is data parallelism only; for fsdp / expert / "
+                     "sequence / tensor axes use parallelism='mesh'.")
   if config.parallelism == "pmap":
     sizes = {axis: 1 for axis in AXES} | {"data": -1}
   free = [axis for axis, size in sizes.items() if size == -1]

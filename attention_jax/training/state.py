@@ -70,6 +70,9 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int):
     loads = router.pop(EXPERT_LOAD, None)
     if bias_rate and loads:
       params = moe.update_correction_biases(params, loads, bias_rate, before=state.params)
+    if loads:  # each MoE layer's share of assignments per expert, [E] each
+      router.update({f"{EXPERT_LOAD}/{layer}": load
+                     for layer, load in moe.loads_by_layer(loads).items()})
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
                "train/param_norm": optax.tree.norm(params),
                "train/learning_rate": optim.current_learning_rate(opt_state),

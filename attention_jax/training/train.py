@@ -206,7 +206,7 @@ def train_loop(run: Run, state, start: int):
       for (pending_step, _), values in zip(pending, fetched):
         check_finite(pending_step, values, run.checkpointer)  # names the first bad step
       run.checkpointer.raise_if_save_failed()  # a background save that failed stops here
-      pending, metrics = [], {k: float(v) for k, v in fetched[-1].items()}
+      pending, metrics = [], {k: metrics_lib.host_value(v) for k, v in fetched[-1].items()}
       loss = metrics["train/loss"]
       if logged:
         run.writer.write(step, metrics)

@@ -36,10 +36,28 @@ def test_plan_prints_memory_flops_and_a_prediction(data_dir):
        "--hbm_gbps=1000"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   out = result.stdout
-  assert "mesh: data=2 x fsdp=2 x sequence=1 x tensor=1 (4 x cpu); 26,368 parameters" in out
+  assert ("mesh: data=2 x fsdp=2 x expert=1 x sequence=1 x tensor=1 (4 x cpu); 26,368 "
+          "parameters") in out
   for line in ("parameters", "optimizer state", "temporaries", "FLOPs per step",
                "roofline at 100 TFLOP/s and 1000 GB/s per device", "MFU <="):
     assert line in out
+
+
+def test_the_expert_axis_divides_the_experts_weights_and_adam_state_per_device(data_dir):
+  """A mixture whose experts hold most of the parameters, compiled for 8 devices with
+  expert=1, 2, 4, 8 (the rest data parallel): the compiled step's arguments per device
+  shrink by exactly the experts' weights and Adam's two moments times (1 - 1/expert); the
+  batch per device stays the same."""
+  options = {"model.preset": "mixtral-tiny", "model.num_experts": 8,
+             "model.expert_mlp_dim": 64}
+  plans = {ep: plan.plan(tiny_config(data_dir, **{"num_devices": 0, "mesh.data": 8 // ep,
+                                                  "mesh.expert": ep, **options}))
+           for ep in (1, 2, 4, 8)}
+  experts = 2 * 8 * 3 * 32 * 64 * 4  # layers x experts x (gate, up, down) x float32
+  for ep, planned in plans.items():
+    saved = plans[1]["argument_bytes"] - planned["argument_bytes"]
+    assert saved == 3 * experts * (1 - 1 / ep), ep  # parameters, Adam's mu and nu
+    assert plans[1]["parameter_bytes"] - planned["parameter_bytes"] == experts * (1 - 1 / ep)
 
 
 def test_bad_meshes_fail_before_compiling_naming_the_axis(data_dir):

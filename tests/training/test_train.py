@@ -136,7 +136,7 @@ def test_a_mixture_of_experts_trains_with_its_router_losses_and_logs_them(tmp_pa
   """mixtral-tiny on KJV, two micro-batches a step: train/loss is the cross-entropy plus
   router_aux_loss_coef · load-balancing loss + router_z_loss_coef · z-loss (at step 1, from
   the same initial parameters, it exceeds the run without them by exactly that), and
-  metrics.jsonl carries the router metrics."""
+  metrics.jsonl carries the router metrics, each layer's expert load among them."""
   def run(name, **coefficients):
     config = tiny_config(data_dir, num_train_steps=3, eval_every_steps=3,
                          checkpoint_every_steps=3, eval_max_batches=1, grad_accum_steps=2,
@@ -153,6 +153,11 @@ def test_a_mixture_of_experts_trains_with_its_router_losses_and_logs_them(tmp_pa
   assert first["train/router/load_balancing_loss"] >= 1.0 - 1e-5  # 1: an even load
   assert 0.0 <= first["train/router/dropped_fraction"] < 1.0
   assert 0.25 <= first["train/router/max_expert_load"] <= 1.0  # 4 experts
+  for layer in ("block_0", "block_1"):  # each layer's load per expert, for viz
+    load = first[f"train/router/expert_load/{layer}"]
+    assert len(load) == 4 and sum(load) == pytest.approx(1.0)
+  assert first["train/router/max_expert_load"] == pytest.approx(max(
+      max(first[f"train/router/expert_load/{layer}"]) for layer in ("block_0", "block_1")))
   assert first["train/loss"] - plain[0]["train/loss"] == pytest.approx(
       0.5 * first["train/router/load_balancing_loss"]
       + 0.1 * first["train/router/router_z_loss"], rel=1e-4)
@@ -197,3 +202,26 @@ def test_the_step_moves_correction_biases_by_the_load_rule_not_the_optimizer():
                                  before[layer]["mlp"][moe.CORRECTION_BIAS] + moved, atol=1e-6)
       assert not np.allclose(state.params[layer]["mlp"]["router"]["kernel"],
                              before[layer]["mlp"]["router"]["kernel"])
+
+
+def test_the_mixture_config_and_its_dense_baselines_train(tmp_path, data_dir):
+  """configs/moe_kjv.py:tiny trains, logging its router metrics; the dense baselines' models
+  have the mixture's parameters per token (dense_active) and in all (dense_total), but for
+  the routers."""
+  from attention_jax import models
+  from configs import moe_kjv
+  config = tiny_config(data_dir, moe_kjv)
+  config.sample.max_new_tokens = 0
+  train_and_evaluate(config, str(tmp_path / "moe"))
+  records = [r for r in read_metrics(str(tmp_path / "moe")) if "train/loss" in r]
+  assert len(records) == config.num_train_steps
+  assert "train/router/expert_load/block_1" in records[-1]
+  sizes = {}
+  for variant in (None, "dense_active", "dense_total"):
+    model = dict(moe_kjv.get_config(variant).model)
+    preset = model.pop("preset")
+    sizes[variant] = (models.param_count(preset, **model),
+                      models.active_param_count(preset, **model))
+  routers = 4 * 256 * 8  # depth x width x experts: all a dense model lacks
+  assert sizes["dense_active"][0] == sizes[None][1] - routers  # parameters per token
+  assert sizes["dense_total"][0] == sizes[None][0] - routers  # parameters in all

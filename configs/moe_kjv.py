@@ -1,0 +1,70 @@
+"""A mixture-of-experts language model on the King James Bible, byte level, with the dense
+models it is measured against.
+
+    python -m experiments.train --config=configs/moe_kjv.py --workdir=/tmp/moe_kjv
+    python -m experiments.train --config=configs/moe_kjv.py:dense_active --workdir=/tmp/dense
+    python -m experiments.visualize --workdir=/tmp/moe_kjv     # expert_load.png
+
+Needs `apt-get install sword-text-kjv`. The mixture: a Mixtral-style decoder (pre-RMSNorm,
+rotary, GQA) of width 256 and depth 4 whose MLPs are 8 SwiGLU experts of width 256, 2 per
+token, dropless, with the load-balancing loss (0.01) and router z-loss (0.001). Variants:
+"dense_active" a Llama of the same shape whose one MLP is as wide as the two chosen experts
+(the same parameters per token), "dense_total" one as wide as all 8 (the same parameters in
+all), "tiny" for tests.
+"""
+
+import ml_collections
+
+from configs import common
+
+EXPERTS, CHOSEN, EXPERT_WIDTH = 8, 2, 256
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.task = "lm"
+  c.dataset.name = "kjv_text"
+  c.dataset.seq_len = 128
+  c.dataset.pack = False
+  c.model.preset = "mixtral-tiny"  # the family; the fields below set its size
+  c.model.width = 256
+  c.model.depth = 4
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2
+  c.model.mlp_dim = EXPERT_WIDTH
+  c.model.num_experts = EXPERTS
+  c.model.experts_per_token = CHOSEN
+  c.model.router_aux_loss_coef = 0.01
+  c.model.router_z_loss_coef = 0.001
+  c.batch_size = 32
+  c.num_train_steps = 600
+  c.log_every_steps = 25
+  c.eval_every_steps = 300
+  c.checkpoint_every_steps = 300
+  c.eval_max_batches = 50
+  c.optimizer.lr = 2e-3
+  c.optimizer.warmup_steps = 100
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = "And God said, "
+  c.sample.max_new_tokens = 200
+  c.sample.temperature = 0.8
+  c.sample.top_k = 0
+
+  variant = arg or ""
+  if variant in ("dense_active", "dense_total"):
+    c.model.preset = "llama-tiny"
+    for field in ("num_experts", "experts_per_token", "router_aux_loss_coef",
+                  "router_z_loss_coef"):
+      del c.model[field]
+    c.model.mlp_dim = EXPERT_WIDTH * (CHOSEN if variant == "dense_active" else EXPERTS)
+  elif variant == "tiny":  # seconds; what the tests run
+    common.make_tiny(c, steps=10)
+    c.dataset.seq_len = 32
+    c.model.width, c.model.depth, c.model.num_heads, c.model.num_kv_heads = 32, 2, 4, 2
+    c.model.mlp_dim, c.model.num_experts = 16, 4
+    c.sample.max_new_tokens = 20
+  elif variant:
+    raise ValueError(f"unknown variant {arg!r}; valid: dense_active, dense_total, tiny (or "
+                     "none).")
+  return c
