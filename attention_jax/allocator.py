@@ -50,6 +50,7 @@ ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plu
 
 applied: dict[str, int] = {}  # what tune() set, by environment-variable name
 reason = "not tried"  # why it set what it did, for `describe()`
+restored = False  # whether `restore()` put the large-block settings back
 
 
 def _plugin_installed(name: str) -> bool:
@@ -122,6 +123,28 @@ def tune() -> dict[str, int]:
   return applied
 
 
+GLIBC_DEFAULTS = {"MALLOC_ARENA_MAX": None,  # cannot be undone for threads already made
+                  "MALLOC_MMAP_MAX_": 65536, "MALLOC_TRIM_THRESHOLD_": 128 * 1024}
+
+
+def restore(why: str):
+  """Puts glibc's own large-block settings back (mmap for large blocks, trimming at 128
+  KiB), for programs whose temporaries change from step to step, where a heap that keeps
+  everything fragments without bound: XLA:CPU's `ragged_dot` (a dropless mixture of
+  experts) allocates by the routing, and a training run grew to 24 GB in 200 steps.
+  `why` is what `describe()` says after."""
+  global reason, restored
+  if not applied:
+    return
+  libc = glibc_malloc()
+  for parameter, _, variable in SETTINGS:
+    if variable in applied and GLIBC_DEFAULTS[variable] is not None:
+      libc.mallopt(parameter, GLIBC_DEFAULTS[variable])
+      del applied[variable]
+  libc.malloc_trim(0)
+  reason, restored = why, True
+
+
 def release():
   """Returns the heap's free memory to the OS (glibc's malloc_trim) where tune() applied:
   for between phases whose temporaries differ (training steps, evaluation)."""
@@ -132,5 +155,6 @@ def release():
 def describe() -> str:
   """One line for logs: what tune() set, or why not."""
   if applied:
-    return "malloc tuned (" + ", ".join(f"{k}={v}" for k, v in applied.items()) + ")"
+    return ("malloc tuned (" + ", ".join(f"{k}={v}" for k, v in applied.items()) + ")"
+            + (f"; large blocks back to glibc's defaults: {reason}" if restored else ""))
   return f"malloc untouched ({reason})"

@@ -61,6 +61,19 @@ def test_import_tunes_glibc_and_large_blocks_stop_faulting():
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tuning is for glibc's malloc")
+def test_restore_gives_large_blocks_back_to_glibc_for_changing_temporaries():
+  """A program whose temporaries change from step to step (a dropless mixture of experts
+  on XLA:CPU) gets glibc's large-block settings back: every 64 MB block is mmapped again,
+  and the log line says why."""
+  restored = run_python(PROBE.replace("size = 64", "allocator.restore('changing sizes')\n"
+                                                   "size = 64"))
+  assert restored["applied"] == {"MALLOC_ARENA_MAX": 1}
+  assert restored["describe"] == ("malloc tuned (MALLOC_ARENA_MAX=1); large blocks back to "
+                                  "glibc's defaults: changing sizes")
+  assert restored["faults"] > 20 * 12_000
+
+
+@pytest.mark.skipif(not GLIBC, reason="the tuning is for glibc's malloc")
 @pytest.mark.parametrize("variable,value", [("MALLOC_ARENA_MAX", "4"),
                                             ("MALLOC_MMAP_THRESHOLD_", "1000000"),
                                             ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")])

@@ -205,3 +205,14 @@ def test_generate_benchmark_counts_the_cache_bytes_of_each_attention():
   assert cache_bytes_per_token(models.with_options(deepseek, mla_decode="materialised"),
                                24) == 2 * (4 * 12 + 4 * 6) * 4
   assert cache_bytes_per_token(models.create("llama-tiny"), 24) == 2 * (2 * 2 * 8) * 4
+
+
+def test_moe_dispatch_benchmark_smoke():
+  """Each dispatch compiles, runs and is timed at a tiny shape; the table has every row."""
+  from experiments.benchmarks import moe as bench
+  results = {4: bench.measure(4, tokens=32, width=8, hidden=8, chosen=2, capacity_factor=1.0,
+                              rounds=1, log=lambda *_: None)}
+  assert set(results[4]) == {"dropless", "capacity", "dense"}
+  for row in results[4].values():
+    assert row["ms"] > 0 and row["compile_s"] > 0 and row["temporary_mib"] is not None
+  assert bench.table(results).count("| 4 |") == 3

@@ -255,6 +255,18 @@ def expert_loads(intermediates: dict) -> dict:
   return found
 
 
+def unchosen_expert_params(config) -> int:
+  """Parameters of the routed experts a token does not choose, over all MoE layers
+  (num_experts - experts_per_token per layer, each expert's gate, up and down projections
+  and biases): total parameters less these are the active ones. 0 without experts."""
+  if not config.num_experts:
+    return 0
+  hidden = config.expert_mlp_dim or config.mlp_dim
+  expert = 3 * config.width * hidden + (2 * hidden + config.width) * config.mlp_bias
+  layers = config.depth - config.first_k_dense_replace
+  return layers * (config.num_experts - config.experts_per_token) * expert
+
+
 def loads_by_layer(expert_loads: dict) -> dict:
   """{layer: its load [E]} from `expert_loads`' {module path: [E] or [layers, E]}: the layer
   named by its block ("block_3"), a stacked one by its stack and row ("blocks/3")."""

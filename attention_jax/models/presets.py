@@ -14,6 +14,7 @@ import numpy as np
 
 from attention_jax import kernels
 from attention_jax.kernels.positional import RopeScaling
+from attention_jax.layers import moe
 from attention_jax.layers.config import TransformerConfig
 from attention_jax.models.bert import Bert
 from attention_jax.models.deepseek import Deepseek
@@ -230,15 +231,9 @@ def create(name: str, **overrides):
 
 def active_param_count(name: str, **overrides) -> int:
   """Parameters one token uses in preset `name`: all of them, less the routed experts a
-  mixture's tokens do not choose (num_experts - experts_per_token per MoE layer)."""
-  total = param_count(name, **overrides)
-  c = create(name, **overrides).config
-  if not c.num_experts:
-    return total
-  hidden = c.expert_mlp_dim or c.mlp_dim
-  expert = 3 * c.width * hidden + (2 * hidden + c.width) * c.mlp_bias  # gate, up, down
-  return total - (c.depth - c.first_k_dense_replace) * (
-      c.num_experts - c.experts_per_token) * expert
+  mixture's tokens do not choose (`moe.unchosen_expert_params`)."""
+  return param_count(name, **overrides) - moe.unchosen_expert_params(
+      create(name, **overrides).config)
 
 
 def param_count(name: str, **overrides) -> int:

@@ -14,6 +14,7 @@ import math
 import jax
 import numpy as np
 
+from attention_jax.layers import moe
 from attention_jax.training import metrics as metrics_lib
 from attention_jax.training import parallel
 from attention_jax.training.setup import setup
@@ -53,6 +54,7 @@ def plan(config, topology: str | None = None) -> dict:
       "devices": runner.mesh.size,
       "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(
           (shapes.params, shapes.frozen)))),
+      "unchosen_expert_parameters": moe.unchosen_expert_params(built.model.config),
       "parameter_bytes": _bytes_per_device((shapes.params, shapes.frozen),
                                            (shardings.params, shardings.frozen)),
       "optimizer_bytes": _bytes_per_device(shapes.opt_state, shardings.opt_state),
@@ -81,8 +83,11 @@ def describe(result: dict, peak_tflops: float, hbm_gbps: float, hbm_gib: float) 
   gib = lambda b: ("?" if b is None else f"{b / 2 ** 30:,.2f} GiB" if b >= 2 ** 30
                    else f"{b / 2 ** 20:,.2f} MiB")
   mesh = " x ".join(f"{axis}={size}" for axis, size in result["mesh"].items())
+  unchosen = result["unchosen_expert_parameters"]
+  active = (f" ({result['parameters'] - unchosen:,} active per token: the experts a token "
+            "does not choose left out)" if unchosen else "")
   lines = [f"mesh: {mesh} ({result['devices']} x {result['device_kind']}); "
-           f"{result['parameters']:,} parameters",
+           f"{result['parameters']:,} parameters{active}",
            "per device:",
            f"  parameters         {gib(result['parameter_bytes'])}",
            f"  optimizer state    {gib(result['optimizer_bytes'])}",

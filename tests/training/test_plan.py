@@ -47,7 +47,7 @@ def test_the_expert_axis_divides_the_experts_weights_and_adam_state_per_device(d
   """A mixture whose experts hold most of the parameters, compiled for 8 devices with
   expert=1, 2, 4, 8 (the rest data parallel): the compiled step's arguments per device
   shrink by exactly the experts' weights and Adam's two moments times (1 - 1/expert); the
-  batch per device stays the same."""
+  batch per device stays the same. The plan says the parameters a token uses."""
   options = {"model.preset": "mixtral-tiny", "model.num_experts": 8,
              "model.expert_mlp_dim": 64}
   plans = {ep: plan.plan(tiny_config(data_dir, **{"num_devices": 0, "mesh.data": 8 // ep,
@@ -58,6 +58,10 @@ def test_the_expert_axis_divides_the_experts_weights_and_adam_state_per_device(d
     saved = plans[1]["argument_bytes"] - planned["argument_bytes"]
     assert saved == 3 * experts * (1 - 1 / ep), ep  # parameters, Adam's mu and nu
     assert plans[1]["parameter_bytes"] - planned["parameter_bytes"] == experts * (1 - 1 / ep)
+  unchosen = 2 * 6 * 3 * 32 * 64  # layers x (8 - 2 chosen) x (gate, up, down)
+  assert plans[8]["unchosen_expert_parameters"] == unchosen
+  active = plans[8]["parameters"] - unchosen
+  assert f"parameters ({active:,} active per token" in plan.describe(plans[8], 100, 1000, 0)
 
 
 def test_bad_meshes_fail_before_compiling_naming_the_axis(data_dir):
