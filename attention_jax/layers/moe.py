@@ -284,9 +284,9 @@ class MoeMlp(nn.Module):
   """x [..., width] -> [..., width] through the config's mixture of experts (see the module
   docstring; `TransformerConfig.num_experts`). Parameters: router [width, E] (computed in
   float32; a bias with router_bias), experts/{gate, fc1, fc2} (and {gate, fc1, fc2}_bias
-  with mlp_bias; GPT-OSS's clamped SwiGLU with swiglu_limit); with n_shared_experts a dense SwiGLU `shared_experts`
-  every token takes (gated by sigmoid(x · shared_expert_gate) with `shared_expert_gate`,
-  Qwen-MoE); with router_correction_bias, e_score_correction_bias [E] (no gradient: training
+  with mlp_bias; GPT-OSS's clamped SwiGLU with swiglu_limit); with n_shared_experts a dense
+  SwiGLU `shared_experts` every token takes (gated by sigmoid(x · shared_expert_gate) with
+  `shared_expert_gate`, Qwen-MoE); with router_correction_bias, e_score_correction_bias [E] (no gradient: training
   moves it by `correction_bias_update`). Sows into 'intermediates': load_balancing_loss,
   router_z_loss, expert_load (the fraction of assignments each expert got, [E]) and, with
   capacity dispatch, dropped_fraction."""
