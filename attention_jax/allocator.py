@@ -130,8 +130,8 @@ GLIBC_DEFAULTS = {"MALLOC_ARENA_MAX": None,  # cannot be undone for threads alre
 def restore(why: str):
   """Puts glibc's own large-block settings back (mmap for large blocks, trimming at 128
   KiB), for programs whose temporaries change from step to step, where a heap that keeps
-  everything fragments without bound: XLA:CPU's `ragged_dot` (a dropless mixture of
-  experts) allocates by the routing, and a training run grew to 24 GB in 200 steps.
+  everything fragments without bound: a mixture of experts on XLA:CPU allocates by its
+  routing, and its training runs grew to 24 GB in 200 steps (dropless and capacity alike).
   `why` is what `describe()` says after."""
   global reason, restored
   if not applied:
