@@ -24,6 +24,7 @@ MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_d
               "v_head_dim")
 MLA_DECODE = ("absorbed", "materialised")
 MOE_DISPATCH = ("dropless", "capacity")
+GROUPED_MATMULS = ("blocked", "ragged_dot")
 ROUTER_SCORING = ("softmax", "sigmoid")
 # Fields that describe a mixture of experts: set only with num_experts.
 MOE_FIELDS = ("experts_per_token", "expert_mlp_dim", "n_group", "topk_group", "router_bias",
@@ -101,9 +102,10 @@ class TransformerConfig:
     what an MLA layer caches when decoding, "absorbed" (the latent, kv_lora_rank +
     qk_rope_head_dim numbers per token, with the up-projections folded into the query and
     output) or "materialised" (each head's keys and values); moe_dispatch: how tokens reach
-    their experts, "dropless" (sorted by expert, grouped matmuls, jax.lax.ragged_dot) or
-    "capacity" (at most capacity_factor times an even share per expert, first choices
-    before second ones; the rest dropped and counted).
+    their experts, "dropless" (sorted by expert, grouped matmuls: grouped_matmul "blocked",
+    layers.grouped_matmul's blocks of rows per expert, or "ragged_dot", jax.lax.ragged_dot,
+    which XLA:CPU computes densely) or "capacity" (at most capacity_factor times an even
+    share per expert, first choices before second ones; the rest dropped and counted).
   """
   width: int
   depth: int
@@ -168,6 +170,7 @@ class TransformerConfig:
   sow_weights: bool = False
   mla_decode: str = "absorbed"
   moe_dispatch: str = "dropless"
+  grouped_matmul: str = "blocked"
   capacity_factor: float = 1.25
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -237,6 +240,9 @@ class TransformerConfig:
     if self.moe_dispatch not in MOE_DISPATCH:
       raise ValueError(f"moe_dispatch must be one of {MOE_DISPATCH}, got "
                        f"{self.moe_dispatch!r}.")
+    if self.grouped_matmul not in GROUPED_MATMULS:
+      raise ValueError(f"grouped_matmul must be one of {GROUPED_MATMULS}, got "
+                       f"{self.grouped_matmul!r}.")
     if not self.capacity_factor > 0:
       raise ValueError(f"capacity_factor must be positive, got {self.capacity_factor}.")
     for name in ("router_aux_loss_coef", "router_z_loss_coef"):

@@ -10,7 +10,8 @@ best groups of experts, and with a correction bias that chooses but does not wei
 Shared experts, a dense SwiGLU every token takes, are added by the module. Dispatch:
 
   dropless: the N·k (token, expert) assignments sorted by expert and run as three grouped
-    matmuls (`jax.lax.ragged_dot`), so no token is dropped and no expert computes padding;
+    matmuls (`layers.grouped_matmul`'s blocks, or `jax.lax.ragged_dot`), so no token is
+    dropped and no expert computes another's tokens;
   capacity: each expert takes at most C = ceil(capacity_factor · N·k / E) assignments into a
     fixed [E, C, width] buffer, first choices of every token before second ones (GShard's
     priority), each choice in token order; the others are dropped (their weight lost) and
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attention_jax.layers import grouped_matmul
 from attention_jax.layers.attention import default_kernel_init
 from attention_jax.layers.mlp import Mlp, activation_fn
 
@@ -110,18 +112,34 @@ def dense_reference(tokens, weights, experts, gate, up, down, activation, biases
   return jnp.einsum("ne,end->nd", combine.astype(outputs.dtype), outputs)
 
 
-def dropless(tokens, weights, experts, gate, up, down, activation, biases=None):
-  """The chosen experts only, every assignment kept: sorted by expert, grouped matmuls.
-  Arguments as `dense_reference`."""
+def dropless(tokens, weights, experts, gate, up, down, activation, biases=None,
+             matmul: str = "blocked", block: int = 128):
+  """The chosen experts only, every assignment kept: sorted by expert, grouped matmuls,
+  `matmul` "blocked" (`layers.grouped_matmul`, blocks of `block` rows, never dense) or
+  "ragged_dot" (`jax.lax.ragged_dot`, which XLA:CPU computes densely). Other arguments as
+  `dense_reference`."""
   n, k = experts.shape
+  num_experts = gate.shape[0]
   flat = experts.reshape(-1)
   order = jnp.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
   source, rows = order // k, flat[order]
-  sizes = jnp.bincount(flat, length=gate.shape[0]).astype(jnp.int32)
-  grouped = lambda w, i: lambda x: lax.ragged_dot(x, w, sizes) + _bias(biases, i, rows)
-  hidden = _glu(tokens[source], grouped(gate, 0), grouped(up, 1), activation)
-  outputs = grouped(down, 2)(hidden) * weights.reshape(-1)[order][:, None].astype(hidden.dtype)
-  return jnp.zeros_like(tokens).at[source].add(outputs)
+  sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+  scale = weights.reshape(-1)[order][:, None]
+  if matmul == "ragged_dot":
+    grouped = lambda w, i: lambda x: lax.ragged_dot(x, w, sizes) + _bias(biases, i, rows)
+    hidden = _glu(tokens[source], grouped(gate, 0), grouped(up, 1), activation)
+    outputs = grouped(down, 2)(hidden)
+  else:
+    layout = grouped_matmul.block_layout(
+        sizes, n * k, grouped_matmul.block_size(n * k, num_experts, block))
+    block_bias = lambda i: (0.0 if biases is None
+                            else _bias(biases, i, layout.block_group)[:, None, :])
+    grouped = lambda w, i: lambda x: (grouped_matmul.grouped_matmul(x, w, layout)
+                                      + block_bias(i))
+    hidden = _glu(grouped_matmul.to_blocks(tokens[source], layout), grouped(gate, 0),
+                  grouped(up, 1), activation)
+    outputs = grouped_matmul.from_blocks(grouped(down, 2)(hidden), layout)
+  return jnp.zeros_like(tokens).at[source].add(outputs * scale.astype(outputs.dtype))
 
 
 def capacity_slots(experts, num_experts: int, capacity: int):
@@ -317,7 +335,8 @@ class MoeMlp(nn.Module):
                   else clamped_swiglu(c.swiglu_limit, c.swiglu_alpha))
     tokens = tokens.astype(c.dtype)
     if c.moe_dispatch == "dropless":
-      out = dropless(tokens, weights, experts, gate, up, down, activation, biases)
+      out = dropless(tokens, weights, experts, gate, up, down, activation, biases,
+                     matmul=c.grouped_matmul)
     else:
       out, dropped = with_capacity(tokens, weights, experts, gate, up, down, activation,
                                    c.capacity_factor, biases)

@@ -1,5 +1,6 @@
-"""A mixture of experts' three dispatches side by side: dropless (sorted, `jax.lax.ragged_dot`),
-capacity (a fixed buffer per expert) and the dense reference (every expert on every token):
+"""A mixture of experts' dispatches side by side: dropless (sorted by expert; grouped matmuls
+in blocks of rows, `layers.grouped_matmul`, or `jax.lax.ragged_dot`), capacity (a fixed
+buffer per expert) and the dense reference (every expert on every token):
 the step time of forward + backward, the compiled program's temporaries, and the compile's
 time, for each number of experts.
 
@@ -61,8 +62,9 @@ def dispatches(chosen: int, capacity_factor: float) -> dict:
     return run
 
   capacity = lambda *a: moe.with_capacity(*a, capacity_factor=capacity_factor)[0]
-  return {"dropless": routed(moe.dropless), "capacity": routed(capacity),
-          "dense": routed(moe.dense_reference)}
+  ragged = functools.partial(moe.dropless, matmul="ragged_dot")
+  return {"dropless (blocked)": routed(moe.dropless), "dropless (ragged_dot)": routed(ragged),
+          "capacity": routed(capacity), "dense": routed(moe.dense_reference)}
 
 
 def measure(num_experts: int, *, tokens: int, width: int, hidden: int, chosen: int,
