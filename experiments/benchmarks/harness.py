@@ -90,7 +90,8 @@ def write_result(directory: str, name: str, title: str, body: str) -> str:
                      if getattr(sys.modules["__main__"], "__spec__", None) else sys.argv)
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{date}-{name}.md")
+  stamp = (f"# {title}\n\n- Measured: {date}\n- Machine: {machine()}\n"
+           f"- Commit: `{commit()}`\n- Command: `{command}`\n\n")  # before the file changes
   with open(path, "w") as f:
-    f.write(f"# {title}\n\n- Measured: {date}\n- Machine: {machine()}\n"
-            f"- Commit: `{commit()}`\n- Command: `{command}`\n\n{body.rstrip()}\n")
+    f.write(f"{stamp}{body.rstrip()}\n")
   return path
