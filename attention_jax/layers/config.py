@@ -25,6 +25,7 @@ MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_d
 MLA_DECODE = ("absorbed", "materialised")
 MOE_DISPATCH = ("dropless", "capacity")
 GROUPED_MATMULS = ("blocked", "ragged_dot")
+EXPERT_COLLECTIVES = ("explicit", "compiler")
 ROUTER_SCORING = ("softmax", "sigmoid")
 # Fields that describe a mixture of experts: set only with num_experts.
 MOE_FIELDS = ("experts_per_token", "expert_mlp_dim", "n_group", "topk_group", "router_bias",
@@ -105,7 +106,10 @@ class TransformerConfig:
     their experts, "dropless" (sorted by expert, grouped matmuls: grouped_matmul "blocked",
     layers.grouped_matmul's blocks of rows per expert, or "ragged_dot", jax.lax.ragged_dot,
     which XLA:CPU computes densely) or "capacity" (at most capacity_factor times an even
-    share per expert, first choices before second ones; the rest dropped and counted).
+    share per expert, first choices before second ones; the rest dropped and counted);
+    expert_collectives: how tokens reach experts on other devices of the mesh's expert
+    axis, "explicit" (layers.expert_parallel's shard_map: all_to_all for capacity, an
+    all-gather and a reduce-scatter for dropless) or "compiler" (XLA's partitioner).
   """
   width: int
   depth: int
@@ -171,6 +175,7 @@ class TransformerConfig:
   mla_decode: str = "absorbed"
   moe_dispatch: str = "dropless"
   grouped_matmul: str = "blocked"
+  expert_collectives: str = "explicit"
   capacity_factor: float = 1.25
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -243,6 +248,9 @@ class TransformerConfig:
     if self.grouped_matmul not in GROUPED_MATMULS:
       raise ValueError(f"grouped_matmul must be one of {GROUPED_MATMULS}, got "
                        f"{self.grouped_matmul!r}.")
+    if self.expert_collectives not in EXPERT_COLLECTIVES:
+      raise ValueError(f"expert_collectives must be one of {EXPERT_COLLECTIVES}, got "
+                       f"{self.expert_collectives!r}.")
     if not self.capacity_factor > 0:
       raise ValueError(f"capacity_factor must be positive, got {self.capacity_factor}.")
     for name in ("router_aux_loss_coef", "router_z_loss_coef"):

@@ -45,9 +45,10 @@ def block_size(num_rows: int, num_groups: int, block: int = 128) -> int:
 
 
 def block_layout(group_sizes, num_rows: int, block: int) -> BlockLayout:
-  """The padded layout of num_rows rows sorted by group, group_sizes [E] (int, summing to
-  num_rows): group e's rows start a new block. G = (M + E·(block − 1)) // block blocks
-  always suffice (a static bound: the sum over groups of ceil(size / block))."""
+  """The padded layout of num_rows rows sorted by group, group_sizes [E] (int, summing to at
+  most num_rows; rows past the sum belong to no group and are left out): group e's rows
+  start a new block. G = (M + E·(block − 1)) // block blocks always suffice (a static bound:
+  the sum over groups of ceil(size / block))."""
   num_groups = group_sizes.shape[0]
   sizes = group_sizes.astype(jnp.int32)
   blocks_per_group = (sizes + block - 1) // block
@@ -56,8 +57,11 @@ def block_layout(group_sizes, num_rows: int, block: int) -> BlockLayout:
   rows = jnp.arange(num_rows, dtype=jnp.int32)
   row_group = jnp.searchsorted(row_ends, rows, side="right")
   first_block = block_ends - blocks_per_group
-  position = (first_block[row_group] * block + rows - (row_ends - sizes)[row_group])
   num_blocks = (num_rows + num_groups * (block - 1)) // block
+  row_group = jnp.minimum(row_group, num_groups - 1)
+  position = jnp.where(rows < row_ends[-1],  # no group's rows: out of range, left out
+                       first_block[row_group] * block + rows - (row_ends - sizes)[row_group],
+                       num_blocks * block)
   block_group = jnp.minimum(
       jnp.searchsorted(block_ends, jnp.arange(num_blocks, dtype=jnp.int32), side="right"),
       num_groups - 1).astype(jnp.int32)
@@ -68,12 +72,14 @@ def to_blocks(rows, layout: BlockLayout):
   """rows [M, K] sorted by group -> [G, block, K], padding rows zero."""
   num_blocks = layout.block_group.shape[0]
   padded = jnp.zeros((num_blocks * layout.block, rows.shape[-1]), rows.dtype)
-  return padded.at[layout.position].set(rows).reshape(num_blocks, layout.block, -1)
+  return padded.at[layout.position].set(rows, mode="drop").reshape(
+      num_blocks, layout.block, -1)
 
 
 def from_blocks(blocks, layout: BlockLayout):
-  """[G, block, N] -> the M rows' [M, N] (padding rows left out)."""
-  return blocks.reshape(-1, blocks.shape[-1])[layout.position]
+  """[G, block, N] -> the M rows' [M, N] (padding left out; rows of no group zero)."""
+  return blocks.reshape(-1, blocks.shape[-1]).at[layout.position].get(mode="fill",
+                                                                       fill_value=0)
 
 
 def _expert(w, group):

@@ -22,6 +22,7 @@ Shared experts, a dense SwiGLU every token takes, are added by the module. Dispa
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention_jax.layers import grouped_matmul
+from attention_jax.layers import expert_parallel, grouped_matmul
 from attention_jax.layers.attention import default_kernel_init
 from attention_jax.layers.mlp import Mlp, activation_fn
 
@@ -113,18 +114,31 @@ def dense_reference(tokens, weights, experts, gate, up, down, activation, biases
 
 
 def dropless(tokens, weights, experts, gate, up, down, activation, biases=None,
-             matmul: str = "blocked", block: int = 128):
+             matmul: str = "blocked", block: int = 128, expert_axis: str | None = None):
   """The chosen experts only, every assignment kept: sorted by expert, grouped matmuls,
   `matmul` "blocked" (`layers.grouped_matmul`, blocks of `block` rows, never dense) or
-  "ragged_dot" (`jax.lax.ragged_dot`, which XLA:CPU computes densely). Other arguments as
-  `dense_reference`."""
+  "ragged_dot" (`jax.lax.ragged_dot`, which XLA:CPU computes densely). Assignments to an
+  expert >= E contribute nothing. Other arguments as `dense_reference`.
+
+  expert_axis: inside `shard_map`, the mesh axis the experts are split over (gate, up,
+  down and biases are this device's E / ep, tokens its own): the axis's tokens and routes
+  are gathered, each device runs its experts on what they were given, and the outputs are
+  summed back to their tokens' devices (Megatron's all-gather dispatcher)."""
+  if expert_axis is not None:
+    gather = lambda x: lax.all_gather(x, expert_axis, tiled=True)
+    held = gate.shape[0]
+    owned = gather(experts) - lax.axis_index(expert_axis) * held
+    owned = jnp.where((owned >= 0) & (owned < held), owned, held)  # held: elsewhere
+    out = dropless(gather(tokens), gather(weights), owned, gate, up, down, activation,
+                   biases, matmul, block)
+    return lax.psum_scatter(out, expert_axis, scatter_dimension=0, tiled=True)
   n, k = experts.shape
   num_experts = gate.shape[0]
   flat = experts.reshape(-1)
   order = jnp.argsort(flat, stable=True)  # assignments grouped by expert, tokens in order
-  source, rows = order // k, flat[order]
-  sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
-  scale = weights.reshape(-1)[order][:, None]
+  source, rows = order // k, jnp.minimum(flat[order], num_experts - 1)
+  sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)  # >= E not counted
+  scale = jnp.where(flat[order] < num_experts, weights.reshape(-1)[order], 0.0)[:, None]
   if matmul == "ragged_dot":
     grouped = lambda w, i: lambda x: lax.ragged_dot(x, w, sizes) + _bias(biases, i, rows)
     hidden = _glu(tokens[source], grouped(gate, 0), grouped(up, 1), activation)
@@ -153,23 +167,61 @@ def capacity_slots(experts, num_experts: int, capacity: int):
   return slot, slot < capacity
 
 
-def with_capacity(tokens, weights, experts, gate, up, down, activation,
-                  capacity_factor: float, biases=None):
-  """(outputs [N, d], fraction of assignments dropped): at most ceil(capacity_factor·N·k/E)
-  per expert (`capacity_slots`). Arguments as `dense_reference`."""
+def capacity_per_expert(num_tokens: int, k: int, num_experts: int,
+                        capacity_factor: float) -> int:
+  """Each expert's buffer: ceil(capacity_factor · N·k / E) slots, at least 1."""
+  return max(1, math.ceil(capacity_factor * num_tokens * k / num_experts))
+
+
+def fill_buffers(tokens, experts, num_experts: int, capacity: int):
+  """(buffers [E, C, d] of each expert's tokens in slot order (empty slots zero), slot,
+  kept [N, k] as `capacity_slots`)."""
   n, k = experts.shape
-  num_experts = gate.shape[0]
-  capacity = max(1, math.ceil(capacity_factor * n * k / num_experts))
   slot, kept = capacity_slots(experts, num_experts, capacity)
   rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, k))
-  buffer = jnp.zeros((num_experts, capacity, tokens.shape[-1]), tokens.dtype).at[
+  buffers = jnp.zeros((num_experts, capacity, tokens.shape[-1]), tokens.dtype).at[
       experts, slot].set(tokens[rows], mode="drop")  # dropped slots are out of bounds
-  hidden = _glu(buffer, lambda x: jnp.einsum("ecd,edf->ecf", x, gate) + _bias(biases, 0),
+  return buffers, slot, kept
+
+
+def run_experts(buffers, gate, up, down, activation, biases=None):
+  """Each expert on its own buffer: [E, C, d] -> [E, C, d]."""
+  hidden = _glu(buffers, lambda x: jnp.einsum("ecd,edf->ecf", x, gate) + _bias(biases, 0),
                 lambda x: jnp.einsum("ecd,edf->ecf", x, up) + _bias(biases, 1), activation)
-  outputs = jnp.einsum("ecf,efd->ecd", hidden, down) + _bias(biases, 2)
-  taken = outputs.at[experts, jnp.minimum(slot, capacity - 1)].get()  # [N, k, d]
+  return jnp.einsum("ecf,efd->ecd", hidden, down) + _bias(biases, 2)
+
+
+def combine_buffers(outputs, weights, experts, slot, kept):
+  """[N, d]: each token's kept assignments' outputs (from [E, C, d]) times their weights."""
+  taken = outputs.at[experts, jnp.minimum(slot, outputs.shape[1] - 1)].get()  # [N, k, d]
   scale = jnp.where(kept, weights, 0.0).astype(taken.dtype)
-  return jnp.einsum("nk,nkd->nd", scale, taken), 1.0 - jnp.mean(kept.astype(jnp.float32))
+  return jnp.einsum("nk,nkd->nd", scale, taken)
+
+
+def with_capacity(tokens, weights, experts, gate, up, down, activation,
+                  capacity_factor: float, biases=None, expert_axis: str | None = None):
+  """(outputs [N, d], fraction of assignments dropped): at most ceil(capacity_factor·N·k/E)
+  per expert (`capacity_slots`). Arguments as `dense_reference`.
+
+  expert_axis: inside `shard_map`, the mesh axis the experts are split over (the weights
+  are this device's E / ep experts, tokens its own): each device fills buffers for all E
+  experts from its own tokens (so capacity counts per device), `all_to_all` gives every
+  device its experts' slots from all devices, and a second brings the outputs home
+  (GShard)."""
+  shards = 1 if expert_axis is None else lax.axis_size(expert_axis)
+  held = gate.shape[0]
+  num_experts = held * shards
+  slots = capacity_per_expert(*experts.shape, num_experts, capacity_factor)
+  buffers, slot, kept = fill_buffers(tokens, experts, num_experts, slots)
+  if expert_axis is not None:  # [E, C, d] -> this device's experts' [held, shards · C, d]
+    buffers = lax.all_to_all(buffers.reshape(shards, held, slots, -1), expert_axis, 0, 0)
+    buffers = buffers.swapaxes(0, 1).reshape(held, shards * slots, -1)
+  outputs = run_experts(buffers, gate, up, down, activation, biases)
+  if expert_axis is not None:  # and back: [E, C, d] of this device's tokens
+    outputs = outputs.reshape(held, shards, slots, -1).swapaxes(0, 1)
+    outputs = lax.all_to_all(outputs, expert_axis, 0, 0).reshape(num_experts, slots, -1)
+  return (combine_buffers(outputs, weights, experts, slot, kept),
+          1.0 - jnp.mean(kept.astype(jnp.float32)))
 
 
 def load_balancing_loss(probabilities, experts, num_experts: int):
@@ -334,12 +386,27 @@ class MoeMlp(nn.Module):
     activation = (c.activation if c.swiglu_limit is None
                   else clamped_swiglu(c.swiglu_limit, c.swiglu_alpha))
     tokens = tokens.astype(c.dtype)
-    if c.moe_dispatch == "dropless":
-      out = dropless(tokens, weights, experts, gate, up, down, activation, biases,
-                     matmul=c.grouped_matmul)
+
+    def dispatch(tokens, weights, experts, expert_params, expert_axis=None):
+      (gate, up, down), biases = expert_params
+      if c.moe_dispatch == "dropless":
+        return dropless(tokens, weights, experts, gate, up, down, activation, biases,
+                        matmul=c.grouped_matmul, expert_axis=expert_axis), 0.0
+      return with_capacity(tokens, weights, experts, gate, up, down, activation,
+                           c.capacity_factor, biases, expert_axis=expert_axis)
+
+    layout = (expert_parallel.token_layout(jax.sharding.get_abstract_mesh(), shape)
+              if c.expert_collectives == "explicit" else None)
+    if layout is None:
+      out, dropped = dispatch(tokens, weights, experts, ((gate, up, down), biases))
     else:
-      out, dropped = with_capacity(tokens, weights, experts, gate, up, down, activation,
-                                   c.capacity_factor, biases)
+      by_token = lambda a: a.reshape(shape[:-1] + a.shape[-1:])
+      out, dropped = expert_parallel.shard_over_experts(
+          functools.partial(dispatch, expert_axis=expert_parallel.EXPERT_AXIS), layout,
+          by_token(tokens), by_token(weights), by_token(experts),
+          ((gate, up, down), biases), c.num_experts)
+      out = out.reshape(tokens.shape)
+    if c.moe_dispatch == "capacity":
       self.sow("intermediates", "dropped_fraction", dropped)
     if c.n_shared_experts:
       shared = Mlp(c.n_shared_experts * expert_dim, activation=c.activation, gated=True,

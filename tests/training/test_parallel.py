@@ -241,22 +241,25 @@ EXPERT_LAYOUTS = {
     "expert=2 x fsdp=2 x tensor=2, scan_layers, remat=full": {
         "mesh.data": 1, "mesh.expert": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
         "model.scan_layers": True, "model.remat": "full"},
+    # capacity counts per device's tokens with explicit collectives: room for every token
     "expert=8, capacity dispatch": {"mesh.data": 1, "mesh.expert": 8,
-                                    "model.moe_dispatch": "capacity"},
+                                    "model.moe_dispatch": "capacity",
+                                    "model.capacity_factor": 4.0},
 }
+DISPATCH = ("model.moe_dispatch", "model.capacity_factor")
 
 
 @pytest.fixture(scope="module")
 def one_device_moe_losses(tmp_path_factory, data_dir):
-  """{dispatch: the mixture's losses on one device}, each computed once for the module."""
+  """{dispatch settings: the mixture's losses on one device}, each computed once."""
   computed = {}
 
-  def losses(dispatch):
-    if dispatch not in computed:
-      computed[dispatch] = run_layout(tmp_path_factory.mktemp(dispatch), data_dir, "one",
-                                      num_devices=1, **MOE,
-                                      **{"model.moe_dispatch": dispatch})
-    return computed[dispatch]
+  def losses(dispatch: dict):
+    key = tuple(sorted(dispatch.items()))
+    if key not in computed:
+      computed[key] = run_layout(tmp_path_factory.mktemp("one"), data_dir, "one",
+                                 num_devices=1, **MOE, **dispatch)
+    return computed[key]
   return losses
 
 
@@ -267,5 +270,5 @@ def test_a_mixture_of_experts_trains_on_an_expert_axis_like_one_device(
   tensor axes, stacked blocks and remat: the one-device losses (router losses included)
   within 1e-5 over 5 steps, dropless and with capacity."""
   split = run_layout(tmp_path, data_dir, "split", **MOE, **EXPERT_LAYOUTS[layout])
-  dispatch = EXPERT_LAYOUTS[layout].get("model.moe_dispatch", "dropless")
+  dispatch = {k: v for k, v in EXPERT_LAYOUTS[layout].items() if k in DISPATCH}
   np.testing.assert_allclose(split, one_device_moe_losses(dispatch), rtol=1e-5)
