@@ -8,10 +8,12 @@ models it is measured against.
 Needs `apt-get install sword-text-kjv`. The mixture: a Mixtral-style decoder (pre-RMSNorm,
 rotary, GQA) of width 256 and depth 4 whose MLPs are 8 SwiGLU experts of width 256, 2 per
 token, with the load-balancing loss (0.01) and router z-loss (0.001). Dispatched with
-capacity (factor 1.25; the dropped fraction is logged): XLA:CPU computes `ragged_dot`
-densely, and this model trains 3.5x slower dropless
-(docs/results/2026-12-05-moe-dispatch-cpu.md); `--config.model.moe_dispatch=dropless` on a
-GPU or TPU. Variants:
+capacity (factor 1.25; the dropped fraction is logged), as its measured runs were;
+`--config.model.moe_dispatch=dropless` drops nothing (its blocked grouped matmul ran within
+1.1–1.3x of capacity's time in docs/results/2026-12-05-moe-dispatch-cpu.md;
+`--config.model.grouped_matmul=ragged_dot` is XLA's, dense on the CPU). On an expert axis
+(`--config.mesh.expert=N`) tokens travel by shard_map collectives
+(`--config.model.expert_collectives=compiler` leaves it to XLA). Variants:
 "dense_active" a Llama of the same shape whose one MLP is as wide as the two chosen experts
 (the same parameters per token), "dense_total" one as wide as all 8 (the same parameters in
 all), "tiny" for tests.
@@ -42,6 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.router_z_loss_coef = 0.001
   c.model.moe_dispatch = "capacity"
   c.model.capacity_factor = 1.25
+  c.model.grouped_matmul = "blocked"  # dropless: "blocked" or "ragged_dot"
+  c.model.expert_collectives = "explicit"  # on an expert axis: "explicit" or "compiler"
   c.batch_size = 32
   c.num_train_steps = 600
   c.log_every_steps = 25
@@ -61,7 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant in ("dense_active", "dense_total"):
     c.model.preset = "llama-tiny"
     for field in ("num_experts", "experts_per_token", "router_aux_loss_coef",
-                  "router_z_loss_coef", "moe_dispatch", "capacity_factor"):
+                  "router_z_loss_coef", "moe_dispatch", "capacity_factor", "grouped_matmul",
+                  "expert_collectives"):
       del c.model[field]
     c.model.mlp_dim = EXPERT_WIDTH * (CHOSEN if variant == "dense_active" else EXPERTS)
   elif variant == "tiny":  # seconds; what the tests run
