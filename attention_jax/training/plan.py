@@ -39,6 +39,24 @@ def topology_devices(name: str) -> list:
                      "v5p:2x2x2.") from None
 
 
+def model_flops_per_token(config, parameters: int, seq_len: int) -> float:
+  """Training FLOPs per token counted from the model (not from the compiled program):
+  6 x the matmul parameters a token uses (all of them, less the routed experts it does not
+  choose, and less the token table, a lookup, unless the logits reuse it) plus attention's
+  6 x layers x seq_len x heads x (query-key + value head dims) (PaLM's count: forward and
+  backward, no discount for a causal mask). `config`: a TransformerConfig."""
+  matmuls = parameters - moe.unchosen_expert_params(config)
+  if not config.tie_embeddings:
+    matmuls -= config.vocab_size * config.width
+  head_dim = config.head_dim or config.width // config.num_heads
+  if config.kv_lora_rank:  # MLA: the query-key and value heads differ
+    score_dim, value_dim = config.qk_nope_head_dim + config.qk_rope_head_dim, config.v_head_dim
+  else:
+    score_dim = value_dim = head_dim
+  attention = 6 * config.depth * seq_len * config.num_heads * (score_dim + value_dim)
+  return 6.0 * matmuls + attention
+
+
 def plan(config, topology: str | None = None) -> dict:
   """Compiles `config`'s train step for its mesh; returns what one device needs. With a
   TPU `topology` the step is compiled by the TPU compiler for that slice."""
@@ -48,13 +66,18 @@ def plan(config, topology: str | None = None) -> dict:
   memory = parallel.memory_analysis(compiled) or {}
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  parameters = int(sum(np.prod(x.shape) for x in jax.tree.leaves(
+      (shapes.params, shapes.frozen))))
+  model_config = built.model.config
+  per_token = (model_flops_per_token(model_config, parameters, config.dataset.seq_len)
+               if task.unit == "tokens" and hasattr(model_config, "num_experts") else None)
   return {
       "mesh": dict(runner.mesh.shape),
       "device_kind": runner.devices[0].device_kind,
       "devices": runner.mesh.size,
-      "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(
-          (shapes.params, shapes.frozen)))),
-      "unchosen_expert_parameters": moe.unchosen_expert_params(built.model.config),
+      "parameters": parameters,
+      "unchosen_expert_parameters": moe.unchosen_expert_params(model_config),
+      "model_flops_per_token": per_token,
       "parameter_bytes": _bytes_per_device((shapes.params, shapes.frozen),
                                            (shardings.params, shardings.frozen)),
       "optimizer_bytes": _bytes_per_device(shapes.opt_state, shardings.opt_state),
@@ -101,6 +124,12 @@ def describe(result: dict, peak_tflops: float, hbm_gbps: float, hbm_gib: float) 
   flops = result["flops"]
   lines.append(f"  FLOPs per step     {'?' if flops is None else f'{flops:.4g}'}  (XLA's count; "
                "custom-call kernels count 0)")
+  per_token = result.get("model_flops_per_token")
+  if per_token:
+    per_device = per_token * result["items_per_step"] / result["devices"]
+    lines.append(f"  model FLOPs        {per_token:.4g} per token (6 x the parameters a token "
+                 f"uses + attention), {per_device:.4g} per step"
+                 + (f" = {per_device / flops:.2f}x XLA's count" if flops else ""))
   if flops:
     guess = predict(result, peak_tflops, hbm_gbps)
     lines.append(f"roofline at {peak_tflops:g} TFLOP/s and {hbm_gbps:g} GB/s per device "

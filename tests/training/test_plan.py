@@ -39,7 +39,8 @@ def test_plan_prints_memory_flops_and_a_prediction(data_dir):
   assert ("mesh: data=2 x fsdp=2 x expert=1 x sequence=1 x tensor=1 (4 x cpu); 26,368 "
           "parameters") in out
   for line in ("parameters", "optimizer state", "temporaries", "FLOPs per step",
-               "roofline at 100 TFLOP/s and 1000 GB/s per device", "MFU <="):
+               "roofline at 100 TFLOP/s and 1000 GB/s per device", "MFU <=",
+               "model FLOPs", "per token (6 x the parameters a token uses + attention)"):
     assert line in out
 
 
@@ -62,6 +63,20 @@ def test_the_expert_axis_divides_the_experts_weights_and_adam_state_per_device(d
   assert plans[8]["unchosen_expert_parameters"] == unchosen
   active = plans[8]["parameters"] - unchosen
   assert f"parameters ({active:,} active per token" in plan.describe(plans[8], 100, 1000, 0)
+
+
+def test_model_flops_count_the_chosen_experts_only(data_dir):
+  """A dense model's count is within 10% of XLA's (which also counts the elementwise
+  work); a mixture's exceeds its dense twin (one MLP as wide as the chosen experts) by
+  exactly its routers, 6 x layers x width x E."""
+  dense = plan.plan(tiny_config(data_dir, num_devices=1, **{"model.preset": "llama-tiny",
+                                                            "model.mlp_dim": 128}))
+  per_step = dense["model_flops_per_token"] * dense["items_per_step"]
+  assert 0.9 < per_step / dense["flops"] < 1.1
+  mixture = plan.plan(tiny_config(data_dir, num_devices=1, **{
+      "model.preset": "mixtral-tiny", "model.num_experts": 8, "model.expert_mlp_dim": 64}))
+  routers = 6 * 2 * 32 * 8  # layers x width x experts
+  assert (mixture["model_flops_per_token"] - dense["model_flops_per_token"]) == routers
 
 
 def test_bad_meshes_fail_before_compiling_naming_the_axis(data_dir):
