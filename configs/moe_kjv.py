@@ -16,7 +16,8 @@ capacity (factor 1.25; the dropped fraction is logged), as its measured runs wer
 (`--config.model.expert_collectives=compiler` leaves it to XLA). Variants:
 "dense_active" a Llama of the same shape whose one MLP is as wide as the two chosen experts
 (the same parameters per token), "dense_total" one as wide as all 8 (the same parameters in
-all), "tiny" for tests.
+all), "tiny" for tests, "deepseek_v3" DeepSeek-V3 itself for `experiments.plan` (README: does it
+fit on v5p:8x8x8 with expert=64?).
 """
 
 import ml_collections
@@ -75,7 +76,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.width, c.model.depth, c.model.num_heads, c.model.num_kv_heads = 32, 2, 4, 2
     c.model.mlp_dim, c.model.num_experts = 16, 4
     c.sample.max_new_tokens = 20
+  elif variant == "deepseek_v3":  # DeepSeek-V3's preset at 4k context, for experiments.plan
+    # Its own vocabulary (the byte tokenizer's 256 ids padded to 129,280), scanned layers
+    # above the 3 dense ones, capacity dispatch: dropless sizes each device's buffers for all
+    # of the expert axis's assignments, which at expert=64 needs 226 GB of temporaries on
+    # a v5p (the TPU compiler's refusal, at 5 layers).
+    c.model = ml_collections.ConfigDict({
+        "preset": "deepseek-v3", "depth": 61, "vocab_size": 129280, "kernel": "flash",
+        "remat": "full", "scan_layers": True,
+        "moe_dispatch": "capacity", "capacity_factor": 1.25, "grouped_matmul": "blocked",
+        "expert_collectives": "explicit", "router_aux_loss_coef": 0.0,
+        "router_z_loss_coef": 0.0})
+    c.dataset.seq_len = 4096
+    c.precision = "bfloat16"
+    c.batch_size = 512  # sequences of 4096 tokens: 2.1M tokens a step
   elif variant:
-    raise ValueError(f"unknown variant {arg!r}; valid: dense_active, dense_total, tiny (or "
-                     "none).")
+    raise ValueError(f"unknown variant {arg!r}; valid: dense_active, dense_total, tiny, "
+                     "deepseek_v3 (or none).")
   return c

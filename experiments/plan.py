@@ -45,8 +45,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  result = plan.plan(_CONFIG.value, _TOPOLOGY.value)
+  try:
+    result = plan.plan(_CONFIG.value, _TOPOLOGY.value)
+  except plan.DoesNotFit as error:
+    print(f"fits: NO, {error}")
+    return 1
   print(plan.describe(result, _PEAK.value, _HBM.value, _HBM_GIB.value))
+  return 0
 
 
 if __name__ == "__main__":

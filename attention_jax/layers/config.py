@@ -89,7 +89,7 @@ class TransformerConfig:
       every token takes beside its routed experts (DeepSeek; Qwen-MoE's shared expert,
       whose output is gated by a sigmoid with shared_expert_gate).
       first_k_dense_replace: the first k layers keep a dense MLP of width mlp_dim
-      (DeepSeek); not with scan_layers.
+      (DeepSeek); with scan_layers they run unrolled below the scanned stack.
       router_bias: a bias on the router's logits (GPT-OSS). mlp_bias also gives each expert
       its biases. swiglu_limit: GPT-OSS's clamped SwiGLU, (clip(up, ±limit) + 1) ·
       g · sigmoid(swiglu_alpha · g) with g = min(gate, limit); None: act(gate) · up.
@@ -282,10 +282,6 @@ class TransformerConfig:
             and 0 <= self.first_k_dense_replace <= self.depth):
       raise ValueError(f"first_k_dense_replace must be an integer in [0, depth={self.depth}]"
                        f", got {self.first_k_dense_replace}.")
-    if self.first_k_dense_replace and self.scan_layers:
-      raise ValueError(f"scan_layers needs every layer alike; the first "
-                       f"first_k_dense_replace={self.first_k_dense_replace} layers have "
-                       "dense MLPs. Set scan_layers=False for this model.")
 
   def _check_router(self):
     experts = self.num_experts

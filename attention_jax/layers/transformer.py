@@ -169,10 +169,11 @@ class _GroupStep(nn.Module):
 
 
 def scanned_depth(config: TransformerConfig) -> int:
-  """How many of the config's layers `scanned_blocks` holds: all of them, or with mixed
+  """How many of the config's layers `scanned_blocks` holds: all of them from
+  `config.first_k_dense_replace` up (the dense layers below run unrolled), or with mixed
   layer_types the whole repetitions of their period (the rest run unrolled above)."""
   period = config.layer_period()
-  return config.depth // period * period
+  return (config.depth - config.first_k_dense_replace) // period * period
 
 
 def scanned_blocks(config: TransformerConfig, *, tail: bool = False,
@@ -186,19 +187,20 @@ def scanned_blocks(config: TransformerConfig, *, tail: bool = False,
   it with `run_blocks`. Name it "blocks" (`partitioning.STACKED`) or
   "<group>_blocks" in a model with several stacks: sharding and the layout conversions look
   for these names."""
-  period = config.layer_period()
-  if config.depth % period and not tail:
+  period, start = config.layer_period(), config.first_k_dense_replace
+  if (config.depth - start) % period and not tail:
     raise ValueError(f"layer_types={config.layer_types} repeat every {period} layers, which "
                      f"does not divide depth={config.depth}; scan these layers with "
                      "`block_stack`, which runs the last ones unrolled.")
   scan = functools.partial(
       nn.scan, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-      length=config.depth // period)
+      length=scanned_depth(config) // period)
   if period == 1:
-    layer_type = config.layer_types[0] if config.layer_types else None
+    layer_type = config.layer_types[start] if config.layer_types else None
     return scan(_ScanStep)(config, layer_type=layer_type, **module_options)
-  return scan(_GroupStep)(config, layer_types=config.layer_types[:period], **module_options)
+  return scan(_GroupStep)(config, layer_types=config.layer_types[start:start + period],
+                          **module_options)
 
 
 def run_blocks(blocks, x, inputs: AttentionInputs | None = None, *, encoded=None,
@@ -217,16 +219,20 @@ def run_blocks(blocks, x, inputs: AttentionInputs | None = None, *, encoded=None
 def block_stack(x, config: TransformerConfig, inputs: AttentionInputs | None = None, *,
                 prefix: str = "block_", deterministic=True):
   """`config.depth` TransformerBlocks over x, unrolled (named `<prefix><i>`) or, with
-  `config.scan_layers`, under nn.scan (named "blocks", parameters stacked; with mixed
-  layer_types the layers past `scanned_depth` stay unrolled, `<prefix><i>`). Call from a
-  compact method."""
-  first = 0
-  if config.scan_layers:
+  `config.scan_layers`, under nn.scan (named "blocks", parameters stacked; the
+  first_k_dense_replace dense layers below and, with mixed layer_types, the layers past the
+  last whole period above stay unrolled, `<prefix><i>`). Call from a compact method."""
+  types = config.layer_types or (None,) * config.depth
+  def unrolled(x, layers):
+    return run_blocks([TransformerBlock(config, layer_type=types[i],
+                                        dense_mlp=i < config.first_k_dense_replace,
+                                        name=f"{prefix}{i}") for i in layers],
+                      x, inputs, deterministic=deterministic)
+  if not config.scan_layers:
+    return unrolled(x, range(config.depth))
+  x = unrolled(x, range(config.first_k_dense_replace))
+  if scanned_depth(config):
     x = run_blocks(scanned_blocks(config, tail=True, name=STACKED), x, inputs,
                    deterministic=deterministic)
-    first = scanned_depth(config)
-  types = config.layer_types or (None,) * config.depth
-  blocks = [TransformerBlock(config, layer_type=types[i],
-                             dense_mlp=i < config.first_k_dense_replace, name=f"{prefix}{i}")
-            for i in range(first, config.depth)]
-  return run_blocks(blocks, x, inputs, deterministic=deterministic)
+  return unrolled(x, range(config.first_k_dense_replace + scanned_depth(config),
+                           config.depth))

@@ -140,7 +140,8 @@ def _step(decoder, params, token, cache, slot, pads, total: int):
 
 def generate(model, params, prompt, *, max_new_tokens: int, rng, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
-             stop_tokens: tuple[int, ...] = (), pad_id: int = 0, bucket: bool = True):
+             stop_tokens: tuple[int, ...] = (), pad_id: int = 0, bucket: bool = True,
+             vocab_limit: int | None = None):
   """Continues prompts with a decoder's KV cache (GPT, Llama); returns the new tokens.
 
   `prompt` is int [batch, length] or a list of token sequences of different lengths; they
@@ -148,7 +149,8 @@ def generate(model, params, prompt, *, max_new_tokens: int, rng, temperature: fl
   positions counted from each row's first real token, so one compiled program serves every
   prompt length up to the bucket. One jit-compiled program: a prefill, then cached
   single-token steps in a `lax.while_loop` that stops early once every row has emitted one
-  of `stop_tokens`. Deterministic for a fixed `rng`.
+  of `stop_tokens`. Deterministic for a fixed `rng`. `vocab_limit`: only ids below it are
+  drawn (a vocabulary padded above its tokenizer's).
 
   Returns:
     int32 [batch, max_new_tokens]: after a row's stop token (kept), `pad_id`.
@@ -156,15 +158,17 @@ def generate(model, params, prompt, *, max_new_tokens: int, rng, temperature: fl
   decoder, tokens, pads = _prepare(model, prompt, max_new_tokens, temperature, top_k, top_p,
                                    bucket, pad_id)
   return _generate(decoder, params, tokens, pads, rng, max_new_tokens, temperature, top_k,
-                   top_p, tuple(stop_tokens), pad_id)
+                   top_p, tuple(stop_tokens), pad_id, vocab_limit)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11))
 def _generate(decoder, params, tokens, pads, rng, max_new_tokens, temperature, top_k, top_p,
-              stop_tokens, pad_id):
+              stop_tokens, pad_id, vocab_limit):
   batch, length = tokens.shape
   total = length + max_new_tokens
-  sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  sample = draw if vocab_limit is None else lambda logits, key: draw(
+      jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf), key)
   stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
   logits, cache = _prefill(decoder, params, tokens, pads, max_new_tokens)
   first = sample(logits, jax.random.fold_in(rng, 0)).astype(jnp.int32)

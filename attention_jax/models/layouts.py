@@ -7,7 +7,9 @@ Stacked (`scan_layers=True`): one subtree per stack, "blocks" (or `encoder_block
 `decoder_blocks`), whose arrays have a leading `layers` axis (nn.scan). With mixed
 `layer_types` of period p the stack holds groups: "blocks/layer_<j>" has layers j, j + p,
 j + 2p, ... along its leading axis, and the depth % p layers above the last whole group stay
-unrolled (`block_<i>`). Checkpoints, Hugging Face conversion and fine-tuning read either:
+unrolled (`block_<i>`). A config's first_k_dense_replace layers (DeepSeek's dense ones) stay
+unrolled below the stack, which starts at layer k. Checkpoints, Hugging Face conversion and
+fine-tuning read either:
 `to_layout` converts a parameter tree to the layout of a target.
 """
 
@@ -54,12 +56,14 @@ class LayerGroups:
     prefixes = prefixes or (("block_", config.depth),)
     period = config.layer_period()
     blocks, layers, stacks, first = [], [], [], 0
+    head = config.first_k_dense_replace if config.scan_layers else 0  # unrolled below
     for prefix, count in prefixes:
-      scanned = count // period * period if config.scan_layers else 0
+      scanned = (count - head) // period * period if config.scan_layers else 0
       if scanned:
-        stacks.append((stack_name(prefix), first, scanned, period))
-      blocks += [f"{prefix}{i}" for i in range(scanned, count)]
-      layers += range(first + scanned, first + count)
+        stacks.append((stack_name(prefix), first + head, scanned, period))
+      unrolled = [*range(head), *range(head + scanned, count)] if scanned else range(count)
+      blocks += [f"{prefix}{i}" for i in unrolled]
+      layers += [first + i for i in unrolled]
       first += count
     projections = {"query", "key", "value", "out", "fc1", "fc2"} | (
         {"gate"} if config.gated_mlp else set())
@@ -111,14 +115,17 @@ def group_period(stacked: dict) -> int:
   return len(names) if grouped else 1
 
 
-def stack(params: dict, period: int = 1) -> dict:
-  """Unrolled -> stacked: each `<prefix>0 .. <prefix>{L-1}` becomes one module (`stack_name`)
-  whose arrays have a leading axis; with `period` > 1 (the config's `layer_period()`), one
+def stack(params: dict, period: int = 1, first: int = 0) -> dict:
+  """Unrolled -> stacked: each `<prefix>first .. <prefix>{L-1}` becomes one module
+  (`stack_name`) whose arrays have a leading axis, the `first` below left unrolled (the
+  config's first_k_dense_replace); with `period` > 1 (the config's `layer_period()`), one
   `layer_<j>` per position in the period, over the whole groups, the rest left unrolled."""
   for prefix in block_prefixes(params):
     names = sorted((n for n in params if n.startswith(prefix) and n[len(prefix):].isdigit()),
-                   key=lambda n: int(n[len(prefix):]))
+                   key=lambda n: int(n[len(prefix):]))[first:]
     names = names[:len(names) // period * period]
+    if not names:  # every block stays unrolled (first_k_dense_replace = depth)
+      continue
     stack_of = lambda group: jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in group])
     stacked = stack_of(names) if period == 1 else {
         f"{GROUP_MEMBER}{j}": stack_of(names[j::period]) for j in range(period)}
@@ -134,20 +141,31 @@ def unstack(params: dict, prefix: str) -> dict:
     stacked, period = params[name], group_period(params[name])
     groups = jax.tree.leaves(stacked)[0].shape[0]
     unrolled_prefix = prefix if name == STACKED else name + "_"
+    head = _unrolled_below(params, unrolled_prefix)
     member = (lambda i: stacked) if period == 1 else (
         lambda i: stacked[f"{GROUP_MEMBER}{i % period}"])
     params = {**{k: v for k, v in params.items() if k != name},
-              **{f"{unrolled_prefix}{i}": jax.tree.map(lambda x, i=i: x[i // period],
-                                                       member(i))
+              **{f"{unrolled_prefix}{head + i}": jax.tree.map(lambda x, i=i: x[i // period],
+                                                              member(i))
                  for i in range(groups * period)}}
   return params
+
+
+def _unrolled_below(params: dict, prefix: str) -> int:
+  """How many blocks `<prefix>0, <prefix>1, ...` lie unrolled below a stack in `params`
+  (a config's first_k_dense_replace; 0 when the stack starts at the bottom)."""
+  count = 0
+  while f"{prefix}{count}" in params:
+    count += 1
+  return count
 
 
 def to_layout(params: dict, like: dict, prefix: str = "block_") -> dict:
   """`params` in the layout of `like` (a parameter tree or its shapes); `prefix` names
   unrolled blocks when `params` is stacked and `like` is not (default: `like`'s own)."""
   if is_stacked(like) and not is_stacked(params):
-    return stack(params, max(group_period(v) for k, v in like.items() if is_stack(k)))
+    head = max((_unrolled_below(like, p) for p in block_prefixes(like)), default=0)
+    return stack(params, max(group_period(v) for k, v in like.items() if is_stack(k)), head)
   if is_stacked(params) and not is_stacked(like):
     single = [p for p in block_prefixes(like) if p in _SINGLE_PREFIXES]
     return unstack(params, single[0] if single else prefix)

@@ -213,7 +213,8 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
   else:
     tokenizer = PretrainedTokenizer.from_directory(directory, _max_length(directory, model))
   if target.config.scan_layers:
-    params = layouts.stack(params, target.config.layer_period())
+    params = layouts.stack(params, target.config.layer_period(),
+                           target.config.first_k_dense_replace)
   return target, params, tokenizer
 
 

@@ -212,7 +212,8 @@ def initial_params(model, inputs, rng, loaded: dict) -> dict:
   a seed gives the same model in either layout."""
   if model.config.scan_layers:
     params = with_options(model, scan_layers=False).init(rng, *inputs)["params"]
-    params = layouts.stack(params, model.config.layer_period())
+    params = layouts.stack(params, model.config.layer_period(),
+                           model.config.first_k_dense_replace)
   else:
     params = model.init(rng, *inputs)["params"]
   if not loaded:

@@ -57,10 +57,24 @@ def model_flops_per_token(config, parameters: int, seq_len: int) -> float:
   return 6.0 * matmuls + attention
 
 
+class DoesNotFit(ValueError):
+  """The compiler refused the step: it needs more memory per device than the device has."""
+
+
 def plan(config, topology: str | None = None) -> dict:
   """Compiles `config`'s train step for its mesh; returns what one device needs. With a
-  TPU `topology` the step is compiled by the TPU compiler for that slice."""
-  built = setup(config, devices=topology_devices(topology) if topology else None)
+  TPU `topology` the step is compiled by the TPU compiler for that slice, which refuses a
+  step that does not fit its HBM (`DoesNotFit`, with the compiler's numbers)."""
+  try:
+    built = setup(config, devices=topology_devices(topology) if topology else None)
+  except jax.errors.JaxRuntimeError as error:
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    raise DoesNotFit(
+        f"the step does not fit{f' on {topology}' if topology else ''}: "
+        f"{str(error).splitlines()[0].split('RESOURCE_EXHAUSTED: ')[-1]} Shard it further "
+        "(fsdp, expert, tensor), use remat, a smaller batch or the capacity dispatch."
+    ) from None
   runner, task, compiled = built.runner, built.task, built.train_step
   shapes, shardings = runner.shapes, runner.state_sharding
   memory = parallel.memory_analysis(compiled) or {}

@@ -119,3 +119,14 @@ def test_lora_adapts_the_query_and_output_of_latent_attention():
   with pytest.raises(ValueError, match="name key/value projections, which multi-head latent "
                      "attention does not have"):
     models.with_options(model, lora=lora_lib.LoraSpec()).init(jax.random.key(0), tokens)
+
+
+def test_fsdp_splits_every_latent_projection():
+  """Every matrix of latent attention has a dimension on FSDP's `embed` axis: the
+  up-projections' latent side too, so fsdp=N holds 1/N of them (DeepSeek-V3's 3.3B
+  up-projection parameters were whole on every device before)."""
+  from attention_jax.layers import partitioning
+  model, params, _ = _model_and_params()
+  axes = partitioning.logical_axes(params)["block_0"]["attention"]
+  for name in ("query_down", "query_up", "kv_down", "kv_up", "out"):
+    assert "embed" in tuple(axes[name]["kernel"]), (name, axes[name]["kernel"])

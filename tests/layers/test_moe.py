@@ -293,7 +293,8 @@ def _rule(load, rate=0.01):
 def test_shared_experts_and_dense_first_layers():
   """DeepSeek's n_shared_experts (a dense SwiGLU every token takes) and first_k_dense_replace;
   Qwen2-MoE's sigmoid gate on the shared expert. The shared path's output is the difference
-  from the routed experts alone."""
+  from the routed experts alone. Under scan_layers the dense layers stay unrolled below the
+  stack, with the same outputs, and the layouts convert both ways."""
   model = models.create("mixtral-tiny", depth=3, n_shared_experts=2, first_k_dense_replace=1,
                         shared_expert_gate=True, expert_mlp_dim=8)
   params = model.init(jax.random.key(0), *model.example_inputs())["params"]
@@ -313,5 +314,15 @@ def test_shared_experts_and_dense_first_layers():
       {"params": mlp["shared_experts"]}, x)
   gate = jax.nn.sigmoid(x @ mlp["shared_expert_gate"]["kernel"])
   np.testing.assert_allclose(both, routed + gate * shared, atol=1e-5)
-  with pytest.raises(ValueError, match="scan_layers needs every layer alike"):
-    models.create("mixtral-tiny", first_k_dense_replace=1, scan_layers=True)
+  from attention_jax.models import layouts
+  scanned = models.with_options(model, scan_layers=True)
+  stacked = layouts.to_layout(params, jax.eval_shape(
+      lambda: scanned.init(jax.random.key(0), *scanned.example_inputs()))["params"])
+  assert set(stacked) >= {"block_0", "blocks"} and "block_1" not in stacked
+  assert stacked["blocks"]["mlp"]["experts"]["gate"].shape == (2, 4, 32, 8)  # layers 1, 2
+  tokens = scanned.example_inputs()[0]
+  np.testing.assert_allclose(scanned.apply({"params": stacked}, tokens),
+                             model.apply({"params": params}, tokens), atol=1e-5)
+  assert jax.tree.all(jax.tree.map(np.array_equal, layouts.to_layout(stacked, params), params))
+  groups = scanned.layer_groups()
+  assert groups.blocks == ("block_0",) and groups.stacks == (("blocks", 1, 2, 1),)

@@ -144,6 +144,12 @@ def test_hugging_face_checkpoints_load_export_and_generate_alike(tmp_path, case)
   assert want[real].std() > 0.5  # a test that uniform logits could not pass
   got = _our_logits(model, params, tokens, mask, positions)
   np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
+  if model.config.first_k_dense_replace:  # DeepSeek: scanned, its dense layers below
+    scanned, stacked, _ = pretrained.load(str(tmp_path / "hf"), scan_layers=True)
+    assert "block_0" in stacked and ("blocks" in stacked) == (
+        model.config.first_k_dense_replace < model.config.depth)
+    np.testing.assert_allclose(_our_logits(scanned, stacked, tokens, mask, positions)[real],
+                               got[real], atol=1e-5)
 
   # The reverse: ours exported (sharded, to exercise the index) and loaded by transformers.
   pretrained.export(model, params, str(tmp_path / "ours"), max_shard_bytes=40_000)

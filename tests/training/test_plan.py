@@ -79,6 +79,23 @@ def test_model_flops_count_the_chosen_experts_only(data_dir):
   assert (mixture["model_flops_per_token"] - dense["model_flops_per_token"]) == routers
 
 
+def test_a_step_the_compiler_refuses_for_memory_is_a_plan_that_does_not_fit(monkeypatch):
+  """The TPU compiler refuses a step over its HBM (XLA:CPU never does): the plan says so
+  with the compiler's numbers, as the message libtpu 0.0.42.1 gave for DeepSeek-V3 dropless
+  on v5p:8x8x8."""
+  import jax
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
+             "HLO temporaries (225.90G) exceeds available HBM (95.74G).")
+  def refuse(config, devices=None):
+    raise jax.errors.JaxRuntimeError(message)
+  monkeypatch.setattr(plan, "setup", refuse)
+  monkeypatch.setattr(plan, "topology_devices", lambda name: [])
+  with pytest.raises(plan.DoesNotFit, match=r"the step does not fit on v5p:8x8x8: Ran out "
+                     r"of memory on HBM, .*\(225.90G\) exceeds available HBM \(95.74G\)\. "
+                     "Shard it further"):
+    plan.plan(None, "v5p:8x8x8")
+
+
 def test_bad_meshes_fail_before_compiling_naming_the_axis(data_dir):
   with pytest.raises(ValueError, match="has 6 devices but the run has 8"):
     plan.plan(wide_tiny(data_dir, **{"mesh.data": 3, "mesh.tensor": 2}))

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from attention_jax import models
 from attention_jax.training import NonFiniteError, train_and_evaluate
 from attention_jax.training import workdir as workdir_lib
 from attention_jax.training import metrics as metrics_lib
@@ -89,6 +90,34 @@ def test_nan_guard_names_the_step_and_keeps_last_good_checkpoint(tmp_path, data_
 def test_config_errors_are_clear(tmp_path, data_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
     train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "bad"))
+
+
+def test_a_padded_vocabulary_is_never_sampled(tmp_path, data_dir):
+  """config.model.vocab_size above the tokenizer's 256 bytes: the model's table has 384
+  rows; with the padded rows' logits made the largest, sampling still draws only real
+  bytes; a vocabulary below the tokenizer's is refused."""
+  from attention_jax.training.tasks.language_model import LanguageModelTask
+  config = tiny_config(data_dir, **{"model.vocab_size": 384})
+  config.sample.temperature = 1.0
+  os.makedirs(tmp_path / "run")
+  task = LanguageModelTask(config, str(tmp_path / "run"))
+  model = task.model()
+  assert model.config.vocab_size == 384 and model.config.tie_embeddings
+  params = model.init(jax.random.key(0), *task.init_inputs())["params"]
+  table = params["embed"]["token"]["embedding"]  # tied: real ids' logits 0, padded +-50 x
+  direction = jax.random.normal(jax.random.key(2), table.shape[1:])  # (hidden . direction)
+  table = table.at[:256].set(0.0).at[256:320].set(50 * direction).at[320:].set(-50 * direction)
+  params["embed"]["token"]["embedding"] = table
+  prompt = np.zeros((1, 4), np.int32)
+  drawn = lambda limit: models.generate(model, params, prompt, max_new_tokens=8,
+                                        rng=jax.random.key(1), vocab_limit=limit)
+  assert (drawn(None) >= 256).all() and (drawn(256) < 256).all()
+  text = task.sample(model, params, jax.random.key(1))
+  assert text.startswith("And God said, ") and len(text.encode()) > len("And God said, ")
+  config.model.vocab_size = 100
+  with pytest.raises(ValueError, match="config.model.vocab_size=100 is smaller than the "
+                     "tokenizer's 256 ids"):
+    LanguageModelTask(config, str(tmp_path / "run")).model()
 
 
 def test_bfloat16_compute_keeps_float32_parameters(tmp_path, data_dir):

@@ -74,8 +74,18 @@ class LanguageModelTask(Task):
 
   def model(self, **overrides):
     options = {"max_len": self.seq_len, **model_options(self.config, self.base), **overrides,
-               "vocab_size": self.tokenizer.vocab_size}
+               "vocab_size": self.vocab_size()}
     return models.create(self.config.model.preset, **options)
+
+  def vocab_size(self) -> int:
+    """The model's vocabulary: the tokenizer's, or `config.model.vocab_size` when set,
+    padded above it (as published models pad theirs; the padded ids never occur in the data
+    and are never sampled)."""
+    wanted = self.config.model.get("vocab_size") or self.tokenizer.vocab_size
+    if wanted < self.tokenizer.vocab_size:
+      raise ValueError(f"config.model.vocab_size={wanted} is smaller than the tokenizer's "
+                       f"{self.tokenizer.vocab_size} ids; leave it unset or pad it above.")
+    return wanted
 
   def init_inputs(self):
     return (jnp.zeros((1, self.seq_len), jnp.int32),)
@@ -128,7 +138,8 @@ class LanguageModelTask(Task):
     limit = model.config.max_len - prompt.shape[1]
     tokens = models.generate(model, params, prompt,
                              max_new_tokens=min(cfg.max_new_tokens, limit), rng=rng,
-                             temperature=cfg.temperature, top_k=cfg.top_k or None)
+                             temperature=cfg.temperature, top_k=cfg.top_k or None,
+                             vocab_limit=self.tokenizer.vocab_size)
     return cfg.prompt + self.tokenizer.decode(np.asarray(tokens[0]))
 
 
@@ -156,7 +167,7 @@ class TransformerXLTask(LanguageModelTask):
   def model(self, **overrides):
     return models.create(self.config.model.preset,
                          **{**model_options(self.config, self.base), **overrides,
-                            "vocab_size": self.tokenizer.vocab_size})
+                            "vocab_size": self.vocab_size()})
 
   def items_per_example(self) -> int:
     return self.seq_len * self.segments
