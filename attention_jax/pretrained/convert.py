@@ -134,17 +134,30 @@ def _names(items, limit: int = 12) -> str:
   return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def stack_on_host(path: Path, stacked, index: int, array: np.ndarray, shape: tuple):
+  """`tensors_to_params`' default `place_slice`: slices gathered in a host array."""
+  del path
+  if stacked is None:
+    stacked = np.empty(shape, array.dtype)
+  stacked[index] = array
+  return stacked
+
+
 def tensors_to_params(tensors: Mapping, rules: list[Rule], expected_shapes: dict,
                       ignore: tuple[str, ...] = (), source: str = "checkpoint",
-                      place: Callable[[Path, np.ndarray], object] = lambda path, a: a) -> dict:
+                      place: Callable[[Path, np.ndarray], object] = lambda path, a: a,
+                      place_slice: Callable | None = None) -> dict:
   """Our nested parameter dict from HF `tensors` {name: array}, read one tensor at a time.
 
   `expected_shapes` {path: shape} (from the model's `eval_shape`) must be covered exactly;
   `ignore` holds glob patterns of HF tensors that are buffers, not parameters. Missing,
   unexpected and mis-shaped tensors raise one ValueError that names them all. `place`
   turns each converted array into the stored value (e.g. a device array) as soon as it is
-  read, so the host holds one tensor at a time (a parameter assembled from slices, one per
-  expert, is placed once whole).
+  read, so the host holds one tensor at a time. A parameter stacked from slices (one HF
+  tensor per expert) is built by place_slice(path, stacked or None, index, slice, shape)
+  -> stacked, called as each slice is read (e.g. into a sharded device array, so the host
+  holds one expert's tensor at a time); by default (`stack_on_host`) it is gathered on the
+  host and placed once whole.
   """
   rules = _chosen(rules, tensors)
   missing = [r.hf_name for r in rules if r.hf_name not in tensors]
@@ -159,24 +172,28 @@ def tensors_to_params(tensors: Mapping, rules: list[Rule], expected_shapes: dict
   if problems:
     raise ValueError(f"{source} does not match the model its config.json describes; "
                      + "; ".join(problems) + ".")
-  flat, wrong, slices = {}, [], {}
+  flat, wrong, stacked, filled = {}, [], {}, {}
   for rule in rules:
     for path, array in zip(rule.paths, rule.to_ours(np.asarray(tensors[rule.hf_name]))):
       if _sliced(path):
         base, index = _sliced(path)
-        slices.setdefault(base, {})[index] = array
+        shape = tuple(expected_shapes.get(base, ()))
+        if not shape or array.shape != shape[1:] or not 0 <= index < shape[0]:
+          wrong.append(f"{'/'.join(base)}[{index}] {array.shape} (model: {shape})")
+          continue
+        stacked[base] = (place_slice or stack_on_host)(base, stacked.get(base), index, array,
+                                                       shape)
+        filled.setdefault(base, set()).add(index)
+        if place_slice is None and len(filled[base]) == shape[0]:
+          flat[base] = place(base, stacked.pop(base))  # whole: placed, the host copy freed
+        elif len(filled[base]) == shape[0]:
+          flat[base] = stacked.pop(base)
         continue
       if path in expected_shapes and array.shape != tuple(expected_shapes[path]):
         wrong.append(f"{'/'.join(path)} {array.shape} (model: "
                      f"{tuple(expected_shapes[path])})")
         continue
       flat[path] = place(path, array)
-  for path, parts in slices.items():
-    array = np.stack([parts[i] for i in sorted(parts)])
-    if path in expected_shapes and array.shape != tuple(expected_shapes[path]):
-      wrong.append(f"{'/'.join(path)} {array.shape} (model: {tuple(expected_shapes[path])})")
-      continue
-    flat[path] = place(path, array)
   uncovered = [p for p in expected_shapes if p not in flat and not any(
       w.startswith("/".join(p) + " ") for w in wrong)]
   if wrong or uncovered:

@@ -6,6 +6,7 @@ files installed from PyPI, and every known file's SHA-256 is pinned here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.resources
@@ -16,6 +17,7 @@ import sys
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
+from jax import lax
 
 from attention_jax import models
 from attention_jax.layers import config as layer_config
@@ -141,6 +143,19 @@ def model_config(family, fields: dict):
   return config_class(**fields)
 
 
+def _zeros(shape, dtype, sharding):
+  return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+
+
+@functools.lru_cache(maxsize=None)
+def _set_slice(sharding):
+  """stacked.at[index].set(slice) in place (the stacked array donated), kept in `sharding`:
+  only the slice travels."""
+  return jax.jit(lambda stacked, part, index: lax.dynamic_update_index_in_dim(
+      stacked, part.astype(stacked.dtype), index, 0), donate_argnums=0,
+      out_shardings=sharding)
+
+
 def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None = None,
          dtype=None, shardings: dict | None = None, **overrides):
   """(model, params, tokenizer) of a Hugging Face checkpoint: BERT family, GPT-2, or a Llama,
@@ -194,15 +209,27 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
           file=sys.stderr)
   rules = fmt.rules(model, has_mlm_head, has_pooler, hf_config=config)
 
-  def place(path, array):
+  def cast(array):
     if dtype is not None and safetensors_io.is_floating(array.dtype):
-      array = array.astype(dtype)
+      return array.astype(dtype)
+    return array
+
+  def place(path, array):
     sharding = (shardings or {}).get(path)
+    array = cast(array)
     return jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
+
+  def place_slice(path, stacked, index, array, shape):  # an expert at a time, on device
+    array = cast(array)
+    sharding = (shardings or {}).get(path) or jax.sharding.SingleDeviceSharding(
+        jax.devices()[0])
+    if stacked is None:
+      stacked = _zeros(shape, array.dtype, sharding)
+    return _set_slice(sharding)(stacked, array, index)
 
   params = convert.tensors_to_params(
       tensors, rules, {p: s for p, s in expected.items() if p not in fresh}, fmt.ignore,
-      source=f"checkpoint {path_or_name!r}", place=place)
+      source=f"checkpoint {path_or_name!r}", place=place, place_slice=place_slice)
   if fresh:
     init = jax.jit(lambda: model.init(jax.random.key(0), *model.example_inputs(), **method))()
     params["pooler"] = init["params"]["pooler"]

@@ -347,3 +347,42 @@ def test_weights_keep_their_dtype_and_load_straight_into_a_mesh(tmp_path):
   assert kernel.sharding == sharding and len(kernel.addressable_shards) == 4
   np.testing.assert_array_equal(np.asarray(kernel), np.asarray(loaded["block_0"]["mlp"]["fc1"][
       "kernel"]))
+
+
+def test_experts_stream_one_tensor_at_a_time_into_their_sharded_layout(tmp_path):
+  """A mixture's checkpoint (one tensor per expert) loads with the experts' weights placed
+  straight into a mesh (experts split 4 ways): each expert's tensor is written into the
+  sharded array as soon as it is read, before the next tensor is read, and the result
+  equals the unsharded load."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from attention_jax.pretrained import convert
+  model = models.create("mixtral-tiny", num_experts=4)
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  pretrained.export(model, params, str(tmp_path))
+  _, whole, _ = pretrained.load(str(tmp_path))
+  mesh = Mesh(np.array(jax.devices()[:4]), ("expert",))
+  sharding = NamedSharding(mesh, P("expert", None, None))
+  paths = [("block_0", "mlp", "experts", name) for name in ("gate", "fc1", "fc2")]
+
+  events, read = [], convert.tensors_to_params
+  def logged(tensors, *args, place_slice, **kwargs):
+    class Reads(dict):
+      def __getitem__(self, name):
+        events.append(("read", name))
+        return tensors[name]
+    def placing(path, stacked, index, array, shape):
+      events.append(("placed", path, index))
+      return place_slice(path, stacked, index, array, shape)
+    return read(Reads({n: None for n in tensors}), *args, place_slice=placing, **kwargs)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(convert, "tensors_to_params", logged)
+    _, placed, _ = pretrained.load(str(tmp_path), shardings={p: sharding for p in paths})
+  for path in paths:
+    array = placed[path[0]][path[1]][path[2]][path[3]]
+    assert array.sharding == sharding and len(array.addressable_shards) == 4
+    np.testing.assert_array_equal(np.asarray(array),
+                                  np.asarray(whole[path[0]][path[1]][path[2]][path[3]]))
+  expert_reads = [i for i, e in enumerate(events) if e[0] == "read" and ".experts." in e[1]]
+  assert len(expert_reads) == 2 * 4 * 3  # layers x experts x (gate, up, down)
+  for i in expert_reads:  # every expert tensor is placed before anything else is read
+    assert events[i + 1][0] == "placed", events[i:i + 2]
