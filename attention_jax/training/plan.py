@@ -105,9 +105,18 @@ def plan(config, topology: str | None = None) -> dict:
   }
 
 
+def step_flops(result: dict) -> float:
+  """FLOPs per step per device for the roofline: the larger of XLA's count and the model's
+  (XLA counts a loop's body once, so scanned layers and the blocked dropless dispatch
+  undercount)."""
+  per_token = result.get("model_flops_per_token") or 0.0
+  return max(result["flops"] or 0.0,
+             per_token * result["items_per_step"] / result["devices"])
+
+
 def predict(result: dict, peak_tflops: float, hbm_gbps: float) -> dict:
   """Roofline step time (s), MFU and items/s for an accelerator with these peaks."""
-  compute = (result["flops"] or 0.0) / (peak_tflops * 1e12)
+  compute = step_flops(result) / (peak_tflops * 1e12)
   traffic = (result["bytes_accessed"] or 0.0) / (hbm_gbps * 1e9)
   step = max(compute, traffic)
   return {"step_seconds": step, "mfu": compute / step if step else None,
@@ -144,10 +153,12 @@ def describe(result: dict, peak_tflops: float, hbm_gbps: float, hbm_gib: float) 
     lines.append(f"  model FLOPs        {per_token:.4g} per token (6 x the parameters a token "
                  f"uses + attention), {per_device:.4g} per step"
                  + (f" = {per_device / flops:.2f}x XLA's count" if flops else ""))
-  if flops:
+  if flops or per_token:
     guess = predict(result, peak_tflops, hbm_gbps)
-    lines.append(f"roofline at {peak_tflops:g} TFLOP/s and {hbm_gbps:g} GB/s per device "
-                 f"(a bound: real steps are slower): >= {guess['step_seconds'] * 1e3:,.1f} "
+    counted = "the model's" if step_flops(result) > (flops or 0.0) else "XLA's"
+    lines.append(f"roofline at {peak_tflops:g} TFLOP/s and {hbm_gbps:g} GB/s per device, "
+                 f"{counted} FLOPs (a bound: real steps are slower): >= "
+                 f"{guess['step_seconds'] * 1e3:,.1f} "
                  f"ms/step ({guess['bound']} bound), MFU <= {guess['mfu']:.0%}, <= "
                  f"{guess['items_per_second']:,.0f} {result['unit']}/s")
   return "\n".join(lines)

@@ -68,7 +68,8 @@ def test_the_expert_axis_divides_the_experts_weights_and_adam_state_per_device(d
 def test_model_flops_count_the_chosen_experts_only(data_dir):
   """A dense model's count is within 10% of XLA's (which also counts the elementwise
   work); a mixture's exceeds its dense twin (one MLP as wide as the chosen experts) by
-  exactly its routers, 6 x layers x width x E."""
+  exactly its routers, 6 x layers x width x E; under scan_layers XLA's count falls (a
+  loop's body counted once) and the roofline uses the model's."""
   dense = plan.plan(tiny_config(data_dir, num_devices=1, **{"model.preset": "llama-tiny",
                                                             "model.mlp_dim": 128}))
   per_step = dense["model_flops_per_token"] * dense["items_per_step"]
@@ -77,6 +78,13 @@ def test_model_flops_count_the_chosen_experts_only(data_dir):
       "model.preset": "mixtral-tiny", "model.num_experts": 8, "model.expert_mlp_dim": 64}))
   routers = 6 * 2 * 32 * 8  # layers x width x experts
   assert (mixture["model_flops_per_token"] - dense["model_flops_per_token"]) == routers
+  # The roofline takes the larger count: XLA counts a scanned layer's body once.
+  scanned = plan.plan(tiny_config(data_dir, num_devices=1, **{
+      "model.preset": "llama-tiny", "model.mlp_dim": 128, "model.scan_layers": True}))
+  assert scanned["flops"] < 0.75 * dense["flops"]
+  assert plan.step_flops(scanned) == scanned["model_flops_per_token"] * scanned[
+      "items_per_step"]
+  assert "the model's FLOPs" in plan.describe(scanned, 100, 1000, 0)
 
 
 def test_a_step_the_compiler_refuses_for_memory_is_a_plan_that_does_not_fit(monkeypatch):
