@@ -212,7 +212,23 @@ def test_moe_dispatch_benchmark_smoke():
   from experiments.benchmarks import moe as bench
   results = {4: bench.measure(4, tokens=32, width=8, hidden=8, chosen=2, capacity_factor=1.0,
                               rounds=1, log=lambda *_: None)}
-  assert set(results[4]) == {"dropless", "capacity", "dense"}
+  assert set(results[4]) == {"dropless (blocked)", "dropless (ragged_dot)", "capacity",
+                             "dense"}
   for row in results[4].values():
     assert row["ms"] > 0 and row["compile_s"] > 0 and row["temporary_mib"] is not None
-  assert bench.table(results).count("| 4 |") == 3
+  assert bench.table(results).count("| 4 |") == 4
+
+
+def test_expert_parallel_benchmark_smoke():
+  """Both dispatches with explicit and compiler collectives on 8 fake devices, tiny: each
+  is timed and sized, and says which collectives it compiled to."""
+  from experiments.benchmarks import expert_parallel as bench
+  results = bench.measure(devices=8, experts=8, tokens=64, width=16, hidden=16,
+                          capacity_factor=1.25, rounds=1, log=lambda *_: None)
+  assert set(results) == {(d, c) for d in ("dropless", "capacity")
+                          for c in ("explicit", "compiler")}
+  for row in results.values():
+    assert row["ms"] > 0 and row["temporary_mib"] > 0
+  assert "all-to-all" in results["capacity", "explicit"]["collectives"]
+  assert "reduce-scatter" in results["dropless", "explicit"]["collectives"]
+  assert bench.table(results).count("| explicit |") == 2

@@ -18,7 +18,7 @@ VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "llama_kjv_web": [None, "tiny"], "lra_listops": [None, "lra", "tiny"],
             "lra_text": [None, "lra", "tiny"], "lra_image": [None, "lra", "tiny"],
             "lra_pathfinder": [None, "lra", "tiny"],
-            "moe_kjv": [None, "dense_active", "dense_total", "tiny"]}
+            "moe_kjv": [None, "dense_active", "dense_total", "tiny", "deepseek_v3"]}
 COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
           "checkpoint_every_steps")
 
@@ -45,3 +45,13 @@ def test_config_has_common_fields_and_a_kernel(name, variant):
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     importlib.import_module(f"configs.{name}").get_config("huge")
+
+
+def test_the_deepseek_v3_plan_variant_is_deepseek_v3_as_published():
+  """configs/moe_kjv.py:deepseek_v3 changes how DeepSeek-V3 runs, never what it is: its
+  model fields give the preset's 671,026,419,200 parameters (scanned above 3 dense layers)."""
+  from attention_jax import models
+  fields = dict(importlib.import_module("configs.moe_kjv").get_config("deepseek_v3").model)
+  preset = fields.pop("preset")
+  assert preset == "deepseek-v3" and fields["scan_layers"]
+  assert models.param_count(preset, **fields) == 671_026_419_200
