@@ -1,0 +1,130 @@
+"""Speech's front end: reading audio files and Whisper's log-mel spectrogram.
+
+    waveform = audio.read_audio("verse.flac")          # float32 [samples] at 16 kHz, mono
+    features = audio.log_mel_spectrogram(waveform)     # [3000, 80]: 30 s, channels last
+
+`log_mel_spectrogram` is Whisper's definition (a 400-sample Hann window every 160 samples,
+the power spectrum through Slaney-scale mel filters, log10 floored at 1e-10, clamped to 8
+below the maximum, then (x + 4) / 4), computed, filters included, from the formulas: numpy
+for a data pipeline, jax.numpy (on whatever device, inside a jitted step) when given a jax
+array. 80 mel bins, or 128 (large-v3).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_FFT = 400  # 25 ms
+HOP_LENGTH = 160  # 10 ms: 100 frames a second
+CHUNK_SECONDS = 30
+CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480,000 samples, 3000 frames
+
+
+def _hz_to_mel(hz):
+  """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+  hz = np.asarray(hz, np.float64)
+  linear = hz / (200.0 / 3)
+  log = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (math.log(6.4) / 27.0)
+  return np.where(hz >= 1000.0, log, linear)
+
+
+def _mel_to_hz(mel):
+  mel = np.asarray(mel, np.float64)
+  linear = mel * (200.0 / 3)
+  log = 1000.0 * np.exp((math.log(6.4) / 27.0) * (mel - 15.0))
+  return np.where(mel >= 15.0, log, linear)
+
+
+def mel_filters(n_mels: int = 80, sample_rate: int = SAMPLE_RATE,
+                n_fft: int = N_FFT) -> np.ndarray:
+  """float32 [1 + n_fft // 2, n_mels]: triangular filters evenly spaced on Slaney's mel scale
+  from 0 Hz to the Nyquist frequency, each scaled to unit area (Slaney's normalisation), as
+  librosa's `filters.mel` and Whisper's `mel_filters.npz` (so the power spectrum [..., freq]
+  times this gives [..., n_mels])."""
+  frequencies = np.linspace(0.0, sample_rate / 2, 1 + n_fft // 2)
+  edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
+  lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+  rising = (frequencies[None] - lower) / (centre - lower)
+  falling = (upper - frequencies[None]) / (upper - centre)
+  triangles = np.maximum(0.0, np.minimum(rising, falling))  # [n_mels, freq]
+  return (triangles * (2.0 / (upper - lower))).T.astype(np.float32)
+
+
+def _hann(length: int) -> np.ndarray:
+  """The periodic Hann window (torch.hann_window's default, Whisper's)."""
+  return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)).astype(np.float32)
+
+
+def log_mel_spectrogram(waveform, sample_rate: int = SAMPLE_RATE, n_mels: int = 80,
+                        pad: bool = True):
+  """[..., frames, n_mels] (float32) of waveform [..., samples] at 16 kHz, Whisper's way.
+
+  pad: zeros appended to 30 s, as Whisper's feature extractor does (3000 frames; longer
+  audio is refused, cut it into windows first); False: the waveform as it is
+  (samples // 160 frames), for training windows. A jax array is computed with jax.numpy
+  (jit-able, on its device), anything else with numpy."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  xp = jnp if isinstance(waveform, jax.Array) else np
+  if sample_rate != SAMPLE_RATE:
+    raise ValueError(f"Whisper's features are defined at {SAMPLE_RATE} Hz; got audio at "
+                     f"{sample_rate} Hz. Resample it first (audio.resample).")
+  if n_mels not in (80, 128):
+    raise ValueError(f"n_mels must be 80 (Whisper) or 128 (large-v3), got {n_mels}.")
+  waveform = xp.asarray(waveform, xp.float32)
+  samples = waveform.shape[-1]
+  if pad:
+    if samples > CHUNK_SAMPLES:
+      raise ValueError(f"{samples / SAMPLE_RATE:.2f} s of audio is longer than Whisper's "
+                       f"{CHUNK_SECONDS} s window; cut it into windows (or pass pad=False).")
+    waveform = xp.pad(waveform, [(0, 0)] * (waveform.ndim - 1)
+                      + [(0, CHUNK_SAMPLES - samples)])
+  if waveform.shape[-1] <= N_FFT // 2:
+    raise ValueError(f"{waveform.shape[-1]} samples are too few for a spectrogram "
+                     f"(more than {N_FFT // 2} needed).")
+  centred = xp.pad(waveform, [(0, 0)] * (waveform.ndim - 1) + [(N_FFT // 2, N_FFT // 2)],
+                   mode="reflect")
+  frames = waveform.shape[-1] // HOP_LENGTH  # Whisper drops the STFT's last frame
+  index = np.arange(frames)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None]
+  spectrum = xp.fft.rfft(centred[..., index] * _hann(N_FFT), axis=-1)
+  power = xp.real(spectrum) ** 2 + xp.imag(spectrum) ** 2
+  mel = xp.matmul(power.astype(xp.float32), mel_filters(n_mels))
+  log_spec = xp.log10(xp.maximum(mel, 1e-10))
+  log_spec = xp.maximum(log_spec, xp.max(log_spec, axis=(-2, -1), keepdims=True) - 8.0)
+  return ((log_spec + 4.0) / 4.0).astype(xp.float32)
+
+
+def resample(waveform: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE):
+  """float32 [..., samples] at target_rate: polyphase resampling with a Kaiser-windowed
+  (beta 5) low-pass FIR at the lower Nyquist frequency (`scipy.signal.resample_poly`)."""
+  from scipy import signal  # pylint: disable=import-outside-toplevel
+  if source_rate == target_rate:
+    return np.asarray(waveform, np.float32)
+  divisor = math.gcd(source_rate, target_rate)
+  return signal.resample_poly(np.asarray(waveform, np.float64), target_rate // divisor,
+                              source_rate // divisor, axis=-1).astype(np.float32)
+
+
+def read_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+  """float32 [samples] of an audio file (WAV, FLAC, or another format libsndfile reads),
+  its channels averaged to mono and resampled to `sample_rate` (`resample`). A missing
+  file, something that is not a regular file, or one libsndfile cannot decode raises an
+  error naming it."""
+  import soundfile  # pylint: disable=import-outside-toplevel
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no audio file at {path!r}.")
+  if not stat.S_ISREG(os.stat(path).st_mode):
+    raise ValueError(f"{path!r} is not a regular file (a FIFO or device is never opened).")
+  try:
+    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  except (RuntimeError, soundfile.LibsndfileError) as error:
+    raise ValueError(f"cannot read {path!r} as audio ({error}); WAV and FLAC are "
+                     "supported.") from None
+  if data.shape[0] == 0:
+    raise ValueError(f"{path!r} holds no samples.")
+  return resample(data.mean(axis=1), rate, sample_rate)
