@@ -72,7 +72,8 @@ class MultiHeadAttention(nn.Module):
     out_features: output width; default the query input's width.
     kernel: a registry name ("dot_product", "flash", "auto", ...) or a kernel callable.
     dropout_rate: dropout on the attention weights (kernels that support it).
-    use_bias: biases on Q/K/V (and on the output unless out_bias says otherwise).
+    use_bias: biases on Q/K/V (and on the output unless out_bias says otherwise; on the keys
+      unless key_bias says otherwise).
     position: "none", "rotary" (on q and k; `rotary_base`, `rope_scaling`), "alibi" (a bias;
       needs a bias-capable kernel) or "relative" (Transformer-XL; needs kernel="relative").
     local_window: each query sees keys within this distance of its diagonal (Mistral's
@@ -98,6 +99,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   use_bias: bool = True
   out_bias: bool | None = None  # None: use_bias
+  key_bias: bool | None = None  # None: use_bias (Whisper's keys have none)
   position: str = "none"
   rotary_base: float = 10000.0
   rope_scaling: positional.RopeScaling | None = None
@@ -130,7 +132,8 @@ class MultiHeadAttention(nn.Module):
     kv_heads, head_dim = head_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
 
     def project(x, heads, name):
-      y = nn.DenseGeneral((heads, head_dim), use_bias=self.use_bias, dtype=self.dtype,
+      bias = self.use_bias if name != "key" or self.key_bias is None else self.key_bias
+      y = nn.DenseGeneral((heads, head_dim), use_bias=bias, dtype=self.dtype,
                           param_dtype=self.param_dtype, kernel_init=self.kernel_init,
                           name=name)(x)
       return y + lora_lib.adapter_for(self, self.lora, name, x, 1, (heads, head_dim))

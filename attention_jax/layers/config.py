@@ -47,7 +47,8 @@ class TransformerConfig:
     post_norms: also normalise each sublayer's output before the residual sum,
       x + norm(f(norm(x))) (Gemma 2/3; parameters attention_post_norm, mlp_post_norm).
     activation, gated_mlp (GLU: act(gate(x)) * fc1(x), SwiGLU with "silu"), mlp_bias.
-    qkv_bias, out_bias: biases on the Q/K/V and output projections (Qwen2: True, False).
+    qkv_bias, out_bias: biases on the Q/K/V and output projections (Qwen2: True, False);
+      key_bias: on the keys (None: qkv_bias; Whisper: False).
     qk_norm: the `norm` of each head's queries and keys (over head_dim, one weight shared by
       the heads) before the rotary embedding (Qwen3, Gemma 3).
     position: "learned", "sinusoidal", "none" (embeddings) or "rotary", "alibi", "relative"
@@ -127,6 +128,7 @@ class TransformerConfig:
   mlp_bias: bool = True
   qkv_bias: bool = True
   out_bias: bool = True
+  key_bias: bool | None = None
   qk_norm: bool = False
   position: str = "none"
   rotary_base: float = 10000.0

@@ -49,6 +49,8 @@ PROJECTIONS = {
     "shared_expert_gate": (("embed",), (None,)),  # Qwen-MoE's gate on the shared experts
     "cluster": (("embed",), (None,)),  # Transformer-XL's adaptive softmax clusters
     "projection": ((None, None, None), ("embed",)),  # ViT's patch convolution
+    "conv1": ((None, None), ("embed",)),  # Whisper's convolutions over the mel frames
+    "conv2": ((None, None), ("embed",)),
 }
 EMBEDDINGS = {"token": ("vocab", "embed"), "position": (None, "embed"),
               "token_type": (None, "embed")}

@@ -69,7 +69,7 @@ class TransformerBlock(nn.Module):
     return layer(
         **latent, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
         kernel=c.kernel, dropout_rate=c.attention_dropout_rate, use_bias=c.qkv_bias,
-        out_bias=c.out_bias, position=position,
+        out_bias=c.out_bias, key_bias=c.key_bias, position=position,
         rotary_base=c.local_rotary_base if own_rotary else c.rotary_base,
         rope_scaling=None if own_rotary else c.rope_scaling,
         local_window=c.local_window if local else None,

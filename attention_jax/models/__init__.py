@@ -16,9 +16,10 @@ from attention_jax.models.presets import (PRESETS, active_param_count, config_cl
 from attention_jax.models.transformer_xl import (TransformerXL, TransformerXLConfig,
                                                  adaptive_log_probs)
 from attention_jax.models.vit import ViT, ViTConfig
+from attention_jax.models.whisper import Whisper, WhisperConfig
 
 __all__ = ["Bert", "BertConfig", "Deepseek", "DeepseekConfig", "EncoderDecoder", "EncoderDecoderConfig", "GPT", "GPTConfig",
            "Gemma", "GemmaConfig", "Llama", "LlamaConfig", "Mixtral", "MixtralConfig", "PRESETS", "TransformerXL", "TransformerXLConfig", "ViT",
-           "ViTConfig", "active_param_count", "adaptive_log_probs", "beam_search",
+           "ViTConfig", "Whisper", "WhisperConfig", "active_param_count", "adaptive_log_probs", "beam_search",
            "config_class", "create", "generate", "generate_stream", "greedy_decode", "names",
            "param_count", "sample_logits", "with_options"]

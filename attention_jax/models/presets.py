@@ -25,6 +25,7 @@ from attention_jax.models.llama import Llama
 from attention_jax.models.mixtral import Mixtral
 from attention_jax.models.transformer_xl import TransformerXL
 from attention_jax.models.vit import ViT
+from attention_jax.models.whisper import Whisper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ _QWEN3 = dict(vocab_size=151936, max_len=40960, num_kv_heads=8, head_dim=128, ln
               rotary_base=1e6, qk_norm=True)
 
 _DEEPSEEK = dict(max_len=163840, rotary_base=10000.0)
+_WHISPER = dict(vocab_size=51865, max_len=448, n_mels=80, max_source_positions=1500)
 
 
 def _deepseek_yarn(mscale: float) -> RopeScaling:
@@ -200,6 +202,19 @@ PRESETS: dict[str, Preset] = {
                           num_heads=4, num_kv_heads=2, mlp_dim=64),
     "transformer-tiny": _preset(EncoderDecoder, "test size", vocab_size=128, max_len=64,
                                 width=32, depth=2, decoder_depth=2, num_heads=4, mlp_dim=64),
+    "whisper-tiny": _preset(Whisper, "openai/whisper-tiny", **_WHISPER, width=384, depth=4,
+                            num_heads=6, mlp_dim=1536),
+    "whisper-base": _preset(Whisper, "openai/whisper-base", **_WHISPER, width=512, depth=6,
+                            num_heads=8, mlp_dim=2048),
+    "whisper-small": _preset(Whisper, "openai/whisper-small", **_WHISPER, width=768,
+                             depth=12, num_heads=12, mlp_dim=3072),
+    "whisper-medium": _preset(Whisper, "openai/whisper-medium", **_WHISPER, width=1024,
+                              depth=24, num_heads=16, mlp_dim=4096),
+    "whisper-large-v3": _preset(Whisper, "openai/whisper-large-v3 (128 mel bins)",
+                                **{**_WHISPER, "vocab_size": 51866, "n_mels": 128}, width=1280,
+                                depth=32, num_heads=20, mlp_dim=5120),
+    "whisper-test-tiny": _preset(Whisper, "test size", vocab_size=128, max_len=32, width=32,
+                                 depth=2, num_heads=4, mlp_dim=64, max_source_positions=64),
     "transformer-xl-tiny": _preset(TransformerXL, "test size", vocab_size=128, width=32,
                                    depth=2, num_heads=4, mlp_dim=64, mem_len=16,
                                    cutoffs=(32, 64)),

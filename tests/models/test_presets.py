@@ -57,6 +57,16 @@ PUBLISHED = {  # the reference each preset reproduces: see models.PRESETS[name].
     "llama-tiny": 26_784,
     "mixtral-tiny": 33_184,
     "transformer-tiny": 46_848,
+    # Whisper (model cards: 39M, 74M, 244M, 769M, 1.55B): transformers'
+    # WhisperForConditionalGeneration on the meta device from the published configs, less
+    # its encoder's frozen 1500-position sinusoid table, which we compute
+    # (tests/models/test_whisper.py checks these against transformers itself)
+    "whisper-tiny": 37_184_640,
+    "whisper-base": 71_825_920,
+    "whisper-small": 240_582_912,
+    "whisper-medium": 762_321_920,
+    "whisper-large-v3": 1_541_570_560,
+    "whisper-test-tiny": 58_624,
     "transformer-xl-tiny": 23_234,
     "vit-tiny": 18_602,
 }
