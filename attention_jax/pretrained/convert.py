@@ -221,7 +221,9 @@ def params_to_entries(params: dict, rules: list[Rule], dtype=None) -> list[tuple
   entries = []
   for rule in rules:
     make = lambda rule=rule: rule.to_hf(*(np.asarray(value(p)) for p in rule.paths))
-    stored = np.dtype(value(rule.paths[0]).dtype)
+    # A rule with no parameter writes a constant (Whisper's position table) in the
+    # parameters' dtype.
+    stored = np.dtype((value(rule.paths[0]) if rule.paths else next(iter(flat.values()))).dtype)
     floating = stored in (np.float64, np.float32, np.float16, ml_dtypes.bfloat16)
     out = np.dtype(dtype) if dtype is not None and floating else stored
     entries.append((rule.hf_name, make().shape, out, make))  # the shape: made and dropped

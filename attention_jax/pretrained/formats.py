@@ -47,6 +47,7 @@ from attention_jax.pretrained import convert
 from attention_jax.pretrained.convert import (bias_to_heads, fused_to_heads, heads_to_linear,
                                               linear, linear_to_heads, same)
 from attention_jax.pretrained.json_file import JsonObject
+from attention_jax.pretrained.whisper_format import WhisperFormat
 
 # HF activation names <-> ours (HF "gelu" is the exact erf GELU; "gelu_new" the tanh one).
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -1038,7 +1039,7 @@ class DeepseekFormat:
                           functools.partial(_latent_attention_rules, interleaved=interleaved))
 
 
-FORMATS = {"bert": BertFormat, "gpt2": Gpt2Format,
+FORMATS = {"bert": BertFormat, "gpt2": Gpt2Format, "whisper": WhisperFormat,
            **{model_type: LlamaFormat for model_type in LlamaFormat.model_types},
            **{model_type: GemmaFormat for model_type in GemmaFormat.model_types},
            **{model_type: DeepseekFormat for model_type in DeepseekFormat.model_types},
@@ -1057,7 +1058,7 @@ def for_model_type(model_type: str):
                      "Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, "
                      "Gemma3ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM, "
                      "MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, "
-                     "GptOssForCausalLM).")
+                     "GptOssForCausalLM, WhisperForConditionalGeneration).")
   return FORMATS[model_type]
 
 
@@ -1077,11 +1078,11 @@ _FAMILY_ONLY = {
 def for_model(model):
   c = model.config
   fmt = next((fmt for fmt in (BertFormat, Gpt2Format, GemmaFormat, DeepseekFormat,
-                              MixtralFormat, LlamaFormat) if isinstance(model, fmt.family)),
-             None)
+                              MixtralFormat, LlamaFormat, WhisperFormat)
+               if isinstance(model, fmt.family)), None)
   if fmt is None:
     raise ValueError(f"no Hugging Face format for {type(model).__name__}; exportable: Bert, "
-                     "GPT, Llama, Gemma, Deepseek, Mixtral.")
+                     "GPT, Llama, Gemma, Deepseek, Mixtral, Whisper.")
   for families, defaults in _FAMILY_ONLY.items():
     unexpressed = [f"{f}={getattr(c, f)!r}" for f, default in defaults.items()
                    if getattr(c, f) != default]
