@@ -89,3 +89,16 @@ def test_features_that_do_not_fit_say_why():
     model.apply({"params": params}, jnp.zeros((1, 60, 128)), tokens)
   with pytest.raises(ValueError, match="130 frames exceed the encoder's 128"):
     model.apply({"params": params}, jnp.zeros((1, 130, 80)), tokens)
+
+
+def test_greedy_decoding_continues_the_prompt_within_the_decoders_positions():
+  from attention_jax.models import whisper_decoding
+  model, params, features, tokens = _model_and_inputs()
+  prompt = tokens[:, :3]
+  out = whisper_decoding.greedy(model, params, features, prompt, max_new_tokens=5, eos_id=-1)
+  assert out.shape == (2, 5)
+  logits = model.apply({"params": params}, features, jnp.concatenate([prompt, out], axis=1))
+  np.testing.assert_array_equal(out, jnp.argmax(logits[:, 2:-1], axis=-1))  # teacher-forced
+  with pytest.raises(ValueError, match="a prompt of 3 tokens and 40 new ones exceed the "
+                     "decoder's 32 positions"):
+    whisper_decoding.greedy(model, params, features, prompt, max_new_tokens=40, eos_id=2)

@@ -82,3 +82,38 @@ def test_whisper_checkpoints_we_cannot_hold_say_why(tmp_path):
     pretrained.load(str(tmp_path / "positions"))
   config = json.loads((tmp_path / "positions" / "config.json").read_text())
   assert config["model_type"] == "whisper"
+
+
+def test_greedy_transcription_equals_transformers_generate(tmp_path):
+  """The forced prompt (start, language, task, no-timestamps tokens), suppressed tokens
+  and begin-suppressed ones, 12 new tokens: the same tokens as transformers' generate."""
+  from attention_jax.models import whisper_decoding
+  hf = _hf_whisper(seed=3, init_std=0.3)  # a random model that does not repeat one token
+  hf.save_pretrained(tmp_path / "hf")
+  model, params, _ = pretrained.load(str(tmp_path / "hf"))
+  features, _ = _inputs(hf)
+  prompt = np.array([[1, 10, 11, 12]] * 2)
+  suppress, begin_suppress = (82, 84), (2, 12)  # each chosen where it is not suppressed
+  with torch.no_grad():
+    want = hf.generate(input_features=torch.tensor(features),
+                       decoder_input_ids=torch.tensor(prompt), max_new_tokens=12,
+                       do_sample=False, num_beams=1, suppress_tokens=list(suppress),
+                       begin_suppress_tokens=list(begin_suppress)).numpy()
+  got = whisper_decoding.greedy(model, params, features.transpose(0, 2, 1), prompt,
+                                max_new_tokens=12, eos_id=2, suppress=suppress,
+                                begin_suppress=begin_suppress)
+  assert len(set(want.ravel().tolist())) > 2  # not one token repeated
+  np.testing.assert_array_equal(np.asarray(got), want[:, -12:])
+  # A row that emits the end token (80, row 0's 3rd) is finished: pad tokens follow.
+  with torch.no_grad():
+    want = hf.generate(input_features=torch.tensor(features),
+                       decoder_input_ids=torch.tensor(prompt), max_new_tokens=12,
+                       do_sample=False, num_beams=1, suppress_tokens=list(suppress),
+                       begin_suppress_tokens=list(begin_suppress), eos_token_id=80,
+                       pad_token_id=0).numpy()
+  got = whisper_decoding.greedy(model, params, features.transpose(0, 2, 1), prompt,
+                                max_new_tokens=12, eos_id=80, suppress=suppress,
+                                begin_suppress=begin_suppress)
+  assert (want[0, -10:] == 0).all() and want[1, -1] != 0
+  assert got[0, 2] == 80  # we keep the end token; transformers' Whisper returns it as pad
+  np.testing.assert_array_equal(np.where(np.asarray(got) == 80, 0, got), want[:, -12:])

@@ -1,0 +1,72 @@
+"""Decoding Whisper: the encoder once, then the decoder token by token with its KV cache.
+
+    tokens = whisper_decoding.greedy(model, params, features, prompt, max_new_tokens=224,
+                                     eos_id=50257, suppress=..., begin_suppress=...)
+
+`prompt` [batch, p] is the forced start, e.g. <|startoftranscript|><|en|><|transcribe|>
+<|notimestamps|>. At every step the `suppress` ids are never chosen, and at the first step
+neither are the `begin_suppress` ids (Whisper's blank and end-of-text), as Whisper's
+decoding rules say; a row that emits `eos_id` keeps it and is padded with `pad_id` after.
+Tested equal to transformers' `generate` (tests/pretrained/test_whisper_parity.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention_jax.layers.config import with_options
+from attention_jax.models.generation import init_cache
+
+
+def _masked(logits, ids: tuple[int, ...]):
+  if not ids:
+    return logits
+  return logits.at[..., jnp.asarray(ids)].set(-jnp.inf)
+
+
+def greedy(model, params, features, prompt, *, max_new_tokens: int, eos_id: int,
+           suppress: tuple[int, ...] = (), begin_suppress: tuple[int, ...] = (),
+           pad_id: int = 0):
+  """int32 [batch, max_new_tokens]: the greedy continuation of `prompt` [batch, p] given
+  `features` [batch, frames, n_mels] (`data.audio.log_mel_spectrogram`)."""
+  limit = model.config.max_len
+  if prompt.shape[1] + max_new_tokens > limit:
+    raise ValueError(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones "
+                     f"exceed the decoder's {limit} positions; ask for fewer tokens.")
+  return _greedy(with_options(model, decode=True), params, jnp.asarray(features),
+                 jnp.asarray(prompt, jnp.int32), max_new_tokens, eos_id, tuple(suppress),
+                 tuple(begin_suppress), pad_id)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8))
+def _greedy(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
+            begin_suppress, pad_id):
+  batch, length = prompt.shape
+  encoder = with_options(decoder, decode=False)
+  encoded = encoder.apply({"params": params}, features, method=encoder.encode)
+  cache = init_cache(decoder, features, jnp.zeros((batch, length + max_new_tokens),
+                                                  jnp.int32))
+
+  def logits_of(tokens, cache):
+    logits, state = decoder.apply({"params": params, "cache": cache}, tokens, encoded,
+                                  method=decoder.decode_logits, mutable=["cache"])
+    return _masked(logits[:, -1], suppress), state["cache"]
+
+  logits, cache = logits_of(prompt, cache)
+  first = jnp.argmax(_masked(logits, begin_suppress), axis=-1).astype(jnp.int32)
+
+  def step(carry, _):
+    token, cache, done = carry
+    logits, cache = logits_of(token[:, None], cache)
+    following = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    done = done | (token == eos_id)
+    following = jnp.where(done, pad_id, following)
+    return (following, cache, done), following
+
+  _, rest = lax.scan(step, (first, cache, jnp.zeros((batch,), bool)), None,
+                     length=max_new_tokens - 1)
+  return jnp.concatenate([first[:, None], rest.T], axis=1)
