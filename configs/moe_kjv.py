@@ -79,8 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif variant == "deepseek_v3":  # DeepSeek-V3's preset at 4k context, for experiments.plan
     # Its own vocabulary (the byte tokenizer's 256 ids padded to 129,280), scanned layers
     # above the 3 dense ones, capacity dispatch: dropless sizes each device's buffers for all
-    # of the expert axis's assignments, which at expert=64 needs 226 GB of temporaries on
-    # a v5p (the TPU compiler's refusal, at 5 layers).
+    # of the expert axis's assignments, which at expert=64 needs 186 GB of temporaries on
+    # a v5p (the TPU compiler's refusal).
     c.model = ml_collections.ConfigDict({
         "preset": "deepseek-v3", "depth": 61, "vocab_size": 129280, "kernel": "flash",
         "remat": "full", "scan_layers": True,

@@ -43,7 +43,7 @@ def stream(model, params, tokenizer, prompt_ids, stop_tokens, rng, out=sys.stdou
   steps = models.generate_stream(
       model, params, [prompt_ids], max_new_tokens=_MAX_NEW.value, rng=rng,
       temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-      stop_tokens=tuple(stop_tokens))
+      stop_tokens=tuple(stop_tokens), vocab_limit=tokenizer.vocab_size)
   first_at = None
   for tokens in steps:
     first_at = first_at or time.perf_counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from absl import logging
 import jax
 from jax import lax
 from jax.sharding import PartitionSpec as P
@@ -36,6 +37,20 @@ def token_layout(mesh, shape) -> P | None:
   length = (LENGTH_AXIS if len(shape) > 2 and mesh.shape.get(LENGTH_AXIS, 1) > 1
             and shape[1] % mesh.shape[LENGTH_AXIS] == 0 else None)
   return P(batch, *([length] if len(shape) > 2 else []), *([None] * (len(shape) - 2)))
+
+
+def explicit_layout(mesh, shape) -> P | None:
+  """`token_layout`, warning (once) when the mesh has an expert axis but the tokens cannot be
+  split for the explicit dispatch: XLA then partitions it, and capacity counts over the whole
+  batch rather than per device."""
+  layout = token_layout(mesh, shape)
+  if layout is None and not mesh.empty and mesh.shape.get(EXPERT_AXIS, 1) > 1:
+    logging.log_first_n(
+        logging.WARNING, "a batch of %s tokens does not split over the mesh's batch axes "
+        "%s: this mixture-of-experts layer is dispatched by XLA's partitioner, with capacity "
+        "counted over the whole batch", 1, shape[:-1],
+        {a: mesh.shape.get(a, 1) for a in BATCH_AXES})
+  return layout
 
 
 def shard_over_experts(local_dispatch, layout: P, tokens, weights, experts, expert_params,

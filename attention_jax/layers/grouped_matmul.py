@@ -72,7 +72,8 @@ def to_blocks(rows, layout: BlockLayout):
   """rows [M, K] sorted by group -> [G, block, K], padding rows zero."""
   num_blocks = layout.block_group.shape[0]
   padded = jnp.zeros((num_blocks * layout.block, rows.shape[-1]), rows.dtype)
-  return padded.at[layout.position].set(rows, mode="drop").reshape(
+  # Positions are distinct: an add is the set, and its transpose is a plain gather.
+  return padded.at[layout.position].add(rows, mode="drop").reshape(
       num_blocks, layout.block, -1)
 
 

@@ -129,6 +129,7 @@ def dropless(tokens, weights, experts, gate, up, down, activation, biases=None,
     held = gate.shape[0]
     owned = gather(experts) - lax.axis_index(expert_axis) * held
     owned = jnp.where((owned >= 0) & (owned < held), owned, held)  # held: elsewhere
+    block = grouped_matmul.block_size(experts.size, held, block)  # the rows expected here
     out = dropless(gather(tokens), gather(weights), owned, gate, up, down, activation,
                    biases, matmul, block)
     return lax.psum_scatter(out, expert_axis, scatter_dimension=0, tiled=True)
@@ -142,7 +143,8 @@ def dropless(tokens, weights, experts, gate, up, down, activation, biases=None,
   if matmul == "ragged_dot":
     grouped = lambda w, i: lambda x: lax.ragged_dot(x, w, sizes) + _bias(biases, i, rows)
     hidden = _glu(tokens[source], grouped(gate, 0), grouped(up, 1), activation)
-    outputs = grouped(down, 2)(hidden)
+    outputs = grouped(down, 2)(hidden)  # rows past the groups (held elsewhere): undefined
+    outputs = jnp.where((flat[order] < num_experts)[:, None], outputs, 0)
   else:
     layout = grouped_matmul.block_layout(
         sizes, n * k, grouped_matmul.block_size(n * k, num_experts, block))
@@ -337,16 +339,18 @@ def unchosen_expert_params(config) -> int:
   return layers * (config.num_experts - config.experts_per_token) * expert
 
 
-def loads_by_layer(expert_loads: dict) -> dict:
+def loads_by_layer(expert_loads: dict, first_stacked: int = 0) -> dict:
   """{layer: its load [E]} from `expert_loads`' {module path: [E] or [layers, E]}: the layer
-  named by its block ("block_3"), a stacked one by its stack and row ("blocks/3")."""
+  named by its block ("block_3"), a stacked one by its stack and layer index ("blocks/3"),
+  the stack's rows counted from `first_stacked` (first_k_dense_replace: dense layers below
+  a scanned stack)."""
   out = {}
   for path, load in expert_loads.items():
     block = path[:-len("/mlp")] if path.endswith("/mlp") else path
     if load.ndim == 1:
       out[block] = load
     else:
-      out.update({f"{block}/{i}": row for i, row in enumerate(load)})
+      out.update({f"{block}/{first_stacked + i}": row for i, row in enumerate(load)})
   return out
 
 
@@ -395,7 +399,7 @@ class MoeMlp(nn.Module):
       return with_capacity(tokens, weights, experts, gate, up, down, activation,
                            c.capacity_factor, biases, expert_axis=expert_axis)
 
-    layout = (expert_parallel.token_layout(jax.sharding.get_abstract_mesh(), shape)
+    layout = (expert_parallel.explicit_layout(jax.sharding.get_abstract_mesh(), shape)
               if c.expert_collectives == "explicit" else None)
     if layout is None:
       out, dropped = dispatch(tokens, weights, experts, ((gate, up, down), biases))

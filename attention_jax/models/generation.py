@@ -138,6 +138,15 @@ def _step(decoder, params, token, cache, slot, pads, total: int):
   return logits[:, -1], state["cache"]
 
 
+def _sampler(temperature, top_k, top_p, vocab_limit):
+  """sample_logits with these settings, drawing only ids below vocab_limit (if set)."""
+  draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  if vocab_limit is None:
+    return draw
+  return lambda logits, key: draw(
+      jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf), key)
+
+
 def generate(model, params, prompt, *, max_new_tokens: int, rng, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
              stop_tokens: tuple[int, ...] = (), pad_id: int = 0, bucket: bool = True,
@@ -166,9 +175,7 @@ def _generate(decoder, params, tokens, pads, rng, max_new_tokens, temperature, t
               stop_tokens, pad_id, vocab_limit):
   batch, length = tokens.shape
   total = length + max_new_tokens
-  draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
-  sample = draw if vocab_limit is None else lambda logits, key: draw(
-      jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf), key)
+  sample = _sampler(temperature, top_k, top_p, vocab_limit)
   stops = jnp.asarray(stop_tokens or (-1,), jnp.int32)
   logits, cache = _prefill(decoder, params, tokens, pads, max_new_tokens)
   first = sample(logits, jax.random.fold_in(rng, 0)).astype(jnp.int32)
@@ -192,7 +199,7 @@ def _generate(decoder, params, tokens, pads, rng, max_new_tokens, temperature, t
 def generate_stream(model, params, prompt, *, max_new_tokens: int, rng,
                     temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, stop_tokens: tuple[int, ...] = (),
-                    pad_id: int = 0, bucket: bool = True):
+                    pad_id: int = 0, bucket: bool = True, vocab_limit: int | None = None):
   """`generate`, one step at a time: yields each step's tokens (numpy int32 [batch]) as soon
   as they are computed, for printing text as it is produced. Same tokens as `generate` for
   the same arguments; two compiled programs (prefill, step) per bucket."""
@@ -200,8 +207,7 @@ def generate_stream(model, params, prompt, *, max_new_tokens: int, rng,
                                    bucket, pad_id)
   length = tokens.shape[1]
   total = length + max_new_tokens
-  sample = jax.jit(functools.partial(sample_logits, temperature=temperature, top_k=top_k,
-                                     top_p=top_p))
+  sample = jax.jit(_sampler(temperature, top_k, top_p, vocab_limit))
   prefill = jax.jit(_prefill, static_argnums=(0, 4))
   step = jax.jit(_step, static_argnums=(0, 6))
   logits, cache = prefill(decoder, params, tokens, pads, max_new_tokens)

@@ -34,6 +34,8 @@ def greedy(model, params, features, prompt, *, max_new_tokens: int, eos_id: int,
   """int32 [batch, max_new_tokens]: the greedy continuation of `prompt` [batch, p] given
   `features` [batch, frames, n_mels] (`data.audio.log_mel_spectrogram`)."""
   limit = model.config.max_len
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
   if prompt.shape[1] + max_new_tokens > limit:
     raise ValueError(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones "
                      f"exceed the decoder's {limit} positions; ask for fewer tokens.")

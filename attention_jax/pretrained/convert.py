@@ -195,7 +195,7 @@ def tensors_to_params(tensors: Mapping, rules: list[Rule], expected_shapes: dict
         continue
       flat[path] = place(path, array)
   uncovered = [p for p in expected_shapes if p not in flat and not any(
-      w.startswith("/".join(p) + " ") for w in wrong)]
+      w.startswith(("/".join(p) + " ", "/".join(p) + "[")) for w in wrong)]
   if wrong or uncovered:
     raise ValueError(f"{source}: tensors of the wrong shape: {_names(wrong) or 'none'}; "
                      f"model parameters with no tensor: "

@@ -175,7 +175,8 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
       bfloat16); the model's param_dtype follows the weights unless overridden.
     shardings: {parameter path tuple: jax.sharding.Sharding} to place parameters straight
       into a sharded layout (e.g. `parallel.tree_shardings`, flattened); others go to the
-      default device.
+      default device. Paths are the unrolled model's (`block_<i>/...`) even with
+      scan_layers; a path the model lacks is refused.
     **overrides: model config fields to change (dropout_rate, dtype, scan_layers, ...); not
       the architecture.
 
@@ -201,6 +202,11 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
                                              **method))
   expected = {path: s.shape for path, s in
               traverse_util.flatten_dict(shapes["params"]).items()}
+  unknown = [path for path in (shardings or {}) if tuple(path) not in expected]
+  if unknown:
+    raise ValueError(f"shardings name {len(unknown)} parameter(s) the model does not have, "
+                     f"e.g. {'/'.join(map(str, unknown[0]))}; name the unrolled parameters "
+                     "(block_<i>/...), which are stacked after loading with scan_layers.")
   has_pooler = "pooler.dense.weight" in tensors
   fresh = {} if has_pooler or fmt is not formats.BertFormat else {
       p: s for p, s in expected.items() if p[0] == "pooler"}

@@ -10,6 +10,7 @@ and written on export.
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from attention_jax.models.whisper import Whisper, whisper_sinusoids
@@ -18,7 +19,7 @@ from attention_jax.pretrained.convert import (bias_to_heads, heads_to_linear, li
                                               linear_to_heads, same)
 from attention_jax.pretrained.json_file import JsonObject
 
-POSITION_TOLERANCE = 1e-3  # float32 tables are ~1e-4 off the exact sinusoids
+POSITION_TOLERANCE = 1e-3  # float32 tables are ~1e-4 off the exact sinusoids (bf16: ulps)
 
 
 def _layer_norm(hf: str, path: tuple[str, ...]) -> list[convert.Rule]:
@@ -52,8 +53,9 @@ def _positions(length: int, width: int, source: str) -> convert.Rule:
   ours = whisper_sinusoids(length, width)
 
   def check(table):
+    tolerance = max(POSITION_TOLERANCE, float(ml_dtypes.finfo(table.dtype).eps))
     table = np.asarray(table, np.float32)
-    if table.shape != ours.shape or np.max(np.abs(table - ours)) > POSITION_TOLERANCE:
+    if table.shape != ours.shape or np.max(np.abs(table - ours)) > tolerance:
       raise ValueError(f"{source}: model.encoder.embed_positions.weight is not Whisper's "
                        f"sinusoid table (shape {table.shape}, expected {ours.shape}); this "
                        "model computes its encoder positions and cannot hold others.")
@@ -62,10 +64,15 @@ def _positions(length: int, width: int, source: str) -> convert.Rule:
 
 
 def _special_ids(vocab_size: int) -> dict:
-  """config.json's token ids: Whisper's (<|endoftext|> 50257, <|startoftranscript|> 50258)
-  where its vocabulary fits them, else the vocabulary's last id (transformers needs ids
-  inside the vocabulary)."""
-  end, start = (50257, 50258) if vocab_size > 50258 else (vocab_size - 1, vocab_size - 1)
+  """config.json's token ids: Whisper's (<|endoftext|>, <|startoftranscript|>: 50257 and
+  50258 in the multilingual vocabularies, 50256 and 50257 in the English-only one of 51864),
+  else the vocabulary's last id (transformers needs ids inside the vocabulary)."""
+  if vocab_size >= 51865:
+    end, start = 50257, 50258
+  elif vocab_size == 51864:
+    end, start = 50256, 50257
+  else:
+    end = start = vocab_size - 1
   return {"pad_token_id": end, "bos_token_id": end, "eos_token_id": end,
           "decoder_start_token_id": start}
 
@@ -87,6 +94,9 @@ class WhisperFormat:
     if different:
       raise ValueError(f"{config.source}: {'; '.join(different)}; this Whisper has one "
                        "value for both.")
+    if not config.boolean("tie_word_embeddings", True):
+      raise ValueError(f"{config.source}: tie_word_embeddings=false (an output projection of "
+                       "its own); this Whisper's logits use the token table, as Whisper's do.")
     if config.boolean("scale_embedding", False):
       raise ValueError(f"{config.source}: scale_embedding=true is not Whisper's; not "
                        "supported.")

@@ -38,6 +38,7 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int):
   with router_bias_update_rate moves its correction biases by the step's expert loads
   after the optimizer's update, which does not touch them (`moe.update_correction_biases`)."""
   bias_rate = getattr(model.config, "router_bias_update_rate", 0.0)
+  first_stacked = getattr(model.config, "first_k_dense_replace", 0)  # a stack's first layer
 
   def micro_grads(params, frozen, batch, rng):
     def loss_fn(p, b, r):  # differentiated with respect to the trained parameters only
@@ -72,7 +73,7 @@ def make_train_step(task, model, optimizer, grad_accum_steps: int):
       params = moe.update_correction_biases(params, loads, bias_rate, before=state.params)
     if loads:  # each MoE layer's share of assignments per expert, [E] each
       router.update({f"{EXPERT_LOAD}/{layer}": load
-                     for layer, load in moe.loads_by_layer(loads).items()})
+                     for layer, load in moe.loads_by_layer(loads, first_stacked).items()})
     metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
                "train/param_norm": optax.tree.norm(params),
                "train/learning_rate": optim.current_learning_rate(opt_state),

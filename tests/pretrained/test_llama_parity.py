@@ -386,3 +386,16 @@ def test_experts_stream_one_tensor_at_a_time_into_their_sharded_layout(tmp_path)
   assert len(expert_reads) == 2 * 4 * 3  # layers x experts x (gate, up, down)
   for i in expert_reads:  # every expert tensor is placed before anything else is read
     assert events[i + 1][0] == "placed", events[i:i + 2]
+
+
+def test_shardings_for_parameters_the_model_lacks_are_refused(tmp_path):
+  """A sharding keyed by a stacked path (blocks/...) would otherwise be ignored silently."""
+  from jax.sharding import SingleDeviceSharding
+  model = models.create("llama-tiny")
+  params = model.init(jax.random.key(0), *model.example_inputs())["params"]
+  pretrained.export(model, params, str(tmp_path))
+  stacked = ("blocks", "mlp", "fc1", "kernel")
+  with pytest.raises(ValueError, match="shardings name 1 parameter\\(s\\) the model does not "
+                     "have, e.g. blocks/mlp/fc1/kernel; name the unrolled parameters"):
+    pretrained.load(str(tmp_path), scan_layers=True,
+                    shardings={stacked: SingleDeviceSharding(jax.devices()[0])})

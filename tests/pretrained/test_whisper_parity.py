@@ -67,6 +67,10 @@ def test_whisper_checkpoints_load_and_export_as_transformers_reads_them(tmp_path
   pretrained.export(model, params, str(tmp_path / "ours"), max_shard_bytes=100_000)
   back = transformers.WhisperForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
   np.testing.assert_allclose(_hf_logits(back, features, tokens), got, atol=1e-4, rtol=1e-4)
+  # In bfloat16 the sinusoid table is rounded by up to 2e-3: it still loads.
+  pretrained.export(model, params, str(tmp_path / "bf16"), dtype="bfloat16")
+  half, _, _ = pretrained.load(str(tmp_path / "bf16"))
+  assert half.config.param_dtype == jnp.bfloat16
 
 
 def test_whisper_checkpoints_we_cannot_hold_say_why(tmp_path):
@@ -82,6 +86,18 @@ def test_whisper_checkpoints_we_cannot_hold_say_why(tmp_path):
     pretrained.load(str(tmp_path / "positions"))
   config = json.loads((tmp_path / "positions" / "config.json").read_text())
   assert config["model_type"] == "whisper"
+  _hf_whisper(tie_word_embeddings=False).save_pretrained(tmp_path / "untied")
+  with pytest.raises(ValueError, match="tie_word_embeddings=false"):
+    pretrained.load(str(tmp_path / "untied"))
+
+
+def test_exported_special_ids_are_those_of_each_whisper_vocabulary():
+  from attention_jax import models
+  from attention_jax.pretrained.whisper_format import WhisperFormat
+  ids = lambda vocab: WhisperFormat.config(models.create("whisper-tiny", vocab_size=vocab))
+  assert ids(51865)["eos_token_id"] == 50257 and ids(51865)["decoder_start_token_id"] == 50258
+  assert ids(51864)["eos_token_id"] == 50256 and ids(51864)["decoder_start_token_id"] == 50257
+  assert ids(96)["eos_token_id"] == 95
 
 
 def test_greedy_transcription_equals_transformers_generate(tmp_path):

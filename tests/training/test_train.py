@@ -112,6 +112,9 @@ def test_a_padded_vocabulary_is_never_sampled(tmp_path, data_dir):
   drawn = lambda limit: models.generate(model, params, prompt, max_new_tokens=8,
                                         rng=jax.random.key(1), vocab_limit=limit)
   assert (drawn(None) >= 256).all() and (drawn(256) < 256).all()
+  streamed = models.generate_stream(model, params, prompt, max_new_tokens=4,
+                                    rng=jax.random.key(1), vocab_limit=256)
+  assert all((step < 256).all() for step in streamed)
   text = task.sample(model, params, jax.random.key(1))
   assert text.startswith("And God said, ") and len(text.encode()) > len("And God said, ")
   config.model.vocab_size = 100
