@@ -61,13 +61,13 @@ def _hann(length: int) -> np.ndarray:
 
 
 def log_mel_spectrogram(waveform, sample_rate: int = SAMPLE_RATE, n_mels: int = 80,
-                        pad: bool = True):
+                        pad: bool = True, window_seconds: float = CHUNK_SECONDS):
   """[..., frames, n_mels] (float32) of waveform [..., samples] at 16 kHz, Whisper's way.
 
-  pad: zeros appended to 30 s, as Whisper's feature extractor does (3000 frames; longer
-  audio is refused, cut it into windows first); False: the waveform as it is
-  (samples // 160 frames), for training windows. A jax array is computed with jax.numpy
-  (jit-able, on its device), anything else with numpy."""
+  pad: zeros appended to the model's window, `window_seconds` (Whisper's 30 s: 3000 frames),
+  as Whisper's feature extractor does (longer audio is refused: cut it into windows first);
+  False: the waveform as it is (samples // 160 frames), for training windows. A jax array
+  is computed with jax.numpy (jit-able, on its device), anything else with numpy."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   xp = jnp if isinstance(waveform, jax.Array) else np
@@ -79,11 +79,12 @@ def log_mel_spectrogram(waveform, sample_rate: int = SAMPLE_RATE, n_mels: int = 
   waveform = xp.asarray(waveform, xp.float32)
   samples = waveform.shape[-1]
   if pad:
-    if samples > CHUNK_SAMPLES:
-      raise ValueError(f"{samples / SAMPLE_RATE:.2f} s of audio is longer than Whisper's "
-                       f"{CHUNK_SECONDS} s window; cut it into windows (or pass pad=False).")
-    waveform = xp.pad(waveform, [(0, 0)] * (waveform.ndim - 1)
-                      + [(0, CHUNK_SAMPLES - samples)])
+    window = round(window_seconds * SAMPLE_RATE)
+    if samples > window:
+      raise ValueError(f"{samples / SAMPLE_RATE:.2f} s of audio is longer than this model's "
+                       f"{window_seconds:.2f} s window; cut it into windows (or pass "
+                       "pad=False).")
+    waveform = xp.pad(waveform, [(0, 0)] * (waveform.ndim - 1) + [(0, window - samples)])
   if waveform.shape[-1] <= N_FFT // 2:
     raise ValueError(f"{waveform.shape[-1]} samples are too few for a spectrogram "
                      f"(more than {N_FFT // 2} needed).")

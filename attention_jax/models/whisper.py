@@ -81,6 +81,11 @@ class Whisper(nn.Module):
       self.position_index = self.variable("cache", "position_index",
                                           lambda: jnp.array(0, jnp.int32))
 
+  @property
+  def window_seconds(self) -> float:
+    """The audio one encoder pass reads: 2 · max_source_positions frames of 10 ms (30 s)."""
+    return 2 * self.config.max_source_positions / 100
+
   def encode(self, features, *, deterministic=True):
     """[batch, frames, n_mels] -> [batch, ceil(frames / 2), width]."""
     c = self.config

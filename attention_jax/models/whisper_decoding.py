@@ -72,3 +72,22 @@ def _greedy(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
   _, rest = lax.scan(step, (first, cache, jnp.zeros((batch,), bool)), None,
                      length=max_new_tokens - 1)
   return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def transcribe(model, params, tokenizer, features, *, language: str | None = "en",
+               task: str = "transcribe", max_new_tokens: int | None = None) -> list[str]:
+  """The texts of features [batch, frames, n_mels] (30 s windows,
+  `data.audio.log_mel_spectrogram`), decoded greedily from `tokenizer.prompt(language,
+  task)` (a `pretrained.WhisperTokenizer`) with its suppress and begin-suppress tokens,
+  until <|endoftext|> or the decoder's positions run out."""
+  prompt = tokenizer.prompt(language, task)
+  budget = model.config.max_len - len(prompt)
+  tokens = greedy(model, params, features, jnp.asarray([prompt] * features.shape[0]),
+                  max_new_tokens=min(max_new_tokens or budget, budget),
+                  eos_id=tokenizer.end_id, suppress=tokenizer.suppress_tokens,
+                  begin_suppress=tokenizer.begin_suppress_tokens, pad_id=tokenizer.end_id)
+  texts = []
+  for row in jax.device_get(tokens):
+    ended = [i for i, token in enumerate(row) if token == tokenizer.end_id]
+    texts.append(tokenizer.decode(row[:ended[0]] if ended else row).strip())
+  return texts

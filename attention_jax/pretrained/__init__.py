@@ -10,6 +10,8 @@ from attention_jax.pretrained.encode import encode
 from attention_jax.pretrained.hub import (KNOWN, export, load, read_checkpoint, resolve,
                                           weights_sha256)
 from attention_jax.pretrained.tokenizer import PretrainedTokenizer
+from attention_jax.pretrained.whisper_tokenizer import WhisperTokenizer
 
-__all__ = ["KNOWN", "ChatTemplateError", "ChatTokenizer", "PretrainedTokenizer", "encode",
-           "export", "load", "read_checkpoint", "resolve", "weights_sha256"]
+__all__ = ["KNOWN", "ChatTemplateError", "ChatTokenizer", "PretrainedTokenizer",
+           "WhisperTokenizer", "encode", "export", "load", "read_checkpoint", "resolve",
+           "weights_sha256"]

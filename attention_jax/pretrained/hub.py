@@ -24,6 +24,8 @@ from attention_jax.layers import config as layer_config
 from attention_jax.models import layouts
 from attention_jax.pretrained import convert, formats, safetensors_io
 from attention_jax.pretrained.chat import ChatTokenizer
+from attention_jax.pretrained.whisper_format import WhisperFormat
+from attention_jax.pretrained.whisper_tokenizer import WhisperTokenizer
 from attention_jax.pretrained.json_file import JsonObject
 from attention_jax.pretrained.tokenizer import PretrainedTokenizer
 
@@ -243,6 +245,9 @@ def load(path_or_name: str, *, kernel: str = "dot_product", sha256: str | None =
              formats.MixtralFormat):
     tokenizer = ChatTokenizer.from_directory(directory)
     check_vocabulary(tokenizer, target, directory)
+  elif fmt is WhisperFormat:
+    tokenizer = WhisperTokenizer.from_directory(directory)
+    check_vocabulary(tokenizer, target, directory)
   else:
     tokenizer = PretrainedTokenizer.from_directory(directory, _max_length(directory, model))
   if target.config.scan_layers:
@@ -298,4 +303,11 @@ def export(model, params, directory: str, tokenizer=None, *, dtype=None,
     hf_tokenizer.save(os.path.join(directory, "tokenizer.json"))
     if isinstance(tokenizer, ChatTokenizer):  # its special tokens and template
       tokenizer.save_config(directory)
+    if isinstance(tokenizer, WhisperTokenizer):  # its decoding rules
+      with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump({"suppress_tokens": list(tokenizer.suppress_tokens),
+                   "begin_suppress_tokens": list(tokenizer.begin_suppress_tokens),
+                   "decoder_start_token_id": tokenizer.start_id,
+                   "eos_token_id": tokenizer.end_id, "pad_token_id": tokenizer.end_id}, f,
+                  indent=2)
   return directory

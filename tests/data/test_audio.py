@@ -56,7 +56,8 @@ def test_spectrogram_inputs_that_are_wrong_say_what_to_do():
     audio.log_mel_spectrogram(np.zeros(1000), sample_rate=44100)
   with pytest.raises(ValueError, match="n_mels must be 80 .* or 128"):
     audio.log_mel_spectrogram(np.zeros(1000), n_mels=64)
-  with pytest.raises(ValueError, match="31.00 s of audio is longer than Whisper's 30 s"):
+  with pytest.raises(ValueError, match="31.00 s of audio is longer than this model's 30.00 s "
+                     "window"):
     audio.log_mel_spectrogram(np.zeros(31 * 16000))
   with pytest.raises(ValueError, match="too few for a spectrogram"):
     audio.log_mel_spectrogram(np.zeros(100), pad=False)

@@ -1,0 +1,98 @@
+"""Whisper's tokenizer: a byte-level BPE (a checkpoint's tokenizer.json) whose special tokens
+say what to decode: <|startoftranscript|>, a language (<|en|>, ...), the task (<|transcribe|>
+or <|translate|>), <|notimestamps|> (or timestamps <|0.00|> ... <|30.00|>, 0.02 s apart,
+after it in the vocabulary); <|endoftext|> ends a transcript. The decoding rules Whisper's
+checkpoints ship in generation_config.json (tokens never to emit, and those not to begin
+with) come with it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from attention_jax.pretrained.json_file import JsonObject
+from attention_jax.pretrained.tokenizer import tokenizer_from_file
+
+END, START, TRANSCRIBE, TRANSLATE, NO_TIMESTAMPS = (
+    "<|endoftext|>", "<|startoftranscript|>", "<|transcribe|>", "<|translate|>",
+    "<|notimestamps|>")
+TASKS = {"transcribe": TRANSCRIBE, "translate": TRANSLATE}
+
+
+class WhisperTokenizer:
+  """The Tokenizer protocol (data.tokenizers.Tokenizer) over Whisper's vocabulary, with
+  `prompt(language, task)` for the decoder's forced start and the checkpoint's
+  `suppress_tokens` / `begin_suppress_tokens`."""
+  chat_template = None
+
+  def __init__(self, tokenizer, suppress_tokens=(), begin_suppress_tokens=None):
+    self._tokenizer = tokenizer  # the `tokenizers.Tokenizer`
+    self.vocab_size = tokenizer.get_vocab_size()
+    ids = {name: tokenizer.token_to_id(name)
+           for name in (END, START, TRANSCRIBE, TRANSLATE, NO_TIMESTAMPS)}
+    missing = [name for name, i in ids.items() if i is None]
+    if missing:
+      raise ValueError(f"not a Whisper tokenizer: it has no {', '.join(missing)}.")
+    self.end_id, self.start_id = ids[END], ids[START]
+    self.task_ids = {task: ids[token] for task, token in TASKS.items()}
+    self.no_timestamps_id = ids[NO_TIMESTAMPS]
+    self.timestamp_begin = self.no_timestamps_id + 1  # <|0.00|>, as Whisper's vocabularies
+    self.stop_ids = (self.end_id,)
+    self.special_tokens = {"bos_token": self.end_id, "eos_token": self.end_id,
+                           "pad_token": self.end_id, "unk_token": self.end_id}
+    self.suppress_tokens = tuple(suppress_tokens)
+    if begin_suppress_tokens is None:  # Whisper's: a blank, or the end, first
+      blank = self.encode(" ")
+      begin_suppress_tokens = tuple(blank[:1]) + (self.end_id,)
+    self.begin_suppress_tokens = tuple(begin_suppress_tokens)
+
+  @classmethod
+  def from_directory(cls, directory: str) -> "WhisperTokenizer | None":
+    """The checkpoint's tokenizer (tokenizer.json) with generation_config.json's rules, or
+    None without a tokenizer.json."""
+    path = os.path.join(directory, "tokenizer.json")
+    if not os.path.lexists(path):
+      return None
+    rules = {}
+    generation = os.path.join(directory, "generation_config.json")
+    if os.path.lexists(generation):
+      config = JsonObject.read(generation)
+      for field in ("suppress_tokens", "begin_suppress_tokens"):
+        if field in config:
+          values = config[field]
+          if not isinstance(values, list) or not all(
+              isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{generation}: {field} must be a list of token ids, got "
+                             f"{str(values)[:80]}.")
+          rules[field] = tuple(values)
+    return cls(tokenizer_from_file(path), **rules)
+
+  def language_id(self, language: str) -> int:
+    token = self._tokenizer.token_to_id(f"<|{language}|>")
+    if token is None:
+      raise ValueError(f"this Whisper tokenizer has no language {language!r} (<|{language}|>).")
+    return token
+
+  def prompt(self, language: str | None = "en", task: str = "transcribe",
+             timestamps: bool = False) -> list[int]:
+    """<|startoftranscript|> [<|language|>] <|task|> [<|notimestamps|>]: the decoder's
+    forced start (an English-only model takes no language: language=None)."""
+    if task not in TASKS:
+      raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}.")
+    ids = [self.start_id] + ([self.language_id(language)] if language else [])
+    return ids + [self.task_ids[task]] + ([] if timestamps else [self.no_timestamps_id])
+
+  def encode(self, text: str) -> list[int]:
+    """The text's tokens alone (no special tokens)."""
+    return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids) -> str:
+    """The text of `ids`: special tokens and timestamps left out."""
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    return self._tokenizer.decode([i for i in ids if i < self.end_id], skip_special_tokens=True)
+
+  def to_hf(self):
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+    return Tokenizer.from_str(self._tokenizer.to_str())
