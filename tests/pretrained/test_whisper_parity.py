@@ -133,3 +133,57 @@ def test_greedy_transcription_equals_transformers_generate(tmp_path):
   assert (want[0, -10:] == 0).all() and want[1, -1] != 0
   assert got[0, 2] == 80  # we keep the end token; transformers' Whisper returns it as pad
   np.testing.assert_array_equal(np.where(np.asarray(got) == 80, 0, got), want[:, -12:])
+
+
+def test_timestamp_rules_equal_transformers_whisper_timestamp_processor():
+  """Pairs, monotonic timestamps, the first token and the probability-mass rule: the same
+  masked logits as transformers' WhisperTimeStampLogitsProcessor on random histories."""
+  from transformers import GenerationConfig
+  from transformers.generation.logits_process import WhisperTimeStampLogitsProcessor
+  from attention_jax.models.whisper_decoding import timestamp_rules
+  vocab, begin, end, no_timestamps = 40, 25, 20, 24
+  config = GenerationConfig(no_timestamps_token_id=no_timestamps, eos_token_id=end,
+                            max_initial_timestamp_index=5)
+  rng = np.random.default_rng(0)
+  for trial in range(120):
+    count = int(rng.integers(0, 6))
+    history = rng.choice(np.r_[np.arange(end), np.arange(begin, vocab)], size=(3, count))
+    history = np.sort(history, axis=1) if trial % 3 == 0 else history
+    logits = 3 * rng.standard_normal((3, vocab)).astype(np.float32)
+    logits[:, begin:] += 2.0 * (trial % 2)  # sometimes the timestamps' mass wins
+    processor = WhisperTimeStampLogitsProcessor(config, begin_index=3)
+    ids = torch.tensor(np.concatenate([np.ones((3, 3), np.int64), history], axis=1))
+    want = processor(ids, torch.tensor(logits)).numpy()
+    padded = np.zeros((3, 8), np.int64)
+    padded[:, :count] = history
+    got = np.asarray(timestamp_rules(
+        jnp.asarray(logits), jnp.asarray(padded), count, timestamp_begin=begin, eos_id=end,
+        no_timestamps_id=no_timestamps, max_initial_timestamp=5))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=f"trial {trial}")
+    np.testing.assert_allclose(got[~np.isinf(got)], want[~np.isinf(want)], rtol=1e-6)
+
+
+def test_greedy_decoding_with_timestamps_equals_a_transformers_loop(tmp_path):
+  """Greedy decoding under the timestamp rules: the tokens of transformers' model stepped
+  greedily through its own WhisperTimeStampLogitsProcessor."""
+  from transformers import GenerationConfig
+  from transformers.generation.logits_process import WhisperTimeStampLogitsProcessor
+  from attention_jax.models import whisper_decoding
+  hf = _hf_whisper(seed=3, init_std=0.3)
+  hf.save_pretrained(tmp_path / "hf")
+  model, params, _ = pretrained.load(str(tmp_path / "hf"))
+  features, _ = _inputs(hf)
+  prompt = np.array([[1, 10, 11]] * 2)
+  processor = WhisperTimeStampLogitsProcessor(GenerationConfig(
+      no_timestamps_token_id=60, eos_token_id=2, max_initial_timestamp_index=5), begin_index=3)
+  sequence = torch.tensor(prompt)
+  with torch.no_grad():
+    for _ in range(10):
+      logits = hf(input_features=torch.tensor(features), decoder_input_ids=sequence).logits
+      chosen = processor(sequence, logits[:, -1]).argmax(-1, keepdim=True)
+      sequence = torch.cat([sequence, chosen], dim=1)
+  want = sequence[:, 3:].numpy()
+  assert (want >= 61).any() and (want < 61).any()  # timestamps and text
+  got = whisper_decoding.greedy(model, params, features.transpose(0, 2, 1), prompt,
+                                max_new_tokens=10, eos_id=2, timestamps=(61, 60, 5))
+  np.testing.assert_array_equal(np.asarray(got), want)
