@@ -82,6 +82,16 @@ def fused_to_heads(hf_name: str, paths: tuple[Path, ...], heads: int, head_dim: 
   return Rule(hf_name, paths, to_ours, to_hf)
 
 
+def layer_norm(hf: str, path: Path) -> list[Rule]:
+  """A LayerNorm's weight and bias <-> our norm's scale and bias."""
+  return [same(hf + ".weight", path + ("scale",)), same(hf + ".bias", path + ("bias",))]
+
+
+def dense(hf: str, path: Path) -> list[Rule]:
+  """A torch.nn.Linear with its bias <-> a Dense kernel and bias."""
+  return [linear(hf + ".weight", path + ("kernel",)), same(hf + ".bias", path + ("bias",))]
+
+
 SLICE = "#"  # a path's last key "#<i>": slice i of the parameter at the path before it
 
 

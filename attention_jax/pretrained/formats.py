@@ -67,12 +67,7 @@ def _probability(config: JsonObject, field: str, default: float) -> float:
   return config.number(field, default, at_most=1.0)
 
 
-def _layer_norm(hf: str, path: tuple[str, ...]) -> list[convert.Rule]:
-  return [same(hf + ".weight", path + ("scale",)), same(hf + ".bias", path + ("bias",))]
-
-
-def _dense(hf: str, path: tuple[str, ...]) -> list[convert.Rule]:
-  return [linear(hf + ".weight", path + ("kernel",)), same(hf + ".bias", path + ("bias",))]
+_layer_norm, _dense = convert.layer_norm, convert.dense
 
 
 class BertFormat:

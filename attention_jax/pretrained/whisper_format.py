@@ -15,19 +15,14 @@ import numpy as np
 
 from attention_jax.models.whisper import Whisper, whisper_sinusoids
 from attention_jax.pretrained import convert
-from attention_jax.pretrained.convert import (bias_to_heads, heads_to_linear, linear,
+from attention_jax.pretrained.convert import (bias_to_heads, heads_to_linear,
                                               linear_to_heads, same)
 from attention_jax.pretrained.json_file import JsonObject
 
 POSITION_TOLERANCE = 1e-3  # float32 tables are ~1e-4 off the exact sinusoids (bf16: ulps)
 
 
-def _layer_norm(hf: str, path: tuple[str, ...]) -> list[convert.Rule]:
-  return [same(hf + ".weight", path + ("scale",)), same(hf + ".bias", path + ("bias",))]
-
-
-def _dense(hf: str, path: tuple[str, ...]) -> list[convert.Rule]:
-  return [linear(hf + ".weight", path + ("kernel",)), same(hf + ".bias", path + ("bias",))]
+_layer_norm, _dense = convert.layer_norm, convert.dense
 
 
 def _conv(hf: str, path: tuple[str, ...]) -> list[convert.Rule]:
