@@ -81,6 +81,10 @@ class MultiHeadAttention(nn.Module):
     decode: autoregressive decoding with the cache the kernel's `decoding` names
       (`layers.caches`) in the 'cache' collection. Initialise with a full-length input to
       size a KV cache; then each call appends its tokens.
+    cache_kv: cross-attention while decoding: the call that passes inputs_kv (the encoder
+      output; the prompt's call) projects its keys and values into the 'cache' collection
+      ('cross_key', 'cross_value'), and calls with inputs_kv=None read them there, instead of
+      projecting the same encoder output again at every step.
     sow_weights: sow the attention weights into 'intermediates' (kernels that return them).
     logits_soft_cap: c caps the scores, c·tanh(score / c), in the kernel (Gemma 2).
     scale: the scores' scale; default head_dim ** -0.5 (Gemma: query_pre_attn_scalar ** -0.5).
@@ -105,6 +109,7 @@ class MultiHeadAttention(nn.Module):
   rope_scaling: positional.RopeScaling | None = None
   local_window: int | None = None
   decode: bool = False
+  cache_kv: bool = False
   sow_weights: bool = False
   logits_soft_cap: float | None = None
   scale: float | None = None
@@ -127,7 +132,6 @@ class MultiHeadAttention(nn.Module):
     """
     inputs = AttentionInputs() if inputs is None else inputs
     kernel = self._checked_kernel()
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     features = inputs_q.shape[-1]
     kv_heads, head_dim = head_dims(features, self.num_heads, self.num_kv_heads, self.head_dim)
 
@@ -139,8 +143,15 @@ class MultiHeadAttention(nn.Module):
       return y + lora_lib.adapter_for(self, self.lora, name, x, 1, (heads, head_dim))
 
     query = project(inputs_q, self.num_heads, "query")
-    key = project(inputs_kv, kv_heads, "key")
-    value = project(inputs_kv, kv_heads, "value")
+    if self.cache_kv and inputs_kv is None:  # a later decoding step of cross-attention
+      key, value = self._cached_keys_values()
+    else:
+      inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+      key = project(inputs_kv, kv_heads, "key")
+      value = project(inputs_kv, kv_heads, "value")
+      if self.cache_kv:
+        self.put_variable("cache", "cross_key", key)
+        self.put_variable("cache", "cross_value", value)
     if self.qk_norm is not None:
       norm = functools.partial(make_norm, self.qk_norm, epsilon=self.norm_eps,
                                dtype=self.dtype, param_dtype=self.param_dtype)
@@ -159,6 +170,15 @@ class MultiHeadAttention(nn.Module):
     else:
       out = attend(query, key, value, inputs, self.local_window)
     return self._project_out(out, features)
+
+  def _cached_keys_values(self):
+    """The keys and values the first decoding call of a `cache_kv` layer projected."""
+    if not self.has_variable("cache", "cross_key"):
+      raise ValueError("this cross-attention reads the keys and values its first decoding "
+                       "call projected; pass the encoder output on the first call (the "
+                       "prompt's), then None.")
+    return (self.get_variable("cache", "cross_key"),
+            self.get_variable("cache", "cross_value"))
 
   def _checked_kernel(self):
     """The layer's kernel, checked against the layer's options."""

@@ -52,7 +52,7 @@ class TransformerBlock(nn.Module):
   layer_type: str | None = None
   dense_mlp: bool = False
 
-  def _attention(self, name, decode=False, position="none"):
+  def _attention(self, name, decode=False, position="none", cache_kv=False):
     c = self.config
     if (c.layer_types is None) != (self.layer_type is None):
       raise ValueError(f"a block of a config with layer_types={c.layer_types} needs its "
@@ -73,7 +73,7 @@ class TransformerBlock(nn.Module):
         rotary_base=c.local_rotary_base if own_rotary else c.rotary_base,
         rope_scaling=None if own_rotary else c.rope_scaling,
         local_window=c.local_window if local else None,
-        decode=decode, sow_weights=c.sow_weights, logits_soft_cap=c.attn_logits_soft_cap,
+        decode=decode, cache_kv=cache_kv, sow_weights=c.sow_weights, logits_soft_cap=c.attn_logits_soft_cap,
         scale=None if c.query_pre_attn_scalar is None else c.query_pre_attn_scalar ** -0.5,
         learned_sinks=c.learned_sinks, qk_norm=c.norm if c.qk_norm else None,
         norm_eps=c.ln_eps, dtype=c.dtype, param_dtype=c.param_dtype, lora=c.lora, name=name)
@@ -90,7 +90,8 @@ class TransformerBlock(nn.Module):
                relative_biases=None, deterministic=True):
     """`inputs` are self-attention's (AttentionInputs); `memory` [batch, mem_len, width] is
     prepended to its keys/values (Transformer-XL), which share `relative_biases`; `encoded`
-    [batch, src_len, width] is what cross-attention reads, with `encoded_inputs`."""
+    [batch, src_len, width] is what cross-attention reads, with `encoded_inputs` (while
+    decoding, None after the first call: its keys and values are cached)."""
     check_remat(self.config.remat)
     args = (x, inputs or AttentionInputs(), encoded, encoded_inputs or AttentionInputs(),
             memory, relative_biases, deterministic)
@@ -120,10 +121,10 @@ class TransformerBlock(nn.Module):
       x = norm(x + dropout(attend(x, context)))
 
     if self.cross_attention:
-      if encoded is None:
+      if encoded is None and not c.decode:
         raise ValueError("a block with cross_attention=True needs `encoded` (the encoder "
                          "output).")
-      cross = self._attention("cross_attention")
+      cross = self._attention("cross_attention", cache_kv=c.decode)
       norm = self._norm("cross_attention_norm")
       attend = lambda q: cross(q, encoded, encoded_inputs, deterministic=deterministic)
       x = x + dropout(attend(norm(x))) if c.pre_ln else norm(x + dropout(attend(x)))

@@ -96,7 +96,7 @@ def _greedy(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
   cache = init_cache(decoder, features, jnp.zeros((batch, length + max_new_tokens),
                                                   jnp.int32))
 
-  def logits_of(tokens, cache):
+  def logits_of(tokens, cache, encoded=None):  # None: cross-attention reads the cache
     logits, state = decoder.apply({"params": params, "cache": cache}, tokens, encoded,
                                   method=decoder.decode_logits, mutable=["cache"])
     return _masked(logits[:, -1], suppress), state["cache"]
@@ -109,7 +109,7 @@ def _greedy(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
                                max_initial_timestamp=max_initial)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-  logits, cache = logits_of(prompt, cache)
+  logits, cache = logits_of(prompt, cache, encoded)
   out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
   first = choose(_masked(logits, begin_suppress), out, 0)
   out = out.at[:, 0].set(first)

@@ -68,19 +68,27 @@ def test_kernels_and_the_stacked_layout_give_the_same_logits():
                              logits[:, 0], atol=1e-6)
 
 
-def test_the_cached_decoder_continues_teacher_forcing():
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_cached_decoder_continues_teacher_forcing(scan):
+  """Cross-attention projects the encoder output once, on the first call, and later calls
+  (encoded=None) read its keys and values from the cache."""
   model, params, features, tokens = _model_and_inputs()
   logits = model.apply({"params": params}, features, tokens)
+  if scan:
+    model, params = models.with_options(model, scan_layers=True), layouts.stack(params)
   decoder = models.with_options(model, decode=True)
   encoded = model.apply({"params": params}, features, method=model.encode)
   cache = init_cache(decoder, features, tokens)  # sized for the whole target
   steps = []
   for i in range(tokens.shape[1]):
     step, state = decoder.apply({"params": params, "cache": cache}, tokens[:, i:i + 1],
-                                encoded, method=decoder.decode_logits, mutable=["cache"])
+                                encoded if i == 0 else None, method=decoder.decode_logits,
+                                mutable=["cache"])
     cache = state["cache"]
     steps.append(step[:, 0])
   np.testing.assert_allclose(jnp.stack(steps, axis=1), logits, atol=2e-5)
+  blocks = cache["decoder_blocks"] if scan else cache["decoder_blocks_0"]
+  assert blocks["cross_attention"]["cross_key"].shape[-3:-2] == (encoded.shape[1],)
 
 
 def test_features_that_do_not_fit_say_why():
