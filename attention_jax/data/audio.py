@@ -12,6 +12,7 @@ array. 80 mel bins, or 128 (large-v3).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
@@ -116,16 +117,34 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
   its channels averaged to mono and resampled to `sample_rate` (`resample`). A missing
   file, something that is not a regular file, or one libsndfile cannot decode raises an
   error naming it."""
-  import soundfile  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
     raise FileNotFoundError(f"no audio file at {path!r}.")
   if not stat.S_ISREG(os.stat(path).st_mode):
     raise ValueError(f"{path!r} is not a regular file (a FIFO or device is never opened).")
+  return _decode(path, repr(path), sample_rate)
+
+
+def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+  """float32 [samples] of an encoded audio file's bytes (a dataset's FLAC), as read_audio."""
+  return _decode(io.BytesIO(data), "these bytes", sample_rate)
+
+
+def encode_flac(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+  """FLAC (16-bit, lossless for 16-bit audio) of waveform float32 [samples] in [-1, 1]."""
+  import soundfile  # pylint: disable=import-outside-toplevel
+  pcm = np.clip(np.round(np.asarray(waveform) * 32767), -32768, 32767).astype(np.int16)
+  buffer = io.BytesIO()
+  soundfile.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+  return buffer.getvalue()
+
+
+def _decode(source, name: str, sample_rate: int) -> np.ndarray:
+  import soundfile  # pylint: disable=import-outside-toplevel
   try:
-    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    data, rate = soundfile.read(source, dtype="float32", always_2d=True)
   except (RuntimeError, soundfile.LibsndfileError) as error:
-    raise ValueError(f"cannot read {path!r} as audio ({error}); WAV and FLAC are "
+    raise ValueError(f"cannot read {name} as audio ({error}); WAV and FLAC are "
                      "supported.") from None
   if data.shape[0] == 0:
-    raise ValueError(f"{path!r} holds no samples.")
+    raise ValueError(f"{name} holds no samples.")
   return resample(data.mean(axis=1), rate, sample_rate)

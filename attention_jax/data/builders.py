@@ -14,8 +14,7 @@ import struct
 import numpy as np
 import tensorflow_datasets as tfds
 
-from attention_jax.data import lra
-from attention_jax.data import sword
+from attention_jax.data import lra, speech, sword
 
 WORDNET_DIR = "/usr/share/wordnet"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -33,11 +32,6 @@ LEXNAMES = (
     "verb.weather", "adj.ppl")
 FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
                          "shirt", "sneaker", "bag", "ankle boot")
-
-
-def split_of(index: int) -> str:
-  """Deterministic 96/2/2 split by position: every 50th item validation, the next test."""
-  return {0: "validation", 1: "test"}.get(index % 50, "train")
 
 
 def require(path: str, package: str):
@@ -63,7 +57,7 @@ class KjvText(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, verses, split):
     for i, verse in enumerate(verses):
-      if split_of(i) == split:
+      if sword.split_of(i) == split:
         yield i, {"text": verse}
 
 
@@ -88,7 +82,7 @@ class KjvWebText(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, modules, split):
     for m, verses in enumerate(modules):
       for i, verse in enumerate(verses):
-        if split_of(i) == split:
+        if sword.split_of(i) == split:
           yield m * 1_000_000 + i, {"text": verse}
 
 
@@ -110,7 +104,7 @@ class KjvReinaValera(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, pairs, split):
     for i, (en, es) in enumerate(pairs):
-      if split_of(i) == split:
+      if sword.split_of(i) == split:
         yield i, {"en": en, "es": es}
 
 
@@ -147,7 +141,7 @@ class WordnetSupersenses(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, glosses, split):
     for i, (gloss, label) in enumerate(glosses):
-      if split_of(i) == split:
+      if sword.split_of(i) == split:
         yield i, {"text": gloss, "label": label}
 
 
@@ -195,4 +189,5 @@ BUILDERS = {"kjv_text": KjvText, "kjv_web_text": KjvWebText,
             "lra_listops": lra.LraListops, "lra_listops_small": lra.LraListopsSmall,
             "lra_listops_tiny": lra.LraListopsTiny, "kjv_chapter_genres": lra.KjvChapterGenres,
             "lra_pathfinder": lra.LraPathfinder, "lra_pathfinder_small": lra.LraPathfinderSmall,
-            "lra_pathfinder_tiny": lra.LraPathfinderTiny}
+            "lra_pathfinder_tiny": lra.LraPathfinderTiny,
+            "kjv_speech": speech.KjvSpeech, "kjv_speech_tiny": speech.KjvSpeechTiny}

@@ -16,7 +16,7 @@ TASKS = ("define", "synonyms", "translate")
 
 def word_split(word: str) -> str:
   """A word's split, stable across runs and machines: 2% validation, 2% test."""
-  return builders.split_of(zlib.crc32(word.encode()))
+  return sword.split_of(zlib.crc32(word.encode()))
 
 
 def wordnet_synsets(root: str = builders.WORDNET_DIR):
@@ -63,7 +63,7 @@ def translations(split: str) -> list[list[dict]]:
   pairs = [(en, es) for en, es in zip(sword.read_module("kjv"),
                                       sword.read_module("reina_valera")) if en and es]
   return [conversation(f"Translate to Spanish: {en}", es)
-          for i, (en, es) in enumerate(pairs) if builders.split_of(i) == split]
+          for i, (en, es) in enumerate(pairs) if sword.split_of(i) == split]
 
 
 def build(task: str, split: str) -> list[list[dict]]:

@@ -91,3 +91,15 @@ def test_audio_files_that_cannot_be_read_are_named(tmp_path):
   os.mkfifo(tmp_path / "pipe.wav")
   with pytest.raises(ValueError, match="is not a regular file"):
     audio.read_audio(str(tmp_path / "pipe.wav"))
+
+
+def test_flac_bytes_round_trip_losslessly():
+  """Datasets store FLAC bytes: 16-bit audio comes back sample for sample."""
+  rng = np.random.default_rng(0)
+  waveform = np.round(rng.uniform(-0.9, 0.9, 16000) * 32767) / 32767
+  data = audio.encode_flac(waveform)
+  assert data[:4] == b"fLaC"
+  back = audio.decode_audio(data)
+  np.testing.assert_array_equal(np.round(back * 32768), np.round(waveform * 32767))
+  with pytest.raises(ValueError, match="cannot read these bytes as audio"):
+    audio.decode_audio(b"not audio")

@@ -36,7 +36,7 @@ def test_world_english_bible_joins_the_kjv_for_pretraining(tmp_path):
   both = pipeline.texts("kjv_web_text", "train", str(tmp_path))
   # The KJV's training verses first (the same split as kjv_text), then the WEB's.
   assert both[:len(kjv_train)] == kjv_train
-  assert len(both) - len(kjv_train) == sum(builders.split_of(i) == "train" for i in range(37551))
+  assert len(both) - len(kjv_train) == sum(sword.split_of(i) == "train" for i in range(37551))
   assert both[-1].startswith("He who testifies these things says")
 
 

@@ -10,6 +10,7 @@ from attention_jax.training.tasks.classification import (ClassificationTask,
                                                          ImageClassificationTask,
                                                          TextClassificationTask,
                                                          TokenClassificationTask)
+from attention_jax.training.tasks.asr import AsrTask
 from attention_jax.training.tasks.base import (Task, cross_entropy_sums, packed_next_token_sums,
                                                weighted)
 from attention_jax.training.tasks.language_model import LanguageModelTask, TransformerXLTask
@@ -23,6 +24,7 @@ TASKS = {
     "classification": classification.create,  # text, token or image: by the dataset's features
     "translation": TranslationTask,
     "sft": SftTask,
+    "asr": AsrTask,
 }
 
 
@@ -34,7 +36,7 @@ def create(config, workdir: str | None = None, base: finetune.Base | None = None
   return TASKS[config.task](config, workdir, base)
 
 
-__all__ = ["TASKS", "ClassificationTask", "ImageClassificationTask", "LanguageModelTask",
+__all__ = ["TASKS", "AsrTask", "ClassificationTask", "ImageClassificationTask", "LanguageModelTask",
            "SftTask", "Task", "TextClassificationTask", "TokenClassificationTask",
            "TransformerXLTask", "TranslationTask", "create", "cross_entropy_sums",
            "packed_next_token_sums", "weighted"]

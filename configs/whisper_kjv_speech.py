@@ -1,0 +1,56 @@
+"""Speech recognition from scratch: a small Whisper-shaped model on kjv_speech (KJV verses
+spoken by espeak-ng, flite and festival voices).
+
+    python -m experiments.train --config=configs/whisper_kjv_speech.py --workdir=runs/asr
+    python -m experiments.eval --workdir=runs/asr --split=test_held_out_voice
+
+Needs `apt-get install sword-text-kjv espeak-ng flite festival festvox-kallpc16k
+festvox-us-slt-hts` (install.sh). The audio is cut or padded to `dataset.max_seconds`
+(log-mel features, Whisper's front end), a BPE vocabulary is trained on the training
+transcripts and saved in the workdir, and evaluation reports token loss and accuracy and the
+WER/CER of greedy transcripts after Whisper's English normalisation. Variants: (none) a
+4+4-layer width-256 model, "tiny" for tests (on kjv_speech_tiny).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.task = "asr"
+  c.dataset.name = "kjv_speech"
+  c.dataset.max_seconds = 8.0  # the encoder's window: 800 frames, 400 positions
+  c.dataset.seq_len = 48  # decoder tokens: the prompt, the transcript, the end
+  c.dataset.vocab_size = 2000
+  c.dataset.language = "en"  # the prompt's language token, for a Whisper tokenizer
+  c.model.preset = "whisper-tiny"  # the family; the fields below set its size
+  c.model.width = 256
+  c.model.depth = 4  # encoder blocks
+  c.model.decoder_depth = 4
+  c.model.num_heads = 4
+  c.model.mlp_dim = 1024
+  c.model.dropout_rate = 0.0
+  c.model.kernel = "auto"
+  c.batch_size = 32
+  c.num_train_steps = 3000
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 500
+  c.eval_wer_examples = 256  # transcribed at each evaluation
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 300
+  c.optimizer.weight_decay = 0.01
+
+  if arg == "tiny":
+    common.make_tiny(c)
+    c.dataset.name = "kjv_speech_tiny"
+    c.dataset.max_seconds = 2.0
+    c.dataset.seq_len = 16
+    c.dataset.vocab_size = 200
+    c.model.width, c.model.depth, c.model.decoder_depth = 32, 1, 1
+    c.model.num_heads, c.model.mlp_dim = 4, 64
+    c.eval_wer_examples = 4
+  elif arg not in (None, ""):
+    raise ValueError(f"unknown variant {arg!r}; valid: tiny (or none).")
+  return c

@@ -1,0 +1,59 @@
+"""The asr task: configs/whisper_kjv_speech.py:tiny trains on spoken verses end to end, and
+its workdir evaluates on the held-out voice."""
+
+import jax
+import numpy as np
+import pytest
+
+from attention_jax.data import audio, pipeline
+from attention_jax.training import evaluation, tasks, train_and_evaluate
+from attention_jax.training import workdir as workdir_lib
+from attention_jax.training.metrics import read_metrics
+from configs import whisper_kjv_speech
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  config = whisper_kjv_speech.get_config("tiny")
+  config.dataset.data_dir = str(tmp_path_factory.getbasetemp() / "tfds_speech")
+  config.num_devices = 1
+  return config
+
+
+def test_examples_are_features_and_prompted_tokens(config):
+  task = tasks.create(config)
+  example = task.sources["train"][0]
+  encoded = task._encode(example)  # pylint: disable=protected-access
+  frames = round(config.dataset.max_seconds * 100)
+  assert encoded["features"].shape == (frames, 80)
+  waveform = audio.decode_audio(example["flac"])[:round(config.dataset.max_seconds * 16000)]
+  np.testing.assert_allclose(encoded["features"], audio.log_mel_spectrogram(
+      waveform, pad=True, window_seconds=config.dataset.max_seconds), atol=1e-6)
+  tok = task.tokenizer
+  text_ids = tok.encode(pipeline.as_text(example["text"]))
+  want = ([tok.bos_id] + text_ids)[:config.dataset.seq_len] + [tok.eos_id]
+  n = len(want) - 1
+  assert encoded["tokens_in"][:n].tolist() == want[:-1]
+  assert encoded["tokens_out"][:n].tolist() == want[1:]
+  assert encoded["token_mask"].tolist() == [1] * n + [0] * (config.dataset.seq_len - n)
+
+
+@pytest.mark.slow
+def test_tiny_speech_config_trains_and_scores_the_held_out_voice(config, tmp_path):
+  workdir = str(tmp_path / "run")
+  results = train_and_evaluate(config, workdir)
+  losses = [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
+  assert len(losses) == 10 and np.isfinite(losses).all() and losses[-1] < losses[0]
+  assert results["eval/wer"] >= 0 and 0 <= results["eval/cer"]
+  _, task, model, params, step = workdir_lib.load(workdir, eval_split="test_held_out_voice")
+  assert step == 10
+  _, data = task.datasets()
+  metrics = evaluation.evaluate(task, jax.jit(evaluation.make_eval_step(task, model)), params,
+                                pipeline.eval_batches(data, 8, 1), model,
+                                prefix="test_held_out_voice")
+  assert set(metrics) >= {"test_held_out_voice/loss", "test_held_out_voice/wer",
+                          "test_held_out_voice/cer"}
+  # the transcripts are the task's greedy decoding, and score as wer.error_rates says
+  examples = [task.sources["test_held_out_voice"][i] for i in range(4)]
+  texts = task.transcribe(model, params, examples)
+  assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
