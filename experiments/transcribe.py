@@ -1,14 +1,19 @@
-r"""Transcribe audio files with a Whisper checkpoint.
+r"""Transcribe audio files of any length with a Whisper checkpoint.
 
     python -m experiments.transcribe --init_from=checkpoints/whisper-tiny verse.wav more.flac
+    python -m experiments.transcribe --init_from=DIR --timestamps=segment --format=srt talk.wav
     python -m experiments.transcribe --init_from=DIR --language=de --task=translate \
         --format=json talk.wav > talk.json
 
 `--init_from` is a Hugging Face Whisper directory (config.json, safetensors weights,
 tokenizer.json, generation_config.json). Each file (WAV, FLAC) is read at 16 kHz mono, turned
-into Whisper's log-mel features and decoded greedily from <|startoftranscript|><|language|>
-<|task|><|notimestamps|>. Files up to 30 s; longer audio, timestamps and beam search are to
-come. Progress goes to stderr, transcripts to stdout.
+into Whisper's log-mel features and transcribed window by window (30 s for Whisper's
+checkpoints), Whisper's long-form way (`models.whisper_decoding.transcribe_long`): greedy,
+falling back to higher temperatures when a window's text loops or is improbable, skipping
+windows that are probably silent; with timestamps, each window starts where the last
+complete segment ended. Progress (files and windows) goes to stderr, transcripts to stdout:
+txt (one line per file), srt or vtt (subtitles; one file's cues after another's), or json
+(each file's text and segments).
 """
 
 import json
@@ -23,18 +28,43 @@ _LANGUAGE = flags.DEFINE_string("language", "en", "The spoken language's code (e
                                 "'none' for an English-only model.")
 _TASK = flags.DEFINE_enum("task", "transcribe", ["transcribe", "translate"],
                           "Transcribe, or translate into English.")
-_FORMAT = flags.DEFINE_enum("format", "txt", ["txt", "json"], "One transcript per line, or a "
-                            "JSON list of {file, seconds, text}.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens per file (default: as many "
+_TIMESTAMPS = flags.DEFINE_enum("timestamps", "none", ["none", "segment"],
+                                "Decode with timestamp tokens: segments with times, and "
+                                "windows that seek by them; none: each window one segment.")
+_FORMAT = flags.DEFINE_enum("format", "txt", ["txt", "srt", "vtt", "json"],
+                            "One transcript per line, subtitles, or a JSON list of {file, "
+                            "seconds, text, segments}.")
+_TEMPERATURES = flags.DEFINE_list("temperatures", ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"],
+                                  "Temperatures tried in turn while a window's text loops or "
+                                  "is improbable (0: greedy).")
+_COMPRESSION = flags.DEFINE_string("compression_ratio_threshold", "2.4", "Above it a "
+                                   "window's text is a loop ('none': never).")
+_LOGPROB = flags.DEFINE_string("logprob_threshold", "-1.0", "Below this average "
+                               "log-probability a window's text is improbable ('none': never).")
+_NO_SPEECH = flags.DEFINE_string("no_speech_threshold", "0.6", "Above this <|nospeech|> "
+                                 "probability an improbable window is silence, skipped "
+                                 "('none': never).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens per window (default: as many "
                                 "as the decoder's positions allow).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the fallback temperatures).")
 _KERNEL = flags.DEFINE_string("kernel", "auto", "Attention kernel.")
 
 
-def transcribe_files(model, params, tokenizer, paths, *, language, task, max_new_tokens=None,
-                     log=sys.stderr) -> list[dict]:
-  """[{"file", "seconds" (of audio), "text"}] for each audio file, one at a time, with a
-  progress line per file on `log`."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+def _threshold(flag) -> float | None:
+  if flag.value.lower() == "none":
+    return None
+  try:
+    return float(flag.value)
+  except ValueError:
+    raise app.UsageError(f"--{flag.name} must be a number or 'none', got "
+                         f"{flag.value!r}.") from None
+
+
+def transcribe_files(model, params, tokenizer, paths, *, log=sys.stderr, **options
+                     ) -> list[dict]:
+  """[{"file", "seconds" (of audio), "text", "segments": [{"start", "end", "text"}]}] for
+  each audio file, one at a time, with a progress line per window and per file on `log`.
+  `options` go to whisper_decoding.transcribe_long."""
   from attention_jax.data import audio  # pylint: disable=import-outside-toplevel
   from attention_jax.models import whisper_decoding  # pylint: disable=import-outside-toplevel
   results = []
@@ -42,15 +72,42 @@ def transcribe_files(model, params, tokenizer, paths, *, language, task, max_new
     start = time.perf_counter()
     waveform = audio.read_audio(path)
     seconds = waveform.size / audio.SAMPLE_RATE
-    features = audio.log_mel_spectrogram(waveform, n_mels=model.config.n_mels,
-                                         window_seconds=model.window_seconds)
-    text = whisper_decoding.transcribe(model, params, tokenizer, jnp.asarray(features)[None],
-                                       language=language, task=task,
-                                       max_new_tokens=max_new_tokens)[0]
-    results.append({"file": path, "seconds": round(seconds, 3), "text": text})
-    print(f"[{i + 1}/{len(paths)}] {path}: {seconds:.1f} s of audio in "
+    features = audio.recording_features(waveform, n_mels=model.config.n_mels,
+                                        window_seconds=model.window_seconds)
+    progress = lambda done, total, i=i, path=path: print(
+        f"\r[{i + 1}/{len(paths)}] {path}: {done:.1f}/{total:.1f} s", end="", file=log,
+        flush=True)
+    segments = whisper_decoding.transcribe_long(model, params, tokenizer, features,
+                                                progress=progress, **options)
+    results.append({"file": path, "seconds": round(seconds, 3),
+                    "text": " ".join(s.text for s in segments),
+                    "segments": [{"start": round(s.start, 3), "end": round(s.end, 3),
+                                  "text": s.text} for s in segments]})
+    print(f"\r[{i + 1}/{len(paths)}] {path}: {seconds:.1f} s of audio in "
           f"{time.perf_counter() - start:.1f} s", file=log, flush=True)
   return results
+
+
+def _clock(seconds: float, separator: str) -> str:
+  milliseconds = round(seconds * 1000)
+  hours, milliseconds = divmod(milliseconds, 3_600_000)
+  minutes, milliseconds = divmod(milliseconds, 60_000)
+  return f"{hours:02d}:{minutes:02d}:{milliseconds // 1000:02d}{separator}{milliseconds % 1000:03d}"
+
+
+def subtitles(results: list[dict], kind: str) -> str:
+  """SubRip ("srt": numbered cues, 00:00:01,000) or WebVTT ("vtt": a header, 00:00:01.000)
+  of every file's segments, one file after another."""
+  lines, cue = ["WEBVTT", ""] if kind == "vtt" else [], 0
+  separator = "." if kind == "vtt" else ","
+  for result in results:
+    for segment in result["segments"]:
+      cue += 1
+      if kind == "srt":
+        lines.append(str(cue))
+      lines += [f"{_clock(segment['start'], separator)} --> "
+                f"{_clock(segment['end'], separator)}", segment["text"], ""]
+  return "\n".join(lines)
 
 
 def main(argv):
@@ -58,8 +115,19 @@ def main(argv):
   if not paths:
     raise app.UsageError("name one or more audio files (WAV or FLAC) after the flags.")
   logging.set_verbosity(logging.WARNING)
+  import jax  # pylint: disable=import-outside-toplevel
   from attention_jax import pretrained  # pylint: disable=import-outside-toplevel
   from attention_jax.models import Whisper  # pylint: disable=import-outside-toplevel
+  try:
+    temperatures = tuple(float(t) for t in _TEMPERATURES.value)
+  except ValueError:
+    raise app.UsageError(f"--temperatures must be numbers, got {_TEMPERATURES.value}.") from None
+  options = dict(temperatures=temperatures, timestamps=_TIMESTAMPS.value == "segment",
+                 compression_ratio_threshold=_threshold(_COMPRESSION),
+                 logprob_threshold=_threshold(_LOGPROB),
+                 no_speech_threshold=_threshold(_NO_SPEECH), max_new_tokens=_MAX_NEW.value,
+                 rng=jax.random.key(_SEED.value), task=_TASK.value,
+                 language=None if _LANGUAGE.value.lower() == "none" else _LANGUAGE.value)
   try:
     model, params, tokenizer = pretrained.load(_INIT_FROM.value, kernel=_KERNEL.value)
   except (ValueError, FileNotFoundError) as e:
@@ -68,14 +136,14 @@ def main(argv):
     raise app.UsageError(f"{_INIT_FROM.value} holds a {type(model).__name__}, not a Whisper.")
   if tokenizer is None:
     raise app.UsageError(f"{_INIT_FROM.value} has no tokenizer.json; a transcript needs one.")
-  language = None if _LANGUAGE.value.lower() == "none" else _LANGUAGE.value
   try:
-    results = transcribe_files(model, params, tokenizer, paths, language=language,
-                               task=_TASK.value, max_new_tokens=_MAX_NEW.value)
+    results = transcribe_files(model, params, tokenizer, paths, **options)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   if _FORMAT.value == "json":
     print(json.dumps(results, indent=2, ensure_ascii=False))
+  elif _FORMAT.value in ("srt", "vtt"):
+    print(subtitles(results, _FORMAT.value))
   else:
     for result in results:
       print(result["text"])

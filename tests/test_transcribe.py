@@ -1,6 +1,7 @@
 """experiments.transcribe end to end on a Whisper checkpoint transformers built (random
-weights, a small word-level tokenizer with Whisper's special tokens): audio files in, the
-greedy transcripts out (the same text as decoding the features directly), errors named."""
+weights, a small word-level tokenizer with Whisper's special tokens): audio files of any
+length in, transcripts and subtitles out (the same text as decoding the features directly),
+errors named."""
 
 import json
 import subprocess
@@ -49,30 +50,54 @@ def _run(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+GREEDY = ("--temperatures=0", "--no_speech_threshold=none", "--logprob_threshold=none",
+          "--compression_ratio_threshold=none")
+
+
 def test_audio_files_in_transcripts_out(checkpoint, tmp_path):
-  import jax.numpy as jnp
   from attention_jax import pretrained
   from attention_jax.data import audio
   from attention_jax.models import whisper_decoding
-  files = [_wav(tmp_path / "a.wav", 1.5), _wav(tmp_path / "b.wav", 0.8, 880.0)]
-  # The checkpoint's 40 source positions are 0.8 s of audio: pad to it, not to 30 s.
+  # The checkpoint's 40 source positions are 0.8 s windows: the first file takes two.
+  files = [_wav(tmp_path / "a.wav", 1.5), _wav(tmp_path / "b.wav", 0.7, 880.0)]
   model, params, tokenizer = pretrained.load(str(checkpoint))
   assert tokenizer.suppress_tokens == (3,) and tokenizer.prompt() == [
       len(WORDS) + 2, len(WORDS) + 3, len(WORDS) + 6, len(WORDS) + 10]
-  result = _run(f"--init_from={checkpoint}", "--format=json", *files)
-  assert result.returncode != 0 and "longer than this model's 0.80 s window" in result.stderr
-  short = [_wav(tmp_path / "c.wav", 0.5), _wav(tmp_path / "d.wav", 0.7, 880.0)]
-  result = _run(f"--init_from={checkpoint}", "--format=json", *short)
+  result = _run(f"--init_from={checkpoint}", "--format=json", *GREEDY, *files)
   assert result.returncode == 0, result.stderr
   transcripts = json.loads(result.stdout)
-  assert [t["file"] for t in transcripts] == short and transcripts[0]["seconds"] == 0.5
-  assert "[2/2]" in result.stderr
-  for path, transcript in zip(short, transcripts):
-    features = audio.log_mel_spectrogram(audio.read_audio(path), window_seconds=0.8)
-    want = whisper_decoding.transcribe(model, params, tokenizer,
-                                       jnp.asarray(features)[None])[0]
-    assert transcript["text"] == want and want  # words, not an empty string
-    assert set(want.split()) <= set(WORDS + ["[UNK]"])
+  assert [t["file"] for t in transcripts] == files and transcripts[1]["seconds"] == 0.7
+  assert "[2/2]" in result.stderr and "0.8/1.5 s" in result.stderr  # windows, then files
+  for path, transcript in zip(files, transcripts):
+    features = audio.recording_features(audio.read_audio(path), window_seconds=0.8)
+    want = whisper_decoding.transcribe_long(
+        model, params, tokenizer, features, timestamps=False, temperatures=(0.0,),
+        compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None)
+    assert [s["text"] for s in transcript["segments"]] == [s.text for s in want]
+    assert set(transcript["text"].split()) <= set(WORDS + ["[UNK]"])
+  assert transcripts[0]["text"]  # words, not an empty string
+  assert [(s["start"], s["end"]) for s in transcripts[0]["segments"]] == [(0.0, 0.8),
+                                                                         (0.8, 1.5)]
+
+
+@pytest.mark.parametrize("kind", ["srt", "vtt"])
+def test_subtitles(checkpoint, tmp_path, kind):
+  files = [_wav(tmp_path / "a.wav", 1.5)]
+  result = _run(f"--init_from={checkpoint}", f"--format={kind}", *GREEDY, *files)
+  assert result.returncode == 0, result.stderr
+  text = result.stdout
+  if kind == "srt":
+    assert text.startswith("1\n00:00:00,000 --> 00:00:00,800\n")
+    assert "\n\n2\n00:00:00,800 --> 00:00:01,500\n" in text
+  else:
+    assert text.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:00.800\n")
+    assert "\n\n00:00:00.800 --> 00:00:01.500\n" in text
+
+
+def test_subtitle_clock():
+  from experiments.transcribe import _clock
+  assert _clock(3723.4567, ",") == "01:02:03,457"
+  assert _clock(59.9996, ".") == "00:01:00.000"
 
 
 def test_transcribe_names_what_is_wrong(checkpoint, tmp_path):

@@ -101,6 +101,16 @@ def log_mel_spectrogram(waveform, sample_rate: int = SAMPLE_RATE, n_mels: int = 
   return ((log_spec + 4.0) / 4.0).astype(xp.float32)
 
 
+def recording_features(waveform, n_mels: int = 80, window_seconds: float = CHUNK_SECONDS):
+  """[frames + window, n_mels]: the log-mel spectrogram of a whole recording followed by one
+  window of silence, as Whisper's long-form transcription slices it into windows
+  (openai/whisper pads the audio by 30 s before the spectrogram; the clamp to 8 below the
+  maximum is over the whole recording). frames = samples // 160."""
+  window = round(window_seconds * SAMPLE_RATE)
+  waveform = np.asarray(waveform, np.float32)
+  return log_mel_spectrogram(np.pad(waveform, (0, window)), n_mels=n_mels, pad=False)
+
+
 def resample(waveform: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE):
   """float32 [..., samples] at target_rate: polyphase resampling with a Kaiser-windowed
   (beta 5) low-pass FIR at the lower Nyquist frequency (`scipy.signal.resample_poly`)."""

@@ -12,10 +12,14 @@ Tested equal to transformers' `generate` (tests/pretrained/test_whisper_parity.p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import zlib
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from attention_jax.layers.config import with_options
@@ -69,27 +73,49 @@ def timestamp_rules(logits, generated, count, *, timestamp_begin: int, eos_id: i
   return jnp.where((stamp_mass > best_text)[:, None] & ~is_timestamp, -jnp.inf, logits)
 
 
-def greedy(model, params, features, prompt, *, max_new_tokens: int, eos_id: int,
+class Decoded(NamedTuple):
+  """What `decode` returns for a batch: tokens int32 [batch, max_new_tokens] (a row's
+  <|endoftext|> kept, `pad_id` after it); sum_logprob [batch], the log-probabilities of
+  the chosen tokens (under the decoding rules, before the temperature) up to and with the
+  end; no_speech_prob [batch], the probability of `no_speech_id` after the prompt's first
+  token, <|startoftranscript|> (Whisper's no-speech detection; 0 without one)."""
+  tokens: jax.Array
+  sum_logprob: jax.Array
+  no_speech_prob: jax.Array
+
+
+def decode(model, params, features, prompt, *, max_new_tokens: int, eos_id: int,
            suppress: tuple[int, ...] = (), begin_suppress: tuple[int, ...] = (),
-           pad_id: int = 0, timestamps: tuple[int, int, int | None] | None = None):
-  """int32 [batch, max_new_tokens]: the greedy continuation of `prompt` [batch, p] given
-  `features` [batch, frames, n_mels] (`data.audio.log_mel_spectrogram`). timestamps:
-  (timestamp_begin, no_timestamps_id, max_initial_timestamp) to decode with Whisper's
-  `timestamp_rules` (the prompt then ends without <|notimestamps|>)."""
+           pad_id: int = 0, timestamps: tuple[int, int, int | None] | None = None,
+           temperature: float = 0.0, rng=None, no_speech_id: int | None = None) -> Decoded:
+  """The continuation of `prompt` [batch, p] given `features` [batch, frames, n_mels]
+  (`data.audio.log_mel_spectrogram`): greedy at temperature 0, else sampled from the
+  softmax of logits / temperature with `rng`. timestamps: (timestamp_begin,
+  no_timestamps_id, max_initial_timestamp) to decode with Whisper's `timestamp_rules` (the
+  prompt then ends without <|notimestamps|>)."""
   limit = model.config.max_len
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
   if prompt.shape[1] + max_new_tokens > limit:
     raise ValueError(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones "
                      f"exceed the decoder's {limit} positions; ask for fewer tokens.")
-  return _greedy(with_options(model, decode=True), params, jnp.asarray(features),
+  if temperature > 0 and rng is None:
+    raise ValueError("sampling (temperature > 0) needs an `rng` key.")
+  rng = jax.random.key(0) if rng is None else rng
+  return _decode(with_options(model, decode=True), params, jnp.asarray(features),
                  jnp.asarray(prompt, jnp.int32), max_new_tokens, eos_id, tuple(suppress),
-                 tuple(begin_suppress), pad_id, None if timestamps is None else tuple(timestamps))
+                 tuple(begin_suppress), pad_id, None if timestamps is None else tuple(timestamps),
+                 no_speech_id, jnp.float32(temperature), rng)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9))
-def _greedy(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
-            begin_suppress, pad_id, timestamps):
+def greedy(model, params, features, prompt, **options):
+  """int32 [batch, max_new_tokens]: `decode`'s tokens at temperature 0."""
+  return decode(model, params, features, prompt, **options).tokens
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10))
+def _decode(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
+            begin_suppress, pad_id, timestamps, no_speech_id, temperature, rng):
   batch, length = prompt.shape
   encoder = with_options(decoder, decode=False)
   encoded = encoder.apply({"params": params}, features, method=encoder.encode)
@@ -99,31 +125,43 @@ def _greedy(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
   def logits_of(tokens, cache, encoded=None):  # None: cross-attention reads the cache
     logits, state = decoder.apply({"params": params, "cache": cache}, tokens, encoded,
                                   method=decoder.decode_logits, mutable=["cache"])
-    return _masked(logits[:, -1], suppress), state["cache"]
+    return logits, state["cache"]
 
-  def choose(logits, out, count):
+  def choose(logits, out, count, key):
+    """(token [batch], its log-probability under the rules) from last-position logits."""
+    logits = _masked(logits, suppress)
     if timestamps is not None:
       begin, no_timestamps, max_initial = timestamps
       logits = timestamp_rules(logits, out, count, timestamp_begin=begin, eos_id=eos_id,
                                no_timestamps_id=no_timestamps,
                                max_initial_timestamp=max_initial)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6))
+    token = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return token, jnp.take_along_axis(log_probs, token[:, None], axis=1)[:, 0]
 
+  keys = jax.random.split(rng, max_new_tokens)
   logits, cache = logits_of(prompt, cache, encoded)
+  if no_speech_id is None:
+    no_speech = jnp.zeros((batch,), jnp.float32)
+  else:  # at the prompt's first token, <|startoftranscript|>
+    no_speech = jax.nn.softmax(logits[:, 0], axis=-1)[:, no_speech_id]
   out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
-  first = choose(_masked(logits, begin_suppress), out, 0)
+  first, logprob = choose(_masked(logits[:, -1], begin_suppress), out, 0, keys[0])
   out = out.at[:, 0].set(first)
 
   def step(carry, count):
-    token, cache, done, out = carry
+    token, cache, done, out, total = carry
     logits, cache = logits_of(token[:, None], cache)
     done = done | (token == eos_id)
-    following = jnp.where(done, pad_id, choose(logits, out, count))
-    return (following, cache, done, out.at[:, count].set(following)), None
+    chosen, logprob = choose(logits[:, -1], out, count, keys[count])
+    following = jnp.where(done, pad_id, chosen)
+    total = total + jnp.where(done, 0.0, logprob)
+    return (following, cache, done, out.at[:, count].set(following), total), None
 
-  carry, _ = lax.scan(step, (first, cache, jnp.zeros((batch,), bool), out),
+  carry, _ = lax.scan(step, (first, cache, jnp.zeros((batch,), bool), out, logprob),
                       jnp.arange(1, max_new_tokens))
-  return carry[3]
+  return Decoded(carry[3], carry[4], no_speech)
 
 
 def transcribe(model, params, tokenizer, features, *, language: str | None = "en",
@@ -143,3 +181,129 @@ def transcribe(model, params, tokenizer, features, *, language: str | None = "en
     ended = [i for i, token in enumerate(row) if token == tokenizer.end_id]
     texts.append(tokenizer.decode(row[:ended[0]] if ended else row).strip())
   return texts
+
+
+# --- Long-form: 30 s windows that seek by the last timestamp, with temperature fallback ---
+TIME_PRECISION = 0.02  # seconds between timestamp tokens: one encoder position
+FRAMES_PER_POSITION = 2  # log-mel frames (10 ms) per encoder position
+MAX_INITIAL_TIMESTAMP = 50  # the first timestamp at most 1.0 s into a window
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """A stretch of transcript: start and end in seconds, its text and tokens (timestamp
+  tokens included), and how its window was decoded."""
+  start: float
+  end: float
+  text: str
+  tokens: tuple[int, ...]
+  temperature: float = 0.0
+  avg_logprob: float = 0.0
+  compression_ratio: float = 0.0
+  no_speech_prob: float = 0.0
+
+
+def compression_ratio(text: str) -> float:
+  """The text's UTF-8 length over its zlib-compressed length: above ~2.4, a repetition loop
+  (Whisper's measure)."""
+  data = text.encode("utf-8")
+  return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def window_segments(tokens, timestamp_begin: int, time_offset: float, window_frames: int):
+  """([(start_s, end_s, tokens)], frames to seek) of one window's generated tokens (the end
+  and padding removed): segments between pairs of timestamps; a window whose tokens end in
+  a single timestamp (no speech after it) is read whole, else the next window starts at the
+  last pair's timestamp, dropping the unfinished speech after it; tokens with no pair are
+  one segment, to the last timestamp if any, else the window's end. As transformers'
+  WhisperGenerationMixin._retrieve_segment (tested against it), except that a window's end
+  is exact, as openai/whisper's (transformers' rounds it down to a timestamp's 0.02 s)."""
+  tokens = [int(t) for t in tokens]
+  is_stamp = [t >= timestamp_begin for t in tokens]
+  single_ending = is_stamp[-2:] == [False, True]
+  pairs = [i + 1 for i in range(len(tokens) - 1) if is_stamp[i] and is_stamp[i + 1]]
+  at = lambda position: time_offset + position * TIME_PRECISION
+  if not pairs:
+    stamps = [t for t, s in zip(tokens, is_stamp) if s]
+    end = (at(stamps[-1] - timestamp_begin) if stamps and stamps[-1] != timestamp_begin
+           else time_offset + window_frames / 100)
+    return [(time_offset, end, tokens)], window_frames
+  slices = pairs + [len(tokens)] if single_ending else pairs[:-1] + [pairs[-1] + 1]
+  segments, last = [], 0
+  for i, current in enumerate(slices):
+    piece = tokens[last:current]
+    final = i == len(slices) - 1
+    end_index = -1 if not final or single_ending else -2
+    segments.append((at(piece[0] - timestamp_begin), at(piece[end_index] - timestamp_begin),
+                     piece))
+    last = current
+  if single_ending:
+    return segments, window_frames
+  return segments, (tokens[last - 2] - timestamp_begin) * FRAMES_PER_POSITION
+
+
+def transcribe_long(model, params, tokenizer, features, *, language: str | None = "en",
+                    task: str = "transcribe", timestamps: bool = True,
+                    temperatures=TEMPERATURES, compression_ratio_threshold: float | None = 2.4,
+                    logprob_threshold: float | None = -1.0,
+                    no_speech_threshold: float | None = 0.6, rng=None,
+                    max_new_tokens: int | None = None, progress=None) -> list[Segment]:
+  """Segments of audio of any length, features [frames + window, n_mels] (the recording's
+  log-mel spectrogram and a window of silence, `data.audio.recording_features`), Whisper's way:
+  windows of the encoder's length (30 s), each decoded at the first of `temperatures` whose
+  result is neither a loop (compression ratio above its threshold) nor improbable (average
+  log-probability below its threshold); a window that is probably silent (no-speech
+  probability above its threshold and improbable text) is skipped. With `timestamps` the
+  next window starts where the last complete segment ended; without, windows follow each
+  other and each is one segment. A window's features past the recording's end are zeros, as
+  openai/whisper's. `progress(seconds_done, seconds_total)` after each window.
+  `tokenizer` is a `pretrained.WhisperTokenizer`."""
+  window = FRAMES_PER_POSITION * model.config.max_source_positions
+  prompt = tokenizer.prompt(language, task, timestamps=timestamps)
+  budget = model.config.max_len - len(prompt)
+  options = dict(
+      max_new_tokens=min(max_new_tokens or budget, budget), eos_id=tokenizer.end_id,
+      suppress=tokenizer.suppress_tokens, begin_suppress=tokenizer.begin_suppress_tokens,
+      pad_id=tokenizer.end_id, no_speech_id=tokenizer.no_speech_id,
+      timestamps=((tokenizer.timestamp_begin, tokenizer.no_timestamps_id,
+                   MAX_INITIAL_TIMESTAMP) if timestamps else None))
+  rng = jax.random.key(0) if rng is None else rng
+  features = np.asarray(features, np.float32)
+  total, seek, segments = features.shape[0] - window, 0, []
+  if total < 0:
+    raise ValueError(f"features of {features.shape[0]} frames lack the window of silence "
+                     f"({window} frames) after the recording: use "
+                     "data.audio.recording_features.")
+  while seek < total:
+    frames = min(window, total - seek)
+    chunk = np.zeros((1, window, features.shape[1]), np.float32)  # zeros after the audio,
+    chunk[0, :frames] = features[seek:seek + frames]  # as openai/whisper pads a window
+    for temperature in temperatures:
+      rng, key = jax.random.split(rng)
+      result = jax.device_get(decode(model, params, chunk, np.array([prompt]),
+                                     temperature=temperature, rng=key, **options))
+      tokens = [int(t) for t in result.tokens[0]]
+      tokens = tokens[:tokens.index(tokenizer.end_id)] if tokenizer.end_id in tokens else tokens
+      avg_logprob = float(result.sum_logprob[0]) / (len(tokens) + 1)
+      ratio = compression_ratio(tokenizer.decode(tokens))
+      no_speech = float(result.no_speech_prob[0])
+      improbable = logprob_threshold is not None and avg_logprob < logprob_threshold
+      silent = (no_speech_threshold is not None and no_speech > no_speech_threshold
+                and (logprob_threshold is None or improbable))
+      looping = compression_ratio_threshold is not None and ratio > compression_ratio_threshold
+      if silent or not (looping or improbable):
+        break
+    if silent or not tokens:
+      seek += frames
+    else:
+      pieces, advance = (window_segments(tokens, tokenizer.timestamp_begin, seek / 100, frames)
+                         if timestamps else ([(seek / 100, (seek + frames) / 100, tokens)],
+                                             frames))
+      segments += [Segment(start, end, tokenizer.decode(piece).strip(), tuple(piece),
+                           temperature, avg_logprob, ratio, no_speech)
+                   for start, end, piece in pieces if tokenizer.decode(piece).strip()]
+      seek += advance if 0 < advance <= frames else frames  # never back, never past it
+    if progress is not None:
+      progress(min(seek, total) / 100, total / 100)
+  return segments

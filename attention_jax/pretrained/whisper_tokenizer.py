@@ -19,6 +19,7 @@ END, START, TRANSCRIBE, TRANSLATE, NO_TIMESTAMPS = (
     "<|endoftext|>", "<|startoftranscript|>", "<|transcribe|>", "<|translate|>",
     "<|notimestamps|>")
 TASKS = {"transcribe": TRANSCRIBE, "translate": TRANSLATE}
+NO_SPEECH = ("<|nospeech|>", "<|nocaptions|>")
 
 
 class WhisperTokenizer:
@@ -39,6 +40,9 @@ class WhisperTokenizer:
     self.task_ids = {task: ids[token] for task, token in TASKS.items()}
     self.no_timestamps_id = ids[NO_TIMESTAMPS]
     self.timestamp_begin = self.no_timestamps_id + 1  # <|0.00|>, as Whisper's vocabularies
+    # "no speech here": <|nospeech|> (<|nocaptions|> in the first vocabularies), if any
+    self.no_speech_id = next((i for i in map(tokenizer.token_to_id, NO_SPEECH) if i is not None),
+                             None)
     self.stop_ids = (self.end_id,)
     self.special_tokens = {"bos_token": self.end_id, "eos_token": self.end_id,
                            "pad_token": self.end_id, "unk_token": self.end_id}
