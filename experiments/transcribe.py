@@ -2,6 +2,7 @@ r"""Transcribe audio files of any length with a Whisper checkpoint.
 
     python -m experiments.transcribe --init_from=checkpoints/whisper-tiny verse.wav more.flac
     python -m experiments.transcribe --init_from=DIR --timestamps=segment --format=srt talk.wav
+    python -m experiments.transcribe --init_from=DIR --timestamps=word --format=json talk.wav
     python -m experiments.transcribe --init_from=DIR --language=de --task=translate \
         --format=json talk.wav > talk.json
 
@@ -11,9 +12,10 @@ into Whisper's log-mel features and transcribed window by window (30 s for Whisp
 checkpoints), Whisper's long-form way (`models.whisper_decoding.transcribe_long`): greedy,
 falling back to higher temperatures when a window's text loops or is improbable, skipping
 windows that are probably silent; with timestamps, each window starts where the last
-complete segment ended. Progress (files and windows) goes to stderr, transcripts to stdout:
-txt (one line per file), srt or vtt (subtitles; one file's cues after another's), or json
-(each file's text and segments).
+complete segment ended; with word timestamps, each word's times come from the alignment
+heads' cross-attention (`models.whisper_alignment`). Progress (files and windows) goes to
+stderr, transcripts to stdout: txt (one line per file), srt or vtt (subtitles; one file's
+cues after another's), or json (each file's text, segments and words).
 """
 
 import json
@@ -28,9 +30,11 @@ _LANGUAGE = flags.DEFINE_string("language", "en", "The spoken language's code (e
                                 "'none' for an English-only model.")
 _TASK = flags.DEFINE_enum("task", "transcribe", ["transcribe", "translate"],
                           "Transcribe, or translate into English.")
-_TIMESTAMPS = flags.DEFINE_enum("timestamps", "none", ["none", "segment"],
-                                "Decode with timestamp tokens: segments with times, and "
-                                "windows that seek by them; none: each window one segment.")
+_TIMESTAMPS = flags.DEFINE_enum("timestamps", "none", ["none", "segment", "word"],
+                                "segment: decode with timestamp tokens (segments with times, "
+                                "windows that seek by them); word: also each word's times "
+                                "(in json), from the cross-attention; none: each window one "
+                                "segment.")
 _FORMAT = flags.DEFINE_enum("format", "txt", ["txt", "srt", "vtt", "json"],
                             "One transcript per line, subtitles, or a JSON list of {file, "
                             "seconds, text, segments}.")
@@ -62,7 +66,8 @@ def _threshold(flag) -> float | None:
 
 def transcribe_files(model, params, tokenizer, paths, *, log=sys.stderr, **options
                      ) -> list[dict]:
-  """[{"file", "seconds" (of audio), "text", "segments": [{"start", "end", "text"}]}] for
+  """[{"file", "seconds" (of audio), "text", "segments": [{"start", "end", "text", and with
+  word timestamps "words": [{"word", "start", "end", "probability"}]}]}] for
   each audio file, one at a time, with a progress line per window and per file on `log`.
   `options` go to whisper_decoding.transcribe_long."""
   from attention_jax.data import audio  # pylint: disable=import-outside-toplevel
@@ -81,11 +86,18 @@ def transcribe_files(model, params, tokenizer, paths, *, log=sys.stderr, **optio
                                                 progress=progress, **options)
     results.append({"file": path, "seconds": round(seconds, 3),
                     "text": " ".join(s.text for s in segments),
-                    "segments": [{"start": round(s.start, 3), "end": round(s.end, 3),
-                                  "text": s.text} for s in segments]})
+                    "segments": [_segment_json(s) for s in segments]})
     print(f"\r[{i + 1}/{len(paths)}] {path}: {seconds:.1f} s of audio in "
           f"{time.perf_counter() - start:.1f} s", file=log, flush=True)
   return results
+
+
+def _segment_json(segment) -> dict:
+  out = {"start": round(segment.start, 3), "end": round(segment.end, 3), "text": segment.text}
+  if segment.words:
+    out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+                     "probability": round(w.probability, 4)} for w in segment.words]
+  return out
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -122,7 +134,8 @@ def main(argv):
     temperatures = tuple(float(t) for t in _TEMPERATURES.value)
   except ValueError:
     raise app.UsageError(f"--temperatures must be numbers, got {_TEMPERATURES.value}.") from None
-  options = dict(temperatures=temperatures, timestamps=_TIMESTAMPS.value == "segment",
+  options = dict(temperatures=temperatures, timestamps=_TIMESTAMPS.value != "none",
+                 word_timestamps=_TIMESTAMPS.value == "word",
                  compression_ratio_threshold=_threshold(_COMPRESSION),
                  logprob_threshold=_threshold(_LOGPROB),
                  no_speech_threshold=_threshold(_NO_SPEECH), max_new_tokens=_MAX_NEW.value,

@@ -124,3 +124,14 @@ def test_the_whisper_tokenizer_round_trips_through_export(checkpoint, tmp_path):
   assert again.encode("let there be light") == ids
   assert (again.suppress_tokens, again.begin_suppress_tokens) == (
       tokenizer.suppress_tokens, tokenizer.begin_suppress_tokens)
+
+
+def test_word_timestamps_in_json(checkpoint, tmp_path):
+  result = _run(f"--init_from={checkpoint}", "--format=json", "--timestamps=word", *GREEDY,
+                _wav(tmp_path / "a.wav", 1.5))
+  assert result.returncode == 0, result.stderr
+  segments = json.loads(result.stdout)[0]["segments"]
+  assert segments and all("words" in s for s in segments)
+  for segment in segments:
+    assert "".join(w["word"] for w in segment["words"]).strip() == segment["text"]
+    assert all(w["start"] <= w["end"] and 0 < w["probability"] <= 1 for w in segment["words"])

@@ -23,6 +23,7 @@ import numpy as np
 from jax import lax
 
 from attention_jax.layers.config import with_options
+from attention_jax.models import whisper_alignment
 from attention_jax.models.generation import init_cache
 
 
@@ -202,6 +203,7 @@ class Segment:
   avg_logprob: float = 0.0
   compression_ratio: float = 0.0
   no_speech_prob: float = 0.0
+  words: tuple = ()  # whisper_alignment.WordTiming, with word_timestamps
 
 
 def compression_ratio(text: str) -> float:
@@ -248,7 +250,8 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
                     temperatures=TEMPERATURES, compression_ratio_threshold: float | None = 2.4,
                     logprob_threshold: float | None = -1.0,
                     no_speech_threshold: float | None = 0.6, rng=None,
-                    max_new_tokens: int | None = None, progress=None) -> list[Segment]:
+                    max_new_tokens: int | None = None, word_timestamps: bool = False,
+                    alignment_heads=None, progress=None) -> list[Segment]:
   """Segments of audio of any length, features [frames + window, n_mels] (the recording's
   log-mel spectrogram and a window of silence, `data.audio.recording_features`), Whisper's way:
   windows of the encoder's length (30 s), each decoded at the first of `temperatures` whose
@@ -257,7 +260,9 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
   probability above its threshold and improbable text) is skipped. With `timestamps` the
   next window starts where the last complete segment ended; without, windows follow each
   other and each is one segment. A window's features past the recording's end are zeros, as
-  openai/whisper's. `progress(seconds_done, seconds_total)` after each window.
+  openai/whisper's. `word_timestamps`: each segment's words with their times
+  (`whisper_alignment.word_timings`, by `alignment_heads` [(layer, head)], default the
+  decoder's second half). `progress(seconds_done, seconds_total)` after each window.
   `tokenizer` is a `pretrained.WhisperTokenizer`."""
   window = FRAMES_PER_POSITION * model.config.max_source_positions
   prompt = tokenizer.prompt(language, task, timestamps=timestamps)
@@ -300,10 +305,29 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
       pieces, advance = (window_segments(tokens, tokenizer.timestamp_begin, seek / 100, frames)
                          if timestamps else ([(seek / 100, (seek + frames) / 100, tokens)],
                                              frames))
+      words = ([None] * len(pieces) if not word_timestamps else _words_by_piece(
+          whisper_alignment.word_timings(
+              model, params, tokenizer, chunk, [t for t in tokens if t < tokenizer.end_id],
+              frames=frames, language=language, task=task, alignment_heads=alignment_heads,
+              time_offset=seek / 100), pieces, tokenizer.end_id))
       segments += [Segment(start, end, tokenizer.decode(piece).strip(), tuple(piece),
-                           temperature, avg_logprob, ratio, no_speech)
-                   for start, end, piece in pieces if tokenizer.decode(piece).strip()]
+                           temperature, avg_logprob, ratio, no_speech, tuple(timings or ()))
+                   for (start, end, piece), timings in zip(pieces, words)
+                   if tokenizer.decode(piece).strip()]
       seek += advance if 0 < advance <= frames else frames  # never back, never past it
     if progress is not None:
       progress(min(seek, total) / 100, total / 100)
   return segments
+
+
+def _words_by_piece(timings, pieces, end_id: int) -> list[list]:
+  """The word timings of a window shared out to its segments, by their text tokens."""
+  shared, i = [], 0
+  for _, _, piece in pieces:
+    count, mine = sum(t < end_id for t in piece), []
+    while i < len(timings) and count > 0:
+      mine.append(timings[i])
+      count -= len(timings[i].tokens)
+      i += 1
+    shared.append(mine)
+  return shared

@@ -1,0 +1,191 @@
+"""Word timestamps for Whisper: where in the audio each word of a transcript is said.
+
+    words = whisper_alignment.word_timings(model, params, tokenizer, window_features,
+                                           text_tokens, frames=...)
+    # [WordTiming(word=" In", start=0.22, end=0.34, probability=0.93), ...]
+
+openai/whisper's method: run the decoder teacher-forced over <|startoftranscript|>
+<|lang|> <|task|> <|notimestamps|> text <|endoftext|>, take the cross-attention weights of
+the alignment heads (a checkpoint's generation_config.json names them; by default every
+head of the decoder's second half), renormalised over the window's audio frames, standardise
+each head's weights over the tokens, smooth them along time with a median filter (width 7),
+average the heads, and find the monotonic token-to-time path through them by dynamic time
+warping. A token's time is where the path reaches its row; a word spans its first token's
+time to the next word's; punctuation joins its neighbour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+import jax
+import numpy as np
+
+from attention_jax.layers.config import with_options
+from attention_jax.layers.partitioning import in_stack
+
+MEDIAN_FILTER_WIDTH = 7
+POSITIONS_PER_SECOND = 50  # encoder positions: 20 ms each
+PREPEND_PUNCTUATION = "\"'“¿([{-"
+APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclasses.dataclass(frozen=True)
+class WordTiming:
+  word: str  # as decoded, with its leading space
+  start: float  # seconds
+  end: float
+  probability: float  # the mean of its tokens' probabilities
+  tokens: tuple[int, ...] = ()
+
+
+def median_filter(x: np.ndarray, width: int) -> np.ndarray:
+  """The median of each `width` (odd) window along the last axis, edges reflected."""
+  if width <= 0 or width % 2 != 1:
+    raise ValueError(f"the median filter's width must be odd and positive, got {width}.")
+  pad = width // 2
+  if x.shape[-1] <= pad:
+    return x
+  padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+  windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
+  return np.sort(windows, axis=-1)[..., pad]
+
+
+def dynamic_time_warping(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(row indices, column indices) of the cheapest monotonic path through cost [rows,
+  columns] from its first cell to its last, each step one row, one column or both (ties go
+  to the column step). float32 sums, as Whisper's."""
+  rows, columns = cost.shape
+  total = np.full((rows + 1, columns + 1), np.inf, np.float32)
+  trace = np.full((rows + 1, columns + 1), -1, np.int8)
+  total[0, 0] = 0
+  cost = cost.astype(np.float32)
+  for j in range(1, columns + 1):
+    for i in range(1, rows + 1):
+      diagonal, up, left = total[i - 1, j - 1], total[i - 1, j], total[i, j - 1]
+      if diagonal < up and diagonal < left:
+        best, step = diagonal, 0
+      elif up < diagonal and up < left:
+        best, step = up, 1
+      else:
+        best, step = left, 2
+      total[i, j] = cost[i - 1, j - 1] + best
+      trace[i, j] = step
+  trace[0, :], trace[:, 0] = 2, 1
+  i, j, path = rows, columns, []
+  while i > 0 or j > 0:
+    path.append((i - 1, j - 1))
+    step = trace[i, j]
+    i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+  path = np.array(path[::-1])
+  return path[:, 0], path[:, 1]
+
+
+def cross_attention_weights(model, params, features, tokens) -> np.ndarray:
+  """float32 [decoder layers, batch, heads, tokens, positions]: every decoder block's
+  cross-attention weights, teacher-forced (the dot_product kernel, which returns them)."""
+  probe = with_options(model, sow_weights=True, kernel="dot_product", decode=False)
+  logits, state = probe.apply({"params": params}, features, tokens, mutable=["intermediates"])
+  layers = []
+
+  def collect(path, leaf):
+    keys = [str(getattr(k, "key", "")) for k in path]
+    if "cross_attention" in keys and "attention_weights" in keys:
+      if in_stack(path):  # scan_layers: [layers, ...]
+        layers.extend(np.asarray(leaf, np.float32))
+      else:
+        layers.append((int(keys[0].rsplit("_", 1)[1]), np.asarray(leaf, np.float32)))
+
+  jax.tree_util.tree_map_with_path(collect, state["intermediates"])
+  if layers and isinstance(layers[0], tuple):
+    layers = [weights for _, weights in sorted(layers, key=lambda item: item[0])]
+  return np.asarray(logits), np.stack(layers)
+
+
+def default_alignment_heads(model) -> tuple[tuple[int, int], ...]:
+  """Every head of the decoder's second half (openai/whisper's default)."""
+  c = model.config
+  depth = c.decoder_depth or c.depth
+  return tuple((layer, head) for layer in range(depth // 2, depth)
+               for head in range(c.num_heads))
+
+
+def split_words(tokenizer, tokens) -> list[list[int]]:
+  """`tokens` grouped into words, as openai/whisper's split_tokens_on_spaces: a token whose
+  text starts with a space, or is ASCII punctuation, or is special (its id at or above the
+  end token), starts a new word."""
+  words, text = [], ""
+  special_from = min(tokenizer.stop_ids)
+  for i, token in enumerate(tokens):
+    longer = tokenizer.decode(tokens[:i + 1])
+    piece = longer[len(text):]
+    text = longer
+    if (not words or token >= special_from or piece.startswith(" ")
+        or piece.strip() in string.punctuation):
+      words.append([token])
+    else:
+      words[-1].append(token)
+  return words
+
+
+def merge_punctuation(timings: list[WordTiming]) -> list[WordTiming]:
+  """openai/whisper's merge_punctuations: an opening mark (a word " (") joins the word after
+  it, a closing mark ("," ".") the word before it (times kept: the word's own); the marks'
+  own entries are dropped."""
+  words = [[t.word, list(t.tokens)] for t in timings]
+  j = len(words) - 1
+  for i in range(len(words) - 2, -1, -1):
+    if words[i][0].startswith(" ") and words[i][0].strip() in PREPEND_PUNCTUATION:
+      words[j] = [words[i][0] + words[j][0], words[i][1] + words[j][1]]
+      words[i] = ["", []]
+    else:
+      j = i
+  i = 0
+  for j in range(1, len(words)):
+    if not words[i][0].endswith(" ") and words[j][0] in APPEND_PUNCTUATION:
+      words[i] = [words[i][0] + words[j][0], words[i][1] + words[j][1]]
+      words[j] = ["", []]
+    else:
+      i = j
+  return [dataclasses.replace(t, word=w, tokens=tuple(tokens))
+          for t, (w, tokens) in zip(timings, words) if w]
+
+
+def word_timings(model, params, tokenizer, features, text_tokens, *, frames: int,
+                 language: str | None = "en", task: str = "transcribe",
+                 alignment_heads=None, time_offset: float = 0.0) -> list[WordTiming]:
+  """The words of `text_tokens` (a window's transcript, no timestamps) with their times in
+  seconds (plus `time_offset`), from features [1, window frames, n_mels] of which the first
+  `frames` are audio. `tokenizer` is a `pretrained.WhisperTokenizer`, or any with a
+  `prompt(language, task)`."""
+  text_tokens = [int(t) for t in text_tokens]
+  if not text_tokens:
+    return []
+  prompt = tokenizer.prompt(language, task, timestamps=False)
+  end = tokenizer.stop_ids[0]
+  tokens = np.array([prompt + text_tokens + [end]], np.int32)
+  logits, weights = cross_attention_weights(model, params, features, tokens)
+  heads = alignment_heads or default_alignment_heads(model)
+  weights = np.stack([weights[layer, 0, head] for layer, head in heads])  # [h, tokens, pos]
+  positions = max(frames // 2, 1)
+  weights = weights[:, :, :positions]
+  weights = weights / np.maximum(weights.sum(-1, keepdims=True), 1e-20)  # softmax over audio
+  mean, std = weights.mean(axis=-2, keepdims=True), weights.std(axis=-2, keepdims=True)
+  weights = median_filter((weights - mean) / np.maximum(std, 1e-20), MEDIAN_FILTER_WIDTH)
+  # rows: <|notimestamps|> then each text token (the prompt's start and the end left out)
+  matrix = weights.mean(axis=0)[len(prompt) - 1:-1]
+  rows, columns = dynamic_time_warping(-matrix)
+  jumps = np.pad(np.diff(rows), (1, 0), constant_values=1).astype(bool)
+  jump_times = columns[jumps] / POSITIONS_PER_SECOND
+  probs = jax.nn.softmax(logits[0, len(prompt) - 1:-1, :end], axis=-1)
+  token_probs = np.asarray(probs)[np.arange(len(text_tokens)), text_tokens]
+  words = split_words(tokenizer, text_tokens)
+  boundaries = np.cumsum([0] + [len(w) for w in words])
+  timings = [WordTiming(word=tokenizer.decode(text_tokens[:b1])[len(tokenizer.decode(
+      text_tokens[:b0])):], start=time_offset + float(jump_times[b0]),
+                        end=time_offset + float(jump_times[b1]),
+                        probability=float(token_probs[b0:b1].mean()),
+                        tokens=tuple(text_tokens[b0:b1]))
+             for b0, b1 in zip(boundaries[:-1], boundaries[1:])]
+  return merge_punctuation(timings)
