@@ -34,7 +34,8 @@ def checkpoint(tmp_path_factory):
   tokenizer.add_special_tokens(SPECIALS)
   tokenizer.save(str(directory / "tokenizer.json"))
   (directory / "generation_config.json").write_text(json.dumps(
-      {"suppress_tokens": [3], "begin_suppress_tokens": [len(WORDS) + 1]}))
+      {"suppress_tokens": [3], "begin_suppress_tokens": [len(WORDS) + 1],
+       "alignment_heads": [[1, 0], [2, 3]]}))
   return directory
 
 
@@ -124,6 +125,11 @@ def test_the_whisper_tokenizer_round_trips_through_export(checkpoint, tmp_path):
   assert again.encode("let there be light") == ids
   assert (again.suppress_tokens, again.begin_suppress_tokens) == (
       tokenizer.suppress_tokens, tokenizer.begin_suppress_tokens)
+  assert again.alignment_heads == tokenizer.alignment_heads == ((1, 0), (2, 3))
+  (tmp_path / "again" / "generation_config.json").write_text(
+      json.dumps({"alignment_heads": [[1, "0"]]}))
+  with pytest.raises(ValueError, match="alignment_heads must be a list of \\[layer, head\\]"):
+    pretrained.load(str(tmp_path / "again"))
 
 
 def test_word_timestamps_in_json(checkpoint, tmp_path):

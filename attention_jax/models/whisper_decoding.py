@@ -262,7 +262,7 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
   other and each is one segment. A window's features past the recording's end are zeros, as
   openai/whisper's. `word_timestamps`: each segment's words with their times
   (`whisper_alignment.word_timings`, by `alignment_heads` [(layer, head)], default the
-  decoder's second half). `progress(seconds_done, seconds_total)` after each window.
+  tokenizer's, from generation_config.json, else the decoder's second half). `progress(seconds_done, seconds_total)` after each window.
   `tokenizer` is a `pretrained.WhisperTokenizer`."""
   window = FRAMES_PER_POSITION * model.config.max_source_positions
   prompt = tokenizer.prompt(language, task, timestamps=timestamps)
@@ -308,7 +308,8 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
       words = ([None] * len(pieces) if not word_timestamps else _words_by_piece(
           whisper_alignment.word_timings(
               model, params, tokenizer, chunk, [t for t in tokens if t < tokenizer.end_id],
-              frames=frames, language=language, task=task, alignment_heads=alignment_heads,
+              frames=frames, language=language, task=task,
+              alignment_heads=alignment_heads or tokenizer.alignment_heads,
               time_offset=seek / 100), pieces, tokenizer.end_id))
       segments += [Segment(start, end, tokenizer.decode(piece).strip(), tuple(piece),
                            temperature, avg_logprob, ratio, no_speech, tuple(timings or ()))

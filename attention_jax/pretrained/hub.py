@@ -305,9 +305,5 @@ def export(model, params, directory: str, tokenizer=None, *, dtype=None,
       tokenizer.save_config(directory)
     if isinstance(tokenizer, WhisperTokenizer):  # its decoding rules
       with open(os.path.join(directory, "generation_config.json"), "w") as f:
-        json.dump({"suppress_tokens": list(tokenizer.suppress_tokens),
-                   "begin_suppress_tokens": list(tokenizer.begin_suppress_tokens),
-                   "decoder_start_token_id": tokenizer.start_id,
-                   "eos_token_id": tokenizer.end_id, "pad_token_id": tokenizer.end_id}, f,
-                  indent=2)
+        json.dump(tokenizer.generation_config(), f, indent=2)
   return directory

@@ -3,7 +3,7 @@ say what to decode: <|startoftranscript|>, a language (<|en|>, ...), the task (<
 or <|translate|>), <|notimestamps|> (or timestamps <|0.00|> ... <|30.00|>, 0.02 s apart,
 after it in the vocabulary); <|endoftext|> ends a transcript. The decoding rules Whisper's
 checkpoints ship in generation_config.json (tokens never to emit, and those not to begin
-with) come with it.
+with) and the alignment heads (word timestamps) come with it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class WhisperTokenizer:
   `suppress_tokens` / `begin_suppress_tokens`."""
   chat_template = None
 
-  def __init__(self, tokenizer, suppress_tokens=(), begin_suppress_tokens=None):
+  def __init__(self, tokenizer, suppress_tokens=(), begin_suppress_tokens=None,
+               alignment_heads=None):
     self._tokenizer = tokenizer  # the `tokenizers.Tokenizer`
     self.vocab_size = tokenizer.get_vocab_size()
     ids = {name: tokenizer.token_to_id(name)
@@ -51,6 +52,10 @@ class WhisperTokenizer:
       blank = self.encode(" ")
       begin_suppress_tokens = tuple(blank[:1]) + (self.end_id,)
     self.begin_suppress_tokens = tuple(begin_suppress_tokens)
+    # (decoder layer, head) pairs whose cross-attention follows the speech (word timestamps);
+    # None: models.whisper_alignment's default
+    self.alignment_heads = (None if alignment_heads is None
+                            else tuple(tuple(pair) for pair in alignment_heads))
 
   @classmethod
   def from_directory(cls, directory: str) -> "WhisperTokenizer | None":
@@ -71,7 +76,26 @@ class WhisperTokenizer:
             raise ValueError(f"{generation}: {field} must be a list of token ids, got "
                              f"{str(values)[:80]}.")
           rules[field] = tuple(values)
+      if "alignment_heads" in config:
+        heads = config["alignment_heads"]
+        if not isinstance(heads, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
+            for p in heads):
+          raise ValueError(f"{generation}: alignment_heads must be a list of [layer, head] "
+                           f"pairs, got {str(heads)[:80]}.")
+        rules["alignment_heads"] = heads
     return cls(tokenizer_from_file(path), **rules)
+
+  def generation_config(self) -> dict:
+    """generation_config.json's decoding rules, as transformers reads them."""
+    config = {"suppress_tokens": list(self.suppress_tokens),
+              "begin_suppress_tokens": list(self.begin_suppress_tokens),
+              "decoder_start_token_id": self.start_id, "eos_token_id": self.end_id,
+              "pad_token_id": self.end_id}
+    if self.alignment_heads is not None:
+      config["alignment_heads"] = [list(pair) for pair in self.alignment_heads]
+    return config
 
   def language_id(self, language: str) -> int:
     token = self._tokenizer.token_to_id(f"<|{language}|>")
