@@ -13,10 +13,11 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from attention_jax.pretrained import ChatTokenizer
+from attention_jax.pretrained import ChatTokenizer, WhisperTokenizer
 
 TOKENIZER_FILE = "tokenizer.json"  # in a workdir: bytes, WordPiece or BPE (`to_json`)
 CHAT_TOKENIZER_DIR = "chat_tokenizer"  # in a workdir: a chat tokenizer's Hugging Face files
+WHISPER_TOKENIZER_DIR = "whisper_tokenizer"  # in a workdir: a Whisper tokenizer's files
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # A causal LM's reserved tokens: end of document, and ChatML's turn delimiters (SmolLM2,
 # Qwen2), so a model pretrained from scratch can be instruction-tuned without a new vocabulary.
@@ -159,6 +160,22 @@ def train_byte_level_bpe(texts, vocab_size: int, special_tokens=CHAT_SPECIAL_TOK
   return tokenizer
 
 
+def train_whisper_tokenizer(texts, vocab_size: int, languages=("en",)) -> WhisperTokenizer:
+  """A Whisper tokenizer for a speech model trained from scratch: a byte-level BPE of
+  `vocab_size` tokens trained on `texts`, then Whisper's special tokens in Whisper's order
+  (<|endoftext|>, <|startoftranscript|>, a token per language, <|translate|>,
+  <|transcribe|>, <|startoflm|>, <|startofprev|>, <|nospeech|>, <|notimestamps|>) and its
+  1,501 timestamps <|0.00|> ... <|30.00|>: the layout Whisper's checkpoints have, so
+  decoding, export and transformers treat it as theirs."""
+  tokenizer = train_byte_level_bpe(texts, vocab_size, special_tokens=())
+  specials = (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{lang}|>" for lang in languages]
+              + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>",
+                 "<|nospeech|>", "<|notimestamps|>"]
+              + [f"<|{0.02 * i:.2f}|>" for i in range(1501)])
+  tokenizer.add_special_tokens(specials)
+  return WhisperTokenizer(tokenizer)
+
+
 def pad(ids: list[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """(ids int32 [length], mask int32 [length]): `ids` truncated or padded to `length`."""
   ids = ids[:length]
@@ -170,21 +187,25 @@ def pad(ids: list[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarra
 
 
 def saved_in(workdir: str | None) -> str | None:
-  """Which tokenizer a workdir holds: "chat" (CHAT_TOKENIZER_DIR), "ours" (TOKENIZER_FILE)
-  or None."""
+  """Which tokenizer a workdir holds: "chat" (CHAT_TOKENIZER_DIR), "whisper"
+  (WHISPER_TOKENIZER_DIR), "ours" (TOKENIZER_FILE) or None."""
   if not workdir:
     return None
-  if os.path.exists(os.path.join(workdir, CHAT_TOKENIZER_DIR, "tokenizer.json")):
-    return "chat"
+  for kind, directory in (("chat", CHAT_TOKENIZER_DIR), ("whisper", WHISPER_TOKENIZER_DIR)):
+    if os.path.exists(os.path.join(workdir, directory, "tokenizer.json")):
+      return kind
   return "ours" if os.path.exists(os.path.join(workdir, TOKENIZER_FILE)) else None
 
 
 def save(tokenizer: Tokenizer, workdir: str):
-  """Writes `tokenizer` into a workdir: a ChatTokenizer as Hugging Face files in
-  CHAT_TOKENIZER_DIR (tokenizer.json, tokenizer_config.json with the template), ours as
-  TOKENIZER_FILE."""
+  """Writes `tokenizer` into a workdir: a ChatTokenizer or WhisperTokenizer as Hugging Face
+  files in CHAT_TOKENIZER_DIR (tokenizer.json, tokenizer_config.json with the template) or
+  WHISPER_TOKENIZER_DIR (tokenizer.json, generation_config.json), ours as TOKENIZER_FILE."""
   if isinstance(tokenizer, ChatTokenizer):
     tokenizer.save(os.path.join(workdir, CHAT_TOKENIZER_DIR))
+    return
+  if isinstance(tokenizer, WhisperTokenizer):
+    tokenizer.save(os.path.join(workdir, WHISPER_TOKENIZER_DIR))
     return
   with open(os.path.join(workdir, TOKENIZER_FILE), "w") as f:
     json.dump(tokenizer.to_json(), f)
@@ -192,8 +213,11 @@ def save(tokenizer: Tokenizer, workdir: str):
 
 def load(workdir: str) -> Tokenizer:
   """The tokenizer a training run saved in `workdir`."""
-  if saved_in(workdir) == "chat":
+  kind = saved_in(workdir)
+  if kind == "chat":
     return ChatTokenizer.from_directory(os.path.join(workdir, CHAT_TOKENIZER_DIR))
+  if kind == "whisper":
+    return WhisperTokenizer.from_directory(os.path.join(workdir, WHISPER_TOKENIZER_DIR))
   path = os.path.join(workdir, TOKENIZER_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {TOKENIZER_FILE} in {workdir}: is it a training workdir?")

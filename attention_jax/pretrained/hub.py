@@ -304,6 +304,5 @@ def export(model, params, directory: str, tokenizer=None, *, dtype=None,
     if isinstance(tokenizer, ChatTokenizer):  # its special tokens and template
       tokenizer.save_config(directory)
     if isinstance(tokenizer, WhisperTokenizer):  # its decoding rules
-      with open(os.path.join(directory, "generation_config.json"), "w") as f:
-        json.dump(tokenizer.generation_config(), f, indent=2)
+      tokenizer.save_config(directory)
   return directory

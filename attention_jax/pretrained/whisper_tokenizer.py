@@ -8,6 +8,7 @@ with) and the alignment heads (word timestamps) come with it.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -86,6 +87,17 @@ class WhisperTokenizer:
                            f"pairs, got {str(heads)[:80]}.")
         rules["alignment_heads"] = heads
     return cls(tokenizer_from_file(path), **rules)
+
+  def save(self, directory: str):
+    """Writes tokenizer.json and generation_config.json: what `from_directory` reads."""
+    os.makedirs(directory, exist_ok=True)
+    self._tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    self.save_config(directory)
+
+  def save_config(self, directory: str):
+    """Writes generation_config.json: the decoding rules, as transformers reads them."""
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+      json.dump(self.generation_config(), f, indent=2)
 
   def generation_config(self) -> dict:
     """generation_config.json's decoding rules, as transformers reads them."""

@@ -29,10 +29,12 @@ def _all():
                       "mask_token": "[MASK]", "unk_token": "[UNK]"}),
       "chat": (pretrained.ChatTokenizer.chatml(tokenizers.train_byte_level_bpe(TEXTS, 300)),
                {"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}),
+      "whisper": (tokenizers.train_whisper_tokenizer(TEXTS, 300),
+                  {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}),
   }
 
 
-@pytest.mark.parametrize("name", ["bytes", "wordpiece", "bpe", "pretrained", "chat"])
+@pytest.mark.parametrize("name", ["bytes", "wordpiece", "bpe", "pretrained", "chat", "whisper"])
 def test_every_tokenizer_has_the_protocol(name):
   tokenizer, roles = _all()[name]
   assert isinstance(tokenizer, tokenizers.Tokenizer)
@@ -58,7 +60,7 @@ def test_every_tokenizer_has_the_protocol(name):
     assert tokenizer.stop_ids == (tokenizer.special_tokens["eos_token"],)
 
 
-@pytest.mark.parametrize("name", ["bytes", "wordpiece", "bpe", "chat"])
+@pytest.mark.parametrize("name", ["bytes", "wordpiece", "bpe", "chat", "whisper"])
 def test_a_workdir_keeps_its_tokenizer(name, tmp_path):
   """load_or_make: a new run makes its tokenizer and saves it, a resumed one reloads it (a base's
   or a new one is not used), and what is reloaded encodes and stops the same."""
@@ -66,12 +68,15 @@ def test_a_workdir_keeps_its_tokenizer(name, tmp_path):
   made = []
   first = tokenizers.load_or_make(str(tmp_path), lambda: made.append(1) or tokenizer)
   assert first is tokenizer and made == [1]
-  assert tokenizers.saved_in(str(tmp_path)) == ("chat" if name == "chat" else "ours")
+  assert tokenizers.saved_in(str(tmp_path)) == (name if name in ("chat", "whisper") else "ours")
   again = tokenizers.load_or_make(str(tmp_path), lambda: made.append(1), _all()["bytes"][0])
   assert made == [1] and type(again) is type(tokenizer)
   assert again.encode(TEXT) == tokenizer.encode(TEXT)
   assert again.stop_ids == tokenizer.stop_ids and again.vocab_size == tokenizer.vocab_size
   assert again.chat_template == tokenizer.chat_template
+  if name == "whisper":  # the layout of Whisper's vocabularies, and its decoding rules
+    assert again.prompt() == tokenizer.prompt() and again.timestamp_begin == 300 + 9
+    assert again.begin_suppress_tokens == tokenizer.begin_suppress_tokens
 
 
 def test_a_base_tokenizer_comes_before_a_new_one(tmp_path):

@@ -29,13 +29,20 @@ def test_examples_are_features_and_prompted_tokens(config):
   waveform = audio.decode_audio(example["flac"])[:round(config.dataset.max_seconds * 16000)]
   np.testing.assert_allclose(encoded["features"], audio.log_mel_spectrogram(
       waveform, pad=True, window_seconds=config.dataset.max_seconds), atol=1e-6)
-  tok = task.tokenizer
-  text_ids = tok.encode(pipeline.as_text(example["text"]))
-  want = ([tok.bos_id] + text_ids)[:config.dataset.seq_len] + [tok.eos_id]
+  tok = task.tokenizer  # trained here, with Whisper's special tokens after the text's
+  assert tok.timestamp_begin == tok.no_timestamps_id + 1 == tok.vocab_size - 1501
+  assert tok.decode([tok.end_id]) == "" and tok.no_speech_id is not None
+  text_ids = tok.encode(" " + pipeline.as_text(example["text"]))
+  assert max(text_ids) < tok.end_id and tok.decode(text_ids) == " " + pipeline.as_text(
+      example["text"])
+  prompt = [tok.start_id, tok.language_id("en"), tok.task_ids["transcribe"],
+            tok.no_timestamps_id]
+  want = (prompt + text_ids)[:config.dataset.seq_len] + [tok.end_id]
   n = len(want) - 1
   assert encoded["tokens_in"][:n].tolist() == want[:-1]
   assert encoded["tokens_out"][:n].tolist() == want[1:]
-  assert encoded["token_mask"].tolist() == [1] * n + [0] * (config.dataset.seq_len - n)
+  assert encoded["token_mask"].tolist() == [0] * 3 + [1] * (n - 3) + [0] * (
+      config.dataset.seq_len - n)
 
 
 @pytest.mark.slow

@@ -14,25 +14,35 @@ from attention_jax.training.tasks.base import (ExampleTask, cross_entropy_sums, 
                                                summarize_tokens, weighted)
 
 
+def transcript(text) -> str:
+  """A transcript as Whisper's decoder writes it: one leading space, then the text."""
+  return " " + pipeline.as_text(text).strip()
+
+
 class AsrTask(ExampleTask):
-  """Examples {"flac": FLAC bytes, "text"} (kjv_speech) become log-mel
-  features of a window of `config.dataset.max_seconds` (the audio cut there, silence after,
-  as Whisper pads) and the decoder's tokens: the prompt (our BPE's [BOS], or a Whisper
-  tokenizer's start, language and task tokens), the transcript, the end token. The loss
-  counts the transcript and the end. Evaluation adds WER and CER of greedy transcripts."""
+  """Examples {"flac": FLAC bytes, "text"} (kjv_speech) become log-mel features of a
+  window of `config.dataset.max_seconds` (the audio cut there, silence after, as Whisper
+  pads) and the decoder's tokens: Whisper's prompt (<|startoftranscript|><|en|>
+  <|transcribe|><|notimestamps|>), the transcript, <|endoftext|>. The tokenizer is a
+  Whisper tokenizer: trained here (a byte-level BPE with Whisper's special tokens,
+  `tokenizers.train_whisper_tokenizer`) or a Whisper checkpoint's (config.init_from). The
+  loss counts the transcript and the end. Evaluation adds WER and CER of greedy
+  transcripts."""
   decodes = True
 
   def __init__(self, config, workdir: str | None = None, base: finetune.Base | None = None):
     super().__init__(config, workdir, base)
     cfg = config.dataset
-    self.tokenizer = tokenizers.load_or_make(workdir, lambda: tokenizers.SubwordTokenizer.train(
-        pipeline.texts(cfg.name, "train", cfg.data_dir, ("text",)), cfg.vocab_size, "bpe"),
-        base.tokenizer if base else None)
+    self.tokenizer = tokenizers.load_or_make(workdir, lambda: tokenizers.train_whisper_tokenizer(
+        [transcript(t) for t in pipeline.texts(cfg.name, "train", cfg.data_dir, ("text",))],
+        cfg.vocab_size, languages=(cfg.language,)), base.tokenizer if base else None)
     tok = self.tokenizer
-    self.prompt = (tok.prompt(cfg.language, "transcribe", timestamps=False)
-                   if hasattr(tok, "prompt") else [tok.bos_id])
-    self.eos_id = tok.stop_ids[0]
-    self.pad_id = tok.special_tokens.get("pad_token", self.eos_id)
+    if not hasattr(tok, "prompt"):
+      raise ValueError(f"the asr task needs a Whisper tokenizer (its prompt and end token); "
+                       f"config.init_from={config.init_from!r} has a "
+                       f"{type(tok).__name__}.")
+    self.prompt = tok.prompt(cfg.language, "transcribe", timestamps=False)
+    self.eos_id = self.pad_id = tok.end_id
     if len(self.prompt) + 2 > cfg.seq_len:
       raise ValueError(f"dataset.seq_len={cfg.seq_len} leaves no room for a transcript after "
                        f"the {len(self.prompt)}-token prompt.")
@@ -51,8 +61,8 @@ class AsrTask(ExampleTask):
 
   def _encode(self, example):
     length = self.config.dataset.seq_len
-    text = pipeline.as_text(example["text"])
-    ids = (self.prompt + self.tokenizer.encode(text))[:length] + [self.eos_id]
+    ids = (self.prompt + self.tokenizer.encode(transcript(example["text"])))[:length]
+    ids.append(self.eos_id)
     tokens_in, _ = tokenizers.pad(ids[:-1], length, self.pad_id)
     tokens_out, mask = tokenizers.pad(ids[1:], length, self.pad_id)
     mask[:len(self.prompt) - 1] = 0  # the prompt's own tokens are given, not predicted
