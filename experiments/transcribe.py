@@ -7,7 +7,8 @@ r"""Transcribe audio files of any length with a Whisper checkpoint.
         --format=json talk.wav > talk.json
 
 `--init_from` is a Hugging Face Whisper directory (config.json, safetensors weights,
-tokenizer.json, generation_config.json). Each file (WAV, FLAC) is read at 16 kHz mono, turned
+tokenizer.json, generation_config.json) or a training workdir of one (`--checkpoint`:
+latest, best or a step), whose windows are as long as it was trained on. Each file (WAV, FLAC) is read at 16 kHz mono, turned
 into Whisper's log-mel features and transcribed window by window (30 s for Whisper's
 checkpoints), Whisper's long-form way (`models.whisper_decoding.transcribe_long`): greedy,
 falling back to higher temperatures when a window's text loops or is improbable, skipping
@@ -25,7 +26,10 @@ import time
 from absl import app, flags, logging
 
 _INIT_FROM = flags.DEFINE_string("init_from", None, "A Hugging Face Whisper checkpoint "
-                                 "directory.", required=True)
+                                 "directory, or a training workdir of a Whisper (configs/"
+                                 "whisper_kjv_speech.py).", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "A workdir's 'latest', 'best' or a "
+                                  "step.")
 _LANGUAGE = flags.DEFINE_string("language", "en", "The spoken language's code (en, de, ...); "
                                 "'none' for an English-only model.")
 _TASK = flags.DEFINE_enum("task", "transcribe", ["transcribe", "translate"],
@@ -128,8 +132,8 @@ def main(argv):
     raise app.UsageError("name one or more audio files (WAV or FLAC) after the flags.")
   logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=import-outside-toplevel
-  from attention_jax import pretrained  # pylint: disable=import-outside-toplevel
   from attention_jax.models import Whisper  # pylint: disable=import-outside-toplevel
+  from attention_jax.training import workdir  # pylint: disable=import-outside-toplevel
   try:
     temperatures = tuple(float(t) for t in _TEMPERATURES.value)
   except ValueError:
@@ -142,7 +146,8 @@ def main(argv):
                  rng=jax.random.key(_SEED.value), task=_TASK.value,
                  language=None if _LANGUAGE.value.lower() == "none" else _LANGUAGE.value)
   try:
-    model, params, tokenizer = pretrained.load(_INIT_FROM.value, kernel=_KERNEL.value)
+    model, params, tokenizer = workdir.load_model(_INIT_FROM.value, _CHECKPOINT.value,
+                                                  _KERNEL.value)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   if not isinstance(model, Whisper):

@@ -107,15 +107,19 @@ def export(workdir: str, out: str, checkpoint: str = "latest") -> str:
   return out
 
 
-def load_decoder(init_from: str, checkpoint: str = "latest", kernel: str = "auto"):
-  """(model, params, tokenizer) of a GPT or Llama to generate from: a training workdir's
-  checkpoint (`checkpoint`: "latest", "best" or a step) or a Hugging Face checkpoint
-  directory (loaded with attention `kernel`)."""
+def load_model(init_from: str, checkpoint: str = "latest", kernel: str = "auto"):
+  """(model, params, tokenizer or None): a training workdir's checkpoint (`checkpoint`:
+  "latest", "best" or a step) or a Hugging Face checkpoint directory (loaded with attention
+  `kernel`)."""
   if is_workdir(init_from):
     _, task, model, params, _ = load(init_from, checkpoint)
-    tokenizer = task.tokenizer
-  else:
-    model, params, tokenizer = pretrained.load(init_from, kernel=kernel)
+    return model, params, task.tokenizer
+  return pretrained.load(init_from, kernel=kernel)
+
+
+def load_decoder(init_from: str, checkpoint: str = "latest", kernel: str = "auto"):
+  """(model, params, tokenizer) of a GPT or Llama to generate from (`load_model`)."""
+  model, params, tokenizer = load_model(init_from, checkpoint, kernel)
   if not isinstance(model, (models.GPT, models.Llama)):
     raise ValueError(f"{init_from} holds a {type(model).__name__}; generation needs a GPT or "
                      "a Llama.")

@@ -64,3 +64,17 @@ def test_tiny_speech_config_trains_and_scores_the_held_out_voice(config, tmp_pat
   examples = [task.sources["test_held_out_voice"][i] for i in range(4)]
   texts = task.transcribe(model, params, examples)
   assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+  # experiments.transcribe reads the workdir: its 2 s windows, its Whisper tokenizer.
+  import soundfile
+  from experiments import transcribe
+  model, params, tokenizer = workdir_lib.load_model(workdir)
+  path = str(tmp_path / "verse.wav")
+  soundfile.write(path, audio.decode_audio(examples[0]["flac"]), 16000)
+  results = transcribe.transcribe_files(model, params, tokenizer, [path], temperatures=(0.0,),
+                                        timestamps=False, logprob_threshold=None,
+                                        no_speech_threshold=None,
+                                        compression_ratio_threshold=None)
+  seconds = len(audio.decode_audio(examples[0]["flac"])) / 16000
+  assert results[0]["seconds"] == pytest.approx(seconds, abs=1e-3)
+  assert results[0]["segments"][-1]["end"] == pytest.approx(seconds, abs=0.01) or not results[
+      0]["segments"]
