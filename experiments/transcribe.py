@@ -10,9 +10,9 @@ r"""Transcribe audio files of any length with a Whisper checkpoint.
 tokenizer.json, generation_config.json) or a training workdir of one (`--checkpoint`:
 latest, best or a step), whose windows are as long as it was trained on. Each file (WAV, FLAC) is read at 16 kHz mono, turned
 into Whisper's log-mel features and transcribed window by window (30 s for Whisper's
-checkpoints), Whisper's long-form way (`models.whisper_decoding.transcribe_long`): greedy,
-falling back to higher temperatures when a window's text loops or is improbable, skipping
-windows that are probably silent; with timestamps, each window starts where the last
+checkpoints), Whisper's long-form way (`models.whisper_decoding.transcribe_long`): greedy
+(or `--beam_size` beams), falling back to higher temperatures when a window's text loops
+or is improbable, skipping windows that are probably silent; with timestamps, each window starts where the last
 complete segment ended; with word timestamps, each word's times come from the alignment
 heads' cross-attention (`models.whisper_alignment`). Progress (files and windows) goes to
 stderr, transcripts to stdout: txt (one line per file), srt or vtt (subtitles; one file's
@@ -54,6 +54,8 @@ _NO_SPEECH = flags.DEFINE_string("no_speech_threshold", "0.6", "Above this <|nos
                                  "('none': never).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens per window (default: as many "
                                 "as the decoder's positions allow).")
+_BEAM_SIZE = flags.DEFINE_integer("beam_size", 1, "Beams at temperature 0 (1: greedy).",
+                                  lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the fallback temperatures).")
 _KERNEL = flags.DEFINE_string("kernel", "auto", "Attention kernel.")
 
@@ -143,6 +145,7 @@ def main(argv):
                  compression_ratio_threshold=_threshold(_COMPRESSION),
                  logprob_threshold=_threshold(_LOGPROB),
                  no_speech_threshold=_threshold(_NO_SPEECH), max_new_tokens=_MAX_NEW.value,
+                 beam_size=_BEAM_SIZE.value,
                  rng=jax.random.key(_SEED.value), task=_TASK.value,
                  language=None if _LANGUAGE.value.lower() == "none" else _LANGUAGE.value)
   try:

@@ -23,6 +23,7 @@ import numpy as np
 from jax import lax
 
 from attention_jax.layers.config import with_options
+from attention_jax.layers.partitioning import in_stack
 from attention_jax.models import whisper_alignment
 from attention_jax.models.generation import init_cache
 
@@ -165,6 +166,105 @@ def _decode(decoder, params, features, prompt, max_new_tokens, eos_id, suppress,
   return Decoded(carry[3], carry[4], no_speech)
 
 
+def beam_search(model, params, features, prompt, *, beam_size: int, max_new_tokens: int,
+                eos_id: int, suppress: tuple[int, ...] = (),
+                begin_suppress: tuple[int, ...] = (), pad_id: int = 0,
+                timestamps: tuple[int, int, int | None] | None = None,
+                length_penalty: float = 1.0) -> Decoded:
+  """Beam search of `beam_size` beams, as transformers' generate(num_beams=...) runs it for
+  Whisper (tested equal): each step scores every beam's continuations by summed
+  log-probabilities (the decoding rules mask the log-softmax), keeps the best 2·beam_size,
+  finishes those that end (<|endoftext|>, or the last step) among the best beam_size, scored
+  by sum / length ** length_penalty, and continues the best beam_size that do not; it stops
+  when no running beam can beat the worst finished one. Returns the best finished sequence
+  per row (its end kept, `pad_id` after), its summed log-probability, and no no-speech
+  probability (0)."""
+  limit = model.config.max_len
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be at least 1, got {beam_size}.")
+  if prompt.shape[1] + max_new_tokens > limit:
+    raise ValueError(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones "
+                     f"exceed the decoder's {limit} positions; ask for fewer tokens.")
+  return _beam_search(with_options(model, decode=True), params, jnp.asarray(features),
+                      jnp.asarray(prompt, jnp.int32), beam_size, max_new_tokens, eos_id,
+                      tuple(suppress), tuple(begin_suppress), pad_id,
+                      None if timestamps is None else tuple(timestamps), float(length_penalty))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10, 11))
+def _beam_search(decoder, params, features, prompt, k, max_new, eos_id, suppress,
+                 begin_suppress, pad_id, timestamps, length_penalty):
+  batch, length = prompt.shape
+  far = -1.0e9
+  encoder = with_options(decoder, decode=False)
+  encoded = jnp.repeat(encoder.apply({"params": params}, features, method=encoder.encode), k,
+                       axis=0)  # [batch * k, positions, width]
+  cache = init_cache(decoder, features[:1].repeat(batch * k, axis=0),
+                     jnp.zeros((batch * k, length + max_new), jnp.int32))
+  logits, state = decoder.apply({"params": params, "cache": cache}, jnp.repeat(prompt, k, 0),
+                                encoded, method=decoder.decode_logits, mutable=["cache"])
+
+  def step(carry, t):
+    (logits, cache, running, running_scores, running_sums, finished, finished_scores,
+     finished_sums, is_finished, unsatisfied, stopped) = carry
+    log_probs = _masked(jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1),
+                        suppress)
+    log_probs = jnp.where(t == 0, _masked(log_probs, begin_suppress), log_probs)
+    if timestamps is not None:
+      begin, no_timestamps, max_initial = timestamps
+      log_probs = timestamp_rules(log_probs, running.reshape(batch * k, max_new), t,
+                                  timestamp_begin=begin, eos_id=eos_id,
+                                  no_timestamps_id=no_timestamps,
+                                  max_initial_timestamp=max_initial)
+    vocab = log_probs.shape[-1]
+    totals = (running_scores[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, -1)
+    top, index = lax.top_k(totals, 2 * k)  # [batch, 2k]
+    parent, token = index // vocab, (index % vocab).astype(jnp.int32)
+    gather = lambda x, i: jnp.take_along_axis(x, i.reshape(i.shape + (1,) * (x.ndim - 2)), 1)
+    candidates = gather(running, parent).at[:, :, t].set(token)
+    sums = top  # summed log-probabilities (the running score is the sum)
+    hits = (token == eos_id) | (t + 1 == max_new)
+    # the best k candidates that go on
+    keep = lax.top_k(jnp.where(hits, top + far, top), k)[1]
+    new_running, new_scores = gather(candidates, keep), gather(jnp.where(hits, top + far, top),
+                                                               keep)
+    # those that end among the best k, against the finished ones
+    just_finished = hits & (jnp.arange(2 * k) < k)[None]
+    scored = (top / (t + 1.0) ** length_penalty + far * (~unsatisfied)[:, None]
+              + far * (~just_finished))
+    merged_scores = jnp.concatenate([finished_scores, scored], axis=1)
+    best = lax.top_k(merged_scores, k)[1]
+    new_finished = gather(jnp.concatenate([finished, candidates], 1), best)
+    new_finished_scores = gather(merged_scores, best)
+    new_finished_sums = gather(jnp.concatenate([finished_sums, sums], 1), best)
+    new_is_finished = gather(jnp.concatenate([is_finished, just_finished], 1), best)
+    # the heuristic stop: no running beam can beat the worst finished one
+    best_running = new_scores[:, :1] / (t + 1.0) ** length_penalty
+    worst = jnp.where(new_is_finished, jnp.min(new_finished_scores, 1, keepdims=True), far)
+    new_unsatisfied = unsatisfied & jnp.any(best_running > worst, axis=1)
+    # the cache follows the beams that go on
+    source = (gather(parent, keep) + jnp.arange(batch)[:, None] * k).reshape(-1)
+    cache = jax.tree_util.tree_map_with_path(  # stacked blocks' leaves: [layers, rows, ...]
+        lambda path, x: x if x.ndim <= in_stack(path) else jnp.take(x, source,
+                                                                    axis=int(in_stack(path))),
+        cache)
+    following = new_running[:, :, t].reshape(-1, 1)
+    new_logits, state = decoder.apply({"params": params, "cache": cache}, following, None,
+                                      method=decoder.decode_logits, mutable=["cache"])
+    new = (new_logits, state["cache"], new_running, new_scores, gather(sums, keep),
+           new_finished, new_finished_scores, new_finished_sums, new_is_finished,
+           new_unsatisfied, stopped | ~jnp.any(new_unsatisfied) | jnp.all(hits))
+    return jax.tree.map(lambda old, fresh: jnp.where(stopped, old, fresh), carry, new), None
+
+  running = jnp.full((batch, k, max_new), pad_id, jnp.int32)
+  scores = jnp.tile(jnp.array([0.0] + [far] * (k - 1), jnp.float32), (batch, 1))
+  carry = (logits, state["cache"], running, scores, scores, running,
+           jnp.full((batch, k), far, jnp.float32), jnp.zeros((batch, k), jnp.float32),
+           jnp.zeros((batch, k), bool), jnp.ones((batch,), bool), jnp.array(False))
+  carry, _ = lax.scan(step, carry, jnp.arange(max_new))
+  return Decoded(carry[5][:, 0], carry[7][:, 0], jnp.zeros((batch,), jnp.float32))
+
+
 def transcribe(model, params, tokenizer, features, *, language: str | None = "en",
                task: str = "transcribe", max_new_tokens: int | None = None) -> list[str]:
   """The texts of features [batch, frames, n_mels] (30 s windows,
@@ -250,19 +350,22 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
                     temperatures=TEMPERATURES, compression_ratio_threshold: float | None = 2.4,
                     logprob_threshold: float | None = -1.0,
                     no_speech_threshold: float | None = 0.6, rng=None,
-                    max_new_tokens: int | None = None, word_timestamps: bool = False,
+                    max_new_tokens: int | None = None, beam_size: int = 1,
+                    word_timestamps: bool = False,
                     alignment_heads=None, progress=None) -> list[Segment]:
   """Segments of audio of any length, features [frames + window, n_mels] (the recording's
   log-mel spectrogram and a window of silence, `data.audio.recording_features`), Whisper's way:
   windows of the encoder's length (30 s), each decoded at the first of `temperatures` whose
   result is neither a loop (compression ratio above its threshold) nor improbable (average
   log-probability below its threshold); a window that is probably silent (no-speech
-  probability above its threshold and improbable text) is skipped. With `timestamps` the
+  probability above its threshold and improbable text) is skipped; at temperature 0,
+  `beam_size` > 1 decodes by `beam_search`. With `timestamps` the
   next window starts where the last complete segment ended; without, windows follow each
   other and each is one segment. A window's features past the recording's end are zeros, as
   openai/whisper's. `word_timestamps`: each segment's words with their times
   (`whisper_alignment.word_timings`, by `alignment_heads` [(layer, head)], default the
-  tokenizer's, from generation_config.json, else the decoder's second half). `progress(seconds_done, seconds_total)` after each window.
+  tokenizer's, from generation_config.json, else the decoder's second half).
+  `progress(seconds_done, seconds_total)` after each window.
   `tokenizer` is a `pretrained.WhisperTokenizer`."""
   window = FRAMES_PER_POSITION * model.config.max_source_positions
   prompt = tokenizer.prompt(language, task, timestamps=timestamps)
@@ -286,8 +389,18 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
     chunk[0, :frames] = features[seek:seek + frames]  # as openai/whisper pads a window
     for temperature in temperatures:
       rng, key = jax.random.split(rng)
-      result = jax.device_get(decode(model, params, chunk, np.array([prompt]),
-                                     temperature=temperature, rng=key, **options))
+      if temperature == 0 and beam_size > 1:
+        no_speech_free = {k: v for k, v in options.items() if k != "no_speech_id"}
+        result = beam_search(model, params, chunk, np.array([prompt]), beam_size=beam_size,
+                             **no_speech_free)
+        if options["no_speech_id"] is not None:  # the probability is the prompt's, either way
+          greedy_first = decode(model, params, chunk, np.array([prompt]),
+                                **{**options, "max_new_tokens": 1})
+          result = result._replace(no_speech_prob=greedy_first.no_speech_prob)
+      else:
+        result = decode(model, params, chunk, np.array([prompt]), temperature=temperature,
+                        rng=key, **options)
+      result = jax.device_get(result)
       tokens = [int(t) for t in result.tokens[0]]
       tokens = tokens[:tokens.index(tokenizer.end_id)] if tokenizer.end_id in tokens else tokens
       avg_logprob = float(result.sum_logprob[0]) / (len(tokens) + 1)

@@ -117,3 +117,20 @@ def test_fallback_raises_the_temperature_and_silence_is_skipped(loaded):
       model, params, tokenizer, features, logprob_threshold=0.0, no_speech_threshold=0.0) == []
   with pytest.raises(ValueError, match="lack the window of silence"):
     whisper_decoding.transcribe_long(model, params, tokenizer, features[:50])
+
+
+def test_beams_decode_each_window_at_temperature_zero(loaded):
+  model, params, tokenizer = loaded
+  features = _features(0.8, model)
+  options = dict(compression_ratio_threshold=None, logprob_threshold=None,
+                 no_speech_threshold=None, timestamps=False)
+  [segment] = whisper_decoding.transcribe_long(model, params, tokenizer, features,
+                                               temperatures=(0.0,), beam_size=3, **options)
+  prompt = np.array([tokenizer.prompt()])
+  want = whisper_decoding.beam_search(
+      model, params, features[None, :80], prompt, beam_size=3,
+      max_new_tokens=model.config.max_len - prompt.shape[1], eos_id=tokenizer.end_id,
+      suppress=tokenizer.suppress_tokens, begin_suppress=tokenizer.begin_suppress_tokens,
+      pad_id=tokenizer.end_id)
+  assert segment.text == tokenizer.decode(np.asarray(want.tokens)[0]).strip()
+  assert segment.no_speech_prob > 0  # the prompt's, as in greedy decoding

@@ -187,3 +187,37 @@ def test_greedy_decoding_with_timestamps_equals_a_transformers_loop(tmp_path):
   got = whisper_decoding.greedy(model, params, features.transpose(0, 2, 1), prompt,
                                 max_new_tokens=10, eos_id=2, timestamps=(61, 60, 5))
   np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("beams,eos", [(3, 2), (4, 80)])
+def test_beam_search_equals_transformers_generate(tmp_path, beams, eos):
+  """Beam search with the forced prompt and suppress rules: transformers' generate with
+  num_beams picks the same sequence, with the same summed log-probability."""
+  from attention_jax.models import whisper_decoding
+  hf = _hf_whisper(seed=3, init_std=0.3)
+  hf.save_pretrained(tmp_path / "hf")
+  model, params, _ = pretrained.load(str(tmp_path / "hf"))
+  features, _ = _inputs(hf)
+  prompt = np.array([[1, 10, 11, 12]] * 2)
+  suppress, begin_suppress = (82, 84), (2, 12)
+  with torch.no_grad():
+    out = hf.generate(input_features=torch.tensor(features),
+                      decoder_input_ids=torch.tensor(prompt), max_new_tokens=12,
+                      do_sample=False, num_beams=beams, suppress_tokens=list(suppress),
+                      begin_suppress_tokens=list(begin_suppress), eos_token_id=eos,
+                      pad_token_id=0, length_penalty=1.0, return_dict_in_generate=True,
+                      output_scores=True)
+  want = out.sequences.numpy()[:, prompt.shape[1]:]
+  got = whisper_decoding.beam_search(model, params, features.transpose(0, 2, 1), prompt,
+                                     beam_size=beams, max_new_tokens=12, eos_id=eos,
+                                     suppress=suppress, begin_suppress=begin_suppress)
+  tokens = np.asarray(got.tokens)[:, :want.shape[1]]
+  np.testing.assert_array_equal(np.where(tokens == eos, 0, tokens),
+                                np.where(want == eos, 0, want))
+  lengths = np.array([list(row).index(eos) + 1 if eos in row else 12 for row in tokens])
+  np.testing.assert_allclose(np.asarray(got.sum_logprob) / lengths,
+                             out.sequences_scores.numpy(), rtol=1e-4)
+  greedy = whisper_decoding.greedy(model, params, features.transpose(0, 2, 1), prompt,
+                                   max_new_tokens=12, eos_id=eos, suppress=suppress,
+                                   begin_suppress=begin_suppress)
+  assert (np.asarray(greedy) != np.asarray(got.tokens)).any()  # the beams found another
