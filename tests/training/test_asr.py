@@ -78,3 +78,33 @@ def test_tiny_speech_config_trains_and_scores_the_held_out_voice(config, tmp_pat
   assert results[0]["seconds"] == pytest.approx(seconds, abs=1e-3)
   assert results[0]["segments"][-1]["end"] == pytest.approx(seconds, abs=0.01) or not results[
       0]["segments"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_fine_tuning_a_whisper_checkpoint(config, tmp_path, mode):
+  """init_from a Hugging Face Whisper directory (here one we export from a run): its
+  architecture, weights and tokenizer carry over; LoRA trains only the adapters."""
+  from attention_jax import pretrained
+  workdir = str(tmp_path / "scratch")
+  train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  model, params, tokenizer = workdir_lib.load_model(workdir)
+  pretrained.export(model, params, str(tmp_path / "hf"), tokenizer)
+  tuned = config.copy_and_resolve_references()
+  tuned.init_from = str(tmp_path / "hf")
+  tuned.finetune.mode = mode
+  tuned.finetune.lora_targets = "query,key,value,out"
+  for field in ("width", "depth", "decoder_depth", "num_heads", "mlp_dim"):
+    del tuned.model[field]  # the checkpoint's
+  results = train_and_evaluate(tuned, str(tmp_path / mode))
+  assert np.isfinite(results["eval/loss"]) and "eval/wer" in results
+  _, task, tuned_model, tuned_params, _ = workdir_lib.load(str(tmp_path / mode))
+  assert task.tokenizer.encode(" In the beginning") == tokenizer.encode(" In the beginning")
+  assert tuned_model.config.width == model.config.width
+  if mode == "lora":
+    from attention_jax.layers import lora
+    merged = lora.merge(tuned_params, tuned_model.config.lora)
+    leaves = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))
+    before, after = leaves(params), leaves(merged)
+    changed = [k for k in before if not np.allclose(before[k], after[k])]
+    assert changed and all("attention" in jax.tree_util.keystr(k) for k in changed)
