@@ -232,3 +232,15 @@ def test_expert_parallel_benchmark_smoke():
   assert "all-to-all" in results["capacity", "explicit"]["collectives"]
   assert "reduce-scatter" in results["dropless", "explicit"]["collectives"]
   assert bench.table(results).count("| explicit |") == 2
+
+
+def test_whisper_benchmark_smoke():
+  """Ours and transformers' Whisper on the same exported weights: the same greedy tokens,
+  and the table's three measures for each."""
+  pytest.importorskip("transformers")
+  from experiments.benchmarks import whisper
+  result = whisper.measure("whisper-test-tiny", 4, 1, log=lambda *_: None)
+  assert result["same_tokens"] and result["window_s"] == 1.28
+  for who in ("ours", "theirs"):
+    assert result[who]["encoder_s"] > 0 and result[who]["audio_s_per_s"] > 0
+  assert whisper.table(result, "whisper-test-tiny", 4).count("\n| ") == 4  # 3 rows, header
