@@ -51,6 +51,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.width, c.model.depth, c.model.decoder_depth = 32, 1, 1
     c.model.num_heads, c.model.mlp_dim = 4, 64
     c.eval_wer_examples = 4
+  elif arg == "memorise":  # the notebook's: learn kjv_speech_tiny's 12 training verses by heart
+    c.dataset.name = "kjv_speech_tiny"
+    c.dataset.eval_split = "train"
+    c.dataset.vocab_size = 300
+    c.model.width, c.model.depth, c.model.decoder_depth = 96, 2, 2
+    c.model.num_heads, c.model.mlp_dim = 4, 256
+    c.batch_size = 8
+    c.num_train_steps = 300
+    c.log_every_steps = 50
+    c.eval_every_steps = c.checkpoint_every_steps = 300
+    c.eval_wer_examples = 12
+    c.optimizer.lr = 3e-3
+    c.optimizer.warmup_steps = 30
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}; valid: tiny (or none).")
+    raise ValueError(f"unknown variant {arg!r}; valid: tiny, memorise (or none).")
   return c

@@ -164,6 +164,10 @@ def word_timings(model, params, tokenizer, features, text_tokens, *, frames: int
     return []
   prompt = tokenizer.prompt(language, task, timestamps=False)
   end = tokenizer.stop_ids[0]
+  room = model.config.max_len - len(prompt) - 1
+  if len(text_tokens) > room:
+    raise ValueError(f"{len(text_tokens)} transcript tokens exceed the {room} the decoder's "
+                     f"{model.config.max_len} positions leave after the prompt and the end.")
   tokens = np.array([prompt + text_tokens + [end]], np.int32)
   logits, weights = cross_attention_weights(model, params, features, tokens)
   heads = alignment_heads or default_alignment_heads(model)
@@ -189,3 +193,41 @@ def word_timings(model, params, tokenizer, features, text_tokens, *, frames: int
                         tokens=tuple(text_tokens[b0:b1]))
              for b0, b1 in zip(boundaries[:-1], boundaries[1:])]
   return merge_punctuation(timings)
+
+
+def _plain(word: str) -> str:
+  return "".join(c for c in word.lower() if c.isalnum())
+
+
+def matched_starts(timings: list[WordTiming], reference) -> list[tuple[float, float]]:
+  """[(hypothesis start, reference start)] of the words that match (letters and digits,
+  lower case) between `timings` and `reference` [(word, start, end)], in order (difflib's
+  longest matching blocks): a synthesiser's words (festival's "LORD", "twelve") need not be
+  the transcript's ("LORD's", "12")."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  ours = [_plain(t.word) for t in timings]
+  theirs = [_plain(w) for w, _, _ in reference]
+  pairs = []
+  for block in difflib.SequenceMatcher(None, ours, theirs, autojunk=False).get_matching_blocks():
+    pairs += [(timings[block.a + i].start, float(reference[block.b + i][1]))
+              for i in range(block.size)]
+  return pairs
+
+
+def alignment_head_errors(model, params, tokenizer, examples, *, language: str | None = "en",
+                          task: str = "transcribe") -> dict:
+  """{(layer, head): mean absolute error in seconds of word starts} of every decoder head
+  used alone, over `examples` [(features [1, window, n_mels], audio frames, transcript
+  tokens, reference [(word, start, end)])]: speech whose word times are known (kjv_speech's
+  festival voices). The best heads are the alignment heads to use (openai/whisper chose its
+  checkpoints' the same way)."""
+  c = model.config
+  heads = [(layer, head) for layer in range(c.decoder_depth or c.depth)
+           for head in range(c.num_heads)]
+  errors = {head: [] for head in heads}
+  for features, frames, text_tokens, reference in examples:
+    for head in heads:
+      timings = word_timings(model, params, tokenizer, features, text_tokens, frames=frames,
+                             language=language, task=task, alignment_heads=[head])
+      errors[head] += [abs(h - r) for h, r in matched_starts(timings, reference)]
+  return {head: float(np.mean(e)) if e else float("inf") for head, e in errors.items()}

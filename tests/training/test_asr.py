@@ -74,6 +74,17 @@ def test_tiny_speech_config_trains_and_scores_the_held_out_voice(config, tmp_pat
                                         timestamps=False, logprob_threshold=None,
                                         no_speech_threshold=None,
                                         compression_ratio_threshold=None)
+  # experiments.alignment_heads ranks the heads on festival's word times and keeps the best.
+  import subprocess
+  import sys
+  from tests.training.test_parallel import REPO
+  run = subprocess.run([sys.executable, "-m", "experiments.alignment_heads",
+                        f"--workdir={workdir}", "--split=train", "--write", "--heads=1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr
+  assert "| decoder layer, head | word-start error (s) |" in run.stdout
+  _, _, kept = workdir_lib.load_model(workdir)
+  assert len(kept.alignment_heads) == 1 and f"heads [{kept.alignment_heads[0]}]" in run.stdout
   seconds = len(audio.decode_audio(examples[0]["flac"])) / 16000
   assert results[0]["seconds"] == pytest.approx(seconds, abs=1e-3)
   assert results[0]["segments"][-1]["end"] == pytest.approx(seconds, abs=0.01) or not results[
@@ -108,3 +119,12 @@ def test_fine_tuning_a_whisper_checkpoint(config, tmp_path, mode):
     before, after = leaves(params), leaves(merged)
     changed = [k for k in before if not np.allclose(before[k], after[k])]
     assert changed and all("attention" in jax.tree_util.keystr(k) for k in changed)
+
+
+def test_matched_starts_pair_words_that_match():
+  from attention_jax.models.whisper_alignment import WordTiming, matched_starts
+  timings = [WordTiming(w, s, s + 0.1, 1.0) for w, s in
+             [(" And", 0.1), (" the", 0.3), (" LORD's", 0.5), (" 12", 0.9), (" sons.", 1.2)]]
+  reference = [("And", 0.0, 0.2), ("the", 0.2, 0.4), ("LORD", 0.4, 0.8), ("twelve", 0.8, 1.0),
+               ("sons", 1.0, 1.3)]
+  assert matched_starts(timings, reference) == [(0.1, 0.0), (0.3, 0.2), (1.2, 1.0)]
