@@ -1,4 +1,5 @@
-"""Pictures of attention: the weights of every layer and head, and a workdir's training curves.
+"""Pictures of attention: the weights of every layer and head, a workdir's training curves,
+and speech (a waveform with its spectrogram; a transcript's cross-attention alignment).
 
 Needs matplotlib (`pip install attention_jax[viz]`). The weights come from running any model
 with `sow_weights=True` and a kernel that returns them (`dot_product`), so they are the
@@ -211,6 +212,64 @@ def plot_expert_load(workdir: str, path: str) -> str:
   axes[0, 0].set_title(f"expert load over training (even: {1 / grid.shape[0]:.3f})",
                        fontsize=9)
   axes[-1, 0].set_xlabel("step")
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path
+
+
+def plot_speech(waveform, features, path: str, *, words=None, title: str = "",
+                sample_rate: int = 16000) -> str:
+  """A waveform above its log-mel spectrogram ([frames, n_mels], 100 frames a second), on
+  one time axis; `words` [(word, start_s, end_s)] marked on both. Writes `path` (PNG)."""
+  plt = _pyplot()
+  waveform, features = np.asarray(waveform), np.asarray(features)
+  seconds = len(waveform) / sample_rate
+  figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.5), sharex=True,
+                                       gridspec_kw={"height_ratios": [1, 2]})
+  top.plot(np.arange(len(waveform)) / sample_rate, waveform, linewidth=0.4)
+  top.set_ylabel("amplitude")
+  bottom.imshow(features[:round(seconds * 100)].T, origin="lower", aspect="auto",
+                extent=(0, seconds, 0, features.shape[1]), cmap="magma")
+  bottom.set_ylabel("mel bin")
+  bottom.set_xlabel("seconds")
+  for word, start, _ in words or ():
+    for ax in (top, bottom):
+      ax.axvline(start, color="white" if ax is bottom else "grey", linewidth=0.6, alpha=0.7)
+    top.text(start, top.get_ylim()[1], word, fontsize=7, rotation=45, va="bottom")
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path
+
+
+def plot_alignment(features, alignment, labels: list[str], path: str, *,
+                   title: str = "") -> str:
+  """A transcript's cross-attention alignment (`models.whisper_alignment.align`: rows the
+  tokens, columns 20 ms encoder positions) above the spectrogram it was read from, with the
+  dynamic-time-warping path drawn on it. `labels`: the rows' tokens as text
+  (<|notimestamps|> first). Writes `path` (PNG)."""
+  plt = _pyplot()
+  matrix = np.asarray(alignment.matrix)
+  seconds = matrix.shape[1] / 50
+  features = np.asarray(features)[:matrix.shape[1] * 2]
+  figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 2 + 0.2 * len(labels)),
+                                       sharex=True,
+                                       gridspec_kw={"height_ratios": [len(labels), 12]})
+  top.imshow(matrix, aspect="auto", cmap="viridis", extent=(0, seconds, len(labels) - 0.5,
+                                                              -0.5))
+  top.plot((np.asarray(alignment.columns) + 0.5) / 50, alignment.rows, color="red",
+           linewidth=1.0)
+  top.set_yticks(range(len(labels)), labels, fontsize=7)
+  bottom.imshow(features.T, origin="lower", aspect="auto", extent=(0, seconds, 0,
+                                                                   features.shape[1]),
+                cmap="magma")
+  bottom.set_xlabel("seconds")
+  bottom.set_ylabel("mel bin")
+  if title:
+    figure.suptitle(title)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

@@ -67,9 +67,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from attention_jax.models import whisper_alignment  # pylint: disable=import-outside-toplevel
   from attention_jax.data import tokenizers  # pylint: disable=import-outside-toplevel
-  from attention_jax.training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from attention_jax.training import workdir  # pylint: disable=import-outside-toplevel
   try:
-    _, task, model, params, step = workdir_lib.load(_WORKDIR.value)
+    _, task, model, params, step = workdir.load(_WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   tokenizer = task.tokenizer

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -152,16 +153,23 @@ def merge_punctuation(timings: list[WordTiming]) -> list[WordTiming]:
           for t, (w, tokens) in zip(timings, words) if w]
 
 
-def word_timings(model, params, tokenizer, features, text_tokens, *, frames: int,
-                 language: str | None = "en", task: str = "transcribe",
-                 alignment_heads=None, time_offset: float = 0.0) -> list[WordTiming]:
-  """The words of `text_tokens` (a window's transcript, no timestamps) with their times in
-  seconds (plus `time_offset`), from features [1, window frames, n_mels] of which the first
-  `frames` are audio. `tokenizer` is a `pretrained.WhisperTokenizer`, or any with a
-  `prompt(language, task)`."""
+class Alignment(NamedTuple):
+  """A transcript against its audio: `matrix` [text tokens + 1, positions] (rows:
+  <|notimestamps|> then each text token; the alignment heads' standardised, smoothed,
+  averaged cross-attention), the monotonic path through it (`rows`, `columns`: dynamic
+  time warping on -matrix), and each text token's probability under the model."""
+  matrix: np.ndarray
+  rows: np.ndarray
+  columns: np.ndarray
+  token_probs: np.ndarray
+
+
+def align(model, params, tokenizer, features, text_tokens, *, frames: int,
+          language: str | None = "en", task: str = "transcribe",
+          alignment_heads=None) -> Alignment:
+  """The `Alignment` of `text_tokens` (a window's transcript, no timestamps) with features
+  [1, window frames, n_mels] of which the first `frames` are audio (see the module)."""
   text_tokens = [int(t) for t in text_tokens]
-  if not text_tokens:
-    return []
   prompt = tokenizer.prompt(language, task, timestamps=False)
   end = tokenizer.stop_ids[0]
   room = model.config.max_len - len(prompt) - 1
@@ -172,24 +180,36 @@ def word_timings(model, params, tokenizer, features, text_tokens, *, frames: int
   logits, weights = cross_attention_weights(model, params, features, tokens)
   heads = alignment_heads or default_alignment_heads(model)
   weights = np.stack([weights[layer, 0, head] for layer, head in heads])  # [h, tokens, pos]
-  positions = max(frames // 2, 1)
-  weights = weights[:, :, :positions]
+  weights = weights[:, :, :max(frames // 2, 1)]
   weights = weights / np.maximum(weights.sum(-1, keepdims=True), 1e-20)  # softmax over audio
   mean, std = weights.mean(axis=-2, keepdims=True), weights.std(axis=-2, keepdims=True)
   weights = median_filter((weights - mean) / np.maximum(std, 1e-20), MEDIAN_FILTER_WIDTH)
-  # rows: <|notimestamps|> then each text token (the prompt's start and the end left out)
-  matrix = weights.mean(axis=0)[len(prompt) - 1:-1]
+  matrix = weights.mean(axis=0)[len(prompt) - 1:-1]  # the prompt's start and the end left out
   rows, columns = dynamic_time_warping(-matrix)
-  jumps = np.pad(np.diff(rows), (1, 0), constant_values=1).astype(bool)
-  jump_times = columns[jumps] / POSITIONS_PER_SECOND
-  probs = jax.nn.softmax(logits[0, len(prompt) - 1:-1, :end], axis=-1)
-  token_probs = np.asarray(probs)[np.arange(len(text_tokens)), text_tokens]
+  probs = np.asarray(jax.nn.softmax(logits[0, len(prompt) - 1:-1, :end], axis=-1))
+  return Alignment(matrix, rows, columns, probs[np.arange(len(text_tokens)), text_tokens])
+
+
+def word_timings(model, params, tokenizer, features, text_tokens, *, frames: int,
+                 language: str | None = "en", task: str = "transcribe",
+                 alignment_heads=None, time_offset: float = 0.0) -> list[WordTiming]:
+  """The words of `text_tokens` (a window's transcript, no timestamps) with their times in
+  seconds (plus `time_offset`), from features [1, window frames, n_mels] of which the first
+  `frames` are audio. `tokenizer` is a `pretrained.WhisperTokenizer`, or any with a
+  `prompt(language, task)`."""
+  text_tokens = [int(t) for t in text_tokens]
+  if not text_tokens:
+    return []
+  found = align(model, params, tokenizer, features, text_tokens, frames=frames,
+                language=language, task=task, alignment_heads=alignment_heads)
+  jumps = np.pad(np.diff(found.rows), (1, 0), constant_values=1).astype(bool)
+  jump_times = found.columns[jumps] / POSITIONS_PER_SECOND
   words = split_words(tokenizer, text_tokens)
   boundaries = np.cumsum([0] + [len(w) for w in words])
-  timings = [WordTiming(word=tokenizer.decode(text_tokens[:b1])[len(tokenizer.decode(
-      text_tokens[:b0])):], start=time_offset + float(jump_times[b0]),
+  text = lambda count: tokenizer.decode(text_tokens[:count])
+  timings = [WordTiming(word=text(b1)[len(text(b0)):], start=time_offset + float(jump_times[b0]),
                         end=time_offset + float(jump_times[b1]),
-                        probability=float(token_probs[b0:b1].mean()),
+                        probability=float(found.token_probs[b0:b1].mean()),
                         tokens=tuple(text_tokens[b0:b1]))
              for b0, b1 in zip(boundaries[:-1], boundaries[1:])]
   return merge_punctuation(timings)
