@@ -3,25 +3,31 @@ r"""Transcribe audio files of any length with a Whisper checkpoint.
     python -m experiments.transcribe --init_from=checkpoints/whisper-tiny verse.wav more.flac
     python -m experiments.transcribe --init_from=DIR --timestamps=segment --format=srt talk.wav
     python -m experiments.transcribe --init_from=DIR --timestamps=word --format=json talk.wav
+    python -m experiments.transcribe --init_from=DIR --chunked --batch_size=16 long.flac
     python -m experiments.transcribe --init_from=DIR --language=de --task=translate \
         --format=json talk.wav > talk.json
 
 `--init_from` is a Hugging Face Whisper directory (config.json, safetensors weights,
 tokenizer.json, generation_config.json) or a training workdir of one (`--checkpoint`:
-latest, best or a step), whose windows are as long as it was trained on. Each file (WAV, FLAC) is read at 16 kHz mono, turned
-into Whisper's log-mel features and transcribed window by window (30 s for Whisper's
-checkpoints), Whisper's long-form way (`models.whisper_decoding.transcribe_long`): greedy
-(or `--beam_size` beams), falling back to higher temperatures when a window's text loops
-or is improbable, skipping windows that are probably silent; with timestamps, each window starts where the last
-complete segment ended; with word timestamps, each word's times come from the alignment
-heads' cross-attention (`models.whisper_alignment`). Progress (files and windows) goes to
-stderr, transcripts to stdout: txt (one line per file), srt or vtt (subtitles; one file's
-cues after another's), or json (each file's text, segments and words).
+latest, best or a step), whose windows are as long as it was trained on. Each file (WAV,
+FLAC) is read at 16 kHz mono, turned into Whisper's log-mel features and transcribed window
+by window (30 s for Whisper's checkpoints), Whisper's long-form way
+(`models.whisper_decoding.transcribe_long`): greedy (or `--beam_size` beams), falling back
+to higher temperatures when a window's text loops or is improbable, skipping windows that
+are probably silent; with timestamps, each window starts where the last complete segment
+ended; with word timestamps, each word's times come from the alignment heads'
+cross-attention (`models.whisper_alignment`). Progress (files and windows) goes to stderr,
+transcripts to stdout: txt (one line per file), srt or vtt (subtitles; one file's cues
+after another's), or json (each file's text, segments and words). `--chunked` trades all
+that for throughput: overlapping windows decoded `--batch_size` at a time, their tokens
+merged where they overlap (text only).
 """
 
 import json
 import sys
 import time
+
+import numpy as np
 
 from absl import app, flags, logging
 
@@ -56,6 +62,13 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens per window (defa
                                 "as the decoder's positions allow).")
 _BEAM_SIZE = flags.DEFINE_integer("beam_size", 1, "Beams at temperature 0 (1: greedy).",
                                   lower_bound=1)
+_CHUNKED = flags.DEFINE_bool("chunked", False, "Throughput instead: overlapping windows "
+                             "decoded --batch_size at a time and merged where they overlap "
+                             "(no timestamps, no fallback; txt or json).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Windows per batch with --chunked.",
+                                   lower_bound=1)
+_STRIDE = flags.DEFINE_float("stride", None, "Seconds each --chunked window overlaps its "
+                             "neighbour by, on each side (default a sixth of a window).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the fallback temperatures).")
 _KERNEL = flags.DEFINE_string("kernel", "auto", "Attention kernel.")
 
@@ -68,6 +81,32 @@ def _threshold(flag) -> float | None:
   except ValueError:
     raise app.UsageError(f"--{flag.name} must be a number or 'none', got "
                          f"{flag.value!r}.") from None
+
+
+def transcribe_chunked(model, params, tokenizer, paths, *, stride=None, log=sys.stderr,
+                       **options) -> list[dict]:
+  """[{"file", "seconds", "text", "segments": []}] of each file transcribed in overlapping
+  windows, batched (`whisper_decoding.transcribe_chunks`; `options` go there)."""
+  from attention_jax.data import audio  # pylint: disable=import-outside-toplevel
+  from attention_jax.models import whisper_decoding  # pylint: disable=import-outside-toplevel
+  results = []
+  for i, path in enumerate(paths):
+    start = time.perf_counter()
+    waveform = audio.read_audio(path)
+    seconds = waveform.size / audio.SAMPLE_RATE
+    chunks = audio.overlapping_chunks(waveform, model.window_seconds, stride)
+    features = np.stack([audio.log_mel_spectrogram(c, n_mels=model.config.n_mels,
+                                                   window_seconds=model.window_seconds)
+                         for c in chunks])
+    progress = lambda done, total, i=i, path=path: print(
+        f"\r[{i + 1}/{len(paths)}] {path}: {done}/{total} windows", end="", file=log,
+        flush=True)
+    text = whisper_decoding.transcribe_chunks(model, params, tokenizer, features,
+                                              progress=progress, **options)
+    results.append({"file": path, "seconds": round(seconds, 3), "text": text, "segments": []})
+    print(f"\r[{i + 1}/{len(paths)}] {path}: {seconds:.1f} s of audio in "
+          f"{time.perf_counter() - start:.1f} s", file=log, flush=True)
+  return results
 
 
 def transcribe_files(model, params, tokenizer, paths, *, log=sys.stderr, **options
@@ -157,8 +196,17 @@ def main(argv):
     raise app.UsageError(f"{_INIT_FROM.value} holds a {type(model).__name__}, not a Whisper.")
   if tokenizer is None:
     raise app.UsageError(f"{_INIT_FROM.value} has no tokenizer.json; a transcript needs one.")
+  if _CHUNKED.value and (_FORMAT.value in ("srt", "vtt") or _TIMESTAMPS.value != "none"):
+    raise app.UsageError("--chunked gives text without times: use --format=txt or json and "
+                         "--timestamps=none, or leave --chunked out.")
   try:
-    results = transcribe_files(model, params, tokenizer, paths, **options)
+    if _CHUNKED.value:
+      results = transcribe_chunked(
+          model, params, tokenizer, paths, stride=_STRIDE.value, language=options["language"],
+          task=options["task"], batch_size=_BATCH_SIZE.value, beam_size=_BEAM_SIZE.value,
+          max_new_tokens=_MAX_NEW.value)
+    else:
+      results = transcribe_files(model, params, tokenizer, paths, **options)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   if _FORMAT.value == "json":

@@ -141,3 +141,15 @@ def test_word_timestamps_in_json(checkpoint, tmp_path):
   for segment in segments:
     assert "".join(w["word"] for w in segment["words"]).strip() == segment["text"]
     assert all(w["start"] <= w["end"] and 0 < w["probability"] <= 1 for w in segment["words"])
+
+
+def test_chunked_transcription_in_batches(checkpoint, tmp_path):
+  files = [_wav(tmp_path / "a.wav", 2.0), _wav(tmp_path / "b.wav", 0.5, 880.0)]
+  result = _run(f"--init_from={checkpoint}", "--chunked", "--batch_size=2", "--stride=0.1",
+                "--format=json", *files)
+  assert result.returncode == 0, result.stderr
+  transcripts = json.loads(result.stdout)
+  assert [t["file"] for t in transcripts] == files and "3/3 windows" in result.stderr
+  assert set(transcripts[0]["text"].split()) <= set(WORDS + ["[UNK]"])
+  refused = _run(f"--init_from={checkpoint}", "--chunked", "--format=srt", files[0])
+  assert refused.returncode != 0 and "--chunked gives text without times" in refused.stderr

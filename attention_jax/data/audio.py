@@ -111,6 +111,31 @@ def recording_features(waveform, n_mels: int = 80, window_seconds: float = CHUNK
   return log_mel_spectrogram(np.pad(waveform, (0, window)), n_mels=n_mels, pad=False)
 
 
+def overlapping_chunks(waveform, chunk_seconds: float = CHUNK_SECONDS,
+                       stride_seconds: float | None = None) -> list[np.ndarray]:
+  """Chunks of `chunk_seconds` that overlap by `stride_seconds` on each side (default a
+  sixth of a chunk), each starting chunk - 2 · stride after the last, until one reaches the
+  end: batched, chunked transcription's inputs (as transformers' ASR pipeline cuts them;
+  a last chunk within the previous one's left stride is dropped)."""
+  waveform = np.asarray(waveform, np.float32)
+  chunk = round(chunk_seconds * SAMPLE_RATE)
+  stride = round((chunk_seconds / 6 if stride_seconds is None else stride_seconds)
+                 * SAMPLE_RATE)
+  step = chunk - 2 * stride
+  if step <= 0:
+    raise ValueError(f"a stride of {stride / SAMPLE_RATE:.2f} s on each side leaves nothing "
+                     f"of a {chunk_seconds:.2f} s chunk; use a stride below "
+                     f"{chunk_seconds / 2:.2f} s.")
+  chunks = []
+  for start in range(0, len(waveform), step):
+    piece = waveform[start:start + chunk]
+    if start == 0 or len(piece) > stride:
+      chunks.append(piece)
+    if start + chunk >= len(waveform):
+      break
+  return chunks
+
+
 def resample(waveform: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE):
   """float32 [..., samples] at target_rate: polyphase resampling with a Kaiser-windowed
   (beta 5) low-pass FIR at the lower Nyquist frequency (`scipy.signal.resample_poly`)."""

@@ -445,3 +445,55 @@ def _words_by_piece(timings, pieces, end_id: int) -> list[list]:
       i += 1
     shared.append(mine)
   return shared
+
+
+# --- Batched, chunked transcription: overlapping windows decoded together, merged ---------
+def merge_overlapping(sequences) -> list[int]:
+  """One token sequence from those of overlapping chunks: each next chunk is slid along the
+  text so far to where their tokens agree best (matches / overlap, longer overlaps winning
+  ties), and the two are cut in the middle of that overlap. transformers' Whisper
+  `_find_longest_common_sequence` (tested equal)."""
+  left = list(sequences[0])
+  merged = []
+  for right in sequences[1:]:
+    right = list(right)
+    best, cut = 0.0, (len(left), len(left), 0, 0)
+    for i in range(1, len(left) + len(right)):
+      left_start, left_stop = max(0, len(left) - i), min(len(left), len(left) + len(right) - i)
+      right_start, right_stop = max(0, i - len(left)), min(len(right), i)
+      matches = int(np.sum(np.array(left[left_start:left_stop])
+                           == np.array(right[right_start:right_stop])))
+      score = matches / i + i / 10000.0
+      if matches > 1 and score > best:
+        best, cut = score, (left_start, left_stop, right_start, right_stop)
+    merged += left[:(cut[0] + cut[1]) // 2]
+    left = right[(cut[2] + cut[3]) // 2:]
+  return merged + left
+
+
+def transcribe_chunks(model, params, tokenizer, features, *, language: str | None = "en",
+                      task: str = "transcribe", batch_size: int = 8, beam_size: int = 1,
+                      max_new_tokens: int | None = None, progress=None) -> str:
+  """The text of a recording cut into overlapping chunks (`data.audio.overlapping_chunks`),
+  features [chunks, window frames, n_mels] each padded as Whisper pads: decoded
+  `batch_size` chunks at a time (greedy, or `beam_size` beams), without timestamps, the
+  chunks' tokens merged where they overlap (`merge_overlapping`). For throughput: no
+  temperature fallback. `progress(chunks_done, chunks)` after each batch."""
+  prompt = tokenizer.prompt(language, task)
+  budget = model.config.max_len - len(prompt)
+  options = dict(max_new_tokens=min(max_new_tokens or budget, budget), eos_id=tokenizer.end_id,
+                 suppress=tokenizer.suppress_tokens,
+                 begin_suppress=tokenizer.begin_suppress_tokens, pad_id=tokenizer.end_id)
+  features = np.asarray(features, np.float32)
+  prompts = np.array([prompt] * batch_size, np.int32)
+  sequences = []
+  for start in range(0, len(features), batch_size):
+    batch = features[start:start + batch_size]
+    filled = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), 0)])
+    result = (beam_search(model, params, filled, prompts, beam_size=beam_size, **options)
+              if beam_size > 1 else decode(model, params, filled, prompts, **options))
+    sequences += [[int(t) for t in row if t < tokenizer.end_id]
+                  for row in np.asarray(result.tokens)[:len(batch)]]
+    if progress is not None:
+      progress(min(start + batch_size, len(features)), len(features))
+  return tokenizer.decode(merge_overlapping(sequences)).strip() if sequences else ""

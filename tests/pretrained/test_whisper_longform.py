@@ -134,3 +134,57 @@ def test_beams_decode_each_window_at_temperature_zero(loaded):
       pad_id=tokenizer.end_id)
   assert segment.text == tokenizer.decode(np.asarray(want.tokens)[0]).strip()
   assert segment.no_speech_prob > 0  # the prompt's, as in greedy decoding
+
+
+def test_overlapping_chunks_are_cut_as_transformers_pipeline_cuts_them():
+  from transformers.pipelines.automatic_speech_recognition import chunk_iter
+  rng = np.random.default_rng(0)
+  for samples, chunk_s, stride_s in [(16000 * 7, 2.0, 0.5), (16000 * 2, 2.0, 0.5),
+                                     (16000 * 5 + 123, 1.6, None), (3000, 1.0, 0.25)]:
+    waveform = rng.standard_normal(samples).astype(np.float32)
+    ours = audio.overlapping_chunks(waveform, chunk_s, stride_s)
+    stride = round((chunk_s / 6 if stride_s is None else stride_s) * 16000)
+    extractor = type("Extractor", (), {"sampling_rate": 16000,
+                                       "__call__": lambda self, x, **_: {}})()
+    theirs = [item["stride"] for item in chunk_iter(
+        waveform, extractor, round(chunk_s * 16000), stride, stride)]
+    assert [len(c) for c in ours] == [length for length, _, _ in theirs]
+    step = round(chunk_s * 16000) - 2 * stride
+    for i, piece in enumerate(ours):
+      np.testing.assert_array_equal(piece, waveform[i * step:i * step + len(piece)])
+  with pytest.raises(ValueError, match="leaves nothing"):
+    audio.overlapping_chunks(np.zeros(100), 1.0, 0.5)
+
+
+def test_merge_overlapping_equals_transformers():
+  from transformers.models.whisper.tokenization_whisper import _find_longest_common_sequence
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    text = list(rng.integers(0, 30, rng.integers(5, 60)))
+    chunks, start = [], 0
+    while start < len(text):  # overlapping pieces, with a decoding error now and then
+      piece = list(text[start:start + int(rng.integers(8, 20))])
+      if piece and rng.random() < 0.3:
+        piece[int(rng.integers(len(piece)))] = int(rng.integers(0, 30))
+      chunks.append(piece)
+      start += int(rng.integers(3, 10))
+    assert whisper_decoding.merge_overlapping(chunks) == [
+        int(t) for t in _find_longest_common_sequence([list(c) for c in chunks])]
+  clean = [[1, 2, 3, 4, 5, 6], [4, 5, 6, 7, 8, 9], [8, 9, 10, 11]]
+  assert whisper_decoding.merge_overlapping(clean) == list(range(1, 12))
+
+
+def test_chunks_are_decoded_in_batches_and_merged(loaded):
+  model, params, tokenizer = loaded
+  waveform = 0.1 * np.random.default_rng(3).standard_normal(16000 * 2).astype(np.float32)
+  chunks = audio.overlapping_chunks(waveform, model.window_seconds, 0.1)
+  features = np.stack([audio.log_mel_spectrogram(c, window_seconds=model.window_seconds)
+                       for c in chunks])
+  seen = []
+  text = whisper_decoding.transcribe_chunks(model, params, tokenizer, features, batch_size=2,
+                                            progress=lambda d, t: seen.append((d, t)))
+  one_by_one = [whisper_decoding.transcribe(model, params, tokenizer, features[i:i + 1])[0]
+                for i in range(len(chunks))]
+  assert len(chunks) == 3 and seen == [(2, 3), (3, 3)]  # 0.8 s windows every 0.6 s
+  words = lambda t: set(t.split())
+  assert words(text) <= set().union(*map(words, one_by_one))
