@@ -9,7 +9,8 @@ festvox-us-slt-hts` (install.sh). The audio is cut or padded to `dataset.max_sec
 (log-mel features, Whisper's front end), a BPE vocabulary is trained on the training
 transcripts and saved in the workdir, and evaluation reports token loss and accuracy and the
 WER/CER of greedy transcripts after Whisper's English normalisation. Variants: (none) a
-4+2-layer width-192 model sized for a 2-core CPU, "tiny" for tests (on kjv_speech_tiny).
+4+2-layer width-192 model sized for a 2-core CPU, "tiny" for tests (on kjv_speech_tiny),
+"memorise" for the notebook (a small model learns kjv_speech_tiny's 12 training verses).
 """
 
 import ml_collections
@@ -58,9 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.width, c.model.depth, c.model.decoder_depth = 96, 2, 2
     c.model.num_heads, c.model.mlp_dim = 4, 256
     c.batch_size = 8
-    c.num_train_steps = 300
+    c.num_train_steps = 200
     c.log_every_steps = 50
-    c.eval_every_steps = c.checkpoint_every_steps = 300
+    c.eval_every_steps = c.checkpoint_every_steps = 200
     c.eval_wer_examples = 12
     c.optimizer.lr = 3e-3
     c.optimizer.warmup_steps = 30

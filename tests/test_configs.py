@@ -19,7 +19,7 @@ VARIANTS = {"default": [None], "gpt_kjv": [None, "small", "tiny", "gpu"],
             "lra_text": [None, "lra", "tiny"], "lra_image": [None, "lra", "tiny"],
             "lra_pathfinder": [None, "lra", "tiny"],
             "moe_kjv": [None, "dense_active", "dense_total", "tiny", "deepseek_v3"],
-            "whisper_kjv_speech": [None, "tiny"]}
+            "whisper_kjv_speech": [None, "tiny", "memorise"]}
 COMMON = ("seed", "batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
           "checkpoint_every_steps")
 

@@ -20,6 +20,13 @@ def config(tmp_path_factory):
   return config
 
 
+@pytest.fixture(scope="module")
+def trained(config, tmp_path_factory):
+  """(the tiny config's workdir after training, its results): trained once for the module."""
+  workdir = str(tmp_path_factory.mktemp("asr") / "run")
+  return workdir, train_and_evaluate(config.copy_and_resolve_references(), workdir)
+
+
 def test_examples_are_features_and_prompted_tokens(config):
   task = tasks.create(config)
   example = task.sources["train"][0]
@@ -46,9 +53,8 @@ def test_examples_are_features_and_prompted_tokens(config):
 
 
 @pytest.mark.slow
-def test_tiny_speech_config_trains_and_scores_the_held_out_voice(config, tmp_path):
-  workdir = str(tmp_path / "run")
-  results = train_and_evaluate(config, workdir)
+def test_tiny_speech_config_trains_and_scores_the_held_out_voice(trained, tmp_path):
+  workdir, results = trained
   losses = [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
   assert len(losses) == 10 and np.isfinite(losses).all() and losses[-1] < losses[0]
   assert results["eval/wer"] >= 0 and 0 <= results["eval/cer"]
@@ -93,12 +99,11 @@ def test_tiny_speech_config_trains_and_scores_the_held_out_voice(config, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_fine_tuning_a_whisper_checkpoint(config, tmp_path, mode):
+def test_fine_tuning_a_whisper_checkpoint(config, trained, tmp_path, mode):
   """init_from a Hugging Face Whisper directory (here one we export from a run): its
   architecture, weights and tokenizer carry over; LoRA trains only the adapters."""
   from attention_jax import pretrained
-  workdir = str(tmp_path / "scratch")
-  train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  workdir, _ = trained
   model, params, tokenizer = workdir_lib.load_model(workdir)
   pretrained.export(model, params, str(tmp_path / "hf"), tokenizer)
   tuned = config.copy_and_resolve_references()
