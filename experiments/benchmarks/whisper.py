@@ -26,12 +26,19 @@ from attention_jax import models, pretrained
 from attention_jax.models import whisper_decoding
 from experiments.benchmarks import harness
 
-_PRESET = flags.DEFINE_string("preset", "whisper-tiny", "A Whisper preset.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens decoded per window.")
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved runs per library.")
-_KERNEL = flags.DEFINE_string("kernel", "auto", "Our attention kernel.")
-_RESULTS = flags.DEFINE_string("results_dir", "", "Write the table to this directory "
-                               "(docs/results) with its date, machine and commit.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined only when run, so that importing this module beside
+  other benchmarks defines nothing twice)."""
+  flags.DEFINE_string("preset", "whisper-tiny", "A Whisper preset.")
+  flags.DEFINE_integer("new_tokens", 64, "Tokens decoded per window.")
+  flags.DEFINE_integer("rounds", 5, "Interleaved runs per library.")
+  flags.DEFINE_string("kernel", "auto", "Our attention kernel.")
+  flags.DEFINE_string("results_dir", "", "Write the table to this directory (docs/results) "
+                      "with its date, machine and commit.")
+
 
 PROMPT = (50258, 50259, 50360, 50364)  # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
 
@@ -117,13 +124,14 @@ def table(result: dict, preset: str, new_tokens: int) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  result = measure(_PRESET.value, _NEW_TOKENS.value, _ROUNDS.value, _KERNEL.value)
-  text = table(result, _PRESET.value, _NEW_TOKENS.value)
+  result = measure(FLAGS.preset, FLAGS.new_tokens, FLAGS.rounds, FLAGS.kernel)
+  text = table(result, FLAGS.preset, FLAGS.new_tokens)
   print(f"{harness.machine()}\n\n{text}")
-  if _RESULTS.value:
-    print(harness.write_result(_RESULTS.value, "whisper-transcription-cpu",
+  if FLAGS.results_dir:
+    print(harness.write_result(FLAGS.results_dir, "whisper-transcription-cpu",
                                "Whisper transcription speed: ours vs transformers (CPU)", text))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
