@@ -116,6 +116,11 @@ class Whisper(nn.Module):
                    deterministic=deterministic)
     return self.embed.attend(self.decoder_norm(y)).astype(jnp.float32)
 
+  def token_logits(self, hidden):
+    """Logits [..., vocab] (float32) of any hidden states through the tied token table: the
+    decoder's head, and what a CTC loss on the encoder's output reads (training only)."""
+    return self.embed.attend(hidden).astype(jnp.float32)
+
   def __call__(self, features, tokens, *, deterministic=True):
     encoded = self.encode(features, deterministic=deterministic)
     return self.decode_logits(tokens, encoded, deterministic=deterministic)

@@ -133,3 +133,30 @@ def test_matched_starts_pair_words_that_match():
   reference = [("And", 0.0, 0.2), ("the", 0.2, 0.4), ("LORD", 0.4, 0.8), ("twelve", 0.8, 1.0),
                ("sons", 1.0, 1.3)]
   assert matched_starts(timings, reference) == [(0.1, 0.0), (0.3, 0.2), (1.2, 1.0)]
+
+
+def test_training_adds_ctc_on_the_encoder(config):
+  """With ctc_weight w the training loss is (1 - w) · cross-entropy + w · CTC per label of
+  the transcript against the encoder's frames through the tied token table; evaluation's
+  is the cross-entropy alone."""
+  import optax
+  task = tasks.create(config)
+  assert task.ctc_weight == 0.3 and task.blank_id == task.tokenizer.to_hf().token_to_id(
+      "<|startoflm|>")
+  model = task.model()
+  params = jax.jit(model.init)(jax.random.key(0), *task.init_inputs())["params"]
+  batch = jax.tree.map(lambda *x: np.stack(x), *[task._encode(task.sources["train"][i])  # pylint: disable=protected-access
+                                                 for i in range(2)])
+  trained, _ = task.loss(model, params, batch, jax.random.key(0), deterministic=False)
+  evaluated, sums = task.loss(model, params, batch, jax.random.key(0), deterministic=True)
+  trained, evaluated = float(trained), float(evaluated)
+  assert evaluated == pytest.approx(float(sums["loss"] / sums["count"]), rel=1e-5)
+  encoded = model.apply({"params": params}, batch["features"], method=model.encode)
+  frames = model.apply({"params": params}, encoded, method=model.token_logits)
+  ctc = optax.ctc_loss(frames, np.zeros(frames.shape[:2]), batch["ctc_labels"],
+                       batch["ctc_label_paddings"], blank_id=task.blank_id)
+  per_label = float(np.mean(ctc / (1 - batch["ctc_label_paddings"]).sum(-1)))
+  assert trained == pytest.approx(0.7 * evaluated + 0.3 * per_label, rel=1e-4)
+  text = task.tokenizer.encode(" " + pipeline.as_text(task.sources["train"][0]["text"]))
+  n = int((1 - batch["ctc_label_paddings"][0]).sum())
+  assert batch["ctc_labels"][0, :n].tolist() == text[:n]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from attention_jax import models
 from attention_jax.data import audio, pipeline, tokenizers
@@ -43,6 +44,12 @@ class AsrTask(ExampleTask):
                        f"{type(tok).__name__}.")
     self.prompt = tok.prompt(cfg.language, "transcribe", timestamps=False)
     self.eos_id = self.pad_id = tok.end_id
+    # CTC's blank: <|startoflm|>, a token no decoding uses
+    self.blank_id = tok.to_hf().token_to_id("<|startoflm|>")
+    self.ctc_weight = float(config.get("ctc_weight", 0.0))
+    if self.ctc_weight and self.blank_id is None:
+      raise ValueError("ctc_weight needs a <|startoflm|> token for CTC's blank; this "
+                       "tokenizer has none.")
     if len(self.prompt) + 2 > cfg.seq_len:
       raise ValueError(f"dataset.seq_len={cfg.seq_len} leaves no room for a transcript after "
                        f"the {len(self.prompt)}-token prompt.")
@@ -66,8 +73,10 @@ class AsrTask(ExampleTask):
     tokens_in, _ = tokenizers.pad(ids[:-1], length, self.pad_id)
     tokens_out, mask = tokenizers.pad(ids[1:], length, self.pad_id)
     mask[:len(self.prompt) - 1] = 0  # the prompt's own tokens are given, not predicted
+    labels, label_mask = tokenizers.pad(ids[len(self.prompt):-1], length, self.pad_id)
     return {"features": self.features(example), "tokens_in": tokens_in,
-            "tokens_out": tokens_out, "token_mask": mask}
+            "tokens_out": tokens_out, "token_mask": mask, "ctc_labels": labels,
+            "ctc_label_paddings": (1 - label_mask).astype(np.float32)}
 
   def model(self, **overrides):
     cfg = self.config.dataset
@@ -83,9 +92,25 @@ class AsrTask(ExampleTask):
             jnp.zeros((1, cfg.seq_len), jnp.int32))
 
   def loss(self, model, params, batch, rng, deterministic: bool):
-    logits = model.apply({"params": params}, batch["features"], batch["tokens_in"],
-                         deterministic=deterministic, rngs={"dropout": rng})
-    return cross_entropy_sums(logits, batch["tokens_out"], weighted(batch["token_mask"], batch))
+    """Cross-entropy of the transcript; with `config.ctc_weight` = w, the training loss is
+    (1 - w) · that + w · CTC (per label token) of the transcript against the encoder's
+    output through the tied token table: a second, alignment-forcing path to the same
+    encoder (hybrid CTC/attention training), no new parameters, nothing changed at
+    inference. Evaluation sums stay the decoder's."""
+    apply = lambda *args, **kwargs: model.apply({"params": params}, *args, **kwargs)
+    encoded = apply(batch["features"], deterministic=deterministic, rngs={"dropout": rng},
+                    method=model.encode)
+    logits = apply(batch["tokens_in"], encoded, deterministic=deterministic,
+                   rngs={"dropout": rng}, method=model.decode_logits)
+    mean, sums = cross_entropy_sums(logits, batch["tokens_out"],
+                                    weighted(batch["token_mask"], batch))
+    if not self.ctc_weight or deterministic:  # evaluation: the decoder's loss alone
+      return mean, sums
+    frames = apply(encoded, method=model.token_logits)
+    ctc = optax.ctc_loss(frames, jnp.zeros(frames.shape[:2]), batch["ctc_labels"],
+                         batch["ctc_label_paddings"], blank_id=self.blank_id)
+    labels = jnp.maximum((1 - batch["ctc_label_paddings"]).sum(-1), 1.0)
+    return (1 - self.ctc_weight) * mean + self.ctc_weight * jnp.mean(ctc / labels), sums
 
   @staticmethod
   def summarize(sums: dict, prefix: str) -> dict:
