@@ -18,12 +18,16 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir of a Whisper.",
-                               required=True)
-_SPLIT = flags.DEFINE_string("split", "validation", "The dataset split to measure on.")
-_EXAMPLES = flags.DEFINE_integer("examples", 48, "Examples with word times to use.")
-_HEADS = flags.DEFINE_integer("heads", 2, "How many of the best heads --write keeps.")
-_WRITE = flags.DEFINE_bool("write", False, "Keep the best heads in the workdir's tokenizer.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined only when run: the notebook imports this module)."""
+  flags.DEFINE_string("workdir", None, "A training workdir of a Whisper.", required=True)
+  flags.DEFINE_string("split", "validation", "The dataset split to measure on.")
+  flags.DEFINE_integer("examples", 48, "Examples with word times to use.")
+  flags.DEFINE_integer("heads", 2, "How many of the best heads --write keeps.")
+  flags.DEFINE_bool("write", False, "Keep the best heads in the workdir's tokenizer.")
 
 
 def timed_examples(task, split: str, count: int, window: int, max_tokens: int) -> list:
@@ -69,36 +73,37 @@ def main(argv):
   from attention_jax.data import tokenizers  # pylint: disable=import-outside-toplevel
   from attention_jax.training import workdir  # pylint: disable=import-outside-toplevel
   try:
-    _, task, model, params, step = workdir.load(_WORKDIR.value)
+    _, task, model, params, step = workdir.load(FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   tokenizer = task.tokenizer
   if not hasattr(tokenizer, "alignment_heads"):
-    raise app.UsageError(f"{_WORKDIR.value} is not a speech model's workdir (no Whisper "
+    raise app.UsageError(f"{FLAGS.workdir} is not a speech model's workdir (no Whisper "
                          "tokenizer).")
   window = 2 * model.config.max_source_positions
   room = model.config.max_len - len(tokenizer.prompt()) - 1  # the decoder's positions
-  examples = timed_examples(task, _SPLIT.value, _EXAMPLES.value, window, room)
+  examples = timed_examples(task, FLAGS.split, FLAGS.examples, window, room)
   if not examples:
-    raise app.UsageError(f"the {_SPLIT.value} split has no examples with word times.")
-  print(f"step {step}: {len(examples)} examples of {_SPLIT.value} with word times",
+    raise app.UsageError(f"the {FLAGS.split} split has no examples with word times.")
+  print(f"step {step}: {len(examples)} examples of {FLAGS.split} with word times",
         file=sys.stderr)
-  if _WRITE.value:
+  if FLAGS.write:
     errors = whisper_alignment.alignment_head_errors(model, params, tokenizer, examples)
     ranked = sorted(errors, key=errors.get)
     print("| decoder layer, head | word-start error (s) |\n|---|---|")
     for head in ranked:
       print(f"| {head[0]}, {head[1]} | {errors[head]:.3f} |")
-    tokenizer.alignment_heads = tuple(ranked[:_HEADS.value])
-    tokenizers.save(tokenizer, _WORKDIR.value)
+    tokenizer.alignment_heads = tuple(ranked[:FLAGS.heads])
+    tokenizers.save(tokenizer, FLAGS.workdir)
     print(f"kept alignment heads {list(tokenizer.alignment_heads)} in the workdir's tokenizer")
   default = word_start_error(model, params, tokenizer, examples,
                              whisper_alignment.default_alignment_heads(model))
   chosen = word_start_error(model, params, tokenizer, examples, tokenizer.alignment_heads)
-  print(f"word-start error on {_SPLIT.value}: {chosen:.3f} s with the workdir's heads "
+  print(f"word-start error on {FLAGS.split}: {chosen:.3f} s with the workdir's heads "
         f"{list(tokenizer.alignment_heads or [])}, {default:.3f} s with the default (the "
         "decoder's second half)")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -31,56 +31,57 @@ import numpy as np
 
 from absl import app, flags, logging
 
-_INIT_FROM = flags.DEFINE_string("init_from", None, "A Hugging Face Whisper checkpoint "
-                                 "directory, or a training workdir of a Whisper (configs/"
-                                 "whisper_kjv_speech.py).", required=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "A workdir's 'latest', 'best' or a "
-                                  "step.")
-_LANGUAGE = flags.DEFINE_string("language", "en", "The spoken language's code (en, de, ...); "
-                                "'none' for an English-only model.")
-_TASK = flags.DEFINE_enum("task", "transcribe", ["transcribe", "translate"],
-                          "Transcribe, or translate into English.")
-_TIMESTAMPS = flags.DEFINE_enum("timestamps", "none", ["none", "segment", "word"],
-                                "segment: decode with timestamp tokens (segments with times, "
-                                "windows that seek by them); word: also each word's times "
-                                "(in json), from the cross-attention; none: each window one "
-                                "segment.")
-_FORMAT = flags.DEFINE_enum("format", "txt", ["txt", "srt", "vtt", "json"],
-                            "One transcript per line, subtitles, or a JSON list of {file, "
-                            "seconds, text, segments}.")
-_TEMPERATURES = flags.DEFINE_list("temperatures", ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"],
-                                  "Temperatures tried in turn while a window's text loops or "
-                                  "is improbable (0: greedy).")
-_COMPRESSION = flags.DEFINE_string("compression_ratio_threshold", "2.4", "Above it a "
-                                   "window's text is a loop ('none': never).")
-_LOGPROB = flags.DEFINE_string("logprob_threshold", "-1.0", "Below this average "
-                               "log-probability a window's text is improbable ('none': never).")
-_NO_SPEECH = flags.DEFINE_string("no_speech_threshold", "0.6", "Above this <|nospeech|> "
-                                 "probability an improbable window is silence, skipped "
-                                 "('none': never).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Tokens per window (default: as many "
-                                "as the decoder's positions allow).")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", 1, "Beams at temperature 0 (1: greedy).",
-                                  lower_bound=1)
-_CHUNKED = flags.DEFINE_bool("chunked", False, "Throughput instead: overlapping windows "
-                             "decoded --batch_size at a time and merged where they overlap "
-                             "(no timestamps, no fallback; txt or json).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Windows per batch with --chunked.",
-                                   lower_bound=1)
-_STRIDE = flags.DEFINE_float("stride", None, "Seconds each --chunked window overlaps its "
-                             "neighbour by, on each side (default a sixth of a window).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the fallback temperatures).")
-_KERNEL = flags.DEFINE_string("kernel", "auto", "Attention kernel.")
+FLAGS = flags.FLAGS
 
 
-def _threshold(flag) -> float | None:
-  if flag.value.lower() == "none":
+def define_flags():
+  """The command line's flags (defined only when run, so that importing this module beside
+  the other entry points defines nothing twice)."""
+  flags.DEFINE_string("init_from", None, "A Hugging Face Whisper checkpoint directory, or a "
+                      "training workdir of a Whisper (configs/whisper_kjv_speech.py).",
+                      required=True)
+  flags.DEFINE_string("checkpoint", "latest", "A workdir's 'latest', 'best' or a step.")
+  flags.DEFINE_string("language", "en", "The spoken language's code (en, de, ...); 'none' "
+                      "for an English-only model.")
+  flags.DEFINE_enum("task", "transcribe", ["transcribe", "translate"],
+                    "Transcribe, or translate into English.")
+  flags.DEFINE_enum("timestamps", "none", ["none", "segment", "word"],
+                    "segment: decode with timestamp tokens (segments with times, windows "
+                    "that seek by them); word: also each word's times (in json), from the "
+                    "cross-attention; none: each window one segment.")
+  flags.DEFINE_enum("format", "txt", ["txt", "srt", "vtt", "json"],
+                    "One transcript per line, subtitles, or a JSON list of {file, seconds, "
+                    "text, segments}.")
+  flags.DEFINE_list("temperatures", ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"],
+                    "Temperatures tried in turn while a window's text loops or is "
+                    "improbable (0: greedy).")
+  flags.DEFINE_string("compression_ratio_threshold", "2.4", "Above it a window's text is a "
+                      "loop ('none': never).")
+  flags.DEFINE_string("logprob_threshold", "-1.0", "Below this average log-probability a "
+                      "window's text is improbable ('none': never).")
+  flags.DEFINE_string("no_speech_threshold", "0.6", "Above this <|nospeech|> probability an "
+                      "improbable window is silence, skipped ('none': never).")
+  flags.DEFINE_integer("max_new_tokens", None, "Tokens per window (default: as many as the "
+                       "decoder's positions allow).")
+  flags.DEFINE_integer("beam_size", 1, "Beams at temperature 0 (1: greedy).", lower_bound=1)
+  flags.DEFINE_bool("chunked", False, "Throughput instead: overlapping windows decoded "
+                    "--batch_size at a time and merged where they overlap (no timestamps, no "
+                    "fallback; txt or json).")
+  flags.DEFINE_integer("batch_size", 8, "Windows per batch with --chunked.", lower_bound=1)
+  flags.DEFINE_float("stride", None, "Seconds each --chunked window overlaps its neighbour "
+                     "by, on each side (default a sixth of a window).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed (the fallback temperatures).")
+  flags.DEFINE_string("kernel", "auto", "Attention kernel.")
+
+
+def _threshold(name: str) -> float | None:
+  value = getattr(FLAGS, name)
+  if value.lower() == "none":
     return None
   try:
-    return float(flag.value)
+    return float(value)
   except ValueError:
-    raise app.UsageError(f"--{flag.name} must be a number or 'none', got "
-                         f"{flag.value!r}.") from None
+    raise app.UsageError(f"--{name} must be a number or 'none', got {value!r}.") from None
 
 
 def transcribe_chunked(model, params, tokenizer, paths, *, stride=None, log=sys.stderr,
@@ -176,47 +177,48 @@ def main(argv):
   from attention_jax.models import Whisper  # pylint: disable=import-outside-toplevel
   from attention_jax.training import workdir  # pylint: disable=import-outside-toplevel
   try:
-    temperatures = tuple(float(t) for t in _TEMPERATURES.value)
+    temperatures = tuple(float(t) for t in FLAGS.temperatures)
   except ValueError:
-    raise app.UsageError(f"--temperatures must be numbers, got {_TEMPERATURES.value}.") from None
-  options = dict(temperatures=temperatures, timestamps=_TIMESTAMPS.value != "none",
-                 word_timestamps=_TIMESTAMPS.value == "word",
-                 compression_ratio_threshold=_threshold(_COMPRESSION),
-                 logprob_threshold=_threshold(_LOGPROB),
-                 no_speech_threshold=_threshold(_NO_SPEECH), max_new_tokens=_MAX_NEW.value,
-                 beam_size=_BEAM_SIZE.value,
-                 rng=jax.random.key(_SEED.value), task=_TASK.value,
-                 language=None if _LANGUAGE.value.lower() == "none" else _LANGUAGE.value)
+    raise app.UsageError(f"--temperatures must be numbers, got {FLAGS.temperatures}.") from None
+  options = dict(temperatures=temperatures, timestamps=FLAGS.timestamps != "none",
+                 word_timestamps=FLAGS.timestamps == "word",
+                 compression_ratio_threshold=_threshold("compression_ratio_threshold"),
+                 logprob_threshold=_threshold("logprob_threshold"),
+                 no_speech_threshold=_threshold("no_speech_threshold"),
+                 max_new_tokens=FLAGS.max_new_tokens, beam_size=FLAGS.beam_size,
+                 rng=jax.random.key(FLAGS.seed), task=FLAGS.task,
+                 language=None if FLAGS.language.lower() == "none" else FLAGS.language)
   try:
-    model, params, tokenizer = workdir.load_model(_INIT_FROM.value, _CHECKPOINT.value,
-                                                  _KERNEL.value)
+    model, params, tokenizer = workdir.load_model(FLAGS.init_from, FLAGS.checkpoint,
+                                                  FLAGS.kernel)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   if not isinstance(model, Whisper):
-    raise app.UsageError(f"{_INIT_FROM.value} holds a {type(model).__name__}, not a Whisper.")
+    raise app.UsageError(f"{FLAGS.init_from} holds a {type(model).__name__}, not a Whisper.")
   if tokenizer is None:
-    raise app.UsageError(f"{_INIT_FROM.value} has no tokenizer.json; a transcript needs one.")
-  if _CHUNKED.value and (_FORMAT.value in ("srt", "vtt") or _TIMESTAMPS.value != "none"):
+    raise app.UsageError(f"{FLAGS.init_from} has no tokenizer.json; a transcript needs one.")
+  if FLAGS.chunked and (FLAGS.format in ("srt", "vtt") or FLAGS.timestamps != "none"):
     raise app.UsageError("--chunked gives text without times: use --format=txt or json and "
                          "--timestamps=none, or leave --chunked out.")
   try:
-    if _CHUNKED.value:
+    if FLAGS.chunked:
       results = transcribe_chunked(
-          model, params, tokenizer, paths, stride=_STRIDE.value, language=options["language"],
-          task=options["task"], batch_size=_BATCH_SIZE.value, beam_size=_BEAM_SIZE.value,
-          max_new_tokens=_MAX_NEW.value)
+          model, params, tokenizer, paths, stride=FLAGS.stride, language=options["language"],
+          task=options["task"], batch_size=FLAGS.batch_size, beam_size=FLAGS.beam_size,
+          max_new_tokens=FLAGS.max_new_tokens)
     else:
       results = transcribe_files(model, params, tokenizer, paths, **options)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
-  if _FORMAT.value == "json":
+  if FLAGS.format == "json":
     print(json.dumps(results, indent=2, ensure_ascii=False))
-  elif _FORMAT.value in ("srt", "vtt"):
-    print(subtitles(results, _FORMAT.value))
+  elif FLAGS.format in ("srt", "vtt"):
+    print(subtitles(results, FLAGS.format))
   else:
     for result in results:
       print(result["text"])
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
