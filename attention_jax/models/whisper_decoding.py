@@ -95,12 +95,7 @@ def decode(model, params, features, prompt, *, max_new_tokens: int, eos_id: int,
   softmax of logits / temperature with `rng`. timestamps: (timestamp_begin,
   no_timestamps_id, max_initial_timestamp) to decode with Whisper's `timestamp_rules` (the
   prompt then ends without <|notimestamps|>)."""
-  limit = model.config.max_len
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-  if prompt.shape[1] + max_new_tokens > limit:
-    raise ValueError(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones "
-                     f"exceed the decoder's {limit} positions; ask for fewer tokens.")
+  _check_budget(model, prompt, max_new_tokens)
   if temperature > 0 and rng is None:
     raise ValueError("sampling (temperature > 0) needs an `rng` key.")
   rng = jax.random.key(0) if rng is None else rng
@@ -108,6 +103,16 @@ def decode(model, params, features, prompt, *, max_new_tokens: int, eos_id: int,
                  jnp.asarray(prompt, jnp.int32), max_new_tokens, eos_id, tuple(suppress),
                  tuple(begin_suppress), pad_id, None if timestamps is None else tuple(timestamps),
                  no_speech_id, jnp.float32(temperature), rng)
+
+
+def _check_budget(model, prompt, max_new_tokens: int):
+  """Refuses a decoding whose prompt and new tokens do not fit the decoder's positions."""
+  limit = model.config.max_len
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+  if prompt.shape[1] + max_new_tokens > limit:
+    raise ValueError(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones "
+                     f"exceed the decoder's {limit} positions; ask for fewer tokens.")
 
 
 def greedy(model, params, features, prompt, **options):
@@ -179,12 +184,9 @@ def beam_search(model, params, features, prompt, *, beam_size: int, max_new_toke
   when no running beam can beat the worst finished one. Returns the best finished sequence
   per row (its end kept, `pad_id` after), its summed log-probability, and no no-speech
   probability (0)."""
-  limit = model.config.max_len
   if beam_size < 1:
     raise ValueError(f"beam_size must be at least 1, got {beam_size}.")
-  if prompt.shape[1] + max_new_tokens > limit:
-    raise ValueError(f"a prompt of {prompt.shape[1]} tokens and {max_new_tokens} new ones "
-                     f"exceed the decoder's {limit} positions; ask for fewer tokens.")
+  _check_budget(model, prompt, max_new_tokens)
   return _beam_search(with_options(model, decode=True), params, jnp.asarray(features),
                       jnp.asarray(prompt, jnp.int32), beam_size, max_new_tokens, eos_id,
                       tuple(suppress), tuple(begin_suppress), pad_id,
