@@ -3,6 +3,8 @@ r"""Transcribe audio files of any length with a Whisper checkpoint.
     python -m experiments.transcribe --init_from=checkpoints/whisper-tiny verse.wav more.flac
     python -m experiments.transcribe --init_from=DIR --timestamps=segment --format=srt talk.wav
     python -m experiments.transcribe --init_from=DIR --timestamps=word --format=json talk.wav
+    python -m experiments.transcribe --init_from=runs/asr --timestamps=word \
+        --notimestamp_tokens --format=json verse.wav     # a model trained here
     python -m experiments.transcribe --init_from=DIR --chunked --batch_size=16 long.flac
     python -m experiments.transcribe --init_from=DIR --language=de --task=translate \
         --format=json talk.wav > talk.json
@@ -16,7 +18,9 @@ by window (30 s for Whisper's checkpoints), Whisper's long-form way
 to higher temperatures when a window's text loops or is improbable, skipping windows that
 are probably silent; with timestamps, each window starts where the last complete segment
 ended; with word timestamps, each word's times come from the alignment heads'
-cross-attention (`models.whisper_alignment`). Progress (files and windows) goes to stderr,
+cross-attention (`models.whisper_alignment`). A window past a recording's end is padded
+with zeros for a Hugging Face checkpoint (as Whisper does), with the log-mel of silence for
+a workdir (as the `asr` task trains). Progress (files and windows) goes to stderr,
 transcripts to stdout: txt (one line per file), srt or vtt (subtitles; one file's cues
 after another's), or json (each file's text, segments and words). `--chunked` trades all
 that for throughput: overlapping windows decoded `--batch_size` at a time, their tokens
@@ -49,6 +53,10 @@ def define_flags():
                     "segment: decode with timestamp tokens (segments with times, windows "
                     "that seek by them); word: also each word's times (in json), from the "
                     "cross-attention; none: each window one segment.")
+  flags.DEFINE_bool("timestamp_tokens", True, "Decode with Whisper's timestamp tokens for "
+                    "--timestamps=segment or word; --notimestamp_tokens for a model trained "
+                    "without them (configs/whisper_kjv_speech.py): each window is then one "
+                    "segment, and word times still come from the cross-attention.")
   flags.DEFINE_enum("format", "txt", ["txt", "srt", "vtt", "json"],
                     "One transcript per line, subtitles, or a JSON list of {file, seconds, "
                     "text, segments}.")
@@ -180,7 +188,8 @@ def main(argv):
     temperatures = tuple(float(t) for t in FLAGS.temperatures)
   except ValueError:
     raise app.UsageError(f"--temperatures must be numbers, got {FLAGS.temperatures}.") from None
-  options = dict(temperatures=temperatures, timestamps=FLAGS.timestamps != "none",
+  options = dict(temperatures=temperatures,
+                 timestamps=FLAGS.timestamps != "none" and FLAGS.timestamp_tokens,
                  word_timestamps=FLAGS.timestamps == "word",
                  compression_ratio_threshold=_threshold("compression_ratio_threshold"),
                  logprob_threshold=_threshold("logprob_threshold"),
@@ -197,6 +206,8 @@ def main(argv):
     raise app.UsageError(f"{FLAGS.init_from} holds a {type(model).__name__}, not a Whisper.")
   if tokenizer is None:
     raise app.UsageError(f"{FLAGS.init_from} has no tokenizer.json; a transcript needs one.")
+  # A model trained here saw the silence after each verse as log-mel of silence, not zeros.
+  options["pad_with_silence"] = workdir.is_workdir(FLAGS.init_from)
   if FLAGS.chunked and (FLAGS.format in ("srt", "vtt") or FLAGS.timestamps != "none"):
     raise app.UsageError("--chunked gives text without times: use --format=txt or json and "
                          "--timestamps=none, or leave --chunked out.")

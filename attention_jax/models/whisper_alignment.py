@@ -113,20 +113,30 @@ def default_alignment_heads(model) -> tuple[tuple[int, int], ...]:
 
 
 def split_words(tokenizer, tokens) -> list[list[int]]:
-  """`tokens` grouped into words, as openai/whisper's split_tokens_on_spaces: a token whose
-  text starts with a space, or is ASCII punctuation, or is special (its id at or above the
-  end token), starts a new word."""
-  words, text = [], ""
+  """`tokens` grouped into words, as openai/whisper's split_tokens_on_unicode then
+  split_tokens_on_spaces: first into the shortest runs that decode to whole characters (a
+  byte-level BPE spells "¶" or "æ" in two tokens), then a run whose text starts with a
+  space, or is ASCII punctuation, or is special (its first id at or above the end token),
+  starts a new word."""
   special_from = min(tokenizer.stop_ids)
+  tokens = [int(t) for t in tokens]
+  full = tokenizer.decode(tokens)
+  words, run, text = [], [], ""
   for i, token in enumerate(tokens):
+    run.append(token)
     longer = tokenizer.decode(tokens[:i + 1])
-    piece = longer[len(text):]
-    text = longer
-    if (not words or token >= special_from or piece.startswith(" ")
+    piece = longer[len(text):]  # the run's text, with the space a decoder puts before it
+    broken = piece.find("\ufffd")
+    if broken >= 0 and full[len(text) + broken:len(text) + broken + 1] != "\ufffd":
+      continue  # a character cut in two: its other bytes come in the next tokens
+    if (not words or run[0] >= special_from or piece.startswith(" ")
         or piece.strip() in string.punctuation):
-      words.append([token])
+      words.append(run)
     else:
-      words[-1].append(token)
+      words[-1] += run
+    text, run = longer, []
+  if run:  # bytes that never completed a character
+    words.append(run)
   return words
 
 
@@ -164,6 +174,12 @@ class Alignment(NamedTuple):
   token_probs: np.ndarray
 
 
+def text_room(model, tokenizer, language: str | None = "en", task: str = "transcribe") -> int:
+  """The most text tokens `align` takes: the decoder's positions less the untimed prompt and
+  the end."""
+  return model.config.max_len - len(tokenizer.prompt(language, task, timestamps=False)) - 1
+
+
 def align(model, params, tokenizer, features, text_tokens, *, frames: int,
           language: str | None = "en", task: str = "transcribe",
           alignment_heads=None) -> Alignment:
@@ -172,7 +188,7 @@ def align(model, params, tokenizer, features, text_tokens, *, frames: int,
   text_tokens = [int(t) for t in text_tokens]
   prompt = tokenizer.prompt(language, task, timestamps=False)
   end = tokenizer.stop_ids[0]
-  room = model.config.max_len - len(prompt) - 1
+  room = text_room(model, tokenizer, language, task)
   if len(text_tokens) > room:
     raise ValueError(f"{len(text_tokens)} transcript tokens exceed the {room} the decoder's "
                      f"{model.config.max_len} positions leave after the prompt and the end.")

@@ -353,8 +353,8 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
                     logprob_threshold: float | None = -1.0,
                     no_speech_threshold: float | None = 0.6, rng=None,
                     max_new_tokens: int | None = None, beam_size: int = 1,
-                    word_timestamps: bool = False,
-                    alignment_heads=None, progress=None) -> list[Segment]:
+                    word_timestamps: bool = False, alignment_heads=None,
+                    pad_with_silence: bool = False, progress=None) -> list[Segment]:
   """Segments of audio of any length, features [frames + window, n_mels] (the recording's
   log-mel spectrogram and a window of silence, `data.audio.recording_features`), Whisper's way:
   windows of the encoder's length (30 s), each decoded at the first of `temperatures` whose
@@ -364,7 +364,9 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
   `beam_size` > 1 decodes by `beam_search`. With `timestamps` the
   next window starts where the last complete segment ended; without, windows follow each
   other and each is one segment. A window's features past the recording's end are zeros, as
-  openai/whisper's. `word_timestamps`: each segment's words with their times
+  openai/whisper's and transformers' (what Whisper's checkpoints expect);
+  `pad_with_silence`: the log-mel of silence there instead, as a model trained here saw
+  every window (`features` already ends with it). `word_timestamps`: each segment's words with their times
   (`whisper_alignment.word_timings`, by `alignment_heads` [(layer, head)], default the
   tokenizer's, from generation_config.json, else the decoder's second half).
   `progress(seconds_done, seconds_total)` after each window.
@@ -372,6 +374,8 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
   window = FRAMES_PER_POSITION * model.config.max_source_positions
   prompt = tokenizer.prompt(language, task, timestamps=timestamps)
   budget = model.config.max_len - len(prompt)
+  if word_timestamps:  # the text is aligned again after the untimed prompt, before the end
+    budget = min(budget, whisper_alignment.text_room(model, tokenizer, language, task))
   options = dict(
       max_new_tokens=min(max_new_tokens or budget, budget), eos_id=tokenizer.end_id,
       suppress=tokenizer.suppress_tokens, begin_suppress=tokenizer.begin_suppress_tokens,
@@ -387,8 +391,11 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
                      "data.audio.recording_features.")
   while seek < total:
     frames = min(window, total - seek)
-    chunk = np.zeros((1, window, features.shape[1]), np.float32)  # zeros after the audio,
-    chunk[0, :frames] = features[seek:seek + frames]  # as openai/whisper pads a window
+    if pad_with_silence:
+      chunk = features[None, seek:seek + window]
+    else:  # zeros after the audio, as openai/whisper pads a window
+      chunk = np.zeros((1, window, features.shape[1]), np.float32)
+      chunk[0, :frames] = features[seek:seek + frames]
     for temperature in temperatures:
       rng, key = jax.random.split(rng)
       if temperature == 0 and beam_size > 1:

@@ -43,6 +43,17 @@ def test_punctuation_joins_its_neighbour():
   assert merged[2].tokens == (3, 4, 5) and merged[2].start == 4  # the word's own time
 
 
+def test_words_keep_characters_a_byte_level_bpe_cuts_in_two():
+  from attention_jax.data import tokenizers
+  tokenizer = tokenizers.train_whisper_tokenizer([" And God said", " the pins"], 270)
+  ids = tokenizer.encode(" ¶ The pins, of æther.")
+  assert len(tokenizer.encode(" ¶")) == 3  # the space, then the pilcrow's two bytes
+  words = whisper_alignment.split_words(tokenizer, ids)
+  assert [tokenizer.decode(w) for w in words] == [" ¶", " The", " pins", ",", " of",
+                                                   " æther", "."]
+  assert sum(words, []) == ids
+
+
 @pytest.fixture(scope="module")
 def loaded(checkpoint):  # noqa: F811  pylint: disable=redefined-outer-name
   return pretrained.load(str(checkpoint))
@@ -79,3 +90,18 @@ def test_long_form_segments_carry_their_words(loaded):
   assert segments
   for segment in segments:
     assert "".join(w.word for w in segment.words).strip() == segment.text
+
+
+def test_word_times_fit_when_the_text_fills_the_decoder(loaded):
+  """Without timestamps the decoder may write until its last position; the words are then
+  aligned after the untimed prompt and before the end, so decoding leaves them room."""
+  model, params, tokenizer = loaded
+  waveform = 0.1 * np.random.default_rng(4).standard_normal(8000).astype(np.float32)
+  features = audio.recording_features(waveform, window_seconds=0.8)
+  segments = whisper_decoding.transcribe_long(
+      model, params, tokenizer, features, timestamps=False, temperatures=(0.0,),
+      word_timestamps=True, compression_ratio_threshold=None, logprob_threshold=None,
+      no_speech_threshold=None)
+  room = whisper_alignment.text_room(model, tokenizer)
+  assert segments and all(len(s.tokens) <= room for s in segments)
+  assert all("".join(w.word for w in s.words).strip() == s.text for s in segments)

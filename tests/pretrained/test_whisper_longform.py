@@ -188,3 +188,26 @@ def test_chunks_are_decoded_in_batches_and_merged(loaded):
   assert len(chunks) == 3 and seen == [(2, 3), (3, 3)]  # 0.8 s windows every 0.6 s
   words = lambda t: set(t.split())
   assert words(text) <= set().union(*map(words, one_by_one))
+
+
+@pytest.mark.parametrize("pad_with_silence", [False, True])
+def test_the_last_window_is_padded_as_the_model_was_trained(loaded, monkeypatch,
+                                                            pad_with_silence):
+  """Past the recording's end a window holds zeros (Whisper's checkpoints, as openai/whisper
+  and transformers pad) or, with pad_with_silence, the log-mel of silence that `features`
+  ends with (what the asr task trains on)."""
+  model, params, tokenizer = loaded
+  features = _features(1.0, model)  # 100 frames of audio, then 80 of silence; windows of 80
+  seen, decode = [], whisper_decoding.decode
+  monkeypatch.setattr(whisper_decoding, "decode",
+                      lambda m, p, chunk, *a, **k: seen.append(chunk) or decode(m, p, chunk,
+                                                                                   *a, **k))
+  whisper_decoding.transcribe_long(
+      model, params, tokenizer, features, timestamps=False, temperatures=(0.0,),
+      compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None,
+      pad_with_silence=pad_with_silence)
+  assert len(seen) == 2 and seen[1].shape == (1, 80, features.shape[1])
+  np.testing.assert_array_equal(seen[1][0, :20], features[80:100])
+  tail = features[100:160] if pad_with_silence else np.zeros_like(features[100:160])
+  np.testing.assert_array_equal(seen[1][0, 20:], tail)
+  assert np.all(features[100:160] != 0)  # silence's log-mel is not zeros: the cases differ
