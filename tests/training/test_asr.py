@@ -140,6 +140,9 @@ def test_training_adds_ctc_on_the_encoder(config):
   the transcript against the encoder's frames through the tied token table; evaluation's
   is the cross-entropy alone."""
   import optax
+  assert config.ctc_weight == 0.5  # the configuration's share; 0.3 below tells w from 1 - w
+  config = config.copy_and_resolve_references()
+  config.ctc_weight = 0.3
   task = tasks.create(config)
   assert task.ctc_weight == 0.3 and task.blank_id == task.tokenizer.to_hf().token_to_id(
       "<|startoflm|>")
