@@ -366,9 +366,10 @@ def transcribe_long(model, params, tokenizer, features, *, language: str | None 
   other and each is one segment. A window's features past the recording's end are zeros, as
   openai/whisper's and transformers' (what Whisper's checkpoints expect);
   `pad_with_silence`: the log-mel of silence there instead, as a model trained here saw
-  every window (`features` already ends with it). `word_timestamps`: each segment's words with their times
-  (`whisper_alignment.word_timings`, by `alignment_heads` [(layer, head)], default the
-  tokenizer's, from generation_config.json, else the decoder's second half).
+  every window (`features` already ends with it). `word_timestamps`: each segment's words
+  with their times (`whisper_alignment.word_timings`, by `alignment_heads` [(layer,
+  head)], default the tokenizer's, from generation_config.json, else the decoder's second
+  half).
   `progress(seconds_done, seconds_total)` after each window.
   `tokenizer` is a `pretrained.WhisperTokenizer`."""
   window = FRAMES_PER_POSITION * model.config.max_source_positions
